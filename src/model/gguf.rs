@@ -1,0 +1,201 @@
+//! A GGUF file opened for loading: validated header, typed metadata access, tensor reads with
+//! byte-level progress. Every failure names the file and what is wrong with it.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::Device;
+
+use crate::error::{candle_message, Error, ErrorKind, Result};
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+pub struct GgufFile {
+    path: PathBuf,
+    reader: BufReader<File>,
+    content: gguf_file::Content,
+    file_len: u64,
+}
+
+impl GgufFile {
+    /// Opens and validates a GGUF file: magic, header, and that every tensor lies inside the file
+    /// (so a truncated download is reported up front, not halfway through loading).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot open model file '{}': {e}", path.display()))
+        })?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot stat '{}': {e}", path.display())))?
+            .len();
+        if file_len == 0 || !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(Error::model_format(format!(
+                "'{}' is not a GGUF model: it is empty or not a regular file",
+                path.display()
+            )));
+        }
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        let got = read_up_to(&mut reader, &mut magic)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read '{}': {e}", path.display())))?;
+        if got < 4 || &magic != GGUF_MAGIC {
+            return Err(Error::model_format(format!(
+                "'{}' is not a GGUF file (first bytes {:02x?}, expected \"GGUF\")",
+                path.display(),
+                &magic[..got]
+            )));
+        }
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot seek '{}': {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+            Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {}", path.display(), candle_message(&e)))
+        })?;
+        let this = Self { path: path.to_path_buf(), reader, content, file_len };
+        this.check_tensor_extents()?;
+        Ok(this)
+    }
+
+    fn check_tensor_extents(&self) -> Result<()> {
+        for (name, info) in &self.content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            if end > self.file_len {
+                return Err(Error::model_format(format!(
+                    "'{}' is truncated: tensor '{name}' ends at byte {end} but the file has {} bytes",
+                    self.path.display(),
+                    self.file_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn has_key(&self, key: &str) -> bool {
+        self.content.metadata.contains_key(key)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Total bytes of tensor data, for progress reporting.
+    pub fn tensor_bytes(&self, name: &str) -> u64 {
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|i| (i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size()) as u64)
+            .unwrap_or(0)
+    }
+
+    fn value(&self, key: &str) -> Result<&gguf_file::Value> {
+        self.content.metadata.get(key).ok_or_else(|| {
+            Error::model_format(format!("'{}' lacks the GGUF metadata key '{key}'", self.path.display()))
+        })
+    }
+
+    fn bad(&self, key: &str, e: impl std::fmt::Display) -> Error {
+        // candle's conversion errors may carry a backtrace: keep only the first line.
+        let e = e.to_string();
+        let e = e.lines().next().unwrap_or_default();
+        Error::model_format(format!("'{}': metadata '{key}' has the wrong type: {e}", self.path.display()))
+    }
+
+    pub fn str(&self, key: &str) -> Result<&str> {
+        self.value(key)?.to_string().map(|s| s.as_str()).map_err(|e| self.bad(key, candle_message(&e)))
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        self.content.metadata.get(key).and_then(|v| v.to_string().ok()).map(|s| s.as_str())
+    }
+
+    /// Any integer type, as GGUF writers differ in which width they use.
+    pub fn u64(&self, key: &str) -> Result<u64> {
+        use gguf_file::Value as V;
+        let v = self.value(key)?;
+        let n: i128 = match v {
+            V::U8(x) => *x as i128,
+            V::I8(x) => *x as i128,
+            V::U16(x) => *x as i128,
+            V::I16(x) => *x as i128,
+            V::U32(x) => *x as i128,
+            V::I32(x) => *x as i128,
+            V::U64(x) => *x as i128,
+            V::I64(x) => *x as i128,
+            other => return Err(self.bad(key, format!("expected an integer, found {:?}", other.value_type()))),
+        };
+        u64::try_from(n).map_err(|_| self.bad(key, format!("negative value {n}")))
+    }
+
+    pub fn opt_u64(&self, key: &str) -> Option<u64> {
+        self.has_key(key).then(|| self.u64(key).ok()).flatten()
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        use gguf_file::Value as V;
+        match self.value(key)? {
+            V::F32(x) => Ok(*x),
+            V::F64(x) => Ok(*x as f32),
+            other => Err(self.bad(key, format!("expected a float, found {:?}", other.value_type()))),
+        }
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Option<f32> {
+        self.has_key(key).then(|| self.f32(key).ok()).flatten()
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.content.metadata.get(key).and_then(|v| v.to_bool().ok())
+    }
+
+    fn array(&self, key: &str) -> Result<&Vec<gguf_file::Value>> {
+        self.value(key)?.to_vec().map_err(|e| self.bad(key, e))
+    }
+
+    pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
+        self.array(key)?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| self.bad(key, e)))
+            .collect()
+    }
+
+    pub fn f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        self.array(key)?.iter().map(|v| v.to_f32().map_err(|e| self.bad(key, e))).collect()
+    }
+
+    pub fn i32_array(&self, key: &str) -> Result<Vec<i32>> {
+        self.array(key)?.iter().map(|v| v.to_i32().map_err(|e| self.bad(key, e))).collect()
+    }
+
+    /// Reads one tensor. A missing tensor is a format error that names it.
+    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(Error::model_format(format!(
+                "'{}' lacks the tensor '{name}'",
+                self.path.display()
+            )));
+        }
+        self.content.tensor(&mut self.reader, name, device).map_err(|e| {
+            Error::model_format(format!("'{}': cannot read tensor '{name}': {}", self.path.display(), candle_message(&e)))
+        })
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,371 @@
+//! The Llama family (Llama 2/3, Mistral, SmolLM, ...) over candle tensors, quantized weights
+//! straight from GGUF. Each sequence has its own [`LlamaCache`], so one set of weights serves
+//! every session of an engine.
+
+use std::any::Any;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::gguf::GgufFile;
+use super::{LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
+use crate::error::{Error, ErrorKind, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+struct Hyper {
+    n_layers: usize,
+    dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    ffn_dim: usize,
+    rope_base: f32,
+    rms_eps: f64,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+pub struct Llama {
+    info: ModelInfo,
+    hp: Hyper,
+    device: Device,
+    embeddings: QTensor,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    /// RoPE tables, (context_length, rope_dim / 2).
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Keys and values of every layer for one sequence, (1, n_kv_heads, len, head_dim) each.
+pub struct LlamaCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl SequenceCache for LlamaCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.cut_layers(len);
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl LlamaCache {
+    /// Cuts every layer longer than `len` back to `len`. Also repairs a step that failed
+    /// halfway, where earlier layers are longer than later ones.
+    fn cut_layers(&mut self, len: usize) {
+        for entry in &mut self.layers {
+            *entry = match entry.take() {
+                Some((k, v)) if len > 0 && k.dim(2).map(|n| n > len).unwrap_or(false) => {
+                    k.narrow(2, 0, len).ok().zip(v.narrow(2, 0, len).ok())
+                }
+                Some(kv) if len > 0 => Some(kv),
+                _ => None,
+            };
+        }
+        let consistent = self.layers.iter().all(|l| match l {
+            Some((k, _)) => k.dim(2).map(|n| n == len).unwrap_or(false),
+            None => len == 0,
+        });
+        if consistent {
+            self.len = len;
+        } else {
+            self.layers.iter_mut().for_each(|l| *l = None);
+            self.len = 0;
+        }
+    }
+}
+
+impl Llama {
+    pub fn load(file: &mut GgufFile, opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<Self> {
+        let arch = "llama";
+        let key = |k: &str| format!("{arch}.{k}");
+        let dim = file.u64(&key("embedding_length"))? as usize;
+        let n_heads = file.u64(&key("attention.head_count"))? as usize;
+        let n_kv_heads = file.opt_u64(&key("attention.head_count_kv")).unwrap_or(n_heads as u64) as usize;
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || dim % n_heads != 0 {
+            return Err(Error::model_format(format!(
+                "'{}': inconsistent attention shape: width {dim}, {n_heads} heads, {n_kv_heads} KV heads",
+                file.path().display()
+            )));
+        }
+        let head_dim = file.opt_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(dim / n_heads);
+        let rope_dim = file.opt_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
+        if rope_dim != head_dim || head_dim % 2 != 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "'{}': partial rotary embeddings (rope dim {rope_dim}, head dim {head_dim}) are not supported",
+                    file.path().display()
+                ),
+            ));
+        }
+        let hp = Hyper {
+            n_layers: file.u64(&key("block_count"))? as usize,
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: file.u64(&key("feed_forward_length"))? as usize,
+            rope_base: file.opt_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_eps: file.opt_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+        };
+        let trained_context_length = file.opt_u64(&key("context_length")).unwrap_or(2048) as usize;
+        let context_length = match opts.context_length {
+            0 => trained_context_length.min(DEFAULT_MAX_CONTEXT),
+            n => n,
+        };
+
+        let device = opts.device.clone();
+        let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+        let has_output = file.has_tensor("output.weight");
+        if has_output {
+            names.push("output.weight".into());
+        }
+        for i in 0..hp.n_layers {
+            for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+                names.push(format!("blk.{i}.{t}.weight"));
+            }
+        }
+        let total: u64 = names.iter().map(|n| file.tensor_bytes(n)).sum::<u64>().max(1);
+        let mut done = 0u64;
+        let mut read = |file: &mut GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
+            let t = file.tensor(name, &device)?;
+            if let Some(expect) = expect.filter(|e| t.shape().dims() != *e) {
+                return Err(Error::model_format(format!(
+                    "'{}': tensor '{name}' has shape {:?}, expected {expect:?}",
+                    file.path().display(),
+                    t.shape().dims()
+                )));
+            }
+            done += file.tensor_bytes(name);
+            if !progress(done as f32 / total as f32) {
+                return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+            }
+            Ok(t)
+        };
+
+        let embeddings = read(file, "token_embd.weight", None)?;
+        let vocab_size = match embeddings.shape().dims() {
+            [v, d] if *d == dim => *v,
+            other => {
+                return Err(Error::model_format(format!(
+                    "'{}': tensor 'token_embd.weight' has shape {other:?}, expected [vocab, {dim}]",
+                    file.path().display()
+                )))
+            }
+        };
+        let q_dim = n_heads * head_dim;
+        let kv_dim = n_kv_heads * head_dim;
+        let output_norm = dequant(read(file, "output_norm.weight", Some(&[dim]))?, &device)?;
+        let output = if has_output {
+            qmatmul(read(file, "output.weight", Some(&[vocab_size, dim]))?)?
+        } else {
+            // Tied embeddings: the output layer reads the embedding table (a second copy, since
+            // QMatMul takes ownership; the embedding lookup keeps its own).
+            qmatmul(file.tensor("token_embd.weight", &device)?)?
+        };
+        let mut layers = Vec::with_capacity(hp.n_layers);
+        for i in 0..hp.n_layers {
+            let n = |t: &str| format!("blk.{i}.{t}.weight");
+            layers.push(Layer {
+                attn_norm: dequant(read(file, &n("attn_norm"), Some(&[dim]))?, &device)?,
+                wq: qmatmul(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
+                wk: qmatmul(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
+                wv: qmatmul(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
+                wo: qmatmul(read(file, &n("attn_output"), Some(&[dim, q_dim]))?)?,
+                ffn_norm: dequant(read(file, &n("ffn_norm"), Some(&[dim]))?, &device)?,
+                gate: qmatmul(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
+                up: qmatmul(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
+                down: qmatmul(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
+            });
+        }
+        // Llama 3.1-style frequency factors, when the file carries them.
+        let freq_factors = if file.has_tensor("rope_freqs.weight") {
+            Some(dequant(file.tensor("rope_freqs.weight", &device)?, &device)?.to_vec1::<f32>().map_err(Error::backend)?)
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(head_dim, hp.rope_base, freq_factors.as_deref(), context_length, &device)?;
+        let name = file
+            .opt_str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let info = ModelInfo {
+            architecture: arch.to_string(),
+            name,
+            vocab_size,
+            trained_context_length,
+            context_length,
+            n_layers: hp.n_layers,
+            embedding_length: dim,
+        };
+        if !progress(1.0) {
+            return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+        }
+        Ok(Self { info, hp, device, embeddings, layers, output_norm, output, cos, sin })
+    }
+
+    fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let hp = &self.hp;
+        let heads = |w: &QMatMul, n: usize| -> candle_core::Result<Tensor> {
+            w.forward(x)?.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        // GGUF stores Llama's Q/K rows permuted for the interleaved rotation.
+        let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, hp.n_heads)?, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, hp.n_kv_heads)?, &cos, &sin)?;
+        let v = heads(&layer.wv, hp.n_kv_heads)?;
+        let (k, v) = match cache.take() {
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let rep = hp.n_heads / hp.n_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hp.head_dim as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hp.n_heads * hp.head_dim))?;
+        layer.wo.forward(&y)
+    }
+
+    /// `Ok(None)` when interrupted.
+    fn forward_inner(&self, tokens: &[u32], cache: &mut LlamaCache, interrupt: &dyn Fn() -> bool) -> candle_core::Result<Option<Vec<f32>>> {
+        let t = tokens.len();
+        let pos = cache.len;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embeddings.embedding(&ids)?.unsqueeze(0)?;
+        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            if interrupt() {
+                return Ok(None);
+            }
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.hp.rms_eps as f32)?;
+            x = (x + self.attention(layer, &h, kv, pos, mask.as_ref())?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.hp.rms_eps as f32)?;
+            let act = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&act)?)?;
+        }
+        cache.len = pos + t;
+        let last = x.narrow(1, t - 1, 1)?.contiguous()?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.hp.rms_eps as f32)?;
+        self.output.forward(&last)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>().map(Some)
+    }
+}
+
+impl LanguageModel for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> Box<dyn SequenceCache> {
+        Box::new(LlamaCache { layers: vec![None; self.hp.n_layers], len: 0 })
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+        let cache = cache
+            .as_any_mut()
+            .downcast_mut::<LlamaCache>()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "a non-Llama cache was passed to the Llama model"))?;
+        if tokens.is_empty() {
+            return Err(Error::new(ErrorKind::Internal, "forward called with no tokens"));
+        }
+        if cache.len + tokens.len() > self.info.context_length {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "{} cached + {} new tokens exceed the context length {}",
+                    cache.len,
+                    tokens.len(),
+                    self.info.context_length
+                ),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "token id {bad} is out of range (vocabulary size {})",
+                self.info.vocab_size
+            )));
+        }
+        let before = cache.len;
+        // A half-applied step leaves layers with different lengths: roll back to where it began.
+        match self.forward_inner(tokens, cache, interrupt) {
+            Ok(Some(logits)) => Ok(logits),
+            Ok(None) => {
+                cache.cut_layers(before);
+                Err(Error::new(ErrorKind::Cancelled, "interrupted"))
+            }
+            Err(e) => {
+                cache.cut_layers(before);
+                Err(Error::backend(e))
+            }
+        }
+    }
+}
+
+fn qmatmul(t: QTensor) -> Result<QMatMul> {
+    QMatMul::from_qtensor(t).map_err(Error::backend)
+}
+
+fn dequant(t: QTensor, device: &Device) -> Result<Tensor> {
+    t.dequantize(device).map_err(Error::backend)
+}
+
+/// Additive mask for `t` new positions after `pos` cached ones: position i sees cache + 0..=i.
+fn causal_mask(t: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let kv = pos + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..kv).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (t, kv), device)
+}
+
+fn rope_tables(head_dim: usize, base: f32, factors: Option<&[f32]>, ctx: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    if let Some(f) = factors {
+        if f.len() != half {
+            return Err(Error::model_format(format!("rope_freqs has {} entries, expected {half}", f.len())));
+        }
+    }
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0 / base.powf(2.0 * i as f32 / head_dim as f32);
+            f / factors.map(|fs| fs[i]).unwrap_or(1.0)
+        })
+        .collect();
+    let build = || -> candle_core::Result<(Tensor, Tensor)> {
+        let inv = Tensor::from_vec(inv_freq.clone(), (1, half), device)?;
+        let positions = Tensor::arange(0u32, ctx as u32, device)?.to_dtype(DType::F32)?.reshape((ctx, 1))?;
+        let angles = positions.broadcast_mul(&inv)?;
+        Ok((angles.cos()?, angles.sin()?))
+    };
+    build().map_err(Error::backend)
+}
+

@@ -1,0 +1,135 @@
+//! Models: file formats, architectures, tokenizers and chat templates.
+//!
+//! Everything above this module talks to a model through [`LanguageModel`], so the forward pass
+//! can be replaced (own kernels, batching, GPU) without touching sessions or the C ABI.
+
+pub mod chat;
+pub mod gguf;
+pub mod llama;
+pub mod tokenizer;
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::error::{Error, ErrorKind, Result};
+use chat::ChatTemplate;
+use gguf::GgufFile;
+use tokenizer::Tokenizer;
+
+/// Static facts about a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// `general.architecture`, e.g. "llama".
+    pub architecture: String,
+    /// `general.name` when the file has one, else the file stem.
+    pub name: String,
+    pub vocab_size: usize,
+    /// Context length the model was trained with.
+    pub trained_context_length: usize,
+    /// Context length this instance serves (KV cache capacity per session).
+    pub context_length: usize,
+    pub n_layers: usize,
+    pub embedding_length: usize,
+}
+
+/// Per-sequence state (the KV cache) of one model. Opaque to everything but the model that made
+/// it; the engine only asks how many positions it holds and cuts it back for prefix reuse.
+pub trait SequenceCache: Send + Any {
+    /// Number of positions already computed.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets every position at or after `len`.
+    fn truncate(&mut self, len: usize);
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The forward pass. Implementations are shared by all sessions of an engine.
+pub trait LanguageModel: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    /// A fresh, empty cache for one sequence.
+    fn new_cache(&self) -> Box<dyn SequenceCache>;
+    /// Appends `tokens` to the sequence in `cache` and returns the logits (vocab-sized) of the
+    /// last of them. `cache.len() + tokens.len()` must not exceed the context length.
+    ///
+    /// `interrupt` is polled during the computation; when it returns true the call stops early,
+    /// leaves `cache` as it was and fails with [`ErrorKind::Cancelled`].
+    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>>;
+}
+
+/// Loading progress: called with a fraction in [0, 1]; returning `false` aborts the load.
+pub type Progress<'a> = &'a mut dyn FnMut(f32) -> bool;
+
+/// What [`load`] returns: the forward pass plus everything needed to talk to it in text.
+pub struct LoadedModel {
+    pub model: Arc<dyn LanguageModel>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<Arc<ChatTemplate>>,
+}
+
+/// Where a model comes from and how much context to serve.
+#[derive(Debug, Clone)]
+pub struct LoadOptions<'p> {
+    pub model_path: &'p Path,
+    /// `tokenizer.json` to use instead of the GGUF's own tokenizer metadata.
+    pub tokenizer_path: Option<&'p Path>,
+    /// 0 = the trained context length, capped at [`DEFAULT_MAX_CONTEXT`].
+    pub context_length: usize,
+    pub device: Device,
+}
+
+/// Cap on the default context so a model trained on 128k tokens does not reserve for 128k.
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
+/// Loads a GGUF model, its tokenizer and chat template.
+pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedModel> {
+    let mut file = GgufFile::open(opts.model_path)?;
+    let architecture = file.str("general.architecture")?.to_string();
+    let tokenizer = match opts.tokenizer_path {
+        Some(p) => Tokenizer::from_json_file(p)?,
+        None if file.has_key("tokenizer.ggml.model") => Tokenizer::from_gguf(&file)?,
+        None => {
+            let beside = opts.model_path.with_file_name("tokenizer.json");
+            if beside.is_file() {
+                Tokenizer::from_json_file(&beside)?
+            } else {
+                return Err(Error::new(
+                    ErrorKind::Tokenizer,
+                    format!(
+                        "'{}' has no tokenizer metadata (tokenizer.ggml.*) and there is no tokenizer.json beside it",
+                        opts.model_path.display()
+                    ),
+                ));
+            }
+        }
+    };
+    let chat_template = match file.opt_str("tokenizer.chat_template") {
+        Some(src) => Some(Arc::new(ChatTemplate::new(src, &tokenizer)?)),
+        None => None,
+    };
+    let model: Arc<dyn LanguageModel> = match architecture.as_str() {
+        "llama" => Arc::new(llama::Llama::load(&mut file, opts, progress)?),
+        other => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "'{}': architecture '{other}' is not supported (supported: llama)",
+                    opts.model_path.display()
+                ),
+            ))
+        }
+    };
+    if model.info().vocab_size < tokenizer.vocab_size() {
+        return Err(Error::model_format(format!(
+            "'{}': the tokenizer has {} tokens but the model's output layer only {}",
+            opts.model_path.display(),
+            tokenizer.vocab_size(),
+            model.info().vocab_size
+        )));
+    }
+    Ok(LoadedModel { model, tokenizer: Arc::new(tokenizer), chat_template })
+}

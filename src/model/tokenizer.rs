@@ -1,0 +1,469 @@
+//! Text ⇄ token ids.
+//!
+//! Encoding runs a Hugging Face `tokenizers` pipeline, built either from a `tokenizer.json` or
+//! from the GGUF `tokenizer.ggml.*` metadata (byte-level BPE as in GPT-2/Llama 3/SmolLM, or
+//! SentencePiece as in Llama 2/Gemma). Decoding uses our own id → bytes table, so that
+//! `decode(encode(s)) == s` byte for byte and a stream can be cut on UTF-8 boundaries.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use super::gguf::GgufFile;
+use crate::error::{Error, ErrorKind, Result};
+
+/// GGUF `tokenizer.ggml.token_type` values.
+mod token_type {
+    pub(super) const UNKNOWN: i32 = 2;
+    pub(super) const CONTROL: i32 = 3;
+    pub(super) const USER_DEFINED: i32 = 4;
+    pub(super) const BYTE: i32 = 6;
+}
+
+const GPT2_REGEX_FREE_PRES: &[&str] = &["default", "gpt2", "gpt-2", "phi-2", "olmo", "jais", "stablelm2", "poro-chat", "viking", "bloom", "gpt3-finnish"];
+const DIGIT_SPLIT_PRES: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+const LLAMA3_PRES: &[&str] = &["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "pixtral", "dbrx"];
+const QWEN2_PRES: &[&str] = &["qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan"];
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Token texts that end a generation when the model has them as control tokens (as llama.cpp's
+/// end-of-generation set), in addition to the declared EOS/EOT ids.
+const END_OF_GENERATION_TEXTS: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "</s>"];
+
+/// A loaded tokenizer. Immutable and shareable across threads.
+pub struct Tokenizer {
+    /// Splits special-token text in the input into special tokens.
+    parsing: tokenizers::Tokenizer,
+    /// Treats special-token text as ordinary text.
+    literal: tokenizers::Tokenizer,
+    pieces: Vec<Vec<u8>>,
+    texts: Vec<String>,
+    special: Vec<bool>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    end_of_generation: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    /// SentencePiece dummy prefix: encoding adds a space before the text (as llama.cpp does)...
+    add_space_prefix: bool,
+    /// ...and decoding drops it again from the first text piece.
+    strip_leading_space: bool,
+    /// Special-token texts, to tell whether the input starts with one.
+    special_texts: Vec<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("bos", &self.bos).field("eos", &self.eos).finish()
+    }
+}
+
+fn tok_err(what: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Tokenizer, what.to_string())
+}
+
+/// GPT-2's reversible byte ↔ printable-char map used by byte-level BPE vocabularies.
+pub fn byte_level_chars() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        map[b as usize] = if printable {
+            b as char
+        } else {
+            let c = char::from_u32(next).expect("valid scalar");
+            next += 1;
+            c
+        };
+    }
+    map
+}
+
+fn byte_level_decoder() -> HashMap<char, u8> {
+    byte_level_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+}
+
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
+}
+
+struct Vocab {
+    texts: Vec<String>,
+    types: Vec<i32>,
+}
+
+impl Vocab {
+    fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let texts = file.str_array("tokenizer.ggml.tokens")?;
+        let types = if file.has_key("tokenizer.ggml.token_type") {
+            file.i32_array("tokenizer.ggml.token_type")?
+        } else {
+            vec![1; texts.len()]
+        };
+        if types.len() != texts.len() {
+            return Err(Error::model_format(format!(
+                "'{}': {} token types for {} tokens",
+                file.path().display(),
+                types.len(),
+                texts.len()
+            )));
+        }
+        if texts.is_empty() {
+            return Err(Error::model_format(format!("'{}': the vocabulary is empty", file.path().display())));
+        }
+        Ok(Self { texts, types })
+    }
+
+    fn map(&self) -> HashMap<String, u32> {
+        let mut m = HashMap::with_capacity(self.texts.len());
+        for (i, t) in self.texts.iter().enumerate() {
+            m.entry(t.clone()).or_insert(i as u32);
+        }
+        m
+    }
+
+    fn added_tokens(&self) -> Vec<AddedToken> {
+        self.texts
+            .iter()
+            .zip(&self.types)
+            .filter(|(_, &t)| t == token_type::CONTROL || t == token_type::USER_DEFINED)
+            .map(|(text, &t)| AddedToken::from(text.clone(), t == token_type::CONTROL).normalized(false))
+            .collect()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let kind = file.str("tokenizer.ggml.model")?;
+        let vocab = Vocab::from_gguf(file)?;
+        let mut tok = match kind {
+            "gpt2" => Self::byte_level_bpe(file, &vocab)?,
+            "llama" => Self::sentencepiece(file, &vocab)?,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "'{}': tokenizer type '{other}' is not supported (supported: gpt2, llama); pass a tokenizer.json instead",
+                        file.path().display()
+                    ),
+                ))
+            }
+        };
+        tok.apply_gguf_special_ids(file);
+        Ok(tok)
+    }
+
+    fn byte_level_bpe(file: &GgufFile, vocab: &Vocab) -> Result<Self> {
+        let pre = file.opt_str("tokenizer.ggml.pre").unwrap_or("default");
+        let merges: Vec<(String, String)> = file
+            .str_array("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(Error::model_format(format!("'{}': malformed merge '{m}'", file.path().display()))),
+            })
+            .collect::<Result<_>>()?;
+        let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, regex));
+        let split = |re: &str| -> Result<PreTokenizerWrapper> {
+            Ok(PreTokenizerWrapper::Split(
+                Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?,
+            ))
+        };
+        let (pre_tokenizer, ignore_merges) = if DIGIT_SPLIT_PRES.contains(&pre) {
+            (Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]), false)
+        } else if LLAMA3_PRES.contains(&pre) {
+            (Sequence::new(vec![split(LLAMA3_REGEX)?, byte_level(false)]), true)
+        } else if QWEN2_PRES.contains(&pre) {
+            (Sequence::new(vec![split(QWEN2_REGEX)?, byte_level(false)]), false)
+        } else if GPT2_REGEX_FREE_PRES.contains(&pre) {
+            (Sequence::new(vec![byte_level(true)]), false)
+        } else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "'{}': pre-tokenizer '{pre}' is not known; pass the model's tokenizer.json instead",
+                    file.path().display()
+                ),
+            ));
+        };
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab.map().into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(|e| tok_err(format!("'{}': cannot build the BPE model: {e}", file.path().display())))?;
+        let mut hf = tokenizers::Tokenizer::new(bpe);
+        hf.with_pre_tokenizer(Some(pre_tokenizer));
+        hf.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        hf.add_tokens(&vocab.added_tokens());
+
+        let chars = byte_level_decoder();
+        let pieces = vocab
+            .texts
+            .iter()
+            .zip(&vocab.types)
+            .map(|(text, &t)| {
+                if t == token_type::CONTROL || t == token_type::USER_DEFINED {
+                    return text.as_bytes().to_vec();
+                }
+                text.chars().map(|c| chars.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.as_bytes().to_vec())
+            })
+            .collect();
+        Ok(Self::assemble(hf, pieces, vocab, false))
+    }
+
+    fn sentencepiece(file: &GgufFile, vocab: &Vocab) -> Result<Self> {
+        let scores = if file.has_key("tokenizer.ggml.scores") {
+            file.f32_array("tokenizer.ggml.scores")?
+        } else {
+            vec![0.0; vocab.texts.len()]
+        };
+        if scores.len() != vocab.texts.len() {
+            return Err(Error::model_format(format!(
+                "'{}': {} scores for {} tokens",
+                file.path().display(),
+                scores.len(),
+                vocab.texts.len()
+            )));
+        }
+        let map = vocab.map();
+        // SentencePiece BPE merges the pair whose result scores highest; an HF BPE with merges
+        // ranked by the merged token's score makes the same choices.
+        let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
+        for (id, text) in vocab.texts.iter().enumerate() {
+            if vocab.types[id] != 1 {
+                continue;
+            }
+            for (split, _) in text.char_indices().skip(1) {
+                let (left, right) = text.split_at(split);
+                if map.contains_key(left) && map.contains_key(right) {
+                    ranked.push((scores[id], id as u32, left.to_string(), right.to_string()));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let merges = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+        let unk = file
+            .opt_u64("tokenizer.ggml.unknown_token_id")
+            .map(|id| id as usize)
+            .or_else(|| vocab.types.iter().position(|&t| t == token_type::UNKNOWN))
+            .and_then(|id| vocab.texts.get(id).cloned());
+        let mut builder = BPE::builder().vocab_and_merges(map.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges).byte_fallback(true).fuse_unk(true);
+        if let Some(unk) = unk {
+            builder = builder.unk_token(unk);
+        }
+        let bpe = builder
+            .build()
+            .map_err(|e| tok_err(format!("'{}': cannot build the SentencePiece model: {e}", file.path().display())))?;
+        let add_space_prefix = file.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+        // The dummy prefix is added in `encode`: HF's Metaspace skips it when the text already
+        // starts with a space, which would lose that space on the way back.
+        let mut hf = tokenizers::Tokenizer::new(bpe);
+        hf.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Never, false)));
+        hf.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new('▁', PrependScheme::Never, false)));
+        hf.add_tokens(&vocab.added_tokens());
+
+        let pieces = vocab
+            .texts
+            .iter()
+            .zip(&vocab.types)
+            .map(|(text, &t)| match t {
+                token_type::BYTE => parse_byte_token(text).map(|b| vec![b]).unwrap_or_else(|| text.as_bytes().to_vec()),
+                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => text.as_bytes().to_vec(),
+                _ => text.replace('▁', " ").into_bytes(),
+            })
+            .collect();
+        let mut tok = Self::assemble(hf, pieces, vocab, add_space_prefix);
+        tok.add_space_prefix = add_space_prefix;
+        Ok(tok)
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let hf = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("cannot load tokenizer '{}': {e}", path.display())))?;
+        let size = hf.get_vocab_size(true);
+        let added = hf.get_added_vocabulary().get_added_tokens_decoder().clone();
+        let decoder_json = hf.get_decoder().and_then(|d| serde_json::to_string(d).ok()).unwrap_or_default();
+        let byte_level = decoder_json.contains("ByteLevel");
+        let strip_leading_space = decoder_json.contains("Strip") || decoder_json.contains("\"prepend_scheme\":\"first\"");
+        let chars = byte_level_decoder();
+        let mut texts = Vec::with_capacity(size);
+        let mut types = Vec::with_capacity(size);
+        let mut pieces = Vec::with_capacity(size);
+        for id in 0..size as u32 {
+            let text = hf.id_to_token(id).unwrap_or_default();
+            let (piece, ty) = if let Some(tok) = added.get(&id) {
+                (tok.content.as_bytes().to_vec(), if tok.special { token_type::CONTROL } else { token_type::USER_DEFINED })
+            } else if let Some(b) = parse_byte_token(&text).filter(|_| !byte_level) {
+                (vec![b], token_type::BYTE)
+            } else if byte_level {
+                (text.chars().map(|c| chars.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.as_bytes().to_vec()), 1)
+            } else {
+                (text.replace('▁', " ").into_bytes(), 1)
+            };
+            texts.push(text);
+            types.push(ty);
+            pieces.push(piece);
+        }
+        let vocab = Vocab { texts, types };
+        let mut tok = Self::assemble(hf, pieces, &vocab, strip_leading_space);
+        // tokenizer.json does not say which token is BOS/EOS; guess from the usual names.
+        tok.bos = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"].iter().find_map(|t| tok.token_id(t));
+        tok.eos = ["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>"].iter().find_map(|t| tok.token_id(t));
+        tok.rebuild_end_of_generation(&[]);
+        Ok(tok)
+    }
+
+    fn assemble(parsing: tokenizers::Tokenizer, pieces: Vec<Vec<u8>>, vocab: &Vocab, strip_leading_space: bool) -> Self {
+        let mut literal = parsing.clone();
+        literal.set_encode_special_tokens(true);
+        let special: Vec<bool> = vocab.types.iter().map(|&t| t == token_type::CONTROL).collect();
+        let special_texts = vocab
+            .texts
+            .iter()
+            .zip(&vocab.types)
+            .filter(|(_, &t)| t == token_type::CONTROL || t == token_type::USER_DEFINED)
+            .map(|(text, _)| text.clone())
+            .collect();
+        let mut tok = Self {
+            parsing,
+            literal,
+            pieces,
+            texts: vocab.texts.clone(),
+            special,
+            bos: None,
+            eos: None,
+            end_of_generation: Vec::new(),
+            add_bos: false,
+            add_eos: false,
+            add_space_prefix: false,
+            strip_leading_space,
+            special_texts,
+        };
+        tok.rebuild_end_of_generation(&[]);
+        tok
+    }
+
+    /// Takes BOS/EOS/EOT ids and the add-BOS/EOS flags from GGUF metadata, where present. Used
+    /// also when a tokenizer.json replaces the GGUF's vocabulary but the model's ids still hold.
+    pub fn apply_gguf_special_ids(&mut self, file: &GgufFile) {
+        let id = |k: &str| file.opt_u64(k).map(|v| v as u32).filter(|&v| (v as usize) < self.pieces.len());
+        if let Some(bos) = id("tokenizer.ggml.bos_token_id") {
+            self.bos = Some(bos);
+        }
+        if let Some(eos) = id("tokenizer.ggml.eos_token_id") {
+            self.eos = Some(eos);
+        }
+        let kind = file.opt_str("tokenizer.ggml.model").unwrap_or("");
+        self.add_bos = file.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(kind == "llama");
+        self.add_eos = file.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
+        let extra: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].iter().filter_map(|k| id(k)).collect();
+        self.rebuild_end_of_generation(&extra);
+    }
+
+    fn rebuild_end_of_generation(&mut self, extra: &[u32]) {
+        let mut set: HashSet<u32> = extra.iter().copied().collect();
+        set.extend(self.eos);
+        for text in END_OF_GENERATION_TEXTS {
+            if let Some(id) = self.token_id(text).filter(|&id| self.special[id as usize]) {
+                set.insert(id);
+            }
+        }
+        let mut v: Vec<u32> = set.into_iter().collect();
+        v.sort_unstable();
+        self.end_of_generation = v;
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Tokens that end a generation (EOS, EOT and the model's end-of-turn control tokens).
+    pub fn end_of_generation(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.end_of_generation.binary_search(&id).is_ok()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The vocabulary entry's text (for display; not its decoded bytes).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize).map(String::as_str)
+    }
+
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.parsing.token_to_id(text)
+    }
+
+    /// The bytes a token stands for (special tokens: their text).
+    pub fn piece(&self, id: u32) -> Option<&[u8]> {
+        self.pieces.get(id as usize).map(Vec::as_slice)
+    }
+
+    /// Encodes text. `add_special` adds BOS/EOS as the model wants them; `parse_special` lets
+    /// special-token text in the input (e.g. `<|im_start|>`) become special tokens — leave it off
+    /// for untrusted text.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        let hf = if parse_special { &self.parsing } else { &self.literal };
+        let starts_special = parse_special && self.special_texts.iter().any(|s| !s.is_empty() && text.starts_with(s.as_str()));
+        let text: std::borrow::Cow<str> =
+            if self.add_space_prefix && !text.is_empty() && !starts_special { format!(" {text}").into() } else { text.into() };
+        let enc = hf.encode_fast(text.as_ref(), false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 2);
+        if add_special && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        if add_special && self.add_eos {
+            ids.extend(self.eos);
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to bytes (not necessarily UTF-8 if the ids end mid-character).
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for (i, &id) in ids.iter().enumerate() {
+            let piece = self.piece(id).ok_or_else(|| {
+                Error::invalid_argument(format!("token id {id} at position {i} is out of range (vocabulary size {})", self.vocab_size()))
+            })?;
+            let first_text_piece = i == 0 || (i == 1 && Some(ids[0]) == self.bos);
+            if self.strip_leading_space && first_text_piece && !self.is_special(id) {
+                out.extend_from_slice(piece.strip_prefix(b" ").unwrap_or(piece));
+            } else {
+                out.extend_from_slice(piece);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes ids to text; an incomplete trailing character is an error, as is invalid UTF-8.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        String::from_utf8(self.decode_bytes(ids)?)
+            .map_err(|e| Error::new(ErrorKind::InvalidUtf8, format!("the tokens do not decode to valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())))
+    }
+}
