@@ -1,0 +1,219 @@
+//! The engine: a loaded model, its worker thread and the internal Tokio runtime. Thread-safe;
+//! share it freely and open any number of sessions on it.
+
+mod control;
+mod session;
+mod text;
+mod worker;
+
+pub use session::{GenerateOptions, Prompt, Session};
+pub use text::{Delta, TextAssembler};
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::chat::{ChatMessage, ChatTemplate};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{self, LanguageModel, LoadOptions, ModelInfo};
+use control::Control;
+use worker::{Command, Worker};
+
+/// How to build an engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// A GGUF file.
+    pub model_path: PathBuf,
+    /// A `tokenizer.json` to use instead of the GGUF's tokenizer metadata.
+    pub tokenizer_path: Option<PathBuf>,
+    /// Compute threads; 0 = one per available core.
+    pub threads: usize,
+    /// Context length per session; 0 = the model's (capped at [`model::DEFAULT_MAX_CONTEXT`]).
+    pub context_length: usize,
+    /// Seed for requests that do not bring their own; `None` = from the OS.
+    pub seed: Option<u64>,
+}
+
+/// A loaded model ready to serve sessions. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+    commands: Mutex<Option<Sender<Command>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    seeds: Mutex<ChaCha8Rng>,
+    next_session: AtomicU64,
+}
+
+impl Engine {
+    /// Loads the model and starts its worker. `progress` (fraction in [0, 1]) is called on this
+    /// thread; returning `false` aborts the load with [`ErrorKind::Cancelled`].
+    pub fn load(config: &EngineConfig, progress: Option<&mut dyn FnMut(f32) -> bool>) -> Result<Self> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let mut no_progress = |_: f32| true;
+        let progress: &mut dyn FnMut(f32) -> bool = match progress {
+            Some(p) => p,
+            None => &mut no_progress,
+        };
+        if !progress(0.0) {
+            return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+        }
+        let loaded = model::load(
+            &LoadOptions {
+                model_path: &config.model_path,
+                tokenizer_path: config.tokenizer_path.as_deref(),
+                context_length: config.context_length,
+                device: Device::Cpu,
+            },
+            progress,
+        )?;
+        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed)
+    }
+
+    /// Starts an engine over an already-built model (custom architectures, tests).
+    pub fn from_parts(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
+        Self::start(model, tokenizer, chat_template, threads.max(1), seed)
+    }
+
+    fn start(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("maze-compute-{i}"))
+            .build()
+            .map_err(|e| internal("compute threads", &e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("maze-runtime")
+            .enable_time()
+            .build()
+            .map_err(|e| internal("runtime", &e))?;
+        let info = model.info().clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let worker = Worker::new(model, tokenizer.clone(), pool);
+        let handle = std::thread::Builder::new()
+            .name("maze-model-worker".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(|e| internal("model worker", &e))?;
+        let seeds = match seed {
+            Some(s) => ChaCha8Rng::seed_from_u64(s),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                info,
+                tokenizer,
+                chat_template,
+                commands: Mutex::new(Some(sender)),
+                worker: Mutex::new(Some(handle)),
+                runtime: Some(runtime),
+                seeds: Mutex::new(seeds),
+                next_session: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.inner.chat_template.is_some()
+    }
+
+    /// Renders messages with the model's chat template.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.inner.render_chat(messages, add_generation_prompt)
+    }
+
+    /// Opens a new, empty session.
+    pub fn new_session(&self) -> Session {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        Session::new(self.inner.clone(), id)
+    }
+}
+
+impl EngineInner {
+    pub(crate) fn send(&self, cmd: Command) -> Result<()> {
+        let guard = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().ok_or_else(worker::worker_gone)?.send(cmd).map_err(|_| worker::worker_gone())
+    }
+
+    pub(crate) fn next_seed(&self) -> u64 {
+        self.seeds.lock().unwrap_or_else(|p| p.into_inner()).random()
+    }
+
+    /// Arms a timer on the internal runtime that times the request out.
+    pub(crate) fn start_timer(&self, after: Duration, control: Arc<Control>) -> tokio::task::AbortHandle {
+        let rt = self.runtime.as_ref().expect("runtime lives as long as the engine");
+        rt.spawn(async move {
+            tokio::time::sleep(after).await;
+            control.time_out();
+        })
+        .abort_handle()
+    }
+
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::Template, format!("model '{}' has no chat template (tokenizer.chat_template); use a text prompt", self.info.name))
+        })?;
+        template.render(messages, add_generation_prompt)
+    }
+
+    pub(crate) fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let tokens = match prompt {
+            Prompt::Text(text) => self.tokenizer.encode(text, true, true)?,
+            Prompt::Tokens(ids) => {
+                if let Some((i, bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.info.vocab_size) {
+                    return Err(Error::invalid_argument(format!("prompt token {i} has id {bad}, outside the vocabulary (size {})", self.info.vocab_size)));
+                }
+                ids.clone()
+            }
+            Prompt::Chat(messages) => {
+                let text = self.render_chat(messages, true)?;
+                // Templates that write the BOS text themselves must not get a second BOS.
+                let bos_in_text = self.tokenizer.bos().and_then(|b| self.tokenizer.token_text(b)).is_some_and(|b| !b.is_empty() && text.starts_with(b));
+                self.tokenizer.encode(&text, !bos_in_text, true)?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(Error::invalid_argument("the prompt is empty: give at least one token of input"));
+        }
+        Ok(tokens)
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker once it has no active request.
+        self.commands.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so dropping an engine inside async code is fine too.
+            rt.shutdown_background();
+        }
+    }
+}
