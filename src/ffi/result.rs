@@ -1,0 +1,188 @@
+//! Results: text, tokens, finish reason, statistics.
+
+use std::ffi::{c_char, CString};
+
+use super::{ffi_infallible, maze_status};
+use crate::result::{FinishReason, GenerationResult};
+
+/// How a generation ended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum maze_finish_reason {
+    /// The model produced an end-of-generation token.
+    Stop = 0,
+    /// max_tokens was reached or the context is full.
+    Length = 1,
+    /// A stop sequence appeared (it is not part of the text).
+    StopSequence = 2,
+    /// maze_session_cancel was called or the stream callback returned false.
+    Cancelled = 3,
+    /// params.timeout_ms passed.
+    Timeout = 4,
+    /// The computation failed midway; see maze_result_error_status / _message.
+    Error = 5,
+}
+
+impl From<FinishReason> for maze_finish_reason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Stop => Self::Stop,
+            FinishReason::Length => Self::Length,
+            FinishReason::StopSequence => Self::StopSequence,
+            FinishReason::Cancelled => Self::Cancelled,
+            FinishReason::Timeout => Self::Timeout,
+            FinishReason::Error => Self::Error,
+        }
+    }
+}
+
+/// A finished generation. Immutable: safe to read from any thread; free once with
+/// maze_result_free. Pointers it returns stay valid until then.
+pub struct maze_result {
+    result: GenerationResult,
+    /// The text with a trailing NUL.
+    text: Vec<u8>,
+    error_message: Option<CString>,
+}
+
+impl maze_result {
+    pub(crate) fn new(result: GenerationResult) -> Self {
+        let mut text = result.text.as_bytes().to_vec();
+        text.push(0);
+        let error_message = result.error.as_ref().map(|e| CString::new(e.message().replace('\0', "")).unwrap_or_default());
+        Self { result, text, error_message }
+    }
+}
+
+macro_rules! getter {
+    ($r:expr, $default:expr, |$x:ident| $e:expr) => {
+        ffi_infallible!($default, { $r.as_ref().map(|$x: &maze_result| $e).unwrap_or($default) })
+    };
+}
+
+/// Generated text (UTF-8, NUL-terminated; it may itself contain NUL bytes, so prefer `*len`).
+/// `len` may be NULL. "" for a NULL result.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_text(result: *const maze_result, len: *mut usize) -> *const c_char {
+    ffi_infallible!(c"".as_ptr(), {
+        let (ptr, n) = match result.as_ref() {
+            Some(r) => (r.text.as_ptr() as *const c_char, r.text.len() - 1),
+            None => (c"".as_ptr(), 0),
+        };
+        if !len.is_null() {
+            len.write(n);
+        }
+        ptr
+    })
+}
+
+/// Generated token ids; their count goes to `*n` (may be NULL). NULL when there are none.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_tokens(result: *const maze_result, n: *mut usize) -> *const u32 {
+    ffi_infallible!(std::ptr::null(), {
+        let tokens = result.as_ref().map(|r| r.result.tokens.as_slice()).unwrap_or(&[]);
+        if !n.is_null() {
+            n.write(tokens.len());
+        }
+        if tokens.is_empty() { std::ptr::null() } else { tokens.as_ptr() }
+    })
+}
+
+/// Log-probability of each generated token under the model (natural log), one per token; NULL
+/// (and *n = 0) unless params.logprobs was set.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_logprobs(result: *const maze_result, n: *mut usize) -> *const f32 {
+    ffi_infallible!(std::ptr::null(), {
+        let lps = result.as_ref().and_then(|r| r.result.logprobs.as_deref()).unwrap_or(&[]);
+        if !n.is_null() {
+            n.write(lps.len());
+        }
+        if lps.is_empty() { std::ptr::null() } else { lps.as_ptr() }
+    })
+}
+
+/// Why generation ended; MAZE_FINISH_ERROR for a NULL result.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_finish_reason(result: *const maze_result) -> maze_finish_reason {
+    getter!(result, maze_finish_reason::Error, |r| r.result.finish_reason.into())
+}
+
+/// Name of a finish reason: "stop", "length", "stop_sequence", "cancelled", "timeout", "error";
+/// "unknown" otherwise. Static string.
+#[no_mangle]
+pub extern "C" fn maze_finish_reason_name(reason: i32) -> *const c_char {
+    let s: &'static std::ffi::CStr = match reason {
+        0 => c"stop",
+        1 => c"length",
+        2 => c"stop_sequence",
+        3 => c"cancelled",
+        4 => c"timeout",
+        5 => c"error",
+        _ => c"unknown",
+    };
+    s.as_ptr()
+}
+
+/// Status of a midway failure (finish reason MAZE_FINISH_ERROR); MAZE_STATUS_OK otherwise.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_error_status(result: *const maze_result) -> maze_status {
+    getter!(result, maze_status::NullArgument, |r| r.result.error.as_ref().map(|e| e.kind().into()).unwrap_or(maze_status::Ok))
+}
+
+/// Message of a midway failure; NULL when there was none.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_error_message(result: *const maze_result) -> *const c_char {
+    getter!(result, std::ptr::null(), |r| r.error_message.as_ref().map(|m| m.as_ptr()).unwrap_or(std::ptr::null()))
+}
+
+/// Tokens in the prompt (reused from the cache or computed).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_prompt_tokens(result: *const maze_result) -> u32 {
+    getter!(result, 0, |r| r.result.stats.prompt_tokens as u32)
+}
+
+/// Prompt tokens reused from the session's KV cache instead of being recomputed.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_cached_tokens(result: *const maze_result) -> u32 {
+    getter!(result, 0, |r| r.result.stats.cached_tokens as u32)
+}
+
+/// Tokens generated (and delivered).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_generated_tokens(result: *const maze_result) -> u32 {
+    getter!(result, 0, |r| r.result.stats.generated_tokens as u32)
+}
+
+/// Milliseconds from the call to the first generated token (queueing and prefill included).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_time_to_first_token_ms(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.stats.time_to_first_token.as_secs_f64() * 1e3)
+}
+
+/// Milliseconds from the call to the end of generation.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_total_time_ms(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.stats.total_time.as_secs_f64() * 1e3)
+}
+
+/// Decode speed: generated tokens per second after the first token.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_tokens_per_second(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.stats.decode_tokens_per_second)
+}
+
+/// Prefill speed: prompt tokens computed per second.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_prefill_tokens_per_second(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.stats.prefill_tokens_per_second)
+}
+
+/// Frees a result. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_free(result: *mut maze_result) {
+    ffi_infallible!((), {
+        if !result.is_null() {
+            drop(Box::from_raw(result));
+        }
+    })
+}

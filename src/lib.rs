@@ -1,0 +1,34 @@
+//! Maze: an embeddable LLM inference engine with a C ABI.
+//!
+//! The Rust API is the same engine the C ABI wraps:
+//!
+//! ```no_run
+//! use maze::{Engine, EngineConfig, GenerateOptions, Prompt, ChatMessage};
+//! let engine = Engine::load(&EngineConfig { model_path: "model.gguf".into(), ..Default::default() }, None)?;
+//! let session = engine.new_session();
+//! let result = session.generate_streaming(
+//!     &Prompt::Chat(vec![ChatMessage::new("user", "Say hi")]),
+//!     &GenerateOptions::default(),
+//!     |text| { print!("{text}"); true },
+//! )?;
+//! println!("\n[{}]", result.finish_reason.as_str());
+//! # Ok::<(), maze::Error>(())
+//! ```
+
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod model;
+pub mod result;
+pub mod sampling;
+#[doc(hidden)]
+pub mod testing;
+
+pub use engine::{Engine, EngineConfig, GenerateOptions, Prompt, Session};
+pub use error::{Error, ErrorKind, Result};
+pub use model::chat::ChatMessage;
+pub use result::{FinishReason, GenerationResult, GenerationStats};
+pub use sampling::SamplingParams;
+
+/// The library version, e.g. "0.1.0".
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
