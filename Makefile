@@ -1,0 +1,92 @@
+# Maze — the two entry points a newcomer needs:
+#   make demo   fetch the default model, build the library, run the C quickstart on it
+#   make test   everything: Rust unit + integration tests, header freshness, C tests
+#               (shared and static library, AddressSanitizer, valgrind)
+# Both are idempotent: they fetch and build only what is missing.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+CC ?= cc
+MAZE_MODEL_DIR ?= $(HOME)/.cache/maze/models
+MODEL := $(MAZE_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
+LIBDIR := target/release
+BUILD := target/c
+# System libraries the static library needs (from `cargo rustc -- --print native-static-libs`).
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
+export MAZE_MODEL_DIR
+
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind bench clean
+
+demo: toolchain model lib $(BUILD)/quickstart
+	$(BUILD)/quickstart "$(MODEL)"
+
+test: toolchain model rust-test header-check c-test
+	@echo "make test: all suites passed"
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	@command -v $(CC) >/dev/null || { echo "error: no C compiler ($(CC)); install gcc" >&2; exit 1; }
+	@command -v python3 >/dev/null || { echo "error: python3 is needed to fetch the model" >&2; exit 1; }
+	@command -v valgrind >/dev/null || { echo "installing valgrind ..."; (apt-get install -y -q valgrind >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q valgrind >/dev/null)) || { echo "error: valgrind missing and could not be installed" >&2; exit 1; }; }
+
+model:
+	@scripts/fetch-model.sh >/dev/null
+
+lib:
+	$(CARGO) build --release --lib
+
+rust-test:
+	MAZE_MODEL="$(MODEL)" $(CARGO) test --release
+
+# build.rs regenerates include/maze.h; a difference from the committed copy means it is stale.
+header-check: lib
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git ls-files --error-unmatch include/maze.h >/dev/null 2>&1 || { echo "error: include/maze.h is not committed" >&2; exit 1; }; \
+	  git diff --quiet HEAD -- include/maze.h || { echo "error: include/maze.h is stale: commit the regenerated header" >&2; git --no-pager diff --stat HEAD -- include/maze.h; exit 1; }; \
+	  echo "include/maze.h is up to date"; \
+	fi
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/quickstart: examples/c/quickstart.c include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+$(BUILD)/tiny-model.gguf: lib | $(BUILD)
+	$(CARGO) run --release --quiet --example make-tiny-model -- $@
+
+$(BUILD)/test_api_shared: tests/c/test_api.c include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+# The .a path is given explicitly: -lmaze would pick the .so sitting beside it.
+$(BUILD)/test_api_static: tests/c/test_api.c include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $< $(LIBDIR)/libmaze.a $(STATIC_LIBS) -o $@
+
+$(BUILD)/test_api_asan: tests/c/test_api.c include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread -fsanitize=address,undefined -fno-omit-frame-pointer $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test: c-test-shared c-test-static c-test-asan c-test-valgrind
+
+c-test-shared: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
+	$(BUILD)/test_api_shared "$(MODEL)"
+
+c-test-static: $(BUILD)/test_api_static
+	@if ldd $(BUILD)/test_api_static | grep -q libmaze; then echo "error: test_api_static links libmaze dynamically" >&2; exit 1; fi
+	$(BUILD)/test_api_static "$(MODEL)"
+
+c-test-asan: $(BUILD)/test_api_asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_api_asan "$(MODEL)"
+
+# valgrind runs the whole API suite on a tiny random-weight model (the real one is too slow
+# under emulation); it must report no errors and no definite leaks.
+c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
+	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	  $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+
+bench: model
+	$(CARGO) run --release --bin maze-bench -- --model "$(MODEL)" --write docs/BENCHMARKS.md
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

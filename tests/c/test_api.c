@@ -1,0 +1,740 @@
+/*
+ * The C API suite: every function of maze.h, success and error paths, against the real library
+ * (linked as .so and as .a; run under AddressSanitizer and valgrind by `make test`).
+ *
+ *   test_api MODEL.gguf [--tiny]
+ *
+ * --tiny: the model is the random-weight test model (garbage text, tiny vocabulary); checks
+ * that depend on a trained model's behaviour are skipped.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "maze.h"
+
+static int passed, failed;
+static const char *model_path;
+static bool tiny;
+
+#define CHECK(cond, ...)                                                                     \
+    do {                                                                                     \
+        if (cond) {                                                                          \
+            passed++;                                                                        \
+        } else {                                                                             \
+            failed++;                                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s", __FILE__, __LINE__, #cond);                    \
+            fprintf(stderr, " -- " __VA_ARGS__);                                             \
+            fprintf(stderr, "\n");                                                           \
+        }                                                                                    \
+    } while (0)
+
+/* Checks a failed call: its status, that an error came back with that status, and that the
+ * message mentions `needle`. Frees the error. */
+static void expect_error(maze_status got, maze_error *err, maze_status want, const char *needle, const char *what) {
+    CHECK(got == want, "%s: status %s, want %s", what, maze_status_name(got), maze_status_name(want));
+    CHECK(err != NULL, "%s: no error object", what);
+    if (err) {
+        CHECK(maze_error_status(err) == want, "%s: error object status %s", what, maze_status_name(maze_error_status(err)));
+        const char *msg = maze_error_message(err);
+        CHECK(msg && strstr(msg, needle), "%s: message '%s' lacks '%s'", what, msg ? msg : "(null)", needle);
+    }
+    maze_error_free(err);
+}
+
+/* Runs `call` (which writes the local `err`), then checks its failure like expect_error. */
+#define EXPECT_ERROR(call, want, needle, what)                \
+    do {                                                      \
+        err = NULL;                                           \
+        maze_status status_ = (call);                         \
+        expect_error(status_, err, want, needle, what);       \
+    } while (0)
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { perror(path); exit(2); }
+    fwrite(data, 1, len, f);
+    fclose(f);
+}
+
+/* ---------------------------------------------------------------- version and status */
+
+static void test_version_and_status(void) {
+    const char *v = maze_version();
+    CHECK(v && strlen(v) >= 5 && strchr(v, '.'), "version '%s'", v ? v : "(null)");
+    CHECK(maze_abi_version() == MAZE_ABI_VERSION, "abi %u", maze_abi_version());
+    CHECK(strcmp(maze_status_name(MAZE_STATUS_OK), "MAZE_STATUS_OK") == 0, "ok name");
+    CHECK(strcmp(maze_status_name(MAZE_STATUS_BUSY), "MAZE_STATUS_BUSY") == 0, "busy name");
+    CHECK(strcmp(maze_status_name(12345), "MAZE_STATUS_UNKNOWN") == 0, "unknown name");
+    CHECK(strcmp(maze_finish_reason_name(MAZE_FINISH_REASON_STOP_SEQUENCE), "stop_sequence") == 0, "finish name");
+    CHECK(strcmp(maze_finish_reason_name(-1), "unknown") == 0, "unknown finish name");
+    /* NULL handles: getters return neutral values, frees are no-ops. */
+    CHECK(maze_error_status(NULL) == MAZE_STATUS_NULL_ARGUMENT, "error status NULL");
+    CHECK(strcmp(maze_error_message(NULL), "") == 0, "error message NULL");
+    maze_error_free(NULL);
+    maze_engine_free(NULL);
+    maze_session_free(NULL);
+    maze_result_free(NULL);
+    CHECK(maze_engine_vocab_size(NULL) == 0 && maze_engine_context_length(NULL) == 0, "engine getters NULL");
+    CHECK(strcmp(maze_engine_model_name(NULL), "") == 0 && strcmp(maze_engine_architecture(NULL), "") == 0, "names NULL");
+    CHECK(!maze_engine_has_chat_template(NULL) && maze_engine_eos_token(NULL) == -1, "template/eos NULL");
+    CHECK(!maze_engine_token_is_end_of_generation(NULL, 0), "eog NULL");
+    size_t n = 99;
+    CHECK(strcmp(maze_result_text(NULL, &n), "") == 0 && n == 0, "result text NULL");
+    CHECK(maze_result_tokens(NULL, &n) == NULL && n == 0, "result tokens NULL");
+    CHECK(maze_result_logprobs(NULL, &n) == NULL && n == 0, "result logprobs NULL");
+    CHECK(maze_result_finish_reason(NULL) == MAZE_FINISH_REASON_ERROR, "finish NULL");
+    CHECK(maze_result_error_status(NULL) == MAZE_STATUS_NULL_ARGUMENT && maze_result_error_message(NULL) == NULL, "result error NULL");
+    CHECK(maze_result_prompt_tokens(NULL) == 0 && maze_result_cached_tokens(NULL) == 0 && maze_result_generated_tokens(NULL) == 0, "counts NULL");
+    CHECK(maze_result_time_to_first_token_ms(NULL) == 0 && maze_result_total_time_ms(NULL) == 0, "times NULL");
+    CHECK(maze_result_tokens_per_second(NULL) == 0 && maze_result_prefill_tokens_per_second(NULL) == 0, "speeds NULL");
+    CHECK(maze_session_cancel(NULL) == MAZE_STATUS_NULL_ARGUMENT, "cancel NULL");
+    maze_error *err = NULL;
+    EXPECT_ERROR(maze_session_reset(NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "session", "reset NULL");
+}
+
+/* ---------------------------------------------------------------- engine loading */
+
+static bool abort_progress(float p, void *ud) {
+    (void)p;
+    (*(int *)ud)++;
+    return false;
+}
+
+static void test_engine_load_errors(void) {
+    maze_engine *engine = NULL;
+    maze_error *err = NULL;
+    EXPECT_ERROR(maze_engine_new(NULL, NULL, &engine, &err), MAZE_STATUS_NULL_ARGUMENT, "model_path", "NULL path");
+    EXPECT_ERROR(maze_engine_new("/nonexistent/model.gguf", NULL, &engine, &err), MAZE_STATUS_IO, "/nonexistent/model.gguf", "missing file");
+    EXPECT_ERROR(maze_engine_new(model_path, NULL, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out_engine", "NULL out");
+    EXPECT_ERROR(maze_engine_new("bad\xff.gguf", NULL, &engine, &err), MAZE_STATUS_INVALID_UTF8, "model_path", "bad UTF-8 path");
+    CHECK(engine == NULL, "no engine written on failure");
+
+    char text_path[] = "/tmp/maze-test-text-XXXXXX";
+    int fd = mkstemp(text_path);
+    close(fd);
+    write_file(text_path, "this is not a model\n", 20);
+    EXPECT_ERROR(maze_engine_new(text_path, NULL, &engine, &err), MAZE_STATUS_MODEL_FORMAT, "not a GGUF file", "text file");
+    write_file(text_path, "", 0);
+    EXPECT_ERROR(maze_engine_new(text_path, NULL, &engine, &err), MAZE_STATUS_MODEL_FORMAT, "empty", "empty file");
+
+    /* A truncated copy of the real model. */
+    FILE *src = fopen(model_path, "rb");
+    CHECK(src != NULL, "open model");
+    if (src) {
+        fseek(src, 0, SEEK_END);
+        long size = ftell(src);
+        long keep = size * 2 / 3;
+        fseek(src, 0, SEEK_SET);
+        char *buf = malloc((size_t)keep);
+        size_t got = fread(buf, 1, (size_t)keep, src);
+        fclose(src);
+        write_file(text_path, buf, got);
+        free(buf);
+        EXPECT_ERROR(maze_engine_new(text_path, NULL, &engine, &err), MAZE_STATUS_MODEL_FORMAT, "truncated", "truncated file");
+    }
+    unlink(text_path);
+
+    /* Parameter structs from a newer ABI are refused; a garbage size too. */
+    maze_engine_params params = maze_engine_params_default();
+    params.struct_size = sizeof(params) + 8;
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_ABI_MISMATCH, "newer maze.h", "newer params");
+    params.struct_size = 2;
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_INVALID_ARGUMENT, "struct_size", "tiny params");
+
+    /* The progress callback can abort loading. */
+    params = maze_engine_params_default();
+    int calls = 0;
+    params.progress_callback = abort_progress;
+    params.progress_userdata = &calls;
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_CANCELLED, "cancelled", "aborted load");
+    CHECK(calls == 1, "progress called %d times before abort", calls);
+
+    /* A tokenizer.json that does not exist. */
+    params = maze_engine_params_default();
+    params.tokenizer_path = "/nonexistent/tokenizer.json";
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_TOKENIZER, "tokenizer.json", "missing tokenizer");
+    CHECK(engine == NULL, "still no engine");
+}
+
+typedef struct {
+    int calls;
+    float last;
+    bool monotonic;
+} progress_log;
+
+static bool record_progress(float p, void *ud) {
+    progress_log *log = ud;
+    if (p < log->last) log->monotonic = false;
+    log->last = p;
+    log->calls++;
+    return true;
+}
+
+static maze_engine *load_engine(uint32_t n_ctx) {
+    maze_engine_params params = maze_engine_params_default();
+    progress_log log = {0, 0.0f, true};
+    params.progress_callback = record_progress;
+    params.progress_userdata = &log;
+    params.n_threads = 2;
+    params.n_ctx = n_ctx;
+    params.seed = 1234;
+    maze_engine *engine = NULL;
+    maze_error *err = NULL;
+    maze_status st = maze_engine_new(model_path, &params, &engine, &err);
+    CHECK(st == MAZE_STATUS_OK, "load: %s", maze_error_message(err));
+    maze_error_free(err);
+    if (!engine) {
+        fprintf(stderr, "cannot continue without an engine\n");
+        exit(1);
+    }
+    CHECK(log.calls >= 3 && log.monotonic && log.last == 1.0f, "progress calls %d, last %f", log.calls, log.last);
+    return engine;
+}
+
+static void test_engine_info(maze_engine *engine) {
+    CHECK(strcmp(maze_engine_architecture(engine), "llama") == 0, "arch %s", maze_engine_architecture(engine));
+    CHECK(strlen(maze_engine_model_name(engine)) > 0, "name");
+    CHECK(maze_engine_vocab_size(engine) >= (tiny ? 260u : 49152u), "vocab %u", maze_engine_vocab_size(engine));
+    CHECK(maze_engine_context_length(engine) == 4096, "ctx %u", maze_engine_context_length(engine));
+    CHECK(maze_engine_has_chat_template(engine), "template");
+    int64_t eos = maze_engine_eos_token(engine);
+    CHECK(eos >= 0 && maze_engine_token_is_end_of_generation(engine, (uint32_t)eos), "eos %lld", (long long)eos);
+    CHECK(!maze_engine_token_is_end_of_generation(engine, 200), "byte token is not eog");
+}
+
+/* ---------------------------------------------------------------- tokenizer and template */
+
+static void test_tokenizer(maze_engine *engine) {
+    const char *texts[] = {
+        "Hello, world!",
+        "emoji 🦀🎉 and CJK 你好世界 and accents: café naïve",
+        "<|im_start|>user\nspecial tokens<|im_end|>",
+        "  leading and trailing spaces  \n\ttabs\r\n",
+        "digits 1234567890",
+    };
+    uint32_t tokens[512];
+    char buf[1024];
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        size_t n = 0, len = 0;
+        maze_error *err = NULL;
+        maze_status st = maze_tokenize(engine, texts[i], strlen(texts[i]), false, true, tokens, 512, &n, &err);
+        CHECK(st == MAZE_STATUS_OK && n > 0, "tokenize '%s': %s", texts[i], maze_error_message(err));
+        maze_error_free(err);
+        err = NULL;
+        st = maze_detokenize(engine, tokens, n, buf, sizeof buf, &len, &err);
+        CHECK(st == MAZE_STATUS_OK && len == strlen(texts[i]) && memcmp(buf, texts[i], len) == 0 && buf[len] == 0,
+              "round trip '%s' -> '%.*s'", texts[i], (int)len, buf);
+        maze_error_free(err);
+    }
+    /* Special tokens parse only when asked. */
+    const char *special = "<|im_start|>";
+    size_t n_parsed = 0, n_literal = 0;
+    maze_tokenize(engine, special, strlen(special), false, true, tokens, 512, &n_parsed, NULL);
+    maze_tokenize(engine, special, strlen(special), false, false, tokens, 512, &n_literal, NULL);
+    CHECK(n_parsed == 1 && n_literal > 1, "special parsed %zu literal %zu", n_parsed, n_literal);
+
+    /* Size query and BUFFER_TOO_SMALL. */
+    size_t needed = 0;
+    maze_error *err = NULL;
+    maze_status st = maze_tokenize(engine, texts[1], strlen(texts[1]), false, false, NULL, 0, &needed, &err);
+    CHECK(st == MAZE_STATUS_BUFFER_TOO_SMALL && needed > 2, "size query %s %zu", maze_status_name(st), needed);
+    maze_error_free(err);
+    err = NULL;
+    st = maze_tokenize(engine, texts[1], strlen(texts[1]), false, false, tokens, 2, &needed, &err);
+    expect_error(st, err, MAZE_STATUS_BUFFER_TOO_SMALL, "buffer holds 2", "small token buffer");
+    size_t n = 0;
+    maze_tokenize(engine, "hello", 5, false, false, tokens, 512, &n, NULL);
+    size_t len = 0;
+    err = NULL;
+    st = maze_detokenize(engine, tokens, n, buf, 3, &len, &err);
+    CHECK(len == 5, "needed text len %zu", len);
+    expect_error(st, err, MAZE_STATUS_BUFFER_TOO_SMALL, "plus a NUL", "small text buffer");
+    /* Empty input is fine. */
+    st = maze_tokenize(engine, NULL, 0, false, false, tokens, 512, &n, NULL);
+    CHECK(st == MAZE_STATUS_OK && n == 0, "empty tokenize");
+
+    /* Bad input. */
+    EXPECT_ERROR(maze_tokenize(engine, "ab\xc3", 3, false, false, tokens, 512, &n, &err), MAZE_STATUS_INVALID_UTF8, "'text'", "bad UTF-8 text");
+    EXPECT_ERROR(maze_tokenize(NULL, "a", 1, false, false, tokens, 512, &n, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "NULL engine");
+    EXPECT_ERROR(maze_tokenize(engine, NULL, 4, false, false, tokens, 512, &n, &err), MAZE_STATUS_NULL_ARGUMENT, "text", "NULL text");
+    EXPECT_ERROR(maze_tokenize(engine, "a", 1, false, false, tokens, 512, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "n_tokens", "NULL count");
+    uint32_t bad[] = {1, 4000000000u};
+    EXPECT_ERROR(maze_detokenize(engine, bad, 2, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_ARGUMENT, "position 1", "bad token id");
+    EXPECT_ERROR(maze_detokenize(engine, NULL, 2, buf, sizeof buf, &len, &err), MAZE_STATUS_NULL_ARGUMENT, "tokens", "NULL tokens");
+}
+
+static void test_chat_template(maze_engine *engine) {
+    maze_chat_message msgs[] = {
+        {maze_str("system"), maze_str("You are terse.")},
+        {maze_str("user"), maze_str("Hi there")},
+    };
+    char buf[2048];
+    size_t len = 0;
+    maze_error *err = NULL;
+    maze_status st = maze_chat_apply_template(engine, msgs, 2, true, buf, sizeof buf, &len, &err);
+    CHECK(st == MAZE_STATUS_OK, "render: %s", maze_error_message(err));
+    maze_error_free(err);
+    CHECK(strstr(buf, "<|im_start|>system\nYou are terse.<|im_end|>") && strstr(buf, "<|im_start|>user\nHi there<|im_end|>"), "rendered: %s", buf);
+    CHECK(len >= 25 && strcmp(buf + len - 22, "<|im_start|>assistant\n") == 0, "ends with generation prompt: %s", buf);
+    size_t len2 = 0;
+    maze_chat_apply_template(engine, msgs, 2, false, buf, sizeof buf, &len2, NULL);
+    CHECK(len2 < len && !strstr(buf, "assistant"), "without generation prompt");
+    err = NULL;
+    st = maze_chat_apply_template(engine, msgs, 2, true, NULL, 0, &len2, &err);
+    CHECK(st == MAZE_STATUS_BUFFER_TOO_SMALL && len2 == len, "size query %zu vs %zu", len2, len);
+    maze_error_free(err);
+    EXPECT_ERROR(maze_chat_apply_template(engine, msgs, 0, true, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_ARGUMENT, "at least one message", "no messages");
+    maze_chat_message bad[] = {{maze_str("user"), {"\xff\xfe", 2}}};
+    EXPECT_ERROR(maze_chat_apply_template(engine, bad, 1, true, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_UTF8, "messages[0].content", "bad UTF-8 message");
+}
+
+/* ---------------------------------------------------------------- generation */
+
+typedef struct {
+    char text[8192];
+    size_t len;
+    int chunks;
+    int stop_after; /* return false after this many chunks; 0 = never */
+    bool valid_utf8;
+} collector;
+
+static bool utf8_ok(const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (k == 0 || i + k > n) return false;
+        for (size_t j = 1; j < k; j++)
+            if (((unsigned char)s[i + j] >> 6) != 2) return false;
+        i += k;
+    }
+    return true;
+}
+
+static bool collect(const char *text, size_t len, void *ud) {
+    collector *c = ud;
+    if (!utf8_ok(text, len) || text[len] != 0) c->valid_utf8 = false;
+    if (c->len + len < sizeof c->text) {
+        memcpy(c->text + c->len, text, len);
+        c->len += len;
+        c->text[c->len] = 0;
+    }
+    c->chunks++;
+    return !(c->stop_after && c->chunks >= c->stop_after);
+}
+
+static maze_session *new_session(maze_engine *engine) {
+    maze_session *s = NULL;
+    maze_error *err = NULL;
+    maze_status st = maze_session_new(engine, &s, &err);
+    CHECK(st == MAZE_STATUS_OK && s, "session: %s", maze_error_message(err));
+    maze_error_free(err);
+    return s;
+}
+
+static maze_result *generate(maze_session *s, const char *prompt, const maze_generate_params *p, collector *c) {
+    maze_result *r = NULL;
+    maze_error *err = NULL;
+    maze_status st = maze_session_generate(s, prompt, strlen(prompt), p, c ? collect : NULL, c, &r, &err);
+    CHECK(st == MAZE_STATUS_OK && r, "generate: %s %s", maze_status_name(st), maze_error_message(err));
+    maze_error_free(err);
+    return r;
+}
+
+static void test_generate_and_stream(maze_engine *engine) {
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = 24;
+    p.logprobs = true;
+    collector c = {.valid_utf8 = true};
+    maze_result *r = generate(s, "The three primary colors are", &p, &c);
+    size_t len = 0, n_tok = 0, n_lp = 0;
+    const char *text = maze_result_text(r, &len);
+    const uint32_t *toks = maze_result_tokens(r, &n_tok);
+    const float *lps = maze_result_logprobs(r, &n_lp);
+    maze_finish_reason fr = maze_result_finish_reason(r);
+    CHECK(fr == MAZE_FINISH_REASON_LENGTH || fr == MAZE_FINISH_REASON_STOP, "finish %s", maze_finish_reason_name(fr));
+    CHECK(len == c.len && memcmp(text, c.text, len) == 0, "streamed text equals result text");
+    CHECK(c.valid_utf8, "every chunk is whole UTF-8 and NUL-terminated");
+    CHECK(n_tok == maze_result_generated_tokens(r) && toks != NULL, "tokens %zu", n_tok);
+    CHECK(fr != MAZE_FINISH_REASON_LENGTH || n_tok == 24, "length means max_tokens (%zu)", n_tok);
+    CHECK(n_lp == n_tok && lps, "logprobs %zu", n_lp);
+    bool lp_ok = true;
+    for (size_t i = 0; i < n_lp; i++) lp_ok &= lps[i] <= 0.0f && lps[i] > -100.0f;
+    CHECK(lp_ok, "logprobs are log-probabilities");
+    CHECK(maze_result_prompt_tokens(r) >= 5 && maze_result_cached_tokens(r) == 0, "prompt %u cached %u", maze_result_prompt_tokens(r), maze_result_cached_tokens(r));
+    CHECK(maze_result_time_to_first_token_ms(r) > 0 && maze_result_total_time_ms(r) >= maze_result_time_to_first_token_ms(r), "timings");
+    CHECK(maze_result_tokens_per_second(r) > 0 && maze_result_prefill_tokens_per_second(r) > 0, "speeds");
+    CHECK(maze_result_error_status(r) == MAZE_STATUS_OK && maze_result_error_message(r) == NULL, "no error");
+    /* The tokens decode to the text. */
+    char buf[8192];
+    size_t dlen = 0;
+    maze_detokenize(engine, toks, n_tok, buf, sizeof buf, &dlen, NULL);
+    /* A trained model writes valid UTF-8; a random one may emit stray bytes (shown as U+FFFD). */
+    if (!tiny) CHECK(dlen == len && memcmp(buf, text, len) == 0, "tokens decode to the text");
+    if (!tiny) CHECK(strlen(text) > 10, "some text: %s", text);
+
+    /* Greedy is deterministic, and the session reuses its cached prefix. */
+    collector c2 = {.valid_utf8 = true};
+    maze_result *r2 = generate(s, "The three primary colors are", &p, &c2);
+    CHECK(strcmp(maze_result_text(r2, NULL), text) == 0, "greedy repeat");
+    CHECK(maze_result_cached_tokens(r2) == maze_result_prompt_tokens(r2) - 1, "cached %u of %u", maze_result_cached_tokens(r2), maze_result_prompt_tokens(r2));
+    maze_result_free(r2);
+    /* Reset forgets it. */
+    maze_error *err = NULL;
+    CHECK(maze_session_reset(s, &err) == MAZE_STATUS_OK, "reset");
+    r2 = generate(s, "The three primary colors are", &p, NULL);
+    CHECK(maze_result_cached_tokens(r2) == 0, "nothing cached after reset");
+    CHECK(strcmp(maze_result_text(r2, NULL), text) == 0, "same text after reset");
+    maze_result_free(r2);
+    maze_result_free(r);
+    maze_session_free(s);
+}
+
+static void test_seed_and_sampling(maze_engine *engine) {
+    maze_session *a = new_session(engine), *b = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    p.max_tokens = 16;
+    p.seed = 42;
+    maze_result *r1 = generate(a, "Once upon a time", &p, NULL);
+    maze_result *r2 = generate(b, "Once upon a time", &p, NULL);
+    CHECK(strcmp(maze_result_text(r1, NULL), maze_result_text(r2, NULL)) == 0, "same seed same text");
+    size_t n1, n2;
+    const uint32_t *t1 = maze_result_tokens(r1, &n1), *t2 = maze_result_tokens(r2, &n2);
+    CHECK(n1 == n2 && memcmp(t1, t2, n1 * sizeof *t1) == 0, "same seed same tokens");
+    maze_result_free(r2);
+    int differs = 0;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        p.seed = seed;
+        r2 = generate(b, "Once upon a time", &p, NULL);
+        differs += strcmp(maze_result_text(r1, NULL), maze_result_text(r2, NULL)) != 0;
+        maze_result_free(r2);
+    }
+    CHECK(differs >= 3, "other seeds give other text (%d of 4)", differs);
+    maze_result_free(r1);
+
+    /* Penalties and filters are accepted and still produce text. */
+    p = maze_generate_params_default();
+    p.max_tokens = 8;
+    p.repetition_penalty = 1.3f;
+    p.frequency_penalty = 0.5f;
+    p.presence_penalty = 0.5f;
+    p.penalty_last_n = 0;
+    p.top_k = 5;
+    p.top_p = 0.9f;
+    p.min_p = 0.1f;
+    r1 = generate(a, "List: apple, apple, apple,", &p, NULL);
+    CHECK(maze_result_generated_tokens(r1) > 0, "penalised generation");
+    maze_result_free(r1);
+    maze_session_free(a);
+    maze_session_free(b);
+}
+
+static void test_stop_sequences_and_callback_stop(maze_engine *engine) {
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = 40;
+    maze_result *r = generate(s, "Count: one, two, three,", &p, NULL);
+    const char *full = maze_result_text(r, NULL);
+    size_t full_len = strlen(full);
+    if (full_len >= 8) {
+        /* Stop at a piece of the greedy output: the result must end right before it. */
+        char stop[4] = {full[full_len / 2], full[full_len / 2 + 1], full[full_len / 2 + 2], 0};
+        const char *first = strstr(full, stop);
+        size_t want = (size_t)(first - full);
+        maze_string stops[] = {maze_str("\x01never\x01"), maze_str(stop)};
+        p.stop = stops;
+        p.n_stop = 2;
+        collector c = {.valid_utf8 = true};
+        maze_result *r2 = generate(s, "Count: one, two, three,", &p, &c);
+        size_t len = 0;
+        const char *text = maze_result_text(r2, &len);
+        CHECK(maze_result_finish_reason(r2) == MAZE_FINISH_REASON_STOP_SEQUENCE, "finish %s", maze_finish_reason_name(maze_result_finish_reason(r2)));
+        CHECK(len == want && strncmp(text, full, want) == 0, "text '%s' stops before '%s' (want %zu bytes)", text, stop, want);
+        CHECK(c.len == len && !strstr(c.text, stop), "the stop sequence was never streamed");
+        maze_result_free(r2);
+    } else {
+        CHECK(false, "greedy output too short for the stop test: '%s'", full);
+    }
+    maze_result_free(r);
+
+    /* Bad stop lists. */
+    maze_string bad_stops[] = {{"\xff", 1}};
+    p.stop = bad_stops;
+    p.n_stop = 1;
+    maze_error *err = NULL;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_UTF8, "params.stop[0]", "bad stop");
+    maze_string empty_stop[] = {{"", 0}};
+    p.stop = empty_stop;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "params.stop[0] is empty", "empty stop");
+    p.stop = NULL;
+    p.n_stop = 3;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_NULL_ARGUMENT, "params.stop", "NULL stop list");
+
+    /* The callback stops generation; the result holds exactly what was delivered. */
+    p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = 64;
+    collector c = {.valid_utf8 = true, .stop_after = 3};
+    r = generate(s, "The history of the Roman Empire began", &p, &c);
+    size_t len = 0;
+    const char *text = maze_result_text(r, &len);
+    CHECK(maze_result_finish_reason(r) == MAZE_FINISH_REASON_CANCELLED, "callback stop finish %s", maze_finish_reason_name(maze_result_finish_reason(r)));
+    CHECK(c.chunks == 3 && len == c.len && memcmp(text, c.text, len) == 0, "result = delivered text (%d chunks)", c.chunks);
+    maze_result_free(r);
+    maze_session_free(s);
+}
+
+typedef struct {
+    maze_session *session;
+    const char *prompt;
+    maze_generate_params params;
+    maze_status status;
+    maze_result *result;
+    atomic_int chunks;
+    atomic_bool started;
+} job;
+
+static bool job_chunk(const char *t, size_t n, void *ud) {
+    (void)t;
+    (void)n;
+    job *j = ud;
+    atomic_fetch_add(&j->chunks, 1);
+    return true;
+}
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    atomic_store(&j->started, true);
+    j->status = maze_session_generate(j->session, j->prompt, strlen(j->prompt), &j->params, job_chunk, j, &j->result, NULL);
+    return NULL;
+}
+
+static void wait_for_chunks(job *j, int n) {
+    for (int i = 0; i < 60000 && atomic_load(&j->chunks) < n; i++) usleep(1000);
+}
+
+static char *long_prompt(size_t words) {
+    char *p = malloc(words * 6 + 1);
+    p[0] = 0;
+    for (size_t i = 0; i < words; i++) strcat(p, i % 2 ? "ocean " : "river ");
+    return p;
+}
+
+static void test_cancel_timeout_busy(maze_engine *engine) {
+    /* Cancel during decoding, from another thread. */
+    job j = {.session = new_session(engine), .prompt = "Tell me everything about the sea."};
+    j.params = maze_generate_params_default();
+    j.params.max_tokens = 0; /* until the context is full */
+    pthread_t t;
+    pthread_create(&t, NULL, run_job, &j);
+    wait_for_chunks(&j, 2);
+    /* While it runs: a second generate and a reset on the same session are refused. */
+    maze_result *r = NULL;
+    maze_error *err = NULL;
+    EXPECT_ERROR(maze_session_generate(j.session, "x", 1, NULL, NULL, NULL, &r, &err), MAZE_STATUS_BUSY, "already generating", "busy generate");
+    EXPECT_ERROR(maze_session_reset(j.session, &err), MAZE_STATUS_BUSY, "while it is generating", "busy reset");
+    double t0 = now_ms();
+    CHECK(maze_session_cancel(j.session) == MAZE_STATUS_OK, "cancel");
+    pthread_join(t, NULL);
+    double waited = now_ms() - t0;
+    CHECK(j.status == MAZE_STATUS_OK, "cancelled call status %s", maze_status_name(j.status));
+    CHECK(maze_result_finish_reason(j.result) == MAZE_FINISH_REASON_CANCELLED, "finish %s", maze_finish_reason_name(maze_result_finish_reason(j.result)));
+    CHECK(waited < 5000, "cancel took %.0f ms", waited);
+    maze_result_free(j.result);
+    /* Cancel when idle is a no-op: the next generation runs normally. */
+    CHECK(maze_session_cancel(j.session) == MAZE_STATUS_OK, "idle cancel");
+    maze_generate_params p = maze_generate_params_default();
+    p.max_tokens = 4;
+    p.temperature = 0;
+    r = generate(j.session, "Hello", &p, NULL);
+    CHECK(maze_result_finish_reason(r) != MAZE_FINISH_REASON_CANCELLED, "idle cancel did not stick");
+    maze_result_free(r);
+
+    /* Cancel during prefill of a long prompt. */
+    char *prompt = long_prompt(tiny ? 600 : 1500); /* under 4096 tokens either way */
+    job k = {.session = j.session, .prompt = prompt};
+    k.params = maze_generate_params_default();
+    k.params.max_tokens = 0;
+    pthread_create(&t, NULL, run_job, &k);
+    while (!atomic_load(&k.started)) usleep(1000);
+    usleep(200 * 1000);
+    t0 = now_ms();
+    maze_session_cancel(k.session);
+    pthread_join(t, NULL);
+    waited = now_ms() - t0;
+    CHECK(k.status == MAZE_STATUS_OK && maze_result_finish_reason(k.result) == MAZE_FINISH_REASON_CANCELLED, "prefill cancel: %s", maze_finish_reason_name(maze_result_finish_reason(k.result)));
+    if (!tiny) {
+        CHECK(maze_result_generated_tokens(k.result) == 0, "cancelled before the first token (%u)", maze_result_generated_tokens(k.result));
+        CHECK(waited < 2000, "prefill cancel took %.0f ms", waited);
+    }
+    maze_result_free(k.result);
+
+    /* Timeout. */
+    p = maze_generate_params_default();
+    p.max_tokens = 0;
+    p.timeout_ms = 300;
+    t0 = now_ms();
+    r = generate(j.session, prompt, &p, NULL);
+    double took = now_ms() - t0;
+    CHECK(maze_result_finish_reason(r) == MAZE_FINISH_REASON_TIMEOUT, "finish %s", maze_finish_reason_name(maze_result_finish_reason(r)));
+    CHECK(took >= 300 && took < 300 + 5000, "timeout after %.0f ms", took);
+    maze_result_free(r);
+    free(prompt);
+    maze_session_free(j.session);
+}
+
+static void test_concurrent_sessions(maze_engine *engine) {
+    enum { N = 3 };
+    job jobs[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].session = new_session(engine);
+        jobs[i].prompt = "The capital of Italy is";
+        jobs[i].params = maze_generate_params_default();
+        jobs[i].params.temperature = 0;
+        jobs[i].params.max_tokens = 12;
+        pthread_create(&threads[i], NULL, run_job, &jobs[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < N; i++) {
+        CHECK(jobs[i].status == MAZE_STATUS_OK && jobs[i].result, "thread %d: %s", i, maze_status_name(jobs[i].status));
+        if (i > 0 && jobs[i].result && jobs[0].result)
+            CHECK(strcmp(maze_result_text(jobs[i].result, NULL), maze_result_text(jobs[0].result, NULL)) == 0, "thread %d same greedy text", i);
+    }
+    for (int i = 0; i < N; i++) {
+        maze_result_free(jobs[i].result);
+        maze_session_free(jobs[i].session);
+    }
+}
+
+static void test_chat_and_tokens(maze_engine *engine) {
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = 16;
+    maze_chat_message msgs[] = {{maze_str("user"), maze_str("What is the capital of France?")}};
+    maze_result *r = NULL;
+    maze_error *err = NULL;
+    collector c = {.valid_utf8 = true};
+    maze_status st = maze_session_chat(s, msgs, 1, &p, collect, &c, &r, &err);
+    CHECK(st == MAZE_STATUS_OK, "chat: %s", maze_error_message(err));
+    maze_error_free(err);
+    CHECK(r && c.len == strlen(maze_result_text(r, NULL)), "chat streamed");
+    if (!tiny) CHECK(maze_result_prompt_tokens(r) > 20, "chat prompt includes the template");
+    maze_result_free(r);
+
+    /* Multi-turn: the second turn reuses the first turn's cache. */
+    maze_chat_message turn2[] = {msgs[0], {maze_str("assistant"), maze_str("Paris.")}, {maze_str("user"), maze_str("And of Spain?")}};
+    r = NULL;
+    st = maze_session_chat(s, turn2, 3, &p, NULL, NULL, &r, NULL);
+    CHECK(st == MAZE_STATUS_OK && maze_result_cached_tokens(r) > 10, "second turn cached %u", maze_result_cached_tokens(r));
+    maze_result_free(r);
+
+    /* From token ids. */
+    uint32_t toks[64];
+    size_t n = 0;
+    maze_tokenize(engine, "Hello world", 11, true, false, toks, 64, &n, NULL);
+    r = NULL;
+    st = maze_session_generate_tokens(s, toks, n, &p, NULL, NULL, &r, NULL);
+    CHECK(st == MAZE_STATUS_OK && maze_result_prompt_tokens(r) == n, "tokens prompt %u", maze_result_prompt_tokens(r));
+    maze_result_free(r);
+    uint32_t bad[] = {1, 0xFFFFFFF0u};
+    EXPECT_ERROR(maze_session_generate_tokens(s, bad, 2, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "outside the vocabulary", "bad prompt token");
+    EXPECT_ERROR(maze_session_generate_tokens(s, NULL, 0, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "empty", "empty token prompt");
+    EXPECT_ERROR(maze_session_chat(s, NULL, 0, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "at least one message", "no chat messages");
+    maze_session_free(s);
+}
+
+static void test_generate_errors(maze_engine *engine) {
+    maze_session *s = new_session(engine);
+    maze_result *r = NULL;
+    maze_error *err = NULL;
+    maze_generate_params p = maze_generate_params_default();
+    EXPECT_ERROR(maze_session_generate(NULL, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_NULL_ARGUMENT, "session", "NULL session");
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out_result", "NULL out");
+    EXPECT_ERROR(maze_session_generate(s, NULL, 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_NULL_ARGUMENT, "prompt", "NULL prompt");
+    EXPECT_ERROR(maze_session_generate(s, "", 0, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "prompt is empty", "empty prompt");
+    EXPECT_ERROR(maze_session_generate(s, "\xe2\x82", 2, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_UTF8, "'prompt'", "bad UTF-8 prompt");
+    p.temperature = -1;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "temperature", "negative temperature");
+    p = maze_generate_params_default();
+    p.top_p = 1.5f;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_INVALID_ARGUMENT, "top_p", "bad top_p");
+    p = maze_generate_params_default();
+    p.struct_size = sizeof p + 4;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_ABI_MISMATCH, "newer", "newer generate params");
+    /* A prompt that cannot fit the context. */
+    char *prompt = long_prompt(5000);
+    EXPECT_ERROR(maze_session_generate(s, prompt, strlen(prompt), NULL, NULL, NULL, &r, &err), MAZE_STATUS_CONTEXT_OVERFLOW, "context holds 4096", "too long");
+    free(prompt);
+    CHECK(r == NULL, "no result written on failure");
+    /* Errors from session_new. */
+    maze_session *s2 = NULL;
+    EXPECT_ERROR(maze_session_new(NULL, &s2, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "NULL engine");
+    EXPECT_ERROR(maze_session_new(engine, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out_session", "NULL out session");
+    /* NULL error pointer: failures still return their status. */
+    CHECK(maze_session_generate(s, "", 0, NULL, NULL, NULL, &r, NULL) == MAZE_STATUS_INVALID_ARGUMENT, "NULL error pointer");
+    maze_session_free(s);
+}
+
+static void test_session_outlives_engine(void) {
+    maze_engine *engine = load_engine(4096);
+    maze_session *s = new_session(engine);
+    maze_engine_free(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.max_tokens = 4;
+    maze_result *r = generate(s, "Hello", &p, NULL);
+    CHECK(r && maze_result_prompt_tokens(r) > 0 && maze_result_finish_reason(r) != MAZE_FINISH_REASON_ERROR,
+          "session works after maze_engine_free");
+    maze_result_free(r);
+    maze_session_free(s);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL.gguf [--tiny]\n", argv[0]);
+        return 2;
+    }
+    model_path = argv[1];
+    tiny = argc > 2 && strcmp(argv[2], "--tiny") == 0;
+    setvbuf(stdout, NULL, _IONBF, 0);
+
+    test_version_and_status();
+    test_engine_load_errors();
+    maze_engine *engine = load_engine(4096);
+    test_engine_info(engine);
+    test_tokenizer(engine);
+    test_chat_template(engine);
+    test_generate_and_stream(engine);
+    test_seed_and_sampling(engine);
+    test_stop_sequences_and_callback_stop(engine);
+    test_cancel_timeout_busy(engine);
+    test_concurrent_sessions(engine);
+    test_chat_and_tokens(engine);
+    test_generate_errors(engine);
+    maze_engine_free(engine);
+    test_session_outlives_engine();
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

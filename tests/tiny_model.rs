@@ -1,0 +1,399 @@
+//! Engine behaviour on tiny random-weight GGUF models written in-process: loading and its
+//! errors, tokenizers (GGUF byte-level BPE and SentencePiece, tokenizer.json), chat templates,
+//! sessions, cancellation, concurrency and panic isolation. Runs without any download.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::quantized::gguf_file::Value;
+use maze::model::gguf::GgufFile;
+use maze::model::tokenizer::Tokenizer;
+use maze::model::{LanguageModel, ModelInfo, SequenceCache};
+use maze::testing::{write_metadata_only, TinyModel};
+use maze::*;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!("maze-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_tiny(dir: &TempDir, model: &TinyModel) -> PathBuf {
+    let path = dir.path("tiny.gguf");
+    model.write(&path).unwrap();
+    path
+}
+
+fn load(path: &Path) -> Result<Engine> {
+    Engine::load(&EngineConfig { model_path: path.to_path_buf(), threads: 1, seed: Some(5), context_length: 1024, ..Default::default() }, None)
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() }
+}
+
+#[test]
+fn loads_and_generates_deterministically() {
+    let dir = TempDir::new("gen");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    assert_eq!(engine.info().architecture, "llama");
+    assert_eq!(engine.info().name, "tiny-random-llama");
+    assert_eq!(engine.info().context_length, 1024);
+    let a = engine.new_session().generate(&Prompt::Text("hello world".into()), &greedy(12)).unwrap();
+    let b = engine.new_session().generate(&Prompt::Text("hello world".into()), &greedy(12)).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert!(matches!(a.finish_reason, FinishReason::Length | FinishReason::Stop));
+    assert_eq!(a.stats.prompt_tokens, engine.tokenizer().encode("hello world", true, true).unwrap().len());
+}
+
+#[test]
+fn progress_is_monotonic_and_can_abort() {
+    let dir = TempDir::new("progress");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let mut seen = Vec::new();
+    let mut record = |p: f32| {
+        seen.push(p);
+        true
+    };
+    Engine::load(&EngineConfig { model_path: path.clone(), ..Default::default() }, Some(&mut record)).unwrap();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen.first(), Some(&0.0));
+    assert_eq!(seen.last(), Some(&1.0));
+    let mut calls = 0;
+    let mut abort_midway = |p: f32| {
+        calls += 1;
+        p < 0.5
+    };
+    let err = Engine::load(&EngineConfig { model_path: path, ..Default::default() }, Some(&mut abort_midway)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(calls > 1);
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = TempDir::new("bad");
+    let err = load(&dir.path("missing.gguf")).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.message().contains("missing.gguf"), "{err}");
+
+    let text = dir.path("notes.txt");
+    std::fs::write(&text, "just some text, not a model").unwrap();
+    let err = load(&text).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::ModelFormat);
+    assert!(err.message().contains("not a GGUF file"), "{err}");
+    // The right magic with garbage after it.
+    std::fs::write(&text, b"GGUF\x63\x00\x00\x00garbage").unwrap();
+    let err = load(&text).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::ModelFormat);
+    assert!(err.message().contains("corrupt or truncated GGUF header"), "{err}");
+    assert!(!err.message().contains("candle_core::"), "no backtrace in messages: {err}");
+
+    let good = write_tiny(&dir, &TinyModel::default());
+    let bytes = std::fs::read(&good).unwrap();
+    for keep in [10, bytes.len() / 3, bytes.len() - 100] {
+        let cut = dir.path(&format!("cut{keep}.gguf"));
+        std::fs::write(&cut, &bytes[..keep]).unwrap();
+        let err = load(&cut).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::ModelFormat, "cut at {keep}: {err}");
+        assert!(err.message().contains("truncated"), "cut at {keep}: {err}");
+    }
+
+    let other = TempDir::new("arch");
+    let path = write_tiny(&other, &TinyModel { architecture: "mamba".into(), ..Default::default() });
+    let err = load(&path).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("'mamba'"), "{err}");
+}
+
+#[test]
+fn chat_without_a_template_is_a_template_error() {
+    let dir = TempDir::new("notemplate");
+    let engine = load(&write_tiny(&dir, &TinyModel { chat_template: None, ..Default::default() })).unwrap();
+    assert!(!engine.has_chat_template());
+    let err = engine.new_session().generate(&Prompt::Chat(vec![ChatMessage::new("user", "hi")]), &greedy(4)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Template);
+    assert!(err.message().contains("no chat template"), "{err}");
+    // Text prompts still work.
+    engine.new_session().generate(&Prompt::Text("hi".into()), &greedy(2)).unwrap();
+}
+
+#[test]
+fn broken_chat_templates_name_the_problem() {
+    let dir = TempDir::new("badtemplate");
+    let bad_syntax = TinyModel { chat_template: Some("{% for m in messages %}{{ m.content }".into()), ..Default::default() };
+    let err = load(&write_tiny(&dir, &bad_syntax)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Template);
+    assert!(err.message().contains("does not compile"), "{err}");
+
+    let dir = TempDir::new("raising");
+    let raising = TinyModel {
+        chat_template: Some("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok".into()),
+        ..Default::default()
+    };
+    let engine = load(&write_tiny(&dir, &raising)).unwrap();
+    let err = engine.render_chat(&[ChatMessage::new("system", "x")], true).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Template);
+    assert!(err.message().contains("first message must be from the user"), "{err}");
+    assert_eq!(engine.render_chat(&[ChatMessage::new("user", "x")], true).unwrap(), "ok");
+}
+
+#[test]
+fn byte_level_tokenizer_round_trips_everything() {
+    let dir = TempDir::new("tok");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let tok = engine.tokenizer();
+    for text in ["hello world", "  hello\n\n\tworld  ", "🦀 crab, 你好, ça va, Привет", "<|im_start|>user\nhi<|im_end|>", "\u{0}nul and \u{7f}"] {
+        let ids = tok.encode(text, false, true).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    // Merges apply: "hello" is a single token, " world" too.
+    let ids = tok.encode("hello world", false, false).unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // Special tokens only when parsed.
+    assert_eq!(tok.encode("<|im_end|>", false, true).unwrap(), vec![tok.eos().unwrap()]);
+    assert!(tok.encode("<|im_end|>", false, false).unwrap().len() > 1);
+    assert!(tok.is_end_of_generation(tok.eos().unwrap()));
+}
+
+#[test]
+fn tokenizer_json_beside_the_model_or_explicit() {
+    let tiny = TinyModel::default();
+    // Build the same tokenizer as a Hugging Face tokenizer.json.
+    let vocab: tokenizers::models::bpe::Vocab = tiny.vocab().iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = tokenizers::models::bpe::BPE::builder().vocab_and_merges(vocab, tiny.merges.clone()).build().unwrap();
+    let mut hf = tokenizers::Tokenizer::new(bpe);
+    hf.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, false, true)));
+    hf.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    let specials: Vec<_> = maze::testing::SPECIAL_TOKENS.iter().map(|s| tokenizers::AddedToken::from(*s, true)).collect();
+    hf.add_special_tokens(&specials);
+
+    let dir = TempDir::new("json");
+    let path = write_tiny(&dir, &TinyModel { tokenizer_metadata: false, ..TinyModel::default() });
+    // Without metadata and without tokenizer.json: a clear error.
+    let err = load(&path).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Tokenizer);
+    assert!(err.message().contains("tokenizer.json"), "{err}");
+    // With tokenizer.json beside it.
+    hf.save(dir.path("tokenizer.json"), false).unwrap();
+    let engine = load(&path).unwrap();
+    let tok = engine.tokenizer();
+    let text = "hello world 🦀 <|im_start|>";
+    let ids = tok.encode(text, false, true).unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+    assert_eq!(tok.eos(), tok.token_id("<|endoftext|>"));
+    engine.new_session().generate(&Prompt::Text("hello".into()), &greedy(3)).unwrap();
+
+    // Explicit path overrides, also for a GGUF that has metadata.
+    let other = TempDir::new("json2");
+    let with_md = write_tiny(&other, &TinyModel::default());
+    let cfg = EngineConfig { model_path: with_md, tokenizer_path: Some(dir.path("tokenizer.json")), ..Default::default() };
+    let engine = Engine::load(&cfg, None).unwrap();
+    assert_eq!(engine.tokenizer().encode(text, false, true).unwrap(), ids);
+}
+
+fn spm_metadata() -> Vec<(&'static str, Value)> {
+    // A tiny SentencePiece vocabulary: control tokens, byte fallback, pieces with ▁.
+    let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    for piece in ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "▁wor", "ld", "▁world"] {
+        tokens.push(piece.into());
+        types.push(1);
+    }
+    let n = tokens.len();
+    let scores: Vec<Value> = (0..n).map(|i| Value::F32(if i < 259 { 0.0 } else { i as f32 })).collect();
+    vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.scores", Value::Array(scores)),
+        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+    ]
+}
+
+#[test]
+fn sentencepiece_tokenizer_from_gguf_metadata() {
+    let dir = TempDir::new("spm");
+    let path = dir.path("spm.gguf");
+    write_metadata_only(&path, &spm_metadata()).unwrap();
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let ids = tok.encode("hello world", false, false).unwrap();
+    let pieces: Vec<_> = ids.iter().map(|&i| tok.token_text(i).unwrap().to_string()).collect();
+    assert_eq!(pieces, ["▁hello", "▁world"]);
+    // SentencePiece adds BOS by default.
+    assert_eq!(tok.encode("hello", true, false).unwrap()[0], 1);
+    for text in ["hello world", " hello", "héllo 🦀 你好", "two  spaces", "<s>hello</s>", "\n"] {
+        let ids = tok.encode(text, false, true).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text, "ids {ids:?}");
+        let with_bos = tok.encode(text, true, true).unwrap();
+        assert_eq!(tok.decode(&with_bos[1..]).unwrap(), text);
+    }
+    // Characters outside the vocabulary go through byte fallback, not <unk>.
+    assert!(!tok.encode("🦀", false, false).unwrap().contains(&0));
+}
+
+#[test]
+fn unknown_tokenizer_types_are_refused_by_name() {
+    let dir = TempDir::new("unk");
+    let path = dir.path("x.gguf");
+    let mut md = spm_metadata();
+    md[1].1 = Value::String("rwkv".into());
+    write_metadata_only(&path, &md).unwrap();
+    let err = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("'rwkv'"), "{err}");
+}
+
+#[test]
+fn sessions_reuse_prefixes_reset_and_refuse_overflow() {
+    let dir = TempDir::new("session");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let s = engine.new_session();
+    let first = s.generate(&Prompt::Text("hello world hello".into()), &greedy(5)).unwrap();
+    let again = s.generate(&Prompt::Text("hello world hello".into()), &greedy(5)).unwrap();
+    assert_eq!(again.stats.cached_tokens, again.stats.prompt_tokens - 1);
+    assert_eq!(first.tokens, again.tokens, "cached and recomputed prefixes give the same tokens");
+    s.reset().unwrap();
+    let fresh = s.generate(&Prompt::Text("hello world hello".into()), &greedy(5)).unwrap();
+    assert_eq!(fresh.stats.cached_tokens, 0);
+    assert_eq!(fresh.tokens, first.tokens);
+
+    let long = "x".repeat(2000);
+    let err = s.generate(&Prompt::Text(long), &greedy(5)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::ContextOverflow);
+    assert!(err.message().contains("1024"), "{err}");
+    // Generation stops at the context limit with Length.
+    let r = s.generate(&Prompt::Text("y".repeat(1000)), &greedy(0)).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Length);
+    assert!(r.stats.prompt_tokens + r.stats.generated_tokens <= 1025);
+    let err = s.generate(&Prompt::Tokens(vec![]), &greedy(5)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn sessions_run_concurrently_from_many_threads() {
+    let dir = TempDir::new("threads");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let expected = engine.new_session().generate(&Prompt::Text("hello".into()), &greedy(20)).unwrap().tokens;
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let s = engine.new_session();
+                (0..3).map(|_| s.generate(&Prompt::Text("hello".into()), &greedy(20)).unwrap().tokens).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in handles {
+        for tokens in h.join().unwrap() {
+            assert_eq!(tokens, expected);
+        }
+    }
+}
+
+#[test]
+fn cancel_and_timeout_from_outside() {
+    let dir = TempDir::new("cancel");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let session = Arc::new(engine.new_session());
+    let s2 = session.clone();
+    let canceller = std::thread::spawn(move || {
+        while !s2.is_busy() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        s2.cancel();
+    });
+    let r = session.generate(&Prompt::Text("hello".into()), &greedy(0)).unwrap();
+    canceller.join().unwrap();
+    assert!(matches!(r.finish_reason, FinishReason::Cancelled | FinishReason::Length), "{:?}", r.finish_reason);
+
+    let opts = GenerateOptions { timeout: Some(Duration::from_millis(1)), ..greedy(0) };
+    let r = session.generate(&Prompt::Text("hello ".repeat(100)), &opts).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Timeout);
+}
+
+/// A model whose forward pass panics when it sees token 0: the worker must survive it.
+struct PanickyModel {
+    info: ModelInfo,
+}
+
+struct CountCache(usize);
+
+impl SequenceCache for CountCache {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn truncate(&mut self, len: usize) {
+        self.0 = self.0.min(len);
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl LanguageModel for PanickyModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn new_cache(&self) -> Box<dyn SequenceCache> {
+        Box::new(CountCache(0))
+    }
+    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, _: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+        assert!(!tokens.contains(&0), "token 0 is poison");
+        let cache = cache.as_any_mut().downcast_mut::<CountCache>().unwrap();
+        cache.0 += tokens.len();
+        let mut logits = vec![0.0; self.info.vocab_size];
+        logits[b'a' as usize - 33 + 0] = 1.0; // some byte token
+        Ok(logits)
+    }
+}
+
+#[test]
+fn a_panicking_model_fails_the_request_not_the_engine() {
+    let dir = TempDir::new("panic");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap());
+    let info = ModelInfo {
+        architecture: "test".into(),
+        name: "panicky".into(),
+        vocab_size: tokenizer.vocab_size(),
+        trained_context_length: 64,
+        context_length: 64,
+        n_layers: 0,
+        embedding_length: 0,
+    };
+    let engine = Engine::from_parts(Arc::new(PanickyModel { info }), tokenizer, None, 1, Some(1)).unwrap();
+    let s = engine.new_session();
+    let r = s.generate(&Prompt::Tokens(vec![5, 0, 7]), &greedy(3)).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Error);
+    let e = r.error.unwrap();
+    assert_eq!(e.kind(), ErrorKind::Panic);
+    assert!(e.message().contains("token 0 is poison"), "{e}");
+    // The same engine and session keep working.
+    let ok = s.generate(&Prompt::Tokens(vec![5, 6]), &greedy(3)).unwrap();
+    assert_eq!(ok.finish_reason, FinishReason::Length);
+    assert_eq!(ok.tokens.len(), 3);
+}
