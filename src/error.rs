@@ -30,6 +30,8 @@ pub enum ErrorKind {
     BufferTooSmall,
     /// The model computation failed.
     Backend,
+    /// A constraint is malformed or unsupported (bad schema, regex, grammar, token id).
+    InvalidConstraint,
     /// An internal invariant broke; a bug.
     Internal,
     /// A panic was caught at a boundary; a bug.

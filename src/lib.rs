@@ -15,6 +15,7 @@
 //! # Ok::<(), maze::Error>(())
 //! ```
 
+pub mod constraint;
 pub mod engine;
 pub mod error;
 pub mod ffi;
@@ -24,6 +25,7 @@ pub mod sampling;
 #[doc(hidden)]
 pub mod testing;
 
+pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport};
 pub use engine::{Engine, EngineConfig, GenerateOptions, Prompt, Session};
 pub use error::{Error, ErrorKind, Result};
 pub use model::chat::ChatMessage;

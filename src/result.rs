@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
+use crate::constraint::{ConstraintReport, ConstraintStats};
 use crate::error::Error;
+use crate::sampling::SamplingParams;
 
 /// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model produced an end-of-generation token.
     Stop,
@@ -62,4 +67,55 @@ pub struct GenerationResult {
     pub stats: GenerationStats,
     /// Set when `finish_reason` is [`FinishReason::Error`].
     pub error: Option<Error>,
+    /// One report per constraint of the request (empty without constraints).
+    pub validation: Vec<ConstraintReport>,
+    /// Constraint timing and counts (None without constraints).
+    pub constraint_stats: Option<ConstraintStats>,
+    /// What produced this output.
+    pub provenance: Provenance,
+}
+
+impl GenerationResult {
+    /// True when every constraint was enforced throughout and the output is complete under it
+    /// (vacuously true without constraints).
+    pub fn constraints_satisfied(&self) -> bool {
+        self.validation.iter().all(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied)
+    }
+
+    /// `{"satisfied": bool, "constraints": [...], "stats": {...}}`.
+    pub fn validation_json(&self) -> String {
+        serde_json::json!({
+            "satisfied": self.constraints_satisfied(),
+            "constraints": self.validation,
+            "stats": self.constraint_stats,
+        })
+        .to_string()
+    }
+
+    pub fn provenance_json(&self) -> String {
+        serde_json::to_string(&self.provenance).unwrap_or_default()
+    }
+}
+
+/// A constraint as applied to a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedConstraint {
+    pub name: String,
+    pub kind: &'static str,
+    pub priority: i32,
+}
+
+/// Where an output came from: enough to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Provenance {
+    pub model: String,
+    pub architecture: String,
+    /// Milliseconds since the Unix epoch when the request was made.
+    pub created_unix_ms: u64,
+    pub constraints: Vec<AppliedConstraint>,
+    pub sampling: SamplingParams,
+    /// The seed actually used (drawn from the engine when the request had none).
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
 }

@@ -20,6 +20,7 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::constraint::{CacheStats, CompiledConstraint, Compiler, Constraint, DEFAULT_CACHE_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::{ChatMessage, ChatTemplate};
 use crate::model::tokenizer::Tokenizer;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub context_length: usize,
     /// Seed for requests that do not bring their own; `None` = from the OS.
     pub seed: Option<u64>,
+    /// Compiled constraints kept in the cache; 0 = [`DEFAULT_CACHE_LIMIT`].
+    pub constraint_cache_limit: usize,
 }
 
 /// A loaded model ready to serve sessions. Cheap to clone (shared).
@@ -57,6 +60,7 @@ pub(crate) struct EngineInner {
     runtime: Option<tokio::runtime::Runtime>,
     seeds: Mutex<ChaCha8Rng>,
     next_session: AtomicU64,
+    pub(crate) compiler: Compiler,
 }
 
 impl Engine {
@@ -84,15 +88,22 @@ impl Engine {
             },
             progress,
         )?;
-        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed)
+        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed, config.constraint_cache_limit)
     }
 
     /// Starts an engine over an already-built model (custom architectures, tests).
     pub fn from_parts(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
-        Self::start(model, tokenizer, chat_template, threads.max(1), seed)
+        Self::start(model, tokenizer, chat_template, threads.max(1), seed, 0)
     }
 
-    fn start(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
+    fn start(
+        model: Arc<dyn LanguageModel>,
+        tokenizer: Arc<Tokenizer>,
+        chat_template: Option<Arc<ChatTemplate>>,
+        threads: usize,
+        seed: Option<u64>,
+        cache_limit: usize,
+    ) -> Result<Self> {
         let internal = |what: &str, e: &dyn std::fmt::Display| Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -106,6 +117,7 @@ impl Engine {
             .build()
             .map_err(|e| internal("runtime", &e))?;
         let info = model.info().clone();
+        let compiler = Compiler::new(tokenizer.clone(), info.vocab_size, if cache_limit == 0 { DEFAULT_CACHE_LIMIT } else { cache_limit });
         let (sender, receiver) = std::sync::mpsc::channel();
         let worker = Worker::new(model, tokenizer.clone(), pool);
         let handle = std::thread::Builder::new()
@@ -126,6 +138,7 @@ impl Engine {
                 runtime: Some(runtime),
                 seeds: Mutex::new(seeds),
                 next_session: AtomicU64::new(1),
+                compiler,
             }),
         })
     }
@@ -145,6 +158,30 @@ impl Engine {
     /// Renders messages with the model's chat template.
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.inner.render_chat(messages, add_generation_prompt)
+    }
+
+    /// Compiles a constraint for this engine's tokenizer (or fetches it from the cache), so
+    /// that bad input is reported before any generation.
+    pub fn compile_constraint(&self, constraint: &Constraint) -> Result<CompiledConstraint> {
+        self.inner.compiler.compile(constraint)
+    }
+
+    pub fn constraint_cache_stats(&self) -> CacheStats {
+        self.inner.compiler.stats()
+    }
+
+    pub fn clear_constraint_cache(&self) {
+        self.inner.compiler.clear()
+    }
+
+    pub fn set_constraint_cache_limit(&self, limit: usize) -> Result<()> {
+        self.inner.compiler.set_limit(limit)
+    }
+
+    /// Identifies the tokenizer; constraints compiled for one fingerprint work on any engine
+    /// with the same one.
+    pub fn tokenizer_fingerprint(&self) -> u64 {
+        self.inner.compiler.fingerprint()
     }
 
     /// Opens a new, empty session.

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::control::Control;
-use super::worker::{worker_gone, Command, Event, Job, SessionId};
+use super::worker::{worker_gone, Command, Event, Job, Outcome, SessionId};
 use super::EngineInner;
+use crate::constraint::Constraint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
-use crate::result::{FinishReason, GenerationResult, GenerationStats};
+use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 use crate::sampling::SamplingParams;
 
 /// What to continue from.
@@ -37,11 +38,13 @@ pub struct GenerateOptions {
     pub timeout: Option<Duration>,
     /// Report each generated token's log-probability.
     pub logprobs: bool,
+    /// Constraints the output must obey, all at once (see [`crate::constraint`]).
+    pub constraints: Vec<Constraint>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), timeout: None, logprobs: false }
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), timeout: None, logprobs: false, constraints: Vec::new() }
     }
 }
 
@@ -75,7 +78,9 @@ impl Session {
     /// failure during generation is reported in the result's `finish_reason` and `error`.
     pub fn generate_streaming(&self, prompt: &Prompt, opts: &GenerateOptions, mut on_text: impl FnMut(&str) -> bool) -> Result<GenerationResult> {
         let submitted = Instant::now();
+        let created_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         opts.sampling.validate()?;
+        let constraints = opts.constraints.iter().map(|c| self.engine.compiler.compile(c).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         let prompt = self.engine.prompt_tokens(prompt)?;
         let ctx = self.engine.info.context_length;
         if prompt.len() >= ctx {
@@ -103,6 +108,7 @@ impl Session {
             max_tokens: opts.max_tokens,
             stop: opts.stop.clone(),
             logprobs: opts.logprobs,
+            constraints,
             control: control.clone(),
             events,
             submitted,
@@ -120,7 +126,7 @@ impl Session {
             text.push_str(piece);
             on_text(piece)
         };
-        let (finish, stats, error) = loop {
+        let outcome: Outcome = loop {
             match receiver.recv() {
                 Ok(Event::Token { id, logprob, text: piece }) => {
                     if stopped_by_caller {
@@ -140,16 +146,36 @@ impl Session {
                         stopped_by_caller = true;
                     }
                 }
-                Ok(Event::Done { finish, stats, error }) => break (finish, stats, error),
+                Ok(Event::Done(outcome)) => break *outcome,
                 Err(_) => return Err(worker_gone()),
             }
         };
         if let Some(timer) = timer {
             timer.abort();
         }
-        let finish = if stopped_by_caller { FinishReason::Cancelled } else { finish };
+        let Outcome { finish, stats, error, mut validation, constraint_stats } = outcome;
+        let finish = if stopped_by_caller {
+            // The caller cut the text: grammar constraints cannot vouch for it any more.
+            for report in validation.iter_mut().filter(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied && r.kind != "token_mask") {
+                report.outcome = crate::constraint::ConstraintOutcome::Violated;
+                report.reason = Some("the streaming callback stopped generation before the output was complete".into());
+            }
+            FinishReason::Cancelled
+        } else {
+            finish
+        };
         let stats = GenerationStats { generated_tokens: tokens.len(), ..stats };
-        Ok(GenerationResult { text, tokens, logprobs, finish_reason: finish, stats, error })
+        let provenance = Provenance {
+            model: self.engine.info.name.clone(),
+            architecture: self.engine.info.architecture.clone(),
+            created_unix_ms,
+            constraints: opts.constraints.iter().map(|c| AppliedConstraint { name: c.name.clone(), kind: c.kind.label(), priority: c.priority }).collect(),
+            sampling: SamplingParams { seed: Some(seed), ..opts.sampling.clone() },
+            seed,
+            max_tokens: opts.max_tokens,
+            stop: opts.stop.clone(),
+        };
+        Ok(GenerationResult { text, tokens, logprobs, finish_reason: finish, stats, error, validation, constraint_stats, provenance })
     }
 
     /// Stops the running generation, if any (prefill included). Safe from any thread; a no-op

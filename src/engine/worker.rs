@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use super::control::Control;
 use super::text::TextAssembler;
+use crate::constraint::{apply_mask, CompiledConstraint, ConstraintReport, ConstraintStats, Enforcer, Mask};
 use crate::error::{Error, ErrorKind};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{LanguageModel, SequenceCache};
@@ -38,6 +39,7 @@ pub(crate) struct Job {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub logprobs: bool,
+    pub constraints: Vec<Arc<CompiledConstraint>>,
     pub control: Arc<Control>,
     pub events: Sender<Event>,
     pub submitted: Instant,
@@ -47,7 +49,16 @@ pub(crate) enum Event {
     Token { id: u32, logprob: Option<f32>, text: String },
     /// Text released at the end without a token of its own (held-back bytes).
     Tail { text: String },
-    Done { finish: FinishReason, stats: GenerationStats, error: Option<Error> },
+    Done(Box<Outcome>),
+}
+
+/// How a request ended.
+pub(crate) struct Outcome {
+    pub finish: FinishReason,
+    pub stats: GenerationStats,
+    pub error: Option<Error>,
+    pub validation: Vec<ConstraintReport>,
+    pub constraint_stats: Option<ConstraintStats>,
 }
 
 /// A session's sequence: its KV cache and the tokens in it.
@@ -58,7 +69,8 @@ struct Sequence {
 
 enum Phase {
     Prefill { next: usize },
-    Decode { logits: Vec<f32> },
+    /// Logits for the next token and, under constraints, the mask computed alongside them.
+    Decode { logits: Vec<f32>, mask: Option<Result<Mask, Error>> },
 }
 
 struct Active {
@@ -66,6 +78,7 @@ struct Active {
     phase: Phase,
     sampler: Sampler,
     text: TextAssembler,
+    enforcer: Option<Enforcer>,
     generated: usize,
     cached: usize,
     prefill_started: Instant,
@@ -131,11 +144,14 @@ impl Worker {
         let cached = seq.tokens.len();
         let sampler = Sampler::new(job.sampling.clone(), job.seed);
         let text = TextAssembler::new(job.stop.clone());
+        let enforcer = (!job.constraints.is_empty())
+            .then(|| Enforcer::new(job.constraints.clone(), self.model.info().vocab_size, self.tokenizer.end_of_generation().to_vec()));
         self.active.push(Active {
             phase: Phase::Prefill { next: cached },
             job,
             sampler,
             text,
+            enforcer,
             generated: 0,
             cached,
             prefill_started: Instant::now(),
@@ -172,6 +188,24 @@ impl Worker {
     }
 }
 
+/// Runs the forward pass and, when constrained, the next mask at the same time: the mask
+/// depends only on tokens already committed, so it need not wait for the logits.
+fn forward_and_mask(
+    model: &dyn LanguageModel,
+    tokens: &[u32],
+    cache: &mut dyn SequenceCache,
+    interrupt: &(dyn Fn() -> bool + Sync),
+    enforcer: Option<&mut Enforcer>,
+) -> (Result<Vec<f32>, Error>, Option<Result<Mask, Error>>) {
+    match enforcer {
+        Some(e) => {
+            let (logits, mask) = rayon::join(|| model.forward(tokens, cache, interrupt), || e.compute_mask());
+            (logits, Some(mask))
+        }
+        None => (model.forward(tokens, cache, interrupt), None),
+    }
+}
+
 fn step(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &mut Sequence) -> Step {
     if let Some(reason) = a.job.control.stop_reason() {
         return Step::Finished(reason, None);
@@ -182,45 +216,76 @@ fn step(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
         Phase::Prefill { next } => {
             let end = (*next + PREFILL_CHUNK).min(a.job.prompt.len());
             let chunk = &a.job.prompt[*next..end];
-            match model.forward(chunk, seq.cache.as_mut(), &interrupt) {
-                Ok(logits) => {
+            let last = end == a.job.prompt.len();
+            let enforcer = if last { a.enforcer.as_mut() } else { None };
+            match forward_and_mask(model, chunk, seq.cache.as_mut(), &interrupt, enforcer) {
+                (Ok(logits), mask) => {
                     seq.tokens.extend_from_slice(chunk);
-                    if end == a.job.prompt.len() {
-                        a.phase = Phase::Decode { logits };
+                    if last {
+                        a.phase = Phase::Decode { logits, mask };
                     } else {
                         *next = end;
                     }
                     Step::Continue
                 }
-                Err(e) => failed(a, seq, e),
+                (Err(e), _) => failed(a, seq, e),
             }
         }
-        Phase::Decode { logits } => {
-            let id = a.sampler.sample(logits, &seq.tokens);
+        Phase::Decode { logits, mask } => {
+            let masked;
+            let choose_from: &[f32] = match (mask.take(), a.enforcer.as_ref()) {
+                (Some(Ok(m)), Some(enf)) => {
+                    if enf.grammar_finished() {
+                        return Step::Finished(FinishReason::Stop, None);
+                    }
+                    let mut l = logits.clone();
+                    apply_mask(&m, &mut l);
+                    masked = l;
+                    &masked
+                }
+                (Some(Err(e)), _) => return Step::Finished(FinishReason::Error, Some(e)),
+                _ => logits,
+            };
+            let id = a.sampler.sample(choose_from, &seq.tokens);
             a.first_token.get_or_insert_with(Instant::now);
             if tokenizer.is_end_of_generation(id) {
                 return Step::Finished(FinishReason::Stop, None);
             }
             let logprob = a.job.logprobs.then(|| log_prob(logits, id));
-            let delta = a.text.push(tokenizer.piece(id).unwrap_or_default());
-            a.generated += 1;
-            // A closed channel means the caller is gone; stop spending compute on it.
-            if a.job.events.send(Event::Token { id, logprob, text: delta.text }).is_err() {
-                return Step::Finished(FinishReason::Cancelled, None);
+            let mut batch = vec![id];
+            if let Some(enf) = a.enforcer.as_mut() {
+                if let Err(e) = enf.commit(id) {
+                    return Step::Finished(FinishReason::Error, Some(e));
+                }
+                batch.extend(enf.take_forced());
             }
-            if delta.stopped {
-                return Step::Finished(FinishReason::StopSequence, None);
+            for (i, &t) in batch.iter().enumerate() {
+                // Forced tokens were not sampled: their log-probability is not computed (NaN).
+                let lp = if i == 0 { logprob } else { a.job.logprobs.then_some(f32::NAN) };
+                let delta = a.text.push(tokenizer.piece(t).unwrap_or_default());
+                a.generated += 1;
+                // A closed channel means the caller is gone; stop spending compute on it.
+                if a.job.events.send(Event::Token { id: t, logprob: lp, text: delta.text }).is_err() {
+                    return Step::Finished(FinishReason::Cancelled, None);
+                }
+                if delta.stopped {
+                    return Step::Finished(FinishReason::StopSequence, None);
+                }
+                if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens) || seq.cache.len() + i + 1 >= model.info().context_length {
+                    return Step::Finished(FinishReason::Length, None);
+                }
             }
-            if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens) || seq.cache.len() >= model.info().context_length {
-                return Step::Finished(FinishReason::Length, None);
+            if a.enforcer.as_ref().is_some_and(|e| e.grammar_finished()) {
+                return Step::Finished(FinishReason::Stop, None);
             }
-            match model.forward(&[id], seq.cache.as_mut(), &interrupt) {
-                Ok(next) => {
-                    seq.tokens.push(id);
+            match forward_and_mask(model, &batch, seq.cache.as_mut(), &interrupt, a.enforcer.as_mut()) {
+                (Ok(next), next_mask) => {
+                    seq.tokens.extend_from_slice(&batch);
                     *logits = next;
+                    *mask = next_mask;
                     Step::Continue
                 }
-                Err(e) => failed(a, seq, e),
+                (Err(e), _) => failed(a, seq, e),
             }
         }
     }
@@ -253,7 +318,11 @@ fn finish(mut a: Active, reason: FinishReason, error: Option<Error>) {
         prefill_tokens_per_second: if prefill_secs > 0.0 && a.first_token.is_some() { computed as f64 / prefill_secs } else { 0.0 },
         decode_tokens_per_second: if a.generated > 1 && decode_secs > 0.0 { (a.generated - 1) as f64 / decode_secs } else { 0.0 },
     };
-    let _ = a.job.events.send(Event::Done { finish: reason, stats, error });
+    let (validation, constraint_stats) = match a.enforcer.as_mut() {
+        Some(e) => (e.reports(reason.as_str(), reason == FinishReason::Stop), Some(e.stats())),
+        None => (Vec::new(), None),
+    };
+    let _ = a.job.events.send(Event::Done(Box::new(Outcome { finish: reason, stats, error, validation, constraint_stats })));
 }
 
 /// Used by the session to turn a worker failure into an error for the caller.

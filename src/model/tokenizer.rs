@@ -444,6 +444,26 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Encodes a piece of text in the middle of a sequence: no BOS/EOS, no SentencePiece dummy
+    /// prefix, special-token text kept literal. (Used for strings a grammar forces.)
+    pub fn encode_fragment(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.literal.encode_fast(text, false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A hash of everything that decides which token means what (pieces, special flags, EOS),
+    /// so caches keyed by it are never shared between different vocabularies.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (piece, special) in self.pieces.iter().zip(&self.special) {
+            h.update(&(piece.len() as u32).to_le_bytes());
+            h.update(piece);
+            h.update(&[*special as u8]);
+        }
+        h.update(&self.eos.unwrap_or(u32::MAX).to_le_bytes());
+        h.digest()
+    }
+
     /// Decodes ids to bytes (not necessarily UTF-8 if the ids end mid-character).
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);

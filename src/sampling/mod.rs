@@ -2,12 +2,13 @@
 //! distribution, then temperature, then a draw from a seeded RNG (greedy at temperature 0).
 
 use rand::{Rng, SeedableRng};
+
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 
 /// How to pick tokens. The defaults are llama.cpp's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SamplingParams {
     /// 0 = greedy (argmax after penalties).
     pub temperature: f32,

@@ -1,0 +1,233 @@
+//! Constraint IR → llguidance parsers, through one parser factory per tokenizer, with an
+//! xxh3-keyed LRU cache of compiled constraints.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::{ParserFactory, TokenParser};
+use lru::LruCache;
+use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+
+use super::ir::{Constraint, ConstraintKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::tokenizer::Tokenizer;
+
+/// llguidance's view of our tokenizer: the token trie plus text → ids for forced strings.
+struct MazeTokEnv {
+    trie: TokTrie,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for MazeTokEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        self.tokenizer.encode_fragment(&String::from_utf8_lossy(s)).unwrap_or_default()
+    }
+}
+
+/// A compiled constraint, shared by every request that uses it (each request starts its own
+/// matchers from these templates).
+pub struct CompiledConstraint {
+    pub constraint: Constraint,
+    pub(crate) program: Arc<Program>,
+    /// Time this compilation took (zero when it came from the cache).
+    pub compile_time: Duration,
+    pub cache_hit: bool,
+}
+
+pub(crate) enum Program {
+    /// One parser per pattern/grammar; all must accept.
+    Grammars(Vec<TokenParser>),
+    /// A fixed mask: `allowed` (None = everything) minus `forbidden`.
+    Mask { allowed: Option<Vec<u32>>, forbidden: Vec<u32> },
+}
+
+/// Compile cache counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub size: usize,
+    pub limit: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+pub struct Compiler {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
+    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    fingerprint: u64,
+    cache: Mutex<LruCache<u64, Arc<Program>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+pub const DEFAULT_CACHE_LIMIT: usize = 256;
+
+impl Compiler {
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize, cache_limit: usize) -> Self {
+        let fingerprint = tokenizer.fingerprint();
+        Self {
+            tokenizer,
+            vocab_size,
+            factory: OnceLock::new(),
+            fingerprint,
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_limit.max(1)).expect("non-zero"))),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn factory(&self) -> Result<&ParserFactory> {
+        self.factory
+            .get_or_init(|| {
+                let tok = &self.tokenizer;
+                let eos = tok.eos().unwrap_or(0);
+                let mut info = TokRxInfo::new(self.vocab_size as u32, eos);
+                info.tok_bos = tok.bos();
+                let words: Vec<Vec<u8>> = (0..self.vocab_size as u32)
+                    .map(|id| match tok.piece(id) {
+                        Some(p) if !tok.is_special(id) => p.to_vec(),
+                        Some(p) => [&[TokTrie::SPECIAL_TOKEN_MARKER][..], p].concat(),
+                        // Ids past the tokenizer (padded output layers) can never match text.
+                        None => format!("\u{ff}<pad_{id}>").into_bytes(),
+                    })
+                    .collect();
+                let env: TokEnv = Arc::new(MazeTokEnv { trie: TokTrie::from(&info, &words), tokenizer: tok.clone() });
+                let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+                factory.quiet();
+                Ok(factory)
+            })
+            .as_ref()
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the constraint engine: {e}")))
+    }
+
+    fn key(&self, c: &Constraint) -> u64 {
+        let mut bytes = self.fingerprint.to_le_bytes().to_vec();
+        bytes.extend_from_slice(c.canonical_kind().as_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
+    /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
+    /// message naming the constraint and what is wrong with it.
+    pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
+        let start = Instant::now();
+        let key = self.key(c);
+        if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(CompiledConstraint { constraint: c.clone(), program, compile_time: start.elapsed(), cache_hit: true });
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let program = Arc::new(self.build(c)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(CompiledConstraint { constraint: c.clone(), program, compile_time: start.elapsed(), cache_hit: false })
+    }
+
+    fn build(&self, c: &Constraint) -> Result<Program> {
+        let what = if c.name.is_empty() { format!("{} constraint", c.kind.label()) } else { format!("constraint '{}' ({})", c.name, c.kind.label()) };
+        let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
+        let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
+            let factory = self.factory()?;
+            let mut parser = factory.create_parser(grammar).map_err(|e| bad(format!("{part}{e}")))?;
+            // Some problems only surface when the parser starts; find them now, not mid-request.
+            let mut probe = llguidance::Matcher::new(Ok(parser.deep_clone()));
+            if let Err(e) = probe.compute_mask() {
+                return Err(bad(format!("{part}{e}")));
+            }
+            parser.start_without_prompt();
+            Ok(parser)
+        };
+        match &c.kind {
+            ConstraintKind::JsonSchema(schema) => {
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err(bad("a JSON schema must be an object or a boolean".into()));
+                }
+                // Compact JSON unless the schema says otherwise: free whitespace only costs tokens.
+                let mut schema = schema.clone();
+                if let Some(obj) = schema.as_object_mut() {
+                    obj.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+                }
+                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_json_schema(schema), "")?]))
+            }
+            ConstraintKind::Lark(grammar) => {
+                if grammar.trim().is_empty() {
+                    return Err(bad("the grammar is empty".into()));
+                }
+                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_lark(grammar.clone()), "")?]))
+            }
+            ConstraintKind::Regex(patterns) => {
+                if patterns.is_empty() {
+                    return Err(bad("no patterns given".into()));
+                }
+                let parsers = patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| parse(TopLevelGrammar::from_regex(p), &format!("pattern {i} /{p}/: ")))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Program::Grammars(parsers))
+            }
+            ConstraintKind::Choice(options) => {
+                if options.is_empty() {
+                    return Err(bad("no options given".into()));
+                }
+                let alternatives: Vec<String> = options.iter().map(|o| serde_json::to_string(o).expect("strings serialize")).collect();
+                let grammar = format!("start: {}", alternatives.join(" | "));
+                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_lark(grammar), "")?]))
+            }
+            ConstraintKind::TokenMask { allowed, forbidden } => {
+                for (list, ids) in [("allowed", allowed), ("forbidden", forbidden)] {
+                    if let Some(bad_id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+                        return Err(bad(format!("{list} token id {bad_id} is outside the vocabulary (size {})", self.vocab_size)));
+                    }
+                }
+                Ok(Program::Mask { allowed: (!allowed.is_empty()).then(|| allowed.clone()), forbidden: forbidden.clone() })
+            }
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        CacheStats {
+            size: cache.len(),
+            limit: cache.cap().get(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Empties the cache (the counters keep counting).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Changes the cache limit, evicting the least recently used entries beyond it.
+    pub fn set_limit(&self, limit: usize) -> Result<()> {
+        let limit = NonZeroUsize::new(limit).ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let before = cache.len();
+        cache.resize(limit);
+        self.evictions.fetch_add(before.saturating_sub(cache.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! The constraint IR: what a caller may ask generated text to obey. Built in Rust, from JSON
+//! (`Constraint::from_json`) or from the C struct; all three give the same value.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One constraint with its name (reported in validation) and priority (when constraints
+/// conflict, the lowest priority is relaxed first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(flatten)]
+    pub kind: ConstraintKind,
+}
+
+/// What the text must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintKind {
+    /// A JSON schema (the draft 2020-12 subset llguidance supports). The output is one JSON value.
+    JsonSchema(Value),
+    /// A grammar in llguidance's Lark syntax.
+    Lark(String),
+    /// Regular expressions; the whole output must match every one of them.
+    Regex(Vec<String>),
+    /// Token ids that may (if non-empty) and may not be generated.
+    TokenMask {
+        #[serde(default)]
+        allowed: Vec<u32>,
+        #[serde(default)]
+        forbidden: Vec<u32>,
+    },
+    /// The output is exactly one of these strings.
+    Choice(Vec<String>),
+}
+
+impl ConstraintKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::JsonSchema(_) => "json_schema",
+            Self::Lark(_) => "lark",
+            Self::Regex(_) => "regex",
+            Self::TokenMask { .. } => "token_mask",
+            Self::Choice(_) => "choice",
+        }
+    }
+}
+
+impl Constraint {
+    pub fn new(name: impl Into<String>, priority: i32, kind: ConstraintKind) -> Self {
+        Self { name: name.into(), priority, kind }
+    }
+
+    pub fn json_schema(name: impl Into<String>, schema: Value) -> Self {
+        Self::new(name, 0, ConstraintKind::JsonSchema(schema))
+    }
+
+    pub fn lark(name: impl Into<String>, grammar: impl Into<String>) -> Self {
+        Self::new(name, 0, ConstraintKind::Lark(grammar.into()))
+    }
+
+    pub fn regex(name: impl Into<String>, pattern: impl Into<String>) -> Self {
+        Self::new(name, 0, ConstraintKind::Regex(vec![pattern.into()]))
+    }
+
+    pub fn choice(name: impl Into<String>, options: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self::new(name, 0, ConstraintKind::Choice(options.into_iter().map(Into::into).collect()))
+    }
+
+    pub fn token_mask(name: impl Into<String>, allowed: Vec<u32>, forbidden: Vec<u32>) -> Self {
+        Self::new(name, 0, ConstraintKind::TokenMask { allowed, forbidden })
+    }
+
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Parses the JSON form, e.g. `{"name": "answer", "priority": 1, "json_schema": {...}}`,
+    /// `{"regex": ["[0-9]+"]}`, `{"token_mask": {"forbidden": [13]}}`, `{"choice": ["yes", "no"]}`.
+    /// A JSON array gives several constraints.
+    pub fn list_from_json(text: &str) -> Result<Vec<Self>> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::invalid_argument(format!("constraint JSON does not parse: {e}")))?;
+        let items = match value {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                serde_json::from_value::<Self>(v).map_err(|e| {
+                    Error::invalid_argument(format!(
+                        "constraint {i}: {e} (expected one of json_schema, lark, regex, token_mask, choice, plus optional name and priority)"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The form used for cache keys: JSON with object keys sorted, so equal constraints written
+    /// differently share one compilation. Name and priority do not change the compiled grammar.
+    pub fn canonical_kind(&self) -> String {
+        fn sorted(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<_> = m.keys().collect();
+                    keys.sort();
+                    Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+                }
+                Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+                other => other.clone(),
+            }
+        }
+        let v = serde_json::to_value(&self.kind).unwrap_or(Value::Null);
+        sorted(&v).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_forms_parse_to_the_ir() {
+        let list = Constraint::list_from_json(
+            r#"[{"name":"a","priority":2,"json_schema":{"type":"object"}},
+                {"lark":"start: \"x\""},
+                {"regex":["[0-9]+","1.*"]},
+                {"token_mask":{"forbidden":[7]}},
+                {"choice":["yes","no"]}]"#,
+        )
+        .unwrap();
+        assert_eq!(list[0], Constraint::json_schema("a", json!({"type": "object"})).with_priority(2));
+        assert_eq!(list[1].kind, ConstraintKind::Lark("start: \"x\"".into()));
+        assert_eq!(list[2].kind, ConstraintKind::Regex(vec!["[0-9]+".into(), "1.*".into()]));
+        assert_eq!(list[3].kind, ConstraintKind::TokenMask { allowed: vec![], forbidden: vec![7] });
+        assert_eq!(list[4], Constraint::choice("", ["yes", "no"]));
+    }
+
+    #[test]
+    fn bad_json_forms_say_what_is_wrong() {
+        let e = Constraint::list_from_json("{").unwrap_err();
+        assert!(e.message().contains("does not parse"), "{e}");
+        let e = Constraint::list_from_json(r#"{"grammar": "x"}"#).unwrap_err();
+        assert!(e.message().contains("constraint 0") && e.message().contains("json_schema, lark"), "{e}");
+    }
+
+    #[test]
+    fn canonical_form_ignores_key_order_and_name() {
+        let a = Constraint::json_schema("a", json!({"type": "object", "required": ["x"]}));
+        let b = Constraint::json_schema("b", json!({"required": ["x"], "type": "object"}));
+        assert_eq!(a.canonical_kind(), b.canonical_kind());
+        assert_ne!(a.canonical_kind(), Constraint::json_schema("a", json!({"type": "array"})).canonical_kind());
+    }
+}

@@ -1,0 +1,10 @@
+//! Constraints: what generated text must obey (JSON schema, Lark grammar, regexes, token masks,
+//! choices), compiled with llguidance and enforced token by token.
+
+mod compile;
+mod enforce;
+mod ir;
+
+pub use compile::{CacheStats, CompiledConstraint, Compiler, DEFAULT_CACHE_LIMIT};
+pub use enforce::{apply_mask, ConstraintOutcome, ConstraintReport, ConstraintStats, Enforcer, Mask};
+pub use ir::{Constraint, ConstraintKind};
