@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define DEFAULT_CACHE_LIMIT 256
+
 /**
  * ABI version of this header and library. Bumped on any incompatible change. Parameter structs
  * carry `struct_size`, so adding fields at their end is compatible and does not bump it.
@@ -107,6 +109,11 @@ typedef enum maze_status {
    * A panic was caught at the ABI boundary (a bug; please report). The library stays usable.
    */
   MAZE_STATUS_PANIC = 16,
+  /**
+   * A constraint is malformed or unsupported: bad JSON schema, regex, grammar or token id.
+   * The message names the constraint and the offending part.
+   */
+  MAZE_STATUS_INVALID_CONSTRAINT = 17,
 } maze_status;
 
 /**
@@ -138,6 +145,13 @@ typedef enum maze_finish_reason {
    */
   MAZE_FINISH_REASON_ERROR = 5,
 } maze_finish_reason;
+
+/**
+ * One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
+ * number of generations at once, and freed once none uses it... or any time: generations keep
+ * what they need.
+ */
+typedef struct maze_constraint maze_constraint;
 
 /**
  * A loaded model with its worker. Thread-safe: every function taking a `const maze_engine *`
@@ -209,6 +223,10 @@ typedef struct maze_engine_params {
    * Passed to progress_callback.
    */
   void *progress_userdata;
+  /**
+   * Compiled constraints the cache keeps; 0 = default (256).
+   */
+  uint32_t constraint_cache_limit;
 } maze_engine_params;
 
 /**
@@ -228,6 +246,57 @@ typedef struct maze_chat_message {
   struct maze_string role;
   struct maze_string content;
 } maze_chat_message;
+
+/**
+ * Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
+ * its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
+ */
+typedef struct maze_constraint_desc {
+  /**
+   * sizeof(maze_constraint_desc), set by maze_constraint_desc_default().
+   */
+  uint32_t struct_size;
+  /**
+   * A maze_constraint_kind value.
+   */
+  uint32_t kind;
+  /**
+   * When constraints conflict, the lowest priority is relaxed first. Default 0.
+   */
+  int32_t priority;
+  /**
+   * Reserved, keep 0.
+   */
+  uint32_t reserved;
+  /**
+   * Name reported in validation (may be empty).
+   */
+  struct maze_string name;
+  /**
+   * JSON schema or Lark grammar text.
+   */
+  struct maze_string text;
+  /**
+   * Regex patterns or choice strings.
+   */
+  const struct maze_string *items;
+  size_t n_items;
+  const uint32_t *allowed_tokens;
+  size_t n_allowed_tokens;
+  const uint32_t *forbidden_tokens;
+  size_t n_forbidden_tokens;
+} maze_constraint_desc;
+
+/**
+ * Constraint compile-cache counters.
+ */
+typedef struct maze_constraint_cache_stats {
+  uint64_t size;
+  uint64_t limit;
+  uint64_t hits;
+  uint64_t misses;
+  uint64_t evictions;
+} maze_constraint_cache_stats;
 
 /**
  * Generation settings. Initialise with maze_generate_params_default(), then change fields.
@@ -292,6 +361,12 @@ typedef struct maze_generate_params {
    * Record each generated token's log-probability (maze_result_logprobs). Default false.
    */
   bool logprobs;
+  /**
+   * Constraints the output must obey, all at once (array of n_constraints handles; NULL when
+   * 0). See maze_result_validation_json for how each fared.
+   */
+  const struct maze_constraint *const *constraints;
+  size_t n_constraints;
 } maze_generate_params;
 
 /**
@@ -454,6 +529,63 @@ enum maze_status maze_chat_apply_template(const struct maze_engine *engine,
                                           struct maze_error **error);
 
 /**
+ * A descriptor with everything empty (kind JSON schema, priority 0).
+ */
+struct maze_constraint_desc maze_constraint_desc_default(void);
+
+/**
+ * Builds and compiles a constraint from a descriptor. Fails with
+ * MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
+ * part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+ */
+enum maze_status maze_constraint_new(const struct maze_engine *engine,
+                                     const struct maze_constraint_desc *desc,
+                                     struct maze_constraint **out_constraint,
+                                     struct maze_error **error);
+
+/**
+ * Builds and compiles constraints from JSON (`json_len` bytes): one object such as
+ * `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
+ * `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
+ * `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+ */
+enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
+                                           const char *json,
+                                           size_t json_len,
+                                           struct maze_constraint **out_constraint,
+                                           struct maze_error **error);
+
+/**
+ * Number of constraints in a handle (a JSON array gives several); 0 for NULL.
+ */
+size_t maze_constraint_count(const struct maze_constraint *constraint);
+
+/**
+ * Frees a constraint handle. NULL is a no-op. Generations already started are unaffected.
+ */
+void maze_constraint_free(struct maze_constraint *constraint);
+
+/**
+ * Reads the engine's constraint compile-cache counters into `*out`.
+ */
+enum maze_status maze_engine_constraint_cache_stats(const struct maze_engine *engine,
+                                                    struct maze_constraint_cache_stats *out,
+                                                    struct maze_error **error);
+
+/**
+ * Empties the constraint compile cache (counters keep counting).
+ */
+enum maze_status maze_engine_constraint_cache_clear(const struct maze_engine *engine,
+                                                    struct maze_error **error);
+
+/**
+ * Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
+ */
+enum maze_status maze_engine_constraint_cache_set_limit(const struct maze_engine *engine,
+                                                        uint64_t limit,
+                                                        struct maze_error **error);
+
+/**
  * Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
  */
 struct maze_generate_params maze_generate_params_default(void);
@@ -602,6 +734,42 @@ double maze_result_tokens_per_second(const struct maze_result *result);
  * Prefill speed: prompt tokens computed per second.
  */
 double maze_result_prefill_tokens_per_second(const struct maze_result *result);
+
+/**
+ * True when every constraint of the request was enforced on every token and the output is
+ * complete under it (true without constraints); false for NULL.
+ */
+bool maze_result_constraints_satisfied(const struct maze_result *result);
+
+/**
+ * Validation as JSON: `{"satisfied": bool, "constraints": [{"name", "kind", "priority",
+ * "outcome": "satisfied"|"violated"|"relaxed", "reason"?}], "stats": {"compile_time_us",
+ * "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid until
+ * maze_result_free; "" for NULL.
+ */
+const char *maze_result_validation_json(const struct maze_result *result);
+
+/**
+ * Provenance as JSON: model, architecture, created_unix_ms, constraints (name, kind,
+ * priority), sampling parameters, the seed used, max_tokens, stop. Valid until
+ * maze_result_free; "" for NULL.
+ */
+const char *maze_result_provenance_json(const struct maze_result *result);
+
+/**
+ * Time spent compiling the request's constraints, in microseconds (cache hits cost little).
+ */
+double maze_result_constraint_compile_time_us(const struct maze_result *result);
+
+/**
+ * Mean time to compute one token's constraint mask, in microseconds (0 without constraints).
+ */
+double maze_result_mean_mask_time_us(const struct maze_result *result);
+
+/**
+ * Tokens the grammar dictated and that were appended without sampling.
+ */
+uint32_t maze_result_forced_tokens(const struct maze_result *result);
 
 /**
  * Frees a result. NULL is a no-op.

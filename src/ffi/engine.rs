@@ -41,6 +41,8 @@ pub struct maze_engine_params {
     pub progress_callback: maze_progress_callback,
     /// Passed to progress_callback.
     pub progress_userdata: *mut c_void,
+    /// Compiled constraints the cache keeps; 0 = default (256).
+    pub constraint_cache_limit: u32,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -55,6 +57,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         tokenizer_path: std::ptr::null(),
         progress_callback: None,
         progress_userdata: std::ptr::null_mut(),
+        constraint_cache_limit: 0,
     }
 }
 
@@ -79,6 +82,7 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
             threads: p.n_threads as usize,
             context_length: p.n_ctx as usize,
             seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
+            constraint_cache_limit: p.constraint_cache_limit as usize,
         };
         let (callback, userdata) = (p.progress_callback, p.progress_userdata);
         let mut progress = move |f: f32| match callback {

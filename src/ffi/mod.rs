@@ -12,6 +12,7 @@
 // Declared in the order the header presents them.
 pub mod error;
 pub mod engine;
+pub mod constraint;
 pub mod session;
 pub mod result;
 
@@ -65,6 +66,9 @@ pub enum maze_status {
     Internal = 15,
     /// A panic was caught at the ABI boundary (a bug; please report). The library stays usable.
     Panic = 16,
+    /// A constraint is malformed or unsupported: bad JSON schema, regex, grammar or token id.
+    /// The message names the constraint and the offending part.
+    InvalidConstraint = 17,
 }
 
 impl From<ErrorKind> for maze_status {
@@ -84,6 +88,7 @@ impl From<ErrorKind> for maze_status {
             ErrorKind::Backend => Self::Backend,
             ErrorKind::Internal => Self::Internal,
             ErrorKind::Panic => Self::Panic,
+            ErrorKind::InvalidConstraint => Self::InvalidConstraint,
         }
     }
 }
@@ -257,6 +262,7 @@ pub extern "C" fn maze_status_name(status: i32) -> *const c_char {
         14 => "MAZE_STATUS_ABI_MISMATCH\0",
         15 => "MAZE_STATUS_INTERNAL\0",
         16 => "MAZE_STATUS_PANIC\0",
+        17 => "MAZE_STATUS_INVALID_CONSTRAINT\0",
         _ => "MAZE_STATUS_UNKNOWN\0",
     };
     name.as_ptr() as *const c_char

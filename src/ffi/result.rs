@@ -43,6 +43,8 @@ pub struct maze_result {
     /// The text with a trailing NUL.
     text: Vec<u8>,
     error_message: Option<CString>,
+    validation_json: CString,
+    provenance_json: CString,
 }
 
 impl maze_result {
@@ -50,7 +52,9 @@ impl maze_result {
         let mut text = result.text.as_bytes().to_vec();
         text.push(0);
         let error_message = result.error.as_ref().map(|e| CString::new(e.message().replace('\0', "")).unwrap_or_default());
-        Self { result, text, error_message }
+        let validation_json = CString::new(result.validation_json()).unwrap_or_default();
+        let provenance_json = CString::new(result.provenance_json()).unwrap_or_default();
+        Self { result, text, error_message, validation_json, provenance_json }
     }
 }
 
@@ -175,6 +179,48 @@ pub unsafe extern "C" fn maze_result_tokens_per_second(result: *const maze_resul
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_prefill_tokens_per_second(result: *const maze_result) -> f64 {
     getter!(result, 0.0, |r| r.result.stats.prefill_tokens_per_second)
+}
+
+/// True when every constraint of the request was enforced on every token and the output is
+/// complete under it (true without constraints); false for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_constraints_satisfied(result: *const maze_result) -> bool {
+    getter!(result, false, |r| r.result.constraints_satisfied())
+}
+
+/// Validation as JSON: `{"satisfied": bool, "constraints": [{"name", "kind", "priority",
+/// "outcome": "satisfied"|"violated"|"relaxed", "reason"?}], "stats": {"compile_time_us",
+/// "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid until
+/// maze_result_free; "" for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_validation_json(result: *const maze_result) -> *const c_char {
+    getter!(result, c"".as_ptr(), |r| r.validation_json.as_ptr())
+}
+
+/// Provenance as JSON: model, architecture, created_unix_ms, constraints (name, kind,
+/// priority), sampling parameters, the seed used, max_tokens, stop. Valid until
+/// maze_result_free; "" for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_provenance_json(result: *const maze_result) -> *const c_char {
+    getter!(result, c"".as_ptr(), |r| r.provenance_json.as_ptr())
+}
+
+/// Time spent compiling the request's constraints, in microseconds (cache hits cost little).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_constraint_compile_time_us(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.constraint_stats.map(|s| s.compile_time_us).unwrap_or(0.0))
+}
+
+/// Mean time to compute one token's constraint mask, in microseconds (0 without constraints).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_mean_mask_time_us(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.constraint_stats.map(|s| s.mean_mask_time_us).unwrap_or(0.0))
+}
+
+/// Tokens the grammar dictated and that were appended without sampling.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_forced_tokens(result: *const maze_result) -> u32 {
+    getter!(result, 0, |r| r.result.constraint_stats.map(|s| s.forced_tokens as u32).unwrap_or(0))
 }
 
 /// Frees a result. NULL is a no-op.

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
+use super::constraint::maze_constraint;
 use super::engine::{maze_chat_message, maze_engine, read_messages};
 use super::result::maze_result;
 use super::{arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
@@ -60,6 +61,10 @@ pub struct maze_generate_params {
     pub timeout_ms: u32,
     /// Record each generated token's log-probability (maze_result_logprobs). Default false.
     pub logprobs: bool,
+    /// Constraints the output must obey, all at once (array of n_constraints handles; NULL when
+    /// 0). See maze_result_validation_json for how each fared.
+    pub constraints: *const *const maze_constraint,
+    pub n_constraints: usize,
 }
 
 /// Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
@@ -83,6 +88,8 @@ pub extern "C" fn maze_generate_params_default() -> maze_generate_params {
         n_stop: 0,
         timeout_ms: 0,
         logprobs: false,
+        constraints: std::ptr::null(),
+        n_constraints: 0,
     }
 }
 
@@ -115,6 +122,12 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
         stop,
         timeout: (p.timeout_ms > 0).then(|| Duration::from_millis(p.timeout_ms as u64)),
         logprobs: p.logprobs,
+        constraints: arg_slice(p.constraints, p.n_constraints, "params.constraints")?
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| Ok(arg_ref(c, &format!("params.constraints[{i}]"))?.constraints.clone()))
+            .collect::<FfiResult<Vec<_>>>()?
+            .concat(),
     })
 }
 

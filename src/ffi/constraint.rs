@@ -1,0 +1,210 @@
+//! Constraints: build them from a descriptor struct (what the Zig and Go wrappers fill) or from
+//! JSON; both give the same handle. Compiled when created, so bad input fails here.
+
+use std::ffi::c_char;
+
+use super::engine::maze_engine;
+use super::{arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult};
+use crate::constraint::{Constraint, ConstraintKind};
+
+/// Constraint kinds, for maze_constraint_desc.kind.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum maze_constraint_kind {
+    /// `text`: a JSON schema document.
+    JsonSchema = 0,
+    /// `text`: a grammar in llguidance's Lark syntax.
+    Lark = 1,
+    /// `items`: regular expressions; the output must match every one.
+    Regex = 2,
+    /// `allowed_tokens` (empty = all) and `forbidden_tokens`.
+    TokenMask = 3,
+    /// `items`: the output is exactly one of these strings.
+    Choice = 4,
+}
+
+/// Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
+/// its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct maze_constraint_desc {
+    /// sizeof(maze_constraint_desc), set by maze_constraint_desc_default().
+    pub struct_size: u32,
+    /// A maze_constraint_kind value.
+    pub kind: u32,
+    /// When constraints conflict, the lowest priority is relaxed first. Default 0.
+    pub priority: i32,
+    /// Reserved, keep 0.
+    pub reserved: u32,
+    /// Name reported in validation (may be empty).
+    pub name: maze_string,
+    /// JSON schema or Lark grammar text.
+    pub text: maze_string,
+    /// Regex patterns or choice strings.
+    pub items: *const maze_string,
+    pub n_items: usize,
+    pub allowed_tokens: *const u32,
+    pub n_allowed_tokens: usize,
+    pub forbidden_tokens: *const u32,
+    pub n_forbidden_tokens: usize,
+}
+
+/// One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
+/// number of generations at once, and freed once none uses it... or any time: generations keep
+/// what they need.
+pub struct maze_constraint {
+    pub(crate) constraints: Vec<Constraint>,
+}
+
+/// A descriptor with everything empty (kind JSON schema, priority 0).
+#[no_mangle]
+pub extern "C" fn maze_constraint_desc_default() -> maze_constraint_desc {
+    let empty = maze_string { data: std::ptr::null(), len: 0 };
+    maze_constraint_desc {
+        struct_size: std::mem::size_of::<maze_constraint_desc>() as u32,
+        kind: maze_constraint_kind::JsonSchema as u32,
+        priority: 0,
+        reserved: 0,
+        name: empty,
+        text: empty,
+        items: std::ptr::null(),
+        n_items: 0,
+        allowed_tokens: std::ptr::null(),
+        n_allowed_tokens: 0,
+        forbidden_tokens: std::ptr::null(),
+        n_forbidden_tokens: 0,
+    }
+}
+
+unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
+    let items = || -> FfiResult<Vec<String>> {
+        arg_slice(d.items, d.n_items, "desc.items")?.iter().enumerate().map(|(i, s)| Ok(s.to_str(&format!("desc.items[{i}]"))?.to_string())).collect()
+    };
+    let kind = match d.kind {
+        0 => {
+            let text = d.text.to_str("desc.text")?;
+            let schema = serde_json::from_str(text)
+                .map_err(|e| FfiError::new(maze_status::InvalidConstraint, format!("desc.text is not valid JSON: {e}")))?;
+            ConstraintKind::JsonSchema(schema)
+        }
+        1 => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
+        2 => ConstraintKind::Regex(items()?),
+        3 => ConstraintKind::TokenMask {
+            allowed: arg_slice(d.allowed_tokens, d.n_allowed_tokens, "desc.allowed_tokens")?.to_vec(),
+            forbidden: arg_slice(d.forbidden_tokens, d.n_forbidden_tokens, "desc.forbidden_tokens")?.to_vec(),
+        },
+        4 => ConstraintKind::Choice(items()?),
+        other => return Err(FfiError::new(maze_status::InvalidArgument, format!("desc.kind {other} is not a maze_constraint_kind"))),
+    };
+    Ok(Constraint { name: d.name.to_str("desc.name")?.to_string(), priority: d.priority, kind })
+}
+
+unsafe fn finish(engine: &maze_engine, constraints: Vec<Constraint>, out: *mut *mut maze_constraint) -> FfiResult<()> {
+    for c in &constraints {
+        engine.engine.compile_constraint(c)?;
+    }
+    write_out(out, Box::into_raw(Box::new(maze_constraint { constraints })), "out_constraint")
+}
+
+/// Builds and compiles a constraint from a descriptor. Fails with
+/// MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
+/// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+#[no_mangle]
+pub unsafe extern "C" fn maze_constraint_new(
+    engine: *const maze_engine,
+    desc: *const maze_constraint_desc,
+    out_constraint: *mut *mut maze_constraint,
+    error: *mut *mut maze_error,
+) -> maze_status {
+    ffi_call!(error, {
+        let engine = arg_ref(engine, "engine")?;
+        arg_ref(desc, "desc")?;
+        if out_constraint.is_null() {
+            return Err(FfiError::null("out_constraint"));
+        }
+        let d = read_params(desc, maze_constraint_desc_default(), "desc")?;
+        finish(engine, vec![read_desc(&d)?], out_constraint)
+    })
+}
+
+/// Builds and compiles constraints from JSON (`json_len` bytes): one object such as
+/// `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
+/// `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
+/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+#[no_mangle]
+pub unsafe extern "C" fn maze_constraint_from_json(
+    engine: *const maze_engine,
+    json: *const c_char,
+    json_len: usize,
+    out_constraint: *mut *mut maze_constraint,
+    error: *mut *mut maze_error,
+) -> maze_status {
+    ffi_call!(error, {
+        let engine = arg_ref(engine, "engine")?;
+        let text = arg_str(json, json_len, "json")?;
+        if out_constraint.is_null() {
+            return Err(FfiError::null("out_constraint"));
+        }
+        let constraints = Constraint::list_from_json(text).map_err(|e| FfiError::new(maze_status::InvalidConstraint, e.message()))?;
+        if constraints.is_empty() {
+            return Err(FfiError::new(maze_status::InvalidConstraint, "the JSON holds no constraint (empty array)"));
+        }
+        finish(engine, constraints, out_constraint)
+    })
+}
+
+/// Number of constraints in a handle (a JSON array gives several); 0 for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn maze_constraint_count(constraint: *const maze_constraint) -> usize {
+    ffi_infallible!(0, { constraint.as_ref().map(|c| c.constraints.len()).unwrap_or(0) })
+}
+
+/// Frees a constraint handle. NULL is a no-op. Generations already started are unaffected.
+#[no_mangle]
+pub unsafe extern "C" fn maze_constraint_free(constraint: *mut maze_constraint) {
+    ffi_infallible!((), {
+        if !constraint.is_null() {
+            drop(Box::from_raw(constraint));
+        }
+    })
+}
+
+/// Constraint compile-cache counters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct maze_constraint_cache_stats {
+    pub size: u64,
+    pub limit: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+/// Reads the engine's constraint compile-cache counters into `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_constraint_cache_stats(engine: *const maze_engine, out: *mut maze_constraint_cache_stats, error: *mut *mut maze_error) -> maze_status {
+    ffi_call!(error, {
+        let engine = arg_ref(engine, "engine")?;
+        let s = engine.engine.constraint_cache_stats();
+        let stats = maze_constraint_cache_stats { size: s.size as u64, limit: s.limit as u64, hits: s.hits, misses: s.misses, evictions: s.evictions };
+        write_out(out, stats, "out")
+    })
+}
+
+/// Empties the constraint compile cache (counters keep counting).
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_constraint_cache_clear(engine: *const maze_engine, error: *mut *mut maze_error) -> maze_status {
+    ffi_call!(error, {
+        arg_ref(engine, "engine")?.engine.clear_constraint_cache();
+        Ok(())
+    })
+}
+
+/// Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(engine: *const maze_engine, limit: u64, error: *mut *mut maze_error) -> maze_status {
+    ffi_call!(error, {
+        arg_ref(engine, "engine")?.engine.set_constraint_cache_limit(limit as usize)?;
+        Ok(())
+    })
+}
