@@ -147,6 +147,32 @@ typedef enum maze_finish_reason {
 } maze_finish_reason;
 
 /**
+ * Constraint kinds, for maze_constraint_desc.kind.
+ */
+typedef enum maze_constraint_kind {
+  /**
+   * `text`: a JSON schema document.
+   */
+  MAZE_CONSTRAINT_KIND_JSON_SCHEMA = 0,
+  /**
+   * `text`: a grammar in llguidance's Lark syntax.
+   */
+  MAZE_CONSTRAINT_KIND_LARK = 1,
+  /**
+   * `items`: regular expressions; the output must match every one.
+   */
+  MAZE_CONSTRAINT_KIND_REGEX = 2,
+  /**
+   * `allowed_tokens` (empty = all) and `forbidden_tokens`.
+   */
+  MAZE_CONSTRAINT_KIND_TOKEN_MASK = 3,
+  /**
+   * `items`: the output is exactly one of these strings.
+   */
+  MAZE_CONSTRAINT_KIND_CHOICE = 4,
+} maze_constraint_kind;
+
+/**
  * One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
  * number of generations at once, and freed once none uses it... or any time: generations keep
  * what they need.

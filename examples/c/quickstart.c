@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "maze.h"
 
@@ -80,6 +81,29 @@ int main(int argc, char **argv) {
            maze_result_tokens_per_second(result));
 
     maze_result_free(result);
+
+    /* 5. Constrained generation: the output is guaranteed to match a JSON schema. */
+    const char *schema =
+        "{\"name\": \"city\", \"json_schema\": {\"type\": \"object\", \"properties\": {"
+        "\"name\": {\"type\": \"string\", \"maxLength\": 30},"
+        "\"country\": {\"type\": \"string\", \"maxLength\": 30},"
+        "\"population_millions\": {\"type\": \"number\", \"minimum\": 0, \"maximum\": 50},"
+        "\"landmarks\": {\"type\": \"array\", \"items\": {\"type\": \"string\", \"maxLength\": 30}, \"minItems\": 1, \"maxItems\": 3}},"
+        "\"required\": [\"name\", \"country\", \"population_millions\", \"landmarks\"], \"additionalProperties\": false}}";
+    maze_constraint *city = NULL;
+    status = maze_constraint_from_json(engine, schema, strlen(schema), &city, &error);
+    if (status != MAZE_STATUS_OK) die("maze_constraint_from_json", status, error);
+    maze_chat_message ask[] = {{maze_str("user"), maze_str("Describe Paris as a JSON object.")}};
+    gen.constraints = (const maze_constraint *const *)&city;
+    gen.n_constraints = 1;
+    gen.max_tokens = 160;
+    gen.temperature = 0;
+    status = maze_session_chat(session, ask, 1, &gen, NULL, NULL, &result, &error);
+    if (status != MAZE_STATUS_OK) die("maze_session_chat (constrained)", status, error);
+    printf("\n> %s\n%s\n", "Describe Paris as a JSON object. (constrained by a JSON schema)", maze_result_text(result, NULL));
+    printf("validation: %s\n", maze_result_validation_json(result));
+    maze_result_free(result);
+    maze_constraint_free(city);
     maze_session_free(session);
     maze_engine_free(engine);
     return 0;

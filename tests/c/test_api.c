@@ -539,11 +539,31 @@ static char *long_prompt(size_t words) {
     return p;
 }
 
+/* A constraint forbidding every end-of-generation token: the generation can only be ended by
+ * the caller (cancel, timeout) or the context, whatever the model. */
+static maze_constraint *never_stop(maze_engine *engine) {
+    static uint32_t ends[64];
+    size_t n = 0;
+    for (uint32_t t = 0; t < maze_engine_vocab_size(engine) && n < 64; t++)
+        if (maze_engine_token_is_end_of_generation(engine, t)) ends[n++] = t;
+    maze_constraint_desc d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_TOKEN_MASK;
+    d.name = maze_str("never_stop");
+    d.forbidden_tokens = ends;
+    d.n_forbidden_tokens = n;
+    maze_constraint *c = NULL;
+    CHECK(n > 0 && maze_constraint_new(engine, &d, &c, NULL) == MAZE_STATUS_OK, "never_stop constraint");
+    return c;
+}
+
 static void test_cancel_timeout_busy(maze_engine *engine) {
+    maze_constraint *no_end = never_stop(engine);
     /* Cancel during decoding, from another thread. */
     job j = {.session = new_session(engine), .prompt = "Tell me everything about the sea."};
     j.params = maze_generate_params_default();
     j.params.max_tokens = 0; /* until the context is full */
+    j.params.constraints = (const maze_constraint *const *)&no_end;
+    j.params.n_constraints = 1;
     pthread_t t;
     pthread_create(&t, NULL, run_job, &j);
     wait_for_chunks(&j, 2);
@@ -572,8 +592,7 @@ static void test_cancel_timeout_busy(maze_engine *engine) {
     /* Cancel during prefill of a long prompt. */
     char *prompt = long_prompt(tiny ? 600 : 1500); /* under 4096 tokens either way */
     job k = {.session = j.session, .prompt = prompt};
-    k.params = maze_generate_params_default();
-    k.params.max_tokens = 0;
+    k.params = j.params;
     pthread_create(&t, NULL, run_job, &k);
     while (!atomic_load(&k.started)) usleep(1000);
     usleep(200 * 1000);
@@ -589,8 +608,7 @@ static void test_cancel_timeout_busy(maze_engine *engine) {
     maze_result_free(k.result);
 
     /* Timeout. */
-    p = maze_generate_params_default();
-    p.max_tokens = 0;
+    p = j.params;
     p.timeout_ms = 300;
     t0 = now_ms();
     r = generate(j.session, prompt, &p, NULL);
@@ -600,6 +618,7 @@ static void test_cancel_timeout_busy(maze_engine *engine) {
     maze_result_free(r);
     free(prompt);
     maze_session_free(j.session);
+    maze_constraint_free(no_end);
 }
 
 static void test_concurrent_sessions(maze_engine *engine) {
@@ -697,6 +716,209 @@ static void test_generate_errors(maze_engine *engine) {
     maze_session_free(s);
 }
 
+/* ---------------------------------------------------------------- constraints */
+
+static maze_constraint *make_constraint(maze_engine *engine, const maze_constraint_desc *d) {
+    maze_constraint *c = NULL;
+    maze_error *err = NULL;
+    maze_status st = maze_constraint_new(engine, d, &c, &err);
+    CHECK(st == MAZE_STATUS_OK && c, "constraint_new: %s", maze_error_message(err));
+    maze_error_free(err);
+    return c;
+}
+
+static maze_result *generate_with(maze_engine *engine, const char *prompt, maze_constraint **cs, size_t n, uint32_t max_tokens) {
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = max_tokens;
+    p.constraints = (const maze_constraint *const *)cs;
+    p.n_constraints = n;
+    maze_result *r = generate(s, prompt, &p, NULL);
+    maze_session_free(s);
+    return r;
+}
+
+static bool all_digits(const char *s) {
+    if (!*s) return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9') return false;
+    return true;
+}
+
+static void test_constraints(maze_engine *engine) {
+    maze_error *err = NULL;
+    /* Regex through the descriptor. */
+    maze_constraint_desc d = maze_constraint_desc_default();
+    maze_string patterns[] = {maze_str("[0-9]{1,3}")};
+    d.kind = MAZE_CONSTRAINT_KIND_REGEX;
+    d.name = maze_str("number");
+    d.items = patterns;
+    d.n_items = 1;
+    maze_constraint *number = make_constraint(engine, &d);
+    CHECK(maze_constraint_count(number) == 1, "count");
+    maze_result *r = generate_with(engine, "How many legs does a spider have? ", &number, 1, 8);
+    const char *text = maze_result_text(r, NULL);
+    CHECK(all_digits(text) && strlen(text) <= 3, "regex output '%s'", text);
+    CHECK(maze_result_mean_mask_time_us(r) > 0 && maze_result_constraint_compile_time_us(r) > 0, "constraint timings");
+    CHECK(strstr(maze_result_validation_json(r), "\"outcome\":\"satisfied\"") || maze_result_finish_reason(r) == MAZE_FINISH_REASON_LENGTH,
+          "validation %s", maze_result_validation_json(r));
+    const char *prov = maze_result_provenance_json(r);
+    CHECK(strstr(prov, "\"number\"") && strstr(prov, "\"seed\"") && strstr(prov, maze_engine_model_name(engine)), "provenance %s", prov);
+    maze_result_free(r);
+
+    /* Choice through JSON; an array gives several constraints in one handle. */
+    maze_constraint *color = NULL;
+    const char *json = "{\"name\": \"color\", \"choice\": [\"red\", \"green\", \"blue\"]}";
+    maze_status st = maze_constraint_from_json(engine, json, strlen(json), &color, &err);
+    CHECK(st == MAZE_STATUS_OK, "from_json: %s", maze_error_message(err));
+    maze_error_free(err);
+    r = generate_with(engine, "Name a color: ", &color, 1, 8);
+    text = maze_result_text(r, NULL);
+    CHECK(!strcmp(text, "red") || !strcmp(text, "green") || !strcmp(text, "blue"), "choice output '%s'", text);
+    CHECK(maze_result_constraints_satisfied(r), "choice satisfied: %s", maze_result_validation_json(r));
+    maze_result_free(r);
+    maze_constraint *pair = NULL;
+    const char *two = "[{\"regex\": [\"[a-z]+\"]}, {\"token_mask\": {\"forbidden\": [13]}}]";
+    CHECK(maze_constraint_from_json(engine, two, strlen(two), &pair, NULL) == MAZE_STATUS_OK && maze_constraint_count(pair) == 2, "json array");
+    maze_constraint_free(pair);
+
+    /* Lark: the fixed text is forced, not sampled. */
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_LARK;
+    d.name = maze_str("sentence");
+    d.text = maze_str("start: \"The answer is \" (\"yes\" | \"no\") \".\"");
+    maze_constraint *sentence = make_constraint(engine, &d);
+    r = generate_with(engine, "Is water wet? ", &sentence, 1, 40);
+    text = maze_result_text(r, NULL);
+    CHECK(!strcmp(text, "The answer is yes.") || !strcmp(text, "The answer is no."), "lark output '%s'", text);
+    CHECK(maze_result_forced_tokens(r) > 0, "forced tokens %u", maze_result_forced_tokens(r));
+    maze_result_free(r);
+
+    /* Token mask: forbid the unconstrained first token. */
+    r = generate_with(engine, "Hello", NULL, 0, 2);
+    size_t n = 0;
+    uint32_t first = maze_result_tokens(r, &n)[0];
+    maze_result_free(r);
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_TOKEN_MASK;
+    d.forbidden_tokens = &first;
+    d.n_forbidden_tokens = 1;
+    maze_constraint *mask = make_constraint(engine, &d);
+    r = generate_with(engine, "Hello", &mask, 1, 2);
+    const uint32_t *toks = maze_result_tokens(r, &n);
+    CHECK(n > 0 && toks[0] != first, "token mask obeyed");
+    maze_result_free(r);
+
+    /* Conflict: the lower priority is relaxed and reported. */
+    maze_string letters[] = {maze_str("[a-z]+")};
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_REGEX;
+    d.name = maze_str("letters");
+    d.priority = -1;
+    d.items = letters;
+    d.n_items = 1;
+    maze_constraint *low = make_constraint(engine, &d);
+    maze_constraint *both[] = {low, number};
+    r = generate_with(engine, "Write: ", both, 2, 4);
+    CHECK(all_digits(maze_result_text(r, NULL)), "higher priority wins: '%s'", maze_result_text(r, NULL));
+    CHECK(strstr(maze_result_validation_json(r), "\"relaxed\"") && !maze_result_constraints_satisfied(r), "relaxed: %s", maze_result_validation_json(r));
+    maze_result_free(r);
+
+    if (!tiny) {
+        maze_constraint *schema = NULL;
+        const char *js = "{\"json_schema\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"maxLength\": 20}, "
+                         "\"population\": {\"type\": \"integer\", \"minimum\": 0, \"maximum\": 100000000}}, \"required\": [\"city\", \"population\"], \"additionalProperties\": false}}";
+        CHECK(maze_constraint_from_json(engine, js, strlen(js), &schema, NULL) == MAZE_STATUS_OK, "schema");
+        r = generate_with(engine, "Describe Paris as JSON.", &schema, 1, 60);
+        text = maze_result_text(r, NULL);
+        CHECK(text[0] == '{' && text[strlen(text) - 1] == '}' && strstr(text, "\"city\":") && strstr(text, "\"population\":"), "json '%s'", text);
+        CHECK(maze_result_constraints_satisfied(r), "schema satisfied %s", maze_result_validation_json(r));
+        maze_result_free(r);
+        maze_constraint_free(schema);
+    }
+
+    /* Bad constraints fail when created, naming the part. */
+    maze_constraint *bad = NULL;
+    maze_string bad_rx[] = {maze_str("[0-9")};
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_REGEX;
+    d.name = maze_str("broken");
+    d.items = bad_rx;
+    d.n_items = 1;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "'broken'", "bad regex");
+    d = maze_constraint_desc_default();
+    d.text = maze_str("{not json");
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "not valid JSON", "bad schema text");
+    d.text = maze_str("{\"type\": \"array\", \"uniqueItems\": true}");
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "uniqueItems", "unsupported keyword");
+    d = maze_constraint_desc_default();
+    d.kind = 99;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_ARGUMENT, "desc.kind 99", "bad kind");
+    uint32_t huge = 4000000000u;
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_TOKEN_MASK;
+    d.allowed_tokens = &huge;
+    d.n_allowed_tokens = 1;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "4000000000", "token out of vocab");
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_LARK;
+    d.text = maze_str("start: undefined_rule");
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "lark", "bad grammar");
+    d = maze_constraint_desc_default();
+    d.struct_size = sizeof d + 8;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_ABI_MISMATCH, "newer", "newer desc");
+    EXPECT_ERROR(maze_constraint_new(engine, NULL, &bad, &err), MAZE_STATUS_NULL_ARGUMENT, "desc", "NULL desc");
+    EXPECT_ERROR(maze_constraint_new(NULL, &d, &bad, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "NULL engine");
+    EXPECT_ERROR(maze_constraint_from_json(engine, "{\"grammar\": 1}", 14, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "json_schema, lark", "unknown JSON kind");
+    EXPECT_ERROR(maze_constraint_from_json(engine, "[]", 2, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "no constraint", "empty JSON array");
+    EXPECT_ERROR(maze_constraint_from_json(engine, "\xff", 1, &bad, &err), MAZE_STATUS_INVALID_UTF8, "'json'", "bad UTF-8 JSON");
+    CHECK(bad == NULL, "no handle on failure");
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.n_constraints = 1;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_NULL_ARGUMENT, "params.constraints", "NULL constraint list");
+    const maze_constraint *holes[] = {NULL};
+    p.constraints = holes;
+    EXPECT_ERROR(maze_session_generate(s, "x", 1, &p, NULL, NULL, &r, &err), MAZE_STATUS_NULL_ARGUMENT, "params.constraints[0]", "NULL constraint");
+    maze_session_free(s);
+
+    /* The compile cache. */
+    maze_constraint_cache_stats before, after;
+    CHECK(maze_engine_constraint_cache_stats(engine, &before, NULL) == MAZE_STATUS_OK && before.size > 0 && before.limit == 256, "stats size %llu", (unsigned long long)before.size);
+    d = maze_constraint_desc_default();
+    d.kind = MAZE_CONSTRAINT_KIND_REGEX;
+    d.name = maze_str("same pattern, other name");
+    d.items = patterns;
+    d.n_items = 1;
+    maze_constraint *again = make_constraint(engine, &d);
+    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(after.hits == before.hits + 1 && after.misses == before.misses, "cache hit (%llu -> %llu)", (unsigned long long)before.hits, (unsigned long long)after.hits);
+    CHECK(maze_engine_constraint_cache_set_limit(engine, 1, NULL) == MAZE_STATUS_OK, "set limit");
+    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(after.size == 1 && after.limit == 1 && after.evictions >= before.size - 1, "evicted to 1");
+    EXPECT_ERROR(maze_engine_constraint_cache_set_limit(engine, 0, &err), MAZE_STATUS_INVALID_ARGUMENT, "at least 1", "zero limit");
+    CHECK(maze_engine_constraint_cache_clear(engine, NULL) == MAZE_STATUS_OK, "clear");
+    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(after.size == 0, "cleared");
+    EXPECT_ERROR(maze_engine_constraint_cache_stats(engine, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out", "NULL stats");
+    EXPECT_ERROR(maze_engine_constraint_cache_clear(NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "NULL clear");
+    /* A handle keeps working after its cache entry is gone (it is recompiled). */
+    r = generate_with(engine, "How many legs does a spider have? ", &again, 1, 4);
+    CHECK(all_digits(maze_result_text(r, NULL)), "after clear: '%s'", maze_result_text(r, NULL));
+    maze_result_free(r);
+    CHECK(maze_constraint_count(NULL) == 0, "count NULL");
+    CHECK(!maze_result_constraints_satisfied(NULL) && !strcmp(maze_result_validation_json(NULL), "") && !strcmp(maze_result_provenance_json(NULL), ""), "result NULLs");
+    CHECK(maze_result_constraint_compile_time_us(NULL) == 0 && maze_result_mean_mask_time_us(NULL) == 0 && maze_result_forced_tokens(NULL) == 0, "constraint stat NULLs");
+    maze_constraint_free(NULL);
+    maze_constraint_free(again);
+    maze_constraint_free(low);
+    maze_constraint_free(mask);
+    maze_constraint_free(sentence);
+    maze_constraint_free(color);
+    maze_constraint_free(number);
+}
+
 static void test_session_outlives_engine(void) {
     maze_engine *engine = load_engine(4096);
     maze_session *s = new_session(engine);
@@ -732,6 +954,7 @@ int main(int argc, char **argv) {
     test_concurrent_sessions(engine);
     test_chat_and_tokens(engine);
     test_generate_errors(engine);
+    test_constraints(engine);
     maze_engine_free(engine);
     test_session_outlives_engine();
 
