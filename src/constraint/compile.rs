@@ -120,9 +120,10 @@ impl Compiler {
     }
 
     fn key(&self, c: &Constraint) -> u64 {
-        let mut bytes = self.fingerprint.to_le_bytes().to_vec();
-        bytes.extend_from_slice(c.canonical_kind().as_bytes());
-        xxhash_rust::xxh3::xxh3_64(&bytes)
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.fingerprint.to_le_bytes());
+        c.hash_canonical(&mut h);
+        h.digest()
     }
 
     /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a

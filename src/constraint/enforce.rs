@@ -43,6 +43,8 @@ pub struct ConstraintStats {
     pub compile_time_us: f64,
     /// Mean time to compute one step's combined mask.
     pub mean_mask_time_us: f64,
+    pub p50_mask_time_us: f64,
+    pub p99_mask_time_us: f64,
     pub masks_computed: u64,
     /// Tokens the grammar dictated (appended without sampling).
     pub forced_tokens: usize,
@@ -66,6 +68,7 @@ pub struct Enforcer {
     vocab_size: usize,
     end_tokens: Vec<u32>,
     mask_time: Duration,
+    mask_times_us: Vec<f32>,
     masks: u64,
     forced: usize,
     compile_time: Duration,
@@ -89,7 +92,7 @@ impl Enforcer {
                 Slot { compiled: c, matchers, relaxed: None }
             })
             .collect();
-        Self { slots, vocab_size, end_tokens, mask_time: Duration::ZERO, masks: 0, forced: 0, compile_time, tokens: 0 }
+        Self { slots, vocab_size, end_tokens, mask_time: Duration::ZERO, mask_times_us: Vec::new(), masks: 0, forced: 0, compile_time, tokens: 0 }
     }
 
     fn active(&self) -> impl Iterator<Item = &Slot> {
@@ -145,7 +148,9 @@ impl Enforcer {
     pub fn compute_mask(&mut self) -> Result<Mask> {
         let start = Instant::now();
         let result = self.compute_mask_inner();
-        self.mask_time += start.elapsed();
+        let took = start.elapsed();
+        self.mask_time += took;
+        self.mask_times_us.push(took.as_secs_f32() * 1e6);
         self.masks += 1;
         result
     }
@@ -216,8 +221,9 @@ impl Enforcer {
         taken
     }
 
-    /// Final reports. `complete` is false when generation ended early (length, cancel, timeout,
-    /// error) and `cut` names a stop sequence that shortened the text.
+    /// Final reports. `natural_end` is true only when generation ended on its own (end token or
+    /// grammar end); anything else (length, stop sequence, cancel, timeout, error) leaves grammar
+    /// constraints unproven, so they are reported violated with `ended_by` as the reason.
     pub fn reports(&mut self, ended_by: &str, natural_end: bool) -> Vec<ConstraintReport> {
         self.slots
             .iter_mut()
@@ -243,7 +249,12 @@ impl Enforcer {
     }
 
     pub fn stats(&self) -> ConstraintStats {
+        let mut sorted = self.mask_times_us.clone();
+        sorted.sort_by(f32::total_cmp);
+        let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64;
         ConstraintStats {
+            p50_mask_time_us: pct(0.5),
+            p99_mask_time_us: pct(0.99),
             compile_time_us: self.compile_time.as_secs_f64() * 1e6,
             mean_mask_time_us: if self.masks > 0 { self.mask_time.as_secs_f64() * 1e6 / self.masks as f64 } else { 0.0 },
             masks_computed: self.masks,

@@ -103,6 +103,57 @@ impl Constraint {
             .collect()
     }
 
+    /// Feeds the canonical form (see [`Constraint::canonical_kind`]) to a hasher without
+    /// building it: the cache-hit path must cost microseconds, not a copy of the schema.
+    pub fn hash_canonical(&self, h: &mut xxhash_rust::xxh3::Xxh3) {
+        fn value(v: &Value, h: &mut xxhash_rust::xxh3::Xxh3) {
+            match v {
+                Value::Null => h.update(b"n"),
+                Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
+                Value::Number(n) => {
+                    h.update(b"#");
+                    h.update(n.to_string().as_bytes());
+                }
+                Value::String(s) => string(s, h),
+                Value::Array(a) => {
+                    h.update(b"[");
+                    h.update(&(a.len() as u64).to_le_bytes());
+                    a.iter().for_each(|x| value(x, h));
+                }
+                Value::Object(m) => {
+                    h.update(b"{");
+                    h.update(&(m.len() as u64).to_le_bytes());
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort_unstable();
+                    for k in keys {
+                        string(k, h);
+                        value(&m[k], h);
+                    }
+                }
+            }
+        }
+        fn string(s: &str, h: &mut xxhash_rust::xxh3::Xxh3) {
+            h.update(b"\"");
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        h.update(self.kind.label().as_bytes());
+        match &self.kind {
+            ConstraintKind::JsonSchema(v) => value(v, h),
+            ConstraintKind::Lark(g) => string(g, h),
+            ConstraintKind::Regex(list) | ConstraintKind::Choice(list) => {
+                h.update(&(list.len() as u64).to_le_bytes());
+                list.iter().for_each(|x| string(x, h));
+            }
+            ConstraintKind::TokenMask { allowed, forbidden } => {
+                for ids in [allowed, forbidden] {
+                    h.update(&(ids.len() as u64).to_le_bytes());
+                    ids.iter().for_each(|t| h.update(&t.to_le_bytes()));
+                }
+            }
+        }
+    }
+
     /// The form used for cache keys: JSON with object keys sorted, so equal constraints written
     /// differently share one compilation. Name and priority do not change the compiled grammar.
     pub fn canonical_kind(&self) -> String {
@@ -158,5 +209,17 @@ mod tests {
         let b = Constraint::json_schema("b", json!({"required": ["x"], "type": "object"}));
         assert_eq!(a.canonical_kind(), b.canonical_kind());
         assert_ne!(a.canonical_kind(), Constraint::json_schema("a", json!({"type": "array"})).canonical_kind());
+        let hash = |c: &Constraint| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            c.hash_canonical(&mut h);
+            h.digest()
+        };
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&Constraint::json_schema("a", json!({"type": "object", "required": ["y"]}))));
+        assert_ne!(hash(&Constraint::regex("r", "ab")), hash(&Constraint::choice("r", ["ab"])));
+        assert_ne!(
+            hash(&Constraint::new("r", 0, ConstraintKind::Regex(vec!["a".into(), "b".into()]))),
+            hash(&Constraint::regex("r", "ab"))
+        );
     }
 }
