@@ -18,6 +18,7 @@
 pub mod constraint;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod ffi;
 pub mod model;
 pub mod result;

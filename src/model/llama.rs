@@ -4,12 +4,41 @@
 
 use std::any::Any;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::GgufFile;
 use super::{LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::q4_1::Q4_1Matrix;
+
+/// A weight matrix: our own kernel where candle's is slow (Q4_1 on the CPU), candle elsewhere.
+enum Linear {
+    Candle(QMatMul),
+    Q4_1(Arc<Q4_1Matrix>),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(m) => m.forward(x),
+            Self::Q4_1(m) => {
+                let mut dims = x.dims().to_vec();
+                let cols = dims.pop().unwrap_or(0);
+                if cols != m.cols {
+                    candle_core::bail!("matmul input has {cols} columns, the weights {}", m.cols)
+                }
+                let tokens: usize = dims.iter().product();
+                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let out = m.matmul(&input, tokens);
+                dims.push(m.rows);
+                Tensor::from_vec(out, dims, x.device())
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Hyper {
@@ -25,14 +54,14 @@ struct Hyper {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 pub struct Llama {
@@ -190,14 +219,14 @@ impl Llama {
             let n = |t: &str| format!("blk.{i}.{t}.weight");
             layers.push(Layer {
                 attn_norm: dequant(read(file, &n("attn_norm"), Some(&[dim]))?, &device)?,
-                wq: qmatmul(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
-                wk: qmatmul(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
-                wv: qmatmul(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
-                wo: qmatmul(read(file, &n("attn_output"), Some(&[dim, q_dim]))?)?,
+                wq: linear(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
+                wk: linear(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
+                wv: linear(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
+                wo: linear(read(file, &n("attn_output"), Some(&[dim, q_dim]))?)?,
                 ffn_norm: dequant(read(file, &n("ffn_norm"), Some(&[dim]))?, &device)?,
-                gate: qmatmul(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
-                up: qmatmul(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
-                down: qmatmul(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
+                gate: linear(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
+                up: linear(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
+                down: linear(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
             });
         }
         // Llama 3.1-style frequency factors, when the file carries them.
@@ -229,7 +258,7 @@ impl Llama {
     fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hp = &self.hp;
-        let heads = |w: &QMatMul, n: usize| -> candle_core::Result<Tensor> {
+        let heads = |w: &Linear, n: usize| -> candle_core::Result<Tensor> {
             w.forward(x)?.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous()
         };
         let cos = self.cos.narrow(0, pos, t)?;
@@ -332,6 +361,17 @@ impl LanguageModel for Llama {
 
 fn qmatmul(t: QTensor) -> Result<QMatMul> {
     QMatMul::from_qtensor(t).map_err(Error::backend)
+}
+
+fn linear(t: QTensor) -> Result<Linear> {
+    if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() {
+        if let [rows, cols] = *t.shape().dims() {
+            let bytes = t.data().map_err(Error::backend)?;
+            let m = Q4_1Matrix::from_gguf_bytes(&bytes, rows, cols).map_err(Error::model_format)?;
+            return Ok(Linear::Q4_1(Arc::new(m)));
+        }
+    }
+    Ok(Linear::Candle(qmatmul(t)?))
 }
 
 fn dequant(t: QTensor, device: &Device) -> Result<Tensor> {
