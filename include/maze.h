@@ -24,10 +24,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#define DEFAULT_CACHE_LIMIT 256
-
-#define BLOCK 32
-
 /**
  * ABI version of this header and library. Bumped on any incompatible change. Parameter structs
  * carry `struct_size`, so adding fields at their end is compatible and does not bump it.

@@ -9,7 +9,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-pub const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 32;
 const GGUF_BLOCK_BYTES: usize = 20;
 
 /// One repacked weight block.
