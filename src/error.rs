@@ -62,6 +62,11 @@ impl Error {
         Self::new(ErrorKind::InvalidArgument, message)
     }
 
+    /// A load aborted because the progress callback returned false.
+    pub fn load_cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback")
+    }
+
     pub fn model_format(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::ModelFormat, message)
     }

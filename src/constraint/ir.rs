@@ -103,8 +103,9 @@ impl Constraint {
             .collect()
     }
 
-    /// Feeds the canonical form (see [`Constraint::canonical_kind`]) to a hasher without
-    /// building it: the cache-hit path must cost microseconds, not a copy of the schema.
+    /// Feeds the canonical form of the constraint (object keys sorted; name and priority left
+    /// out, as they do not change the compiled grammar) to a hasher without building it: this is
+    /// the compile-cache key, and a cache hit must cost microseconds, not a copy of the schema.
     pub fn hash_canonical(&self, h: &mut xxhash_rust::xxh3::Xxh3) {
         fn value(v: &Value, h: &mut xxhash_rust::xxh3::Xxh3) {
             match v {
@@ -154,8 +155,9 @@ impl Constraint {
         }
     }
 
-    /// The form used for cache keys: JSON with object keys sorted, so equal constraints written
-    /// differently share one compilation. Name and priority do not change the compiled grammar.
+    /// The canonical form as JSON text (object keys sorted, name and priority left out): equal
+    /// constraints written differently give the same string. For display and debugging; the
+    /// cache hashes the same form with [`Constraint::hash_canonical`].
     pub fn canonical_kind(&self) -> String {
         fn sorted(v: &Value) -> Value {
             match v {

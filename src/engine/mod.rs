@@ -77,7 +77,7 @@ impl Engine {
             None => &mut no_progress,
         };
         if !progress(0.0) {
-            return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+            return Err(Error::load_cancelled());
         }
         let loaded = model::load(
             &LoadOptions {

@@ -189,7 +189,7 @@ impl Llama {
             }
             done += file.tensor_bytes(name);
             if !progress(done as f32 / total as f32) {
-                return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+                return Err(Error::load_cancelled());
             }
             Ok(t)
         };
@@ -250,7 +250,7 @@ impl Llama {
             embedding_length: dim,
         };
         if !progress(1.0) {
-            return Err(Error::new(ErrorKind::Cancelled, "model loading was cancelled by the progress callback"));
+            return Err(Error::load_cancelled());
         }
         Ok(Self { info, hp, device, embeddings, layers, output_norm, output, cos, sin })
     }
