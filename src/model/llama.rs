@@ -12,19 +12,19 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::gguf::GgufFile;
 use super::{LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::q4_1::Q4_1Matrix;
+use crate::kernels::{QuantMatrix, WeightFormat};
 
-/// A weight matrix: our own kernel where candle's is slow (Q4_1 on the CPU), candle elsewhere.
+/// A weight matrix: our own kernels for Q4_0, Q4_1 and Q8_0 on the CPU, candle elsewhere.
 enum Linear {
     Candle(QMatMul),
-    Q4_1(Arc<Q4_1Matrix>),
+    Own(Arc<QuantMatrix>),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Q4_1(m) => {
+            Self::Own(m) => {
                 let mut dims = x.dims().to_vec();
                 let cols = dims.pop().unwrap_or(0);
                 if cols != m.cols {
@@ -35,6 +35,44 @@ impl Linear {
                 let out = m.matmul(&input, tokens);
                 dims.push(m.rows);
                 Tensor::from_vec(out, dims, x.device())
+            }
+        }
+    }
+}
+
+/// Matrices applied to the same input (Q/K/V; gate/up): stacked into one when our kernels
+/// hold them all, so a step pays one matmul's thread wake-ups instead of several.
+enum Projections {
+    Stacked(Arc<QuantMatrix>, Vec<usize>),
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    fn new(parts: Vec<Linear>) -> Self {
+        let own: Vec<&QuantMatrix> = parts.iter().filter_map(|p| if let Linear::Own(m) = p { Some(m.as_ref()) } else { None }).collect();
+        if own.len() == parts.len() {
+            if let Some(stacked) = QuantMatrix::stack(&own) {
+                return Self::Stacked(Arc::new(stacked), own.iter().map(|m| m.rows).collect());
+            }
+        }
+        Self::Separate(parts)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked(m, sizes) => {
+                let all = Linear::Own(m.clone()).forward(x)?;
+                let last = all.rank() - 1;
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let part = all.narrow(last, start, n);
+                        start += n;
+                        part
+                    })
+                    .collect()
             }
         }
     }
@@ -54,13 +92,12 @@ struct Hyper {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Q, K, V.
+    qkv: Projections,
     wo: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate, up.
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -71,7 +108,7 @@ pub struct Llama {
     embeddings: QTensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     /// RoPE tables, (context_length, rope_dim / 2).
     cos: Tensor,
     sin: Tensor,
@@ -208,24 +245,28 @@ impl Llama {
         let kv_dim = n_kv_heads * head_dim;
         let output_norm = dequant(read(file, "output_norm.weight", Some(&[dim]))?, &device)?;
         let output = if has_output {
-            qmatmul(read(file, "output.weight", Some(&[vocab_size, dim]))?)?
+            linear(read(file, "output.weight", Some(&[vocab_size, dim]))?)?
         } else {
             // Tied embeddings: the output layer reads the embedding table (a second copy, since
-            // QMatMul takes ownership; the embedding lookup keeps its own).
-            qmatmul(file.tensor("token_embd.weight", &device)?)?
+            // the output layer is repacked; the embedding lookup keeps the GGUF form).
+            linear(file.tensor("token_embd.weight", &device)?)?
         };
         let mut layers = Vec::with_capacity(hp.n_layers);
         for i in 0..hp.n_layers {
             let n = |t: &str| format!("blk.{i}.{t}.weight");
             layers.push(Layer {
                 attn_norm: dequant(read(file, &n("attn_norm"), Some(&[dim]))?, &device)?,
-                wq: linear(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
-                wk: linear(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
-                wv: linear(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
+                qkv: Projections::new(vec![
+                    linear(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
+                    linear(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
+                    linear(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
+                ]),
                 wo: linear(read(file, &n("attn_output"), Some(&[dim, q_dim]))?)?,
                 ffn_norm: dequant(read(file, &n("ffn_norm"), Some(&[dim]))?, &device)?,
-                gate: linear(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
-                up: linear(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
+                gate_up: Projections::new(vec![
+                    linear(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
+                    linear(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
+                ]),
                 down: linear(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
             });
         }
@@ -258,15 +299,14 @@ impl Llama {
     fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hp = &self.hp;
-        let heads = |w: &Linear, n: usize| -> candle_core::Result<Tensor> {
-            w.forward(x)?.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous()
-        };
+        let qkv = layer.qkv.forward(x)?;
+        let heads = |y: &Tensor, n: usize| -> candle_core::Result<Tensor> { y.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous() };
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         // GGUF stores Llama's Q/K rows permuted for the interleaved rotation.
-        let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, hp.n_heads)?, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, hp.n_kv_heads)?, &cos, &sin)?;
-        let v = heads(&layer.wv, hp.n_kv_heads)?;
+        let q = candle_nn::rotary_emb::rope_i(&heads(&qkv[0], hp.n_heads)?, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(&qkv[1], hp.n_kv_heads)?, &cos, &sin)?;
+        let v = heads(&qkv[2], hp.n_kv_heads)?;
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
             None => (k, v),
@@ -299,7 +339,8 @@ impl Llama {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.hp.rms_eps as f32)?;
             x = (x + self.attention(layer, &h, kv, pos, mask.as_ref())?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.hp.rms_eps as f32)?;
-            let act = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            let act = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
             x = (x + layer.down.forward(&act)?)?;
         }
         cache.len = pos + t;
@@ -364,12 +405,16 @@ fn qmatmul(t: QTensor) -> Result<QMatMul> {
 }
 
 fn linear(t: QTensor) -> Result<Linear> {
-    if t.dtype() == GgmlDType::Q4_1 && t.device().is_cpu() {
-        if let [rows, cols] = *t.shape().dims() {
-            let bytes = t.data().map_err(Error::backend)?;
-            let m = Q4_1Matrix::from_gguf_bytes(&bytes, rows, cols).map_err(Error::model_format)?;
-            return Ok(Linear::Q4_1(Arc::new(m)));
-        }
+    let format = match t.dtype() {
+        GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
+        GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
+        _ => None,
+    };
+    if let (Some(format), true, [rows, cols]) = (format, t.device().is_cpu(), t.shape().dims()) {
+        let bytes = t.data().map_err(Error::backend)?;
+        let m = QuantMatrix::from_gguf_bytes(format, &bytes, *rows, *cols).map_err(Error::model_format)?;
+        return Ok(Linear::Own(Arc::new(m)));
     }
     Ok(Linear::Candle(qmatmul(t)?))
 }

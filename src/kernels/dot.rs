@@ -1,0 +1,253 @@
+//! Dot products of a group of four weight rows with one quantized activation row, per
+//! instruction set. [`group_dot_portable`] is the reference every SIMD path is tested against.
+//!
+//! The four rows are interleaved block by block (block b of rows 0..4, then block b + 1, ...),
+//! so a group is read as one sequential stream: one cache line of 4-bit codes per block step.
+
+use super::activations::QuantizedActivations;
+use super::{Isa, BLOCK};
+
+/// How a block's 32 codes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeWidth {
+    /// 16 bytes per block: low nibble = element j, high nibble = element j + 16 (GGUF order).
+    Four,
+    /// 32 bytes per block, one byte per element biased by 128: w = (code − 128)·d, and `m` is
+    /// not used (Q8_0's signed bytes, stored so that `vpdpbusd` can take them as unsigned).
+    Eight,
+}
+
+impl CodeWidth {
+    pub const fn bytes_per_block(self) -> usize {
+        match self {
+            CodeWidth::Four => BLOCK / 2,
+            CodeWidth::Eight => BLOCK,
+        }
+    }
+}
+
+/// Rows per group.
+pub const GROUP: usize = 4;
+
+/// Four weight rows of `blocks` blocks each, interleaved: block b of row r is at index
+/// `b * GROUP + r` of `d` and `m`, and at `(b * GROUP + r) * bytes_per_block` of `codes`.
+#[derive(Debug, Clone, Copy)]
+pub struct RowGroup<'a> {
+    pub width: CodeWidth,
+    pub blocks: usize,
+    pub d: &'a [f32],
+    /// Empty for [`CodeWidth::Eight`].
+    pub m: &'a [f32],
+    pub codes: &'a [u8],
+}
+
+/// `out[r] = Σ_c w[r][c] · x[t][c]` for the group's four rows.
+pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+    let n = GROUP * w.blocks;
+    assert!(a.blocks_per_row == w.blocks && t < a.tokens, "activation shape");
+    let m_len = if w.width == CodeWidth::Four { n } else { 0 };
+    assert!(w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(), "weight shape");
+    match isa {
+        Isa::Portable => group_dot_portable(w, a, t, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            debug_assert!(Isa::available().contains(&isa));
+            // SAFETY: the CPU supports `isa` (Isa::detect / Isa::available checked it), and the
+            // asserts above bound every index the kernel reads.
+            unsafe { x86::group_dot(isa, w, a, t, out) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => group_dot_portable(w, a, t, out),
+    }
+}
+
+/// The reference: integer arithmetic one element at a time.
+pub fn group_dot_portable(w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+    let bpr = w.blocks;
+    let cb = w.width.bytes_per_block();
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut total = 0f32;
+        for b in 0..bpr {
+            let wi = b * GROUP + r;
+            let ai = t * bpr + b;
+            let codes = &w.codes[wi * cb..(wi + 1) * cb];
+            let x = &a.qs[ai * BLOCK..(ai + 1) * BLOCK];
+            let code = |j: usize| -> i32 {
+                match w.width {
+                    CodeWidth::Four if j < 16 => (codes[j] & 0x0F) as i32,
+                    CodeWidth::Four => (codes[j - 16] >> 4) as i32,
+                    CodeWidth::Eight => codes[j] as i32 - 128,
+                }
+            };
+            let isum: i32 = (0..BLOCK).map(|j| code(j) * x[j] as i32).sum();
+            total += w.d[wi] * a.d[ai] * isum as f32;
+            if w.width == CodeWidth::Four {
+                total += w.m[wi] * a.s[ai];
+            }
+        }
+        *o = total;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub(super) unsafe fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+        match (w.width, isa == Isa::Avx512Vnni) {
+            (CodeWidth::Four, false) => four_avx2(w, a, t, out),
+            (CodeWidth::Four, true) => four_vnni(w, a, t, out),
+            (CodeWidth::Eight, false) => eight_avx2(w, a, t, out),
+            (CodeWidth::Eight, true) => eight_vnni(w, a, t, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+
+    /// Σ_b w[b·GROUP + r]·s[b] for the four rows r at once: `w` interleaved as in [`RowGroup`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group_offsets(w: *const f32, s: *const f32, blocks: usize) -> __m128 {
+        let mut acc = _mm_setzero_ps();
+        for b in 0..blocks {
+            acc = _mm_fmadd_ps(_mm_loadu_ps(w.add(b * GROUP)), _mm_set1_ps(*s.add(b)), acc);
+        }
+        acc
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let low = _mm_set1_epi8(0x0F);
+        let packed = _mm_loadu_si128(p as *const __m128i);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low), _mm_and_si128(packed, low))
+    }
+
+    /// The offset a row adds once, after its blocks: none, `Σ m·s` (4-bit codes), or
+    /// `−128·Σ d·s` (biased 8-bit codes multiplied as unsigned).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Offset {
+        None,
+        M,
+        Bias128,
+    }
+
+    /// The shared loop: `product` gives a block's 8 partial sums from its `codes` pointer and
+    /// the activations `xs`; each block adds `d_w·d_x·Σ` in float; then the row's offset.
+    macro_rules! kernel {
+        ($name:ident, $features:literal, $width:expr, $offset:expr, |$codes:ident, $xs:ident| $product:expr) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name(w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+                let bpr = w.blocks;
+                let cb = $width.bytes_per_block();
+                let a0 = t * bpr;
+                let xq = a.qs.as_ptr().add(a0 * BLOCK);
+                let ad = a.d.as_ptr().add(a0);
+                let (wd, wc) = (w.d.as_ptr(), w.codes.as_ptr());
+                let mut acc = [_mm256_setzero_ps(); GROUP];
+                for b in 0..bpr {
+                    let $xs = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
+                    // d_w·d_x for the four rows, then broadcast per row.
+                    let scales = _mm_mul_ps(_mm_loadu_ps(wd.add(b * GROUP)), _mm_set1_ps(*ad.add(b)));
+                    let scales = [
+                        _mm256_broadcastss_ps(scales),
+                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0x55)),
+                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xAA)),
+                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xFF)),
+                    ];
+                    for r in 0..GROUP {
+                        let $codes = wc.add((b * GROUP + r) * cb);
+                        let p: __m256i = $product;
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scales[r], acc[r]);
+                    }
+                }
+                let s = a.s.as_ptr().add(a0);
+                let offsets = match $offset {
+                    Offset::None => _mm_setzero_ps(),
+                    Offset::M => group_offsets(w.m.as_ptr(), s, bpr),
+                    Offset::Bias128 => _mm_mul_ps(_mm_set1_ps(-128.0), group_offsets(wd, s, bpr)),
+                };
+                let mut offs = [0f32; GROUP];
+                _mm_storeu_ps(offs.as_mut_ptr(), offsets);
+                for r in 0..GROUP {
+                    out[r] = hsum(acc[r]) + offs[r];
+                }
+            }
+        };
+    }
+
+    // u8 × i8 pairs summed to i16 (at most 2·15·127: no saturation), then pairs to i32.
+    kernel!(four_avx2, "avx2,fma", CodeWidth::Four, Offset::M, |codes, xs| _mm256_madd_epi16(
+        _mm256_maddubs_epi16(nibbles(codes), xs),
+        _mm256_set1_epi16(1)
+    ));
+    kernel!(four_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Four, Offset::M, |codes, xs| {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(codes), xs)
+    });
+    // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
+    // with the sign trick, |w| × sign(x, w), and needs no offset term. VNNI multiplies the
+    // unsigned codes exactly and takes 128·Σx back out once per row.
+    kernel!(eight_avx2, "avx2,fma", CodeWidth::Eight, Offset::None, |codes, xs| {
+        let signed = _mm256_xor_si256(_mm256_loadu_si256(codes as *const __m256i), _mm256_set1_epi8(-128));
+        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(signed, signed), _mm256_sign_epi8(xs, signed)), _mm256_set1_epi16(1))
+    });
+    kernel!(eight_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Eight, Offset::Bias128, |codes, xs| {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256(codes as *const __m256i), xs)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn case(width: CodeWidth, blocks: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u8>, QuantizedActivations) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = GROUP * blocks;
+        let d = (0..n).map(|_| rng.random_range(0.001..0.05)).collect();
+        let m = if width == CodeWidth::Four { (0..n).map(|_| rng.random_range(-0.4..0.0)).collect() } else { vec![] };
+        let codes = (0..n * width.bytes_per_block()).map(|_| rng.random::<u8>()).collect();
+        // Two tokens, including extreme activations (codes of ±127).
+        let mut x: Vec<f32> = (0..2 * blocks * BLOCK).map(|_| rng.random_range(-2.0..2.0)).collect();
+        x[3] = 50.0;
+        x[BLOCK + 1] = -50.0;
+        (d, m, codes, QuantizedActivations::quantize(&x, blocks * BLOCK))
+    }
+
+    #[test]
+    fn every_simd_path_equals_the_reference() {
+        for width in [CodeWidth::Four, CodeWidth::Eight] {
+            for blocks in [1, 18, 48] {
+                let (d, m, codes, a) = case(width, blocks, blocks as u64);
+                for isa in Isa::available() {
+                    for t in 0..2 {
+                        let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
+                        let (mut want, mut got) = ([0.0; GROUP], [0.0; GROUP]);
+                        group_dot_portable(w, &a, t, &mut want);
+                        group_dot(isa, w, &a, t, &mut got);
+                        for r in 0..GROUP {
+                            let tol = 1e-4 * want[r].abs().max(1.0);
+                            assert!((want[r] - got[r]).abs() <= tol, "{isa:?} {width:?} blocks {blocks} t {t} r {r}: {} vs {}", want[r], got[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "weight shape")]
+    fn short_weights_are_refused() {
+        let (d, m, codes, a) = case(CodeWidth::Four, 2, 1);
+        let w = RowGroup { width: CodeWidth::Four, blocks: 2, d: &d, m: &m, codes: &codes[1..] };
+        group_dot(Isa::detect(), w, &a, 0, &mut [0.0; GROUP]);
+    }
+}

@@ -1,0 +1,302 @@
+//! A quantized weight matrix repacked for [`super::dot`], and its parallel matmul.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::activations::QuantizedActivations;
+use super::dot::{group_dot, CodeWidth, RowGroup, GROUP};
+use super::{Isa, BLOCK};
+
+/// The GGUF block formats these kernels take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// 18 bytes: f16 d, 16 bytes of nibbles; w = (q − 8)·d.
+    Q4_0,
+    /// 20 bytes: f16 d, f16 m, 16 bytes of nibbles; w = q·d + m.
+    Q4_1,
+    /// 34 bytes: f16 d, 32 signed bytes; w = q·d.
+    Q8_0,
+}
+
+impl WeightFormat {
+    pub const fn gguf_block_bytes(self) -> usize {
+        match self {
+            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q4_1 => 20,
+            WeightFormat::Q8_0 => 34,
+        }
+    }
+
+    const fn width(self) -> CodeWidth {
+        match self {
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => CodeWidth::Four,
+            WeightFormat::Q8_0 => CodeWidth::Eight,
+        }
+    }
+}
+
+/// `rows` outputs × `cols` inputs, repacked per block to `w = code·d + m` (4-bit codes) or
+/// `w = (code − 128)·d` (8-bit codes).
+pub struct QuantMatrix {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    codes: Vec<u8>,
+}
+
+impl QuantMatrix {
+    /// From GGUF bytes (row-major, `cols / 32` blocks per row).
+    pub fn from_gguf_bytes(format: WeightFormat, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        if cols % BLOCK != 0 {
+            return Err(format!("{format:?} row length {cols} is not a multiple of {BLOCK}"));
+        }
+        let n_blocks = rows * cols / BLOCK;
+        let block_bytes = format.gguf_block_bytes();
+        if bytes.len() != n_blocks * block_bytes {
+            return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), n_blocks * block_bytes));
+        }
+        let half = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let width = format.width();
+        let cb = width.bytes_per_block();
+        let bpr = cols / BLOCK;
+        // Rows interleaved in groups of four (see RowGroup); a last partial group is padded
+        // with zero rows, whose outputs are dropped.
+        let slots = rows.next_multiple_of(GROUP) * bpr;
+        let mut d = vec![0f32; slots];
+        let mut m = vec![0f32; if width == CodeWidth::Four { slots } else { 0 }];
+        let mut codes = vec![if width == CodeWidth::Eight { 0x80 } else { 0 }; slots * cb];
+        for (i, b) in bytes.chunks_exact(block_bytes).enumerate() {
+            let (row, block) = (i / bpr, i % bpr);
+            let slot = ((row / GROUP) * bpr + block) * GROUP + row % GROUP;
+            let scale = half(b, 0);
+            d[slot] = scale;
+            let dst = &mut codes[slot * cb..(slot + 1) * cb];
+            match format {
+                WeightFormat::Q4_0 => {
+                    m[slot] = -8.0 * scale;
+                    dst.copy_from_slice(&b[2..18]);
+                }
+                WeightFormat::Q4_1 => {
+                    m[slot] = half(b, 2);
+                    dst.copy_from_slice(&b[4..20]);
+                }
+                WeightFormat::Q8_0 => {
+                    // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
+                    dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80);
+                }
+            }
+        }
+        Ok(Self { format, rows, cols, d, m, codes })
+    }
+
+    /// The rows of `parts` one after another, as one matrix: one matmul (one round of thread
+    /// wake-ups, one activation quantization) instead of several. `None` unless all parts share
+    /// format and width and each has a multiple of four rows.
+    pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols || p.rows % GROUP != 0) {
+            return None;
+        }
+        // Groups never straddle parts, so the interleaved arrays simply concatenate.
+        Some(QuantMatrix {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+            codes: parts.iter().flat_map(|p| p.codes.iter().copied()).collect(),
+        })
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// Rows `4g..4g + 4`.
+    fn group(&self, g: usize) -> RowGroup<'_> {
+        let n = GROUP * self.blocks_per_row();
+        let cb = self.format.width().bytes_per_block();
+        RowGroup {
+            width: self.format.width(),
+            blocks: self.blocks_per_row(),
+            d: &self.d[g * n..(g + 1) * n],
+            m: if self.m.is_empty() { &[] } else { &self.m[g * n..(g + 1) * n] },
+            codes: &self.codes[g * n * cb..(g + 1) * n * cb],
+        }
+    }
+
+    /// The weights as f32 (for tests and references).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let cb = self.format.width().bytes_per_block();
+        let bpr = self.blocks_per_row();
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for i in 0..self.rows * bpr {
+            let (row, block) = (i / bpr, i % bpr);
+            let slot = ((row / GROUP) * bpr + block) * GROUP + row % GROUP;
+            let codes = &self.codes[slot * cb..(slot + 1) * cb];
+            let d = self.d[slot];
+            match self.format.width() {
+                CodeWidth::Four => {
+                    let m = self.m[slot];
+                    out.extend(codes.iter().map(|q| (q & 0x0F) as f32 * d + m));
+                    out.extend(codes.iter().map(|q| (q >> 4) as f32 * d + m));
+                }
+                CodeWidth::Eight => out.extend(codes.iter().map(|&q| (q as i32 - 128) as f32 * d)),
+            }
+        }
+        out
+    }
+
+    /// Bytes held by the repacked weights.
+    pub fn memory_bytes(&self) -> usize {
+        (self.d.len() + self.m.len()) * 4 + self.codes.len()
+    }
+
+    /// `out[t][r] = Σ_c x[t][c] · w[r][c]` for `x` of `tokens × cols`; out is `tokens × rows`.
+    /// Parallel over output rows on the current rayon pool.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "input shape");
+        let acts = QuantizedActivations::quantize(x, self.cols);
+        self.matmul_quantized(&acts, Isa::detect())
+    }
+
+    /// As [`Self::matmul`], with activations already quantized and the instruction set chosen.
+    pub fn matmul_quantized(&self, acts: &QuantizedActivations, isa: Isa) -> Vec<f32> {
+        assert_eq!(acts.blocks_per_row, self.blocks_per_row(), "input shape");
+        let tokens = acts.tokens;
+        // Few, large tasks: each costs a wake-up; enough of them to balance the threads.
+        let threads = rayon::current_num_threads().max(1);
+        let tile = self.rows.div_ceil(threads * 4).next_multiple_of(4).max(16);
+        // `tile` is a multiple of GROUP, so tiles start on group boundaries.
+        let tile_rows = |start: usize, out: &mut [f32], stride: usize| {
+            let end = (start + tile).min(self.rows);
+            let mut four = [0f32; GROUP];
+            for t in 0..tokens {
+                for r in (start..end).step_by(GROUP) {
+                    group_dot(isa, self.group(r / GROUP), acts, t, &mut four);
+                    let n = (end - r).min(GROUP);
+                    let at = t * stride + (r - start);
+                    out[at..at + n].copy_from_slice(&four[..n]);
+                }
+            }
+        };
+        if tokens == 1 {
+            let mut out = vec![0f32; self.rows];
+            out.par_chunks_mut(tile).enumerate().for_each(|(i, chunk)| tile_rows(i * tile, chunk, 0));
+            return out;
+        }
+        let chunks: Vec<Vec<f32>> = (0..self.rows.div_ceil(tile))
+            .into_par_iter()
+            .map(|i| {
+                let n = tile.min(self.rows - i * tile);
+                let mut local = vec![0f32; n * tokens];
+                tile_rows(i * tile, &mut local, n);
+                local
+            })
+            .collect();
+        let mut out = vec![0f32; tokens * self.rows];
+        for (i, local) in chunks.iter().enumerate() {
+            let n = local.len() / tokens;
+            for t in 0..tokens {
+                out[t * self.rows + i * tile..t * self.rows + i * tile + n].copy_from_slice(&local[t * n..(t + 1) * n]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_gguf(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            bytes.extend_from_slice(&f16::from_f32(rng.random_range(0.001..0.05)).to_le_bytes());
+            if format == WeightFormat::Q4_1 {
+                bytes.extend_from_slice(&f16::from_f32(rng.random_range(-0.4..0.0)).to_le_bytes());
+            }
+            let n = if format == WeightFormat::Q8_0 { 32 } else { 16 };
+            bytes.extend((0..n).map(|_| rng.random::<u8>()));
+        }
+        bytes
+    }
+
+    fn random_x(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-2.0..2.0)).collect()
+    }
+
+    const FORMATS: [(WeightFormat, GgmlDType); 3] =
+        [(WeightFormat::Q4_0, GgmlDType::Q4_0), (WeightFormat::Q4_1, GgmlDType::Q4_1), (WeightFormat::Q8_0, GgmlDType::Q8_0)];
+
+    #[test]
+    fn repacking_matches_candles_dequantization() {
+        for (format, dtype) in FORMATS {
+            let bytes = random_gguf(format, 4, 64, 1);
+            let m = QuantMatrix::from_gguf_bytes(format, &bytes, 4, 64).unwrap();
+            let q = qtensor_from_ggml(dtype, &bytes, vec![4, 64], &candle_core::Device::Cpu).unwrap();
+            let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(m.dequantize(), theirs, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn matmul_is_close_to_the_f32_product_on_every_path() {
+        // Odd row counts exercise the 1-3 row tails and uneven tiles; 1 and 3 tokens both layouts.
+        for (format, _) in FORMATS {
+            for (rows, cols, tokens) in [(70, 1536, 3), (37, 576, 1)] {
+                let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols).unwrap();
+                let x = random_x(tokens * cols, 5);
+                let w = m.dequantize();
+                let acts = QuantizedActivations::quantize(&x, cols);
+                for isa in Isa::available() {
+                    let out = m.matmul_quantized(&acts, isa);
+                    for t in 0..tokens {
+                        for r in 0..rows {
+                            let exact: f32 = (0..cols).map(|c| x[t * cols + c] * w[r * cols + c]).sum();
+                            let got = out[t * rows + r];
+                            // Activation quantization to 8 bits: error well under 1% of the row's scale.
+                            let scale: f32 = (0..cols).map(|c| (x[t * cols + c] * w[r * cols + c]).abs()).sum();
+                            assert!((exact - got).abs() <= 0.01 * scale, "{format:?} {isa:?} t {t} r {r}: {exact} vs {got}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stacked_matrices_compute_their_parts() {
+        let f = WeightFormat::Q4_1;
+        let a = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 8, 64, 1), 8, 64).unwrap();
+        let b = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 4, 64, 2), 4, 64).unwrap();
+        let s = QuantMatrix::stack(&[&a, &b]).unwrap();
+        assert_eq!(s.dequantize(), [a.dequantize(), b.dequantize()].concat());
+        let x = random_x(2 * 64, 3);
+        let (oa, ob, os) = (a.matmul(&x, 2), b.matmul(&x, 2), s.matmul(&x, 2));
+        for t in 0..2 {
+            assert_eq!(os[t * 12..t * 12 + 8], oa[t * 8..t * 8 + 8]);
+            assert_eq!(os[t * 12 + 8..t * 12 + 12], ob[t * 4..t * 4 + 4]);
+        }
+        let odd = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 3, 64, 4), 3, 64).unwrap();
+        assert!(QuantMatrix::stack(&[&a, &odd]).is_none());
+        let q8 = QuantMatrix::from_gguf_bytes(WeightFormat::Q8_0, &random_gguf(WeightFormat::Q8_0, 4, 64, 5), 4, 64).unwrap();
+        assert!(QuantMatrix::stack(&[&a, &q8]).is_none());
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        for (format, _) in FORMATS {
+            let n = format.gguf_block_bytes();
+            assert!(QuantMatrix::from_gguf_bytes(format, &vec![0; n], 1, 31).is_err());
+            assert!(QuantMatrix::from_gguf_bytes(format, &vec![0; n - 1], 1, 32).is_err());
+        }
+    }
+}
