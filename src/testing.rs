@@ -136,3 +136,42 @@ pub fn write_metadata_only(path: &Path, metadata: &[(&str, Value)]) -> candle_co
     file.flush()?;
     Ok(())
 }
+
+/// How two forward-pass implementations of the same weights compare over one sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardComparison {
+    /// Largest logit difference at any step, relative to that step's largest logit.
+    pub worst_relative_gap: f32,
+    /// Steps whose most likely token is the same in both.
+    pub same_argmax: usize,
+    /// Steps where each one's most likely token is among the other's three most likely.
+    pub argmax_in_top3: usize,
+    pub steps: usize,
+}
+
+/// Runs `prompt` (in two chunks) then `steps` one token at a time through both models.
+pub fn compare_forward(a: &dyn crate::model::LanguageModel, b: &dyn crate::model::LanguageModel, prompt: &[u32], steps: &[u32]) -> crate::Result<ForwardComparison> {
+    let (mut ca, mut cb) = (a.new_cache(), b.new_cache());
+    let never = || false;
+    let split = prompt.len() / 2;
+    let mut chunks: Vec<&[u32]> = vec![&prompt[..split], &prompt[split..]];
+    chunks.extend(steps.chunks(1));
+    let ranked = |l: &[f32]| {
+        let mut ids: Vec<usize> = (0..l.len()).collect();
+        ids.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
+        ids.truncate(3);
+        ids
+    };
+    let mut out = ForwardComparison { worst_relative_gap: 0.0, same_argmax: 0, argmax_in_top3: 0, steps: 0 };
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let (la, lb) = (a.forward(chunk, ca.as_mut(), &never)?, b.forward(chunk, cb.as_mut(), &never)?);
+        let scale = la.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let gap = la.iter().zip(&lb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        out.worst_relative_gap = out.worst_relative_gap.max(gap / scale);
+        let (ta, tb) = (ranked(&la), ranked(&lb));
+        out.same_argmax += (ta[0] == tb[0]) as usize;
+        out.argmax_in_top3 += (tb.contains(&ta[0]) && ta.contains(&tb[0])) as usize;
+        out.steps += 1;
+    }
+    Ok(out)
+}

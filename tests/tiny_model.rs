@@ -384,6 +384,7 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
         context_length: 64,
         n_layers: 0,
         embedding_length: 0,
+        compute: "test".into(),
     };
     let engine = Engine::from_parts(Arc::new(PanickyModel { info }), tokenizer, None, 1, Some(1)).unwrap();
     let s = engine.new_session();
@@ -396,4 +397,69 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
     let ok = s.generate(&Prompt::Tokens(vec![5, 6]), &greedy(3)).unwrap();
     assert_eq!(ok.finish_reason, FinishReason::Length);
     assert_eq!(ok.tokens.len(), 3);
+}
+
+fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {
+    let opts = maze::model::LoadOptions { model_path: path, tokenizer_path: None, context_length: 0, device: candle_core::Device::Cpu, tensor_forward };
+    maze::model::load(&opts, &mut |_| true).unwrap().model
+}
+
+#[test]
+fn native_and_tensor_forward_passes_agree() {
+    let dir = TempDir::new("paths");
+    // Grouped-query attention (4 heads over 2 KV heads), several layers.
+    let path = write_tiny(&dir, &TinyModel { n_layers: 3, ..Default::default() });
+    let (native, tensors) = (load_model(&path, false), load_model(&path, true));
+    assert!(native.info().compute.starts_with("cpu native"), "{}", native.info().compute);
+    assert!(tensors.info().compute.starts_with("candle tensors"), "{}", tensors.info().compute);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % 250) as u32).collect();
+    let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42, 7, 250]).unwrap();
+    assert!(c.worst_relative_gap < 1e-4 && c.same_argmax == c.steps, "{c:?}");
+}
+
+#[test]
+fn a_batch_computes_exactly_what_its_items_compute_alone() {
+    let dir = TempDir::new("batch");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let model = load_model(&path, false);
+    let never = || false;
+    // Three sequences at different depths: a fresh prefill, a continued one, a decode step.
+    let prompts: [Vec<u32>; 3] = [vec![5, 6, 7, 8], vec![9, 10], vec![11]];
+    let history: [Vec<u32>; 3] = [vec![], vec![1, 2, 3], (20..60).collect()];
+    let mut alone = Vec::new();
+    let mut caches: Vec<Box<dyn SequenceCache>> = Vec::new();
+    for (p, h) in prompts.iter().zip(&history) {
+        let mut c = model.new_cache();
+        if !h.is_empty() {
+            model.forward(h, c.as_mut(), &never).unwrap();
+        }
+        let mut c2 = model.new_cache();
+        if !h.is_empty() {
+            model.forward(h, c2.as_mut(), &never).unwrap();
+        }
+        alone.push(model.forward(p, c.as_mut(), &never).unwrap());
+        caches.push(c2);
+    }
+    let mut items: Vec<maze::model::BatchStep<'_>> =
+        prompts.iter().zip(caches.iter_mut()).map(|(p, c)| maze::model::BatchStep { tokens: p, cache: c.as_mut() }).collect();
+    let batched = model.forward_batch(&mut items, &never);
+    for (i, (b, a)) in batched.into_iter().zip(&alone).enumerate() {
+        assert_eq!(&b.unwrap(), a, "item {i}");
+    }
+    for (c, (p, h)) in caches.iter().zip(prompts.iter().zip(&history)) {
+        assert_eq!(c.len(), p.len() + h.len());
+    }
+    // An item that cannot run (out-of-vocabulary token) fails alone; the others still run.
+    let mut ok = model.new_cache();
+    let mut bad = model.new_cache();
+    let mut items = vec![maze::model::BatchStep { tokens: &[5], cache: ok.as_mut() }, maze::model::BatchStep { tokens: &[100_000], cache: bad.as_mut() }];
+    let out = model.forward_batch(&mut items, &never);
+    assert!(out[0].is_ok());
+    assert_eq!(out[1].as_ref().unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!((ok.len(), bad.len()), (1, 0));
+    // Interrupted: no cache moves.
+    let mut items = vec![maze::model::BatchStep { tokens: &[5], cache: ok.as_mut() }];
+    let out = model.forward_batch(&mut items, &|| true);
+    assert_eq!(out[0].as_ref().unwrap_err().kind(), ErrorKind::Cancelled);
+    assert_eq!(ok.len(), 1);
 }

@@ -85,6 +85,7 @@ impl Engine {
                 tokenizer_path: config.tokenizer_path.as_deref(),
                 context_length: config.context_length,
                 device: Device::Cpu,
+                tensor_forward: false,
             },
             progress,
         )?;

@@ -139,6 +139,10 @@ mod x86 {
         Bias128,
     }
 
+    /// How far ahead of the codes (and, as many floats ahead, the scales) to prefetch. Measured
+    /// on decode: none 88, 256 B 97, 2 KiB 117 tokens/s; flat beyond.
+    const PREFETCH_BYTES: usize = 2048;
+
     /// The shared loop: `product` gives a block's 8 partial sums from its `codes` pointer and
     /// the activations `xs`; each block adds `d_w·d_x·Σ` in float; then the row's offset.
     macro_rules! kernel {
@@ -153,6 +157,9 @@ mod x86 {
                 let (wd, wc) = (w.d.as_ptr(), w.codes.as_ptr());
                 let mut acc = [_mm256_setzero_ps(); GROUP];
                 for b in 0..bpr {
+                    // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
+                    _mm_prefetch::<_MM_HINT_T0>(wc.wrapping_add(b * GROUP * cb + PREFETCH_BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(wd.wrapping_add(b * GROUP + PREFETCH_BYTES / 4) as *const i8);
                     let $xs = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
                     // d_w·d_x for the four rows, then broadcast per row.
                     let scales = _mm_mul_ps(_mm_loadu_ps(wd.add(b * GROUP)), _mm_set1_ps(*ad.add(b)));

@@ -149,6 +149,28 @@ impl QuantMatrix {
         out
     }
 
+    /// Row `r` as f32 (an embedding lookup), written into `out` (`cols` long).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.cols, "row {r} of {}, {} columns", self.rows, self.cols);
+        let cb = self.format.width().bytes_per_block();
+        let bpr = self.blocks_per_row();
+        for (block, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let slot = ((r / GROUP) * bpr + block) * GROUP + r % GROUP;
+            let codes = &self.codes[slot * cb..(slot + 1) * cb];
+            let d = self.d[slot];
+            match self.format.width() {
+                CodeWidth::Four => {
+                    let m = self.m[slot];
+                    for (j, q) in codes.iter().enumerate() {
+                        dst[j] = (q & 0x0F) as f32 * d + m;
+                        dst[j + 16] = (q >> 4) as f32 * d + m;
+                    }
+                }
+                CodeWidth::Eight => dst.iter_mut().zip(codes).for_each(|(o, &q)| *o = (q as i32 - 128) as f32 * d),
+            }
+        }
+    }
+
     /// Bytes held by the repacked weights.
     pub fn memory_bytes(&self) -> usize {
         (self.d.len() + self.m.len()) * 4 + self.codes.len()
@@ -279,6 +301,11 @@ mod tests {
         let b = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 4, 64, 2), 4, 64).unwrap();
         let s = QuantMatrix::stack(&[&a, &b]).unwrap();
         assert_eq!(s.dequantize(), [a.dequantize(), b.dequantize()].concat());
+        let mut row = vec![0f32; 64];
+        for r in 0..12 {
+            s.dequantize_row(r, &mut row);
+            assert_eq!(row, s.dequantize()[r * 64..(r + 1) * 64], "row {r}");
+        }
         let x = random_x(2 * 64, 3);
         let (oa, ob, os) = (a.matmul(&x, 2), b.matmul(&x, 2), s.matmul(&x, 2));
         for t in 0..2 {

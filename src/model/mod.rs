@@ -33,6 +33,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub n_layers: usize,
     pub embedding_length: usize,
+    /// How the forward pass runs, e.g. "cpu native, avx512vnni" or "candle tensors, cpu".
+    pub compute: String,
 }
 
 /// Per-sequence state (the KV cache) of one model. Opaque to everything but the model that made
@@ -59,6 +61,21 @@ pub trait LanguageModel: Send + Sync {
     /// `interrupt` is polled during the computation; when it returns true the call stops early,
     /// leaves `cache` as it was and fails with [`ErrorKind::Cancelled`].
     fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>>;
+
+    /// Several sequences at once, one result per item, in order. A batched implementation reads
+    /// the weights once for all items; this default runs them one after another.
+    ///
+    /// `interrupt` stops the whole batch; callers batch only sequences that may be stopped
+    /// together, or poll per sequence between calls.
+    fn forward_batch(&self, items: &mut [BatchStep<'_>], interrupt: &dyn Fn() -> bool) -> Vec<Result<Vec<f32>>> {
+        items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect()
+    }
+}
+
+/// One sequence's tokens for [`LanguageModel::forward_batch`].
+pub struct BatchStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut dyn SequenceCache,
 }
 
 /// Loading progress: called with a fraction in [0, 1]; returning `false` aborts the load.
@@ -80,6 +97,8 @@ pub struct LoadOptions<'p> {
     /// 0 = the trained context length, capped at [`DEFAULT_MAX_CONTEXT`].
     pub context_length: usize,
     pub device: Device,
+    /// Run candle's tensor forward pass even where the native CPU one could (comparisons).
+    pub tensor_forward: bool,
 }
 
 /// Cap on the default context so a model trained on 128k tokens does not reserve for 128k.

@@ -1,6 +1,12 @@
-//! The Llama family (Llama 2/3, Mistral, SmolLM, ...) over candle tensors, quantized weights
-//! straight from GGUF. Each sequence has its own [`LlamaCache`], so one set of weights serves
-//! every session of an engine.
+//! The Llama family (Llama 2/3, Mistral, SmolLM, ...), quantized weights straight from GGUF.
+//! Each sequence has its own cache, so one set of weights serves every session of an engine.
+//!
+//! Two implementations of one forward pass: [`native`] (CPU, our kernels, batched) wherever
+//! every matrix is in a format our kernels take, and candle tensors otherwise (GPU, K-quants).
+
+mod native;
+
+pub use native::NativeCache;
 
 use std::any::Any;
 
@@ -10,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::GgufFile;
-use super::{LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
+use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{QuantMatrix, WeightFormat};
 
@@ -103,8 +109,20 @@ struct Layer {
 
 pub struct Llama {
     info: ModelInfo,
+    imp: Implementation,
+}
+
+enum Implementation {
+    Native(native::NativeLlama),
+    Tensors(TensorLlama),
+}
+
+/// The forward pass over candle tensors.
+struct TensorLlama {
     hp: Hyper,
     device: Device,
+    /// No `output.weight`: the output layer is `token_embd.weight`.
+    tied_output: bool,
     embeddings: QTensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
@@ -281,7 +299,7 @@ impl Llama {
             .opt_str("general.name")
             .map(str::to_string)
             .unwrap_or_else(|| file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-        let info = ModelInfo {
+        let mut info = ModelInfo {
             architecture: arch.to_string(),
             name,
             vocab_size,
@@ -289,11 +307,66 @@ impl Llama {
             context_length,
             n_layers: hp.n_layers,
             embedding_length: dim,
+            compute: String::new(),
         };
         if !progress(1.0) {
             return Err(Error::load_cancelled());
         }
-        Ok(Self { info, hp, device, embeddings, layers, output_norm, output, cos, sin })
+        let tensors = TensorLlama { hp, device, tied_output: !has_output, embeddings, layers, output_norm, output, cos, sin };
+        let imp = match (opts.tensor_forward, tensors.to_native()?) {
+            (false, Some(native)) => {
+                info.compute = format!("cpu native, {}", crate::kernels::Isa::detect().name());
+                Implementation::Native(native)
+            }
+            _ => {
+                info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
+                Implementation::Tensors(tensors)
+            }
+        };
+        Ok(Self { info, imp })
+    }
+
+    /// Whether this instance runs the native CPU forward pass (else candle's tensors).
+    pub fn is_native(&self) -> bool {
+        matches!(self.imp, Implementation::Native(_))
+    }
+}
+
+impl TensorLlama {
+    /// The same weights for the native forward pass, when it can take every one of them:
+    /// CPU, and all matrices in our kernels' formats. Shares the repacked matrices.
+    fn to_native(&self) -> Result<Option<native::NativeLlama>> {
+        let own = |l: &Linear| if let Linear::Own(m) = l { Some(m.clone()) } else { None };
+        let stacked = |p: &Projections| if let Projections::Stacked(m, _) = p { Some(m.clone()) } else { None };
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(output) = own(&self.output) else { return Ok(None) };
+        let embeddings = match self.tied_output {
+            // The output layer is the embedding table: one copy serves both.
+            true => output.clone(),
+            false => match own_matrix(&self.embeddings)? {
+                Some(e) => Arc::new(e),
+                None => return Ok(None),
+            },
+        };
+        let floats = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (Some(qkv), Some(wo), Some(gate_up), Some(down)) = (stacked(&l.qkv), own(&l.wo), stacked(&l.gate_up), own(&l.down)) else {
+                return Ok(None);
+            };
+            layers.push(native::NativeLayer { attn_norm: floats(&l.attn_norm)?, qkv, wo, ffn_norm: floats(&l.ffn_norm)?, gate_up, down });
+        }
+        Ok(Some(native::NativeLlama {
+            hp: self.hp.clone(),
+            embeddings,
+            output,
+            output_norm: floats(&self.output_norm)?,
+            layers,
+            cos: floats(&self.cos)?,
+            sin: floats(&self.sin)?,
+        }))
     }
 
     fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -350,53 +423,111 @@ impl Llama {
     }
 }
 
+impl Llama {
+    fn check(&self, tokens: &[u32], cached: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::new(ErrorKind::Internal, "forward called with no tokens"));
+        }
+        if cached + tokens.len() > self.info.context_length {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!("{cached} cached + {} new tokens exceed the context length {}", tokens.len(), self.info.context_length),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return Err(Error::invalid_argument(format!("token id {bad} is out of range (vocabulary size {})", self.info.vocab_size)));
+        }
+        Ok(())
+    }
+}
+
+fn wrong_cache() -> Error {
+    Error::new(ErrorKind::Internal, "a cache from another model was passed to the Llama model")
+}
+
+fn interrupted() -> Error {
+    Error::new(ErrorKind::Cancelled, "interrupted")
+}
+
+impl SequenceCache for NativeCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.cut(len);
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 impl LanguageModel for Llama {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
 
     fn new_cache(&self) -> Box<dyn SequenceCache> {
-        Box::new(LlamaCache { layers: vec![None; self.hp.n_layers], len: 0 })
+        match &self.imp {
+            Implementation::Native(m) => Box::new(NativeCache::new(m.hp.n_layers, m.hp.n_kv_heads * m.hp.head_dim)),
+            Implementation::Tensors(m) => Box::new(LlamaCache { layers: vec![None; m.hp.n_layers], len: 0 }),
+        }
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>> {
-        let cache = cache
-            .as_any_mut()
-            .downcast_mut::<LlamaCache>()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "a non-Llama cache was passed to the Llama model"))?;
-        if tokens.is_empty() {
-            return Err(Error::new(ErrorKind::Internal, "forward called with no tokens"));
-        }
-        if cache.len + tokens.len() > self.info.context_length {
-            return Err(Error::new(
-                ErrorKind::ContextOverflow,
-                format!(
-                    "{} cached + {} new tokens exceed the context length {}",
-                    cache.len,
-                    tokens.len(),
-                    self.info.context_length
-                ),
-            ));
-        }
-        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
-            return Err(Error::invalid_argument(format!(
-                "token id {bad} is out of range (vocabulary size {})",
-                self.info.vocab_size
-            )));
-        }
-        let before = cache.len;
-        // A half-applied step leaves layers with different lengths: roll back to where it began.
-        match self.forward_inner(tokens, cache, interrupt) {
-            Ok(Some(logits)) => Ok(logits),
-            Ok(None) => {
-                cache.cut_layers(before);
-                Err(Error::new(ErrorKind::Cancelled, "interrupted"))
+        self.check(tokens, cache.len())?;
+        match &self.imp {
+            Implementation::Native(m) => {
+                let cache = cache.as_any_mut().downcast_mut::<NativeCache>().ok_or_else(wrong_cache)?;
+                let mut batch = [native::BatchItem { tokens, cache }];
+                m.forward_batch(&mut batch, interrupt).and_then(|mut l| l.pop()).ok_or_else(interrupted)
             }
-            Err(e) => {
-                cache.cut_layers(before);
-                Err(Error::backend(e))
+            Implementation::Tensors(m) => {
+                let cache = cache.as_any_mut().downcast_mut::<LlamaCache>().ok_or_else(wrong_cache)?;
+                let before = cache.len;
+                // A half-applied step leaves layers with different lengths: roll back to where it began.
+                match m.forward_inner(tokens, cache, interrupt) {
+                    Ok(Some(logits)) => Ok(logits),
+                    Ok(None) => {
+                        cache.cut_layers(before);
+                        Err(interrupted())
+                    }
+                    Err(e) => {
+                        cache.cut_layers(before);
+                        Err(Error::backend(e))
+                    }
+                }
             }
         }
+    }
+
+    fn forward_batch(&self, items: &mut [BatchStep<'_>], interrupt: &dyn Fn() -> bool) -> Vec<Result<Vec<f32>>> {
+        let Implementation::Native(m) = &self.imp else {
+            return items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect();
+        };
+        // Items that fail their checks get their error; the rest run as one batch.
+        let mut results: Vec<Option<Result<Vec<f32>>>> = Vec::with_capacity(items.len());
+        let mut batch = Vec::new();
+        for it in items.iter_mut() {
+            match self.check(it.tokens, it.cache.len()) {
+                Err(e) => results.push(Some(Err(e))),
+                Ok(()) => match it.cache.as_any_mut().downcast_mut::<NativeCache>() {
+                    Some(cache) => {
+                        results.push(None);
+                        batch.push(native::BatchItem { tokens: it.tokens, cache });
+                    }
+                    None => results.push(Some(Err(wrong_cache()))),
+                },
+            }
+        }
+        let mut logits = match m.forward_batch(&mut batch, interrupt) {
+            Some(l) => l.into_iter(),
+            None => return results.into_iter().map(|r| r.unwrap_or_else(|| Err(interrupted()))).collect(),
+        };
+        results.into_iter().map(|r| r.unwrap_or_else(|| logits.next().ok_or_else(|| Error::new(ErrorKind::Internal, "batch lost a row")))).collect()
     }
 }
 
@@ -404,19 +535,28 @@ fn qmatmul(t: QTensor) -> Result<QMatMul> {
     QMatMul::from_qtensor(t).map_err(Error::backend)
 }
 
-fn linear(t: QTensor) -> Result<Linear> {
+/// The matrix repacked for our kernels, when it is on the CPU in a format they take.
+fn own_matrix(t: &QTensor) -> Result<Option<QuantMatrix>> {
     let format = match t.dtype() {
-        GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
-        GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
-        GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
-        _ => None,
+        GgmlDType::Q4_0 => WeightFormat::Q4_0,
+        GgmlDType::Q4_1 => WeightFormat::Q4_1,
+        GgmlDType::Q8_0 => WeightFormat::Q8_0,
+        _ => return Ok(None),
     };
-    if let (Some(format), true, [rows, cols]) = (format, t.device().is_cpu(), t.shape().dims()) {
-        let bytes = t.data().map_err(Error::backend)?;
-        let m = QuantMatrix::from_gguf_bytes(format, &bytes, *rows, *cols).map_err(Error::model_format)?;
-        return Ok(Linear::Own(Arc::new(m)));
+    match (t.device().is_cpu(), t.shape().dims()) {
+        (true, [rows, cols]) => {
+            let bytes = t.data().map_err(Error::backend)?;
+            QuantMatrix::from_gguf_bytes(format, &bytes, *rows, *cols).map(Some).map_err(Error::model_format)
+        }
+        _ => Ok(None),
     }
-    Ok(Linear::Candle(qmatmul(t)?))
+}
+
+fn linear(t: QTensor) -> Result<Linear> {
+    match own_matrix(&t)? {
+        Some(m) => Ok(Linear::Own(Arc::new(m))),
+        None => Ok(Linear::Candle(qmatmul(t)?)),
+    }
 }
 
 fn dequant(t: QTensor, device: &Device) -> Result<Tensor> {

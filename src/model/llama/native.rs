@@ -1,0 +1,227 @@
+//! The Llama forward pass on the CPU without tensors: plain f32 buffers, our quantized kernels
+//! for every matrix, and a batch of sequences per call, so one pass over the weights serves
+//! every session that has work (continuous batching).
+//!
+//! It computes what the candle path in `super` computes (tested against it); candle remains the
+//! path for GPUs and for weight formats our kernels do not take.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::Hyper;
+use crate::kernels::QuantMatrix;
+
+pub(super) struct NativeLayer {
+    pub attn_norm: Vec<f32>,
+    /// Q, K and V stacked.
+    pub qkv: Arc<QuantMatrix>,
+    pub wo: Arc<QuantMatrix>,
+    pub ffn_norm: Vec<f32>,
+    /// Gate and up stacked.
+    pub gate_up: Arc<QuantMatrix>,
+    pub down: Arc<QuantMatrix>,
+}
+
+pub(super) struct NativeLlama {
+    pub hp: Hyper,
+    /// Shared with `output` when the model ties them.
+    pub embeddings: Arc<QuantMatrix>,
+    pub output: Arc<QuantMatrix>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<NativeLayer>,
+    /// RoPE tables, `context_length × head_dim / 2`.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+/// Keys and values of one sequence: per layer, `len × kv_dim` floats each.
+pub struct NativeCache {
+    pub(super) layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub(super) len: usize,
+    kv_dim: usize,
+}
+
+impl NativeCache {
+    pub(super) fn new(n_layers: usize, kv_dim: usize) -> Self {
+        Self { layers: vec![(Vec::new(), Vec::new()); n_layers], len: 0, kv_dim }
+    }
+
+    /// Forgets every position at or after `len` (also repairs a step that stopped halfway,
+    /// where early layers hold more positions than `len`).
+    pub(super) fn cut(&mut self, len: usize) {
+        for (k, v) in &mut self.layers {
+            k.truncate(len * self.kv_dim);
+            v.truncate(len * self.kv_dim);
+        }
+        self.len = self.len.min(len);
+    }
+}
+
+/// One sequence's part of a batch.
+pub struct BatchItem<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut NativeCache,
+}
+
+fn rms_norm(x: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
+    let mean = from.iter().map(|v| v * v).sum::<f32>() / from.len() as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in x.iter_mut().zip(from).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// Σ a·b with eight independent sums, so the compiler vectorizes it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl NativeLlama {
+    fn kv_dim(&self) -> usize {
+        self.hp.n_kv_heads * self.hp.head_dim
+    }
+
+    /// Rotates the pairs (2i, 2i + 1) of each head in `x` for position `pos` (GGUF's Llama
+    /// rows are permuted for this interleaved form).
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let half = self.hp.head_dim / 2;
+        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+        for head in x.chunks_exact_mut(self.hp.head_dim) {
+            for i in 0..half {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos[i] - b * sin[i];
+                head[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+
+    /// Appends each item's tokens to its cache and returns the logits of each item's last token.
+    /// `None` when `interrupt` fired; every cache is then as it was.
+    pub(super) fn forward_batch(&self, batch: &mut [BatchItem<'_>], interrupt: &dyn Fn() -> bool) -> Option<Vec<Vec<f32>>> {
+        let hp = &self.hp;
+        let (dim, kv_dim, q_dim) = (hp.dim, self.kv_dim(), hp.n_heads * hp.head_dim);
+        let n: usize = batch.iter().map(|b| b.tokens.len()).sum();
+        // (item, position) of every row of the batch.
+        let rows: Vec<(usize, usize)> =
+            batch.iter().enumerate().flat_map(|(i, b)| (0..b.tokens.len()).map(move |t| (i, b.cache.len + t))).collect();
+        let starts: Vec<usize> = batch.iter().map(|b| b.cache.len).collect();
+
+        let mut x = vec![0f32; n * dim];
+        for (row, &id) in x.chunks_exact_mut(dim).zip(batch.iter().flat_map(|b| b.tokens)) {
+            self.embeddings.dequantize_row(id as usize, row);
+        }
+        let mut h = vec![0f32; n * dim];
+        let eps = hp.rms_eps as f32;
+        for (l, layer) in self.layers.iter().enumerate() {
+            if interrupt() {
+                for (b, &start) in batch.iter_mut().zip(&starts) {
+                    b.cache.cut(start);
+                }
+                return None;
+            }
+            for (o, v) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                rms_norm(o, v, &layer.attn_norm, eps);
+            }
+            let mut qkv = layer.qkv.matmul(&h, n);
+            let width = q_dim + 2 * kv_dim;
+            for (row, &(_, pos)) in qkv.chunks_exact_mut(width).zip(&rows) {
+                self.rope(&mut row[..q_dim + kv_dim], pos);
+            }
+            for (row, &(i, _)) in qkv.chunks_exact(width).zip(&rows) {
+                let (k, v) = &mut batch[i].cache.layers[l];
+                k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
+                v.extend_from_slice(&row[q_dim + kv_dim..]);
+            }
+            let attn = self.attention(l, batch, &rows, &qkv);
+            let o = layer.wo.matmul(&attn, n);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            for (o, v) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                rms_norm(o, v, &layer.ffn_norm, eps);
+            }
+            let gate_up = layer.gate_up.matmul(&h, n);
+            let act: Vec<f32> = gate_up
+                .chunks_exact(2 * hp.ffn_dim)
+                .flat_map(|row| {
+                    let (g, u) = row.split_at(hp.ffn_dim);
+                    g.iter().zip(u).map(|(g, u)| silu(*g) * u)
+                })
+                .collect();
+            let down = layer.down.matmul(&act, n);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        for b in batch.iter_mut() {
+            b.cache.len += b.tokens.len();
+        }
+        // Only each item's last row reaches the output layer.
+        let mut last = Vec::with_capacity(batch.len() * dim);
+        let mut end = 0;
+        for b in batch.iter() {
+            end += b.tokens.len();
+            let mut row = vec![0f32; dim];
+            rms_norm(&mut row, &x[(end - 1) * dim..end * dim], &self.output_norm, eps);
+            last.extend_from_slice(&row);
+        }
+        let logits = self.output.matmul(&last, batch.len());
+        Some(logits.chunks_exact(self.output.rows).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Causal attention of every row of the batch over its own sequence's cache (which already
+    /// holds this step's keys and values). Grouped-query: query head h reads KV head h / group.
+    fn attention(&self, l: usize, batch: &[BatchItem<'_>], rows: &[(usize, usize)], qkv: &[f32]) -> Vec<f32> {
+        let hp = &self.hp;
+        let (hd, kv_dim, q_dim) = (hp.head_dim, self.kv_dim(), hp.n_heads * hp.head_dim);
+        let width = q_dim + 2 * kv_dim;
+        let group = hp.n_heads / hp.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; rows.len() * q_dim];
+        let one_row = |r: usize, out: &mut [f32]| {
+            let (item, pos) = rows[r];
+            let (keys, values) = &batch[item].cache.layers[l];
+            let q = &qkv[r * width..r * width + q_dim];
+            let mut scores = vec![0f32; pos + 1];
+            for head in 0..hp.n_heads {
+                let kv = (head / group) * hd;
+                let qh = &q[head * hd..(head + 1) * hd];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let k = &keys[j * kv_dim + kv..j * kv_dim + kv + hd];
+                    *s = dot(qh, k) * scale;
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let oh = &mut out[head * hd..(head + 1) * hd];
+                oh.fill(0.0);
+                for (j, s) in scores.iter().enumerate() {
+                    let v = &values[j * kv_dim + kv..j * kv_dim + kv + hd];
+                    let w = s / total;
+                    oh.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        };
+        // Parallel over rows only when there is enough work to pay for waking threads.
+        let work: usize = rows.iter().map(|&(_, pos)| pos + 1).sum::<usize>() * hp.n_heads * hd;
+        if rows.len() > 1 && work > 1 << 16 {
+            out.par_chunks_mut(q_dim).enumerate().for_each(|(r, o)| one_row(r, o));
+        } else {
+            out.chunks_mut(q_dim).enumerate().for_each(|(r, o)| one_row(r, o));
+        }
+        out
+    }
+}
