@@ -338,6 +338,8 @@ fn cancel_and_timeout_from_outside() {
 /// A model whose forward pass panics when it sees token 0: the worker must survive it.
 struct PanickyModel {
     info: ModelInfo,
+    /// Per forward call, so concurrent requests overlap.
+    delay: Duration,
 }
 
 struct CountCache(usize);
@@ -363,6 +365,7 @@ impl LanguageModel for PanickyModel {
     }
     fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, _: &dyn Fn() -> bool) -> Result<Vec<f32>> {
         assert!(!tokens.contains(&0), "token 0 is poison");
+        std::thread::sleep(self.delay);
         let cache = cache.as_any_mut().downcast_mut::<CountCache>().unwrap();
         cache.0 += tokens.len();
         let mut logits = vec![0.0; self.info.vocab_size];
@@ -386,7 +389,7 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
         embedding_length: 0,
         compute: "test".into(),
     };
-    let engine = Engine::from_parts(Arc::new(PanickyModel { info }), tokenizer, None, 1, Some(1)).unwrap();
+    let engine = Engine::from_parts(Arc::new(PanickyModel { info, delay: Duration::from_millis(2) }), tokenizer, None, 1, Some(1)).unwrap();
     let s = engine.new_session();
     let r = s.generate(&Prompt::Tokens(vec![5, 0, 7]), &greedy(3)).unwrap();
     assert_eq!(r.finish_reason, FinishReason::Error);
@@ -397,6 +400,24 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
     let ok = s.generate(&Prompt::Tokens(vec![5, 6]), &greedy(3)).unwrap();
     assert_eq!(ok.finish_reason, FinishReason::Length);
     assert_eq!(ok.tokens.len(), 3);
+
+    // Batched with a healthy request (the poison arrives while it runs), only the poisoned
+    // one fails.
+    let healthy = engine.new_session();
+    let poisoned = engine.new_session();
+    let mut bad = None;
+    let good = healthy
+        .generate_streaming(&Prompt::Tokens(vec![5, 6]), &greedy(40), |_| {
+            if bad.is_none() {
+                bad = Some(std::thread::scope(|scope| scope.spawn(|| poisoned.generate(&Prompt::Tokens(vec![0]), &greedy(3))).join().unwrap()));
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!((good.finish_reason, good.tokens.len()), (FinishReason::Length, 40), "{:?}", good.error);
+    let bad = bad.unwrap().unwrap();
+    assert_eq!(bad.finish_reason, FinishReason::Error);
+    assert_eq!(bad.error.unwrap().kind(), ErrorKind::Panic);
 }
 
 fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {

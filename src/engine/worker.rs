@@ -1,6 +1,8 @@
 //! The model worker: one thread per loaded model that owns every session's KV cache and serves
-//! all sessions from one queue. Active requests advance in turn, one step each (a prefill chunk
-//! or one decoded token), so sessions run side by side and none waits for another to finish.
+//! all sessions from one queue. Every step advances all active requests together in one batched
+//! forward pass (a prefill chunk or the next decoded tokens each): continuous batching, so
+//! sessions run side by side, none waits for another to finish, and the weights are read once
+//! per step for all of them.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,11 +15,12 @@ use super::text::TextAssembler;
 use crate::constraint::{apply_mask, CompiledConstraint, ConstraintReport, ConstraintStats, Enforcer, Mask};
 use crate::error::{Error, ErrorKind};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{LanguageModel, SequenceCache};
+use crate::model::{BatchStep, LanguageModel, SequenceCache};
 use crate::result::{FinishReason, GenerationStats};
 use crate::sampling::{log_prob, Sampler, SamplingParams};
 
-/// Prompt tokens computed per step. Bigger chunks are faster; the interrupt poll inside the
+/// Prompt tokens computed per step, shared by every request still prefilling: bigger chunks are
+/// faster, smaller ones keep other sessions' decode steps short. The interrupt poll inside the
 /// forward pass keeps cancellation prompt regardless.
 const PREFILL_CHUNK: usize = 128;
 
@@ -83,11 +86,6 @@ struct Active {
     cached: usize,
     prefill_started: Instant,
     first_token: Option<Instant>,
-}
-
-enum Step {
-    Continue,
-    Finished(FinishReason, Option<Error>),
 }
 
 pub(crate) struct Worker {
@@ -159,103 +157,192 @@ impl Worker {
         });
     }
 
+    /// One step for every active request, as one batch: each plans its tokens (a prefill chunk,
+    /// or the token it samples plus any the grammar forces), one forward pass computes them all
+    /// (with the next constraint masks alongside), then each takes its logits. Requests join and
+    /// leave between steps.
     fn step_all(&mut self) {
-        let mut i = 0;
-        while i < self.active.len() {
-            let session = self.active[i].job.session;
-            let outcome = {
-                let active = &mut self.active[i];
-                let seq = self.sequences.get_mut(&session);
-                let (model, tokenizer) = (&self.model, &self.tokenizer);
-                self.pool.install(|| catch_unwind(AssertUnwindSafe(|| match seq {
-                    Some(seq) => step(model.as_ref(), tokenizer, active, seq),
-                    None => Step::Finished(FinishReason::Error, Some(Error::new(ErrorKind::Internal, "the session's state is gone"))),
-                })))
+        let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
+        let mut budget = PREFILL_CHUNK;
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(self.active.len());
+        for active in self.active.iter_mut() {
+            let session = active.job.session;
+            let plan = match self.sequences.get_mut(&session) {
+                Some(seq) => self.pool.install(|| catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, &mut budget)))),
+                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(Error::new(ErrorKind::Internal, "the session's state is gone"))))),
             };
-            let outcome = outcome.unwrap_or_else(|payload| {
-                // The sequence may be half-updated: forget it rather than trust it.
+            plans.push(plan.unwrap_or_else(|payload| {
                 self.sequences.remove(&session);
-                Step::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref())))
-            });
-            match outcome {
-                Step::Continue => i += 1,
-                Step::Finished(reason, error) => {
-                    let done = self.active.swap_remove(i);
-                    finish(done, reason, error);
-                }
+                Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
+            }));
+        }
+
+        let computing: Vec<usize> = (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
+        if !computing.is_empty() {
+            let results = self.compute(&computing, &plans);
+            for (&i, result) in computing.iter().zip(results) {
+                let session = self.active[i].job.session;
+                let Some(Plan::Compute { tokens, after, .. }) = plans[i].take() else { unreachable!("filtered above") };
+                plans[i] = match (result, self.sequences.get_mut(&session)) {
+                    (Ok((logits, mask)), Some(seq)) => apply(&mut self.active[i], seq, tokens, after, logits, mask),
+                    (Err(e), Some(seq)) => failed(&self.active[i], seq, e),
+                    (Err(e), None) => Some(Plan::Finished(FinishReason::Error, Some(e))),
+                    (Ok(_), None) => Some(Plan::Finished(FinishReason::Error, Some(Error::new(ErrorKind::Internal, "the session's state is gone")))),
+                };
+            }
+        }
+        // Finish from the back so indices stay valid.
+        for i in (0..plans.len()).rev() {
+            if let Some(Plan::Finished(reason, error)) = plans[i].take() {
+                finish(self.active.swap_remove(i), reason, error);
             }
         }
     }
-}
 
-/// Runs the forward pass and, when constrained, the next mask at the same time: the mask
-/// depends only on tokens already committed, so it need not wait for the logits.
-fn forward_and_mask(
-    model: &dyn LanguageModel,
-    tokens: &[u32],
-    cache: &mut dyn SequenceCache,
-    interrupt: &(dyn Fn() -> bool + Sync),
-    enforcer: Option<&mut Enforcer>,
-) -> (Result<Vec<f32>, Error>, Option<Result<Mask, Error>>) {
-    match enforcer {
-        Some(e) => {
-            let (logits, mask) = rayon::join(|| model.forward(tokens, cache, interrupt), || e.compute_mask());
-            (logits, Some(mask))
+    /// The forward pass for the planned requests `which`, as one batch, with the masks of the
+    /// constrained ones computed at the same time (a mask depends only on committed tokens).
+    fn compute(&mut self, which: &[usize], plans: &[Option<Plan>]) -> Vec<Result<(Vec<f32>, Option<Result<Mask, Error>>), Error>> {
+        let model = self.model.clone();
+        let tokens: Vec<&[u32]> = which.iter().map(|&i| match &plans[i] { Some(Plan::Compute { tokens, .. }) => tokens.as_slice(), _ => &[] }).collect();
+        // Positions (in `which`) whose next mask is computed alongside the forward pass.
+        let mask_owners: Vec<usize> = (0..which.len())
+            .filter(|&k| matches!(&plans[which[k]], Some(Plan::Compute { after, constrained: true, .. }) if after.wants_logits()))
+            .collect();
+        // Each sequence leaves the map for the step (sessions run one request at a time, so
+        // they are distinct) and comes back after it.
+        let mut seqs: Vec<(SessionId, Sequence)> =
+            which.iter().filter_map(|&i| { let id = self.active[i].job.session; self.sequences.remove(&id).map(|s| (id, s)) }).collect();
+        if seqs.len() != which.len() {
+            self.sequences.extend(seqs);
+            return which.iter().map(|_| Err(Error::new(ErrorKind::Internal, "the session's state is gone"))).collect();
         }
-        None => (model.forward(tokens, cache, interrupt), None),
+        let before: Vec<usize> = seqs.iter().map(|(_, s)| s.cache.len()).collect();
+        let controls: Vec<Arc<Control>> = which.iter().map(|&i| self.active[i].job.control.clone()).collect();
+        // The batch stops early only when every request in it is stopped; a request stopped
+        // alone ends at the start of the next step.
+        let interrupt = || controls.iter().all(|c| c.is_stopped());
+        let owner_indices: Vec<usize> = mask_owners.iter().map(|&k| which[k]).collect();
+        let enforcers: Vec<&mut Enforcer> = self
+            .active
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| owner_indices.contains(i))
+            .filter_map(|(_, a)| a.enforcer.as_mut())
+            .collect();
+        let (batch, masks) = self.pool.install(|| {
+            rayon::join(
+                || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        let mut steps: Vec<BatchStep<'_>> =
+                            seqs.iter_mut().zip(&tokens).map(|((_, s), t)| BatchStep { tokens: t, cache: s.cache.as_mut() }).collect();
+                        model.forward_batch(&mut steps, &interrupt)
+                    }))
+                },
+                || catch_unwind(AssertUnwindSafe(|| enforcers.into_iter().map(|e| e.compute_mask()).collect::<Vec<_>>())),
+            )
+        });
+        let batch = match batch {
+            Ok(results) => results,
+            Err(_) => {
+                // A panic inside the batch: repair each cache and run each request alone, so
+                // only the request that triggers it fails.
+                seqs.iter_mut()
+                    .zip(&before)
+                    .zip(&tokens)
+                    .zip(&controls)
+                    .map(|((((_, s), &len), t), control)| {
+                        s.cache.truncate(len);
+                        if s.cache.len() != len {
+                            return Err(Error::new(ErrorKind::Panic, "the model panicked and this session's cache could not be repaired"));
+                        }
+                        let interrupt = || control.is_stopped();
+                        self.pool.install(|| catch_unwind(AssertUnwindSafe(|| model.forward(t, s.cache.as_mut(), &interrupt))))
+                            .unwrap_or_else(|payload| {
+                                s.cache.truncate(len);
+                                Err(Error::from_panic(payload.as_ref()))
+                            })
+                    })
+                    .collect()
+            }
+        };
+        let mut masks = match masks {
+            Ok(m) => m.into_iter().map(Some).collect::<Vec<_>>(),
+            Err(payload) => {
+                let e = Error::from_panic(payload.as_ref());
+                mask_owners.iter().map(|_| Some(Err(e.clone()))).collect()
+            }
+        };
+        let mut mask_of = vec![None; which.len()];
+        for (slot, &k) in masks.iter_mut().zip(&mask_owners) {
+            mask_of[k] = slot.take();
+        }
+        self.sequences.extend(seqs);
+        batch.into_iter().zip(mask_of).map(|(r, m)| r.map(|logits| (logits, m))).collect()
     }
 }
 
-fn step(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &mut Sequence) -> Step {
-    if let Some(reason) = a.job.control.stop_reason() {
-        return Step::Finished(reason, None);
+/// What a request does this step.
+enum Plan {
+    Compute { tokens: Vec<u32>, after: After, constrained: bool },
+    Finished(FinishReason, Option<Error>),
+}
+
+/// Where a computed step leaves the request.
+enum After {
+    /// Prompt computed up to `end`; `last` when that is the whole prompt.
+    Prefill { end: usize, last: bool },
+    /// Generated tokens computed.
+    Decode,
+}
+
+impl After {
+    /// Whether the step's logits (and so the next mask) will be used.
+    fn wants_logits(&self) -> bool {
+        matches!(self, After::Decode | After::Prefill { last: true, .. })
     }
-    let control = a.job.control.clone();
-    let interrupt = move || control.is_stopped();
+}
+
+/// Plans one request's step. `None`: nothing this step (the prefill budget is spent).
+fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &mut Sequence, budget: &mut usize) -> Option<Plan> {
+    if let Some(reason) = a.job.control.stop_reason() {
+        return Some(Plan::Finished(reason, None));
+    }
+    let constrained = a.enforcer.is_some();
     match &mut a.phase {
         Phase::Prefill { next } => {
-            let end = (*next + PREFILL_CHUNK).min(a.job.prompt.len());
-            let chunk = &a.job.prompt[*next..end];
-            let last = end == a.job.prompt.len();
-            let enforcer = if last { a.enforcer.as_mut() } else { None };
-            match forward_and_mask(model, chunk, seq.cache.as_mut(), &interrupt, enforcer) {
-                (Ok(logits), mask) => {
-                    seq.tokens.extend_from_slice(chunk);
-                    if last {
-                        a.phase = Phase::Decode { logits, mask };
-                    } else {
-                        *next = end;
-                    }
-                    Step::Continue
-                }
-                (Err(e), _) => failed(a, seq, e),
+            let take = (*budget).min(a.job.prompt.len() - *next);
+            if take == 0 {
+                return None;
             }
+            *budget -= take;
+            let end = *next + take;
+            Some(Plan::Compute { tokens: a.job.prompt[*next..end].to_vec(), after: After::Prefill { end, last: end == a.job.prompt.len() }, constrained })
         }
         Phase::Decode { logits, mask } => {
             let masked;
             let choose_from: &[f32] = match (mask.take(), a.enforcer.as_ref()) {
                 (Some(Ok(m)), Some(enf)) => {
                     if enf.grammar_finished() {
-                        return Step::Finished(FinishReason::Stop, None);
+                        return Some(Plan::Finished(FinishReason::Stop, None));
                     }
                     let mut l = logits.clone();
                     apply_mask(&m, &mut l);
                     masked = l;
                     &masked
                 }
-                (Some(Err(e)), _) => return Step::Finished(FinishReason::Error, Some(e)),
+                (Some(Err(e)), _) => return Some(Plan::Finished(FinishReason::Error, Some(e))),
                 _ => logits,
             };
             let id = a.sampler.sample(choose_from, &seq.tokens);
             a.first_token.get_or_insert_with(Instant::now);
             if tokenizer.is_end_of_generation(id) {
-                return Step::Finished(FinishReason::Stop, None);
+                return Some(Plan::Finished(FinishReason::Stop, None));
             }
             let logprob = a.job.logprobs.then(|| log_prob(logits, id));
             let mut batch = vec![id];
             if let Some(enf) = a.enforcer.as_mut() {
                 if let Err(e) = enf.commit(id) {
-                    return Step::Finished(FinishReason::Error, Some(e));
+                    return Some(Plan::Finished(FinishReason::Error, Some(e)));
                 }
                 batch.extend(enf.take_forced());
             }
@@ -266,37 +353,39 @@ fn step(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
                 a.generated += 1;
                 // A closed channel means the caller is gone; stop spending compute on it.
                 if a.job.events.send(Event::Token { id: t, logprob: lp, text: delta.text }).is_err() {
-                    return Step::Finished(FinishReason::Cancelled, None);
+                    return Some(Plan::Finished(FinishReason::Cancelled, None));
                 }
                 if delta.stopped {
-                    return Step::Finished(FinishReason::StopSequence, None);
+                    return Some(Plan::Finished(FinishReason::StopSequence, None));
                 }
                 if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens) || seq.cache.len() + i + 1 >= model.info().context_length {
-                    return Step::Finished(FinishReason::Length, None);
+                    return Some(Plan::Finished(FinishReason::Length, None));
                 }
             }
             if a.enforcer.as_ref().is_some_and(|e| e.grammar_finished()) {
-                return Step::Finished(FinishReason::Stop, None);
+                return Some(Plan::Finished(FinishReason::Stop, None));
             }
-            match forward_and_mask(model, &batch, seq.cache.as_mut(), &interrupt, a.enforcer.as_mut()) {
-                (Ok(next), next_mask) => {
-                    seq.tokens.extend_from_slice(&batch);
-                    *logits = next;
-                    *mask = next_mask;
-                    Step::Continue
-                }
-                (Err(e), _) => failed(a, seq, e),
-            }
+            Some(Plan::Compute { tokens: batch, after: After::Decode, constrained })
         }
     }
 }
 
-fn failed(a: &Active, seq: &mut Sequence, e: Error) -> Step {
+/// Takes a computed step's logits (and next mask). `None`: the request goes on.
+fn apply(a: &mut Active, seq: &mut Sequence, tokens: Vec<u32>, after: After, logits: Vec<f32>, mask: Option<Result<Mask, Error>>) -> Option<Plan> {
+    seq.tokens.extend_from_slice(&tokens);
+    match after {
+        After::Prefill { end, last: false } => a.phase = Phase::Prefill { next: end },
+        After::Prefill { last: true, .. } | After::Decode => a.phase = Phase::Decode { logits, mask },
+    }
+    None
+}
+
+fn failed(a: &Active, seq: &mut Sequence, e: Error) -> Option<Plan> {
     seq.tokens.truncate(seq.cache.len());
     if e.kind() == ErrorKind::Cancelled {
-        return Step::Finished(a.job.control.stop_reason().unwrap_or(FinishReason::Cancelled), None);
+        return Some(Plan::Finished(a.job.control.stop_reason().unwrap_or(FinishReason::Cancelled), None));
     }
-    Step::Finished(FinishReason::Error, Some(e))
+    Some(Plan::Finished(FinishReason::Error, Some(e)))
 }
 
 fn finish(mut a: Active, reason: FinishReason, error: Option<Error>) {
