@@ -41,23 +41,37 @@ pub struct RowGroup<'a> {
     pub codes: &'a [u8],
 }
 
-/// `out[r] = Σ_c w[r][c] · x[t][c]` for the group's four rows.
-pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+/// Most tokens one [`group_dot`] call takes on `isa`: each weight block is expanded once and
+/// used for all of them (prefill and batched decode), as far as registers allow.
+pub fn max_tokens_per_call(isa: Isa) -> usize {
+    match isa {
+        Isa::Portable => 1,
+        Isa::Avx2 => 2,
+        // AVX-512VL has 32 vector registers: room for 4 tokens × 4 rows of accumulators.
+        Isa::Avx512Vnni => 4,
+    }
+}
+
+/// `out[k][r] = Σ_c w[r][c] · x[t0 + k][c]` for the group's four rows and `out.len()` tokens
+/// from `t0` (at most [`max_tokens_per_call`]).
+pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
     let n = GROUP * w.blocks;
-    assert!(a.blocks_per_row == w.blocks && t < a.tokens, "activation shape");
+    let nt = out.len();
+    assert!((1..=max_tokens_per_call(isa)).contains(&nt), "1 to {} tokens per call", max_tokens_per_call(isa));
+    assert!(a.blocks_per_row == w.blocks && t0 + nt <= a.tokens, "activation shape");
     let m_len = if w.width == CodeWidth::Four { n } else { 0 };
     assert!(w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(), "weight shape");
     match isa {
-        Isa::Portable => group_dot_portable(w, a, t, out),
+        Isa::Portable => out.iter_mut().enumerate().for_each(|(k, o)| group_dot_portable(w, a, t0 + k, o)),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
             debug_assert!(Isa::available().contains(&isa));
             // SAFETY: the CPU supports `isa` (Isa::detect / Isa::available checked it), and the
             // asserts above bound every index the kernel reads.
-            unsafe { x86::group_dot(isa, w, a, t, out) }
+            unsafe { x86::group_dot(isa, w, a, t0, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        _ => group_dot_portable(w, a, t, out),
+        _ => out.iter_mut().enumerate().for_each(|(k, o)| group_dot_portable(w, a, t0 + k, o)),
     }
 }
 
@@ -94,12 +108,22 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    pub(super) unsafe fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
-        match (w.width, isa == Isa::Avx512Vnni) {
-            (CodeWidth::Four, false) => four_avx2(w, a, t, out),
-            (CodeWidth::Four, true) => four_vnni(w, a, t, out),
-            (CodeWidth::Eight, false) => eight_avx2(w, a, t, out),
-            (CodeWidth::Eight, true) => eight_vnni(w, a, t, out),
+    pub(super) unsafe fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+        macro_rules! go {
+            ($nt:literal) => {
+                match (w.width, isa == Isa::Avx512Vnni) {
+                    (CodeWidth::Four, false) => four_avx2::<$nt>(w, a, t0, out),
+                    (CodeWidth::Four, true) => four_vnni::<$nt>(w, a, t0, out),
+                    (CodeWidth::Eight, false) => eight_avx2::<$nt>(w, a, t0, out),
+                    (CodeWidth::Eight, true) => eight_vnni::<$nt>(w, a, t0, out),
+                }
+            };
+        }
+        match out.len() {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            _ => go!(4),
         }
     }
 
@@ -143,71 +167,81 @@ mod x86 {
     /// on decode: none 88, 256 B 97, 2 KiB 117 tokens/s; flat beyond.
     const PREFETCH_BYTES: usize = 2048;
 
-    /// The shared loop: `product` gives a block's 8 partial sums from its `codes` pointer and
-    /// the activations `xs`; each block adds `d_w·d_x·Σ` in float; then the row's offset.
+    /// The shared loop over a group's blocks for `NT` tokens: `expand` turns a block's codes
+    /// into 32 bytes once, `product` gives its 8 partial sums with one token's activations;
+    /// each (row, token) adds `d_w·d_x·Σ` in float per block, then the row's offset.
     macro_rules! kernel {
-        ($name:ident, $features:literal, $width:expr, $offset:expr, |$codes:ident, $xs:ident| $product:expr) => {
+        ($name:ident, $features:literal, $width:expr, $offset:expr, expand |$ptr:ident| $expand:expr, product |$codes:ident, $xs:ident| $product:expr) => {
             #[target_feature(enable = $features)]
-            unsafe fn $name(w: RowGroup<'_>, a: &QuantizedActivations, t: usize, out: &mut [f32; GROUP]) {
+            unsafe fn $name<const NT: usize>(w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
                 let bpr = w.blocks;
                 let cb = $width.bytes_per_block();
-                let a0 = t * bpr;
-                let xq = a.qs.as_ptr().add(a0 * BLOCK);
-                let ad = a.d.as_ptr().add(a0);
                 let (wd, wc) = (w.d.as_ptr(), w.codes.as_ptr());
-                let mut acc = [_mm256_setzero_ps(); GROUP];
+                let xq: [*const i8; NT] = std::array::from_fn(|k| a.qs.as_ptr().add((t0 + k) * bpr * BLOCK));
+                let ad: [*const f32; NT] = std::array::from_fn(|k| a.d.as_ptr().add((t0 + k) * bpr));
+                let mut acc = [[_mm256_setzero_ps(); GROUP]; NT];
                 for b in 0..bpr {
                     // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
                     _mm_prefetch::<_MM_HINT_T0>(wc.wrapping_add(b * GROUP * cb + PREFETCH_BYTES) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(wd.wrapping_add(b * GROUP + PREFETCH_BYTES / 4) as *const i8);
-                    let $xs = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
-                    // d_w·d_x for the four rows, then broadcast per row.
-                    let scales = _mm_mul_ps(_mm_loadu_ps(wd.add(b * GROUP)), _mm_set1_ps(*ad.add(b)));
-                    let scales = [
-                        _mm256_broadcastss_ps(scales),
-                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0x55)),
-                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xAA)),
-                        _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xFF)),
-                    ];
-                    for r in 0..GROUP {
-                        let $codes = wc.add((b * GROUP + r) * cb);
-                        let p: __m256i = $product;
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scales[r], acc[r]);
+                    let expanded: [__m256i; GROUP] = std::array::from_fn(|r| {
+                        let $ptr = wc.add((b * GROUP + r) * cb);
+                        $expand
+                    });
+                    let dw = _mm_loadu_ps(wd.add(b * GROUP));
+                    for k in 0..NT {
+                        let $xs = _mm256_loadu_si256(xq[k].add(b * BLOCK) as *const __m256i);
+                        // d_w·d_x for the four rows, then broadcast per row.
+                        let scales = _mm_mul_ps(dw, _mm_set1_ps(*ad[k].add(b)));
+                        let scales = [
+                            _mm256_broadcastss_ps(scales),
+                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0x55)),
+                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xAA)),
+                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xFF)),
+                        ];
+                        for r in 0..GROUP {
+                            let $codes = expanded[r];
+                            let p: __m256i = $product;
+                            acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scales[r], acc[k][r]);
+                        }
                     }
                 }
-                let s = a.s.as_ptr().add(a0);
-                let offsets = match $offset {
-                    Offset::None => _mm_setzero_ps(),
-                    Offset::M => group_offsets(w.m.as_ptr(), s, bpr),
-                    Offset::Bias128 => _mm_mul_ps(_mm_set1_ps(-128.0), group_offsets(wd, s, bpr)),
-                };
-                let mut offs = [0f32; GROUP];
-                _mm_storeu_ps(offs.as_mut_ptr(), offsets);
-                for r in 0..GROUP {
-                    out[r] = hsum(acc[r]) + offs[r];
+                for k in 0..NT {
+                    let s = a.s.as_ptr().add((t0 + k) * bpr);
+                    let offsets = match $offset {
+                        Offset::None => _mm_setzero_ps(),
+                        Offset::M => group_offsets(w.m.as_ptr(), s, bpr),
+                        Offset::Bias128 => _mm_mul_ps(_mm_set1_ps(-128.0), group_offsets(wd, s, bpr)),
+                    };
+                    let mut offs = [0f32; GROUP];
+                    _mm_storeu_ps(offs.as_mut_ptr(), offsets);
+                    for r in 0..GROUP {
+                        out[k][r] = hsum(acc[k][r]) + offs[r];
+                    }
                 }
             }
         };
     }
 
     // u8 × i8 pairs summed to i16 (at most 2·15·127: no saturation), then pairs to i32.
-    kernel!(four_avx2, "avx2,fma", CodeWidth::Four, Offset::M, |codes, xs| _mm256_madd_epi16(
-        _mm256_maddubs_epi16(nibbles(codes), xs),
-        _mm256_set1_epi16(1)
-    ));
-    kernel!(four_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Four, Offset::M, |codes, xs| {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(codes), xs)
-    });
+    kernel!(four_avx2, "avx2,fma", CodeWidth::Four, Offset::M,
+        expand |p| nibbles(p),
+        product |codes, xs| _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xs), _mm256_set1_epi16(1)));
+    kernel!(four_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Four, Offset::M,
+        expand |p| nibbles(p),
+        product |codes, xs| _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xs));
     // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
     // with the sign trick, |w| × sign(x, w), and needs no offset term. VNNI multiplies the
     // unsigned codes exactly and takes 128·Σx back out once per row.
-    kernel!(eight_avx2, "avx2,fma", CodeWidth::Eight, Offset::None, |codes, xs| {
-        let signed = _mm256_xor_si256(_mm256_loadu_si256(codes as *const __m256i), _mm256_set1_epi8(-128));
-        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(signed, signed), _mm256_sign_epi8(xs, signed)), _mm256_set1_epi16(1))
-    });
-    kernel!(eight_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Eight, Offset::Bias128, |codes, xs| {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256(codes as *const __m256i), xs)
-    });
+    kernel!(eight_avx2, "avx2,fma", CodeWidth::Eight, Offset::None,
+        expand |p| _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128)),
+        product |signed, xs| _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(signed, signed), _mm256_sign_epi8(xs, signed)),
+            _mm256_set1_epi16(1)
+        ));
+    kernel!(eight_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Eight, Offset::Bias128,
+        expand |p| _mm256_loadu_si256(p as *const __m256i),
+        product |codes, xs| _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xs));
 }
 
 #[cfg(test)]
@@ -222,8 +256,8 @@ mod tests {
         let d = (0..n).map(|_| rng.random_range(0.001..0.05)).collect();
         let m = if width == CodeWidth::Four { (0..n).map(|_| rng.random_range(-0.4..0.0)).collect() } else { vec![] };
         let codes = (0..n * width.bytes_per_block()).map(|_| rng.random::<u8>()).collect();
-        // Two tokens, including extreme activations (codes of ±127).
-        let mut x: Vec<f32> = (0..2 * blocks * BLOCK).map(|_| rng.random_range(-2.0..2.0)).collect();
+        // Five tokens, including extreme activations (codes of ±127).
+        let mut x: Vec<f32> = (0..5 * blocks * BLOCK).map(|_| rng.random_range(-2.0..2.0)).collect();
         x[3] = 50.0;
         x[BLOCK + 1] = -50.0;
         (d, m, codes, QuantizedActivations::quantize(&x, blocks * BLOCK))
@@ -234,15 +268,26 @@ mod tests {
         for width in [CodeWidth::Four, CodeWidth::Eight] {
             for blocks in [1, 18, 48] {
                 let (d, m, codes, a) = case(width, blocks, blocks as u64);
+                let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
+                let want: Vec<[f32; GROUP]> = (0..5)
+                    .map(|t| {
+                        let mut o = [0.0; GROUP];
+                        group_dot_portable(w, &a, t, &mut o);
+                        o
+                    })
+                    .collect();
                 for isa in Isa::available() {
-                    for t in 0..2 {
-                        let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
-                        let (mut want, mut got) = ([0.0; GROUP], [0.0; GROUP]);
-                        group_dot_portable(w, &a, t, &mut want);
-                        group_dot(isa, w, &a, t, &mut got);
-                        for r in 0..GROUP {
-                            let tol = 1e-4 * want[r].abs().max(1.0);
-                            assert!((want[r] - got[r]).abs() <= tol, "{isa:?} {width:?} blocks {blocks} t {t} r {r}: {} vs {}", want[r], got[r]);
+                    for nt in 1..=max_tokens_per_call(isa) {
+                        for t0 in 0..=5 - nt {
+                            let mut got = vec![[0.0; GROUP]; nt];
+                            group_dot(isa, w, &a, t0, &mut got);
+                            for (k, row) in got.iter().enumerate() {
+                                for r in 0..GROUP {
+                                    let want = want[t0 + k][r];
+                                    let tol = 1e-4 * want.abs().max(1.0);
+                                    assert!((want - row[r]).abs() <= tol, "{isa:?} {width:?} blocks {blocks} nt {nt} t {} r {r}: {want} vs {}", t0 + k, row[r]);
+                                }
+                            }
                         }
                     }
                 }
@@ -255,6 +300,6 @@ mod tests {
     fn short_weights_are_refused() {
         let (d, m, codes, a) = case(CodeWidth::Four, 2, 1);
         let w = RowGroup { width: CodeWidth::Four, blocks: 2, d: &d, m: &m, codes: &codes[1..] };
-        group_dot(Isa::detect(), w, &a, 0, &mut [0.0; GROUP]);
+        group_dot(Isa::detect(), w, &a, 0, &mut [[0.0; GROUP]]);
     }
 }

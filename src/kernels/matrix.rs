@@ -4,7 +4,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::activations::QuantizedActivations;
-use super::dot::{group_dot, CodeWidth, RowGroup, GROUP};
+use super::dot::{group_dot, max_tokens_per_call, CodeWidth, RowGroup, GROUP};
 use super::{Isa, BLOCK};
 
 /// The GGUF block formats these kernels take.
@@ -192,15 +192,20 @@ impl QuantMatrix {
         let threads = rayon::current_num_threads().max(1);
         let tile = self.rows.div_ceil(threads * 4).next_multiple_of(4).max(16);
         // `tile` is a multiple of GROUP, so tiles start on group boundaries.
+        let per_call = max_tokens_per_call(isa);
         let tile_rows = |start: usize, out: &mut [f32], stride: usize| {
             let end = (start + tile).min(self.rows);
-            let mut four = [0f32; GROUP];
-            for t in 0..tokens {
-                for r in (start..end).step_by(GROUP) {
-                    group_dot(isa, self.group(r / GROUP), acts, t, &mut four);
-                    let n = (end - r).min(GROUP);
-                    let at = t * stride + (r - start);
-                    out[at..at + n].copy_from_slice(&four[..n]);
+            let mut block = vec![[0f32; GROUP]; per_call];
+            for r in (start..end).step_by(GROUP) {
+                let n = (end - r).min(GROUP);
+                let group = self.group(r / GROUP);
+                for t0 in (0..tokens).step_by(per_call) {
+                    let nt = per_call.min(tokens - t0);
+                    group_dot(isa, group, acts, t0, &mut block[..nt]);
+                    for (k, four) in block[..nt].iter().enumerate() {
+                        let at = (t0 + k) * stride + (r - start);
+                        out[at..at + n].copy_from_slice(&four[..n]);
+                    }
                 }
             }
         };
