@@ -1,7 +1,10 @@
-//! Benchmarks the engine on a model: load time, prefill and decode speed (medians of several
-//! runs), and optionally writes docs/BENCHMARKS.md.
+//! Benchmarks the engine on a model: load time, memory, prefill and decode speed, aggregate
+//! speed of concurrent sessions, constraint costs (medians of several runs); with
+//! `--llama-bench` also llama.cpp's llama-bench on the same file in the same run. Optionally
+//! writes docs/BENCHMARKS.md.
 //!
-//!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--write FILE]
+//!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G]
+//!              [--llama-bench PATH] [--write FILE]
 
 use std::time::Instant;
 
@@ -14,11 +17,12 @@ struct Args {
     threads: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
+    llama_bench: Option<String>,
     write: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, write: None };
+    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -29,6 +33,7 @@ fn parse() -> Result<Args, String> {
             "--prompt-tokens" => a.prompt_tokens = value()?.parse().map_err(|e| format!("--prompt-tokens: {e}"))?,
             "--gen-tokens" => a.gen_tokens = value()?.parse().map_err(|e| format!("--gen-tokens: {e}"))?,
             "--write" => a.write = Some(value()?),
+            "--llama-bench" => a.llama_bench = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -68,17 +73,49 @@ struct ConstraintNumbers {
     decode: f64,
 }
 
-/// Constraint costs on a structured schema long enough that generation runs to max_tokens.
-fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args) -> ConstraintNumbers {
-    let schema = json!({"type": "array", "minItems": 40, "maxItems": 40, "items": {
+/// llama.cpp's llama-bench on the same model, threads and sizes: (prefill, decode) tokens/s,
+/// medians of its samples.
+fn llama_cpp(path: &str, args: &Args) -> Result<(f64, f64), String> {
+    let out = std::process::Command::new(path)
+        .args(["-m", &args.model, "-t", &args.threads.to_string(), "-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
+        .args(["-r", &args.runs.max(1).to_string(), "-o", "json"])
+        .output()
+        .map_err(|e| format!("cannot run {path}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{path} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")));
+    }
+    let tests: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| format!("llama-bench output: {e}"))?;
+    let rate = |prefill: bool| -> Result<f64, String> {
+        tests
+            .iter()
+            .find(|t| (t["n_prompt"].as_u64().unwrap_or(0) > 0) == prefill && (t["n_gen"].as_u64().unwrap_or(0) > 0) != prefill)
+            .and_then(|t| t["samples_ts"].as_array())
+            .map(|v| median(v.iter().filter_map(|x| x.as_f64()).collect()))
+            .ok_or_else(|| "llama-bench output lacks a result".to_string())
+    };
+    Ok((rate(true)?, rate(false)?))
+}
+
+/// A catalog of 40 products; `bounded` adds string length bounds and a pattern.
+fn catalog_schema(bounded: bool) -> serde_json::Value {
+    let (sku, name) = if bounded {
+        (json!({"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}), json!({"type": "string", "maxLength": 24}))
+    } else {
+        (json!({"type": "string"}), json!({"type": "string"}))
+    };
+    json!({"type": "array", "minItems": 40, "maxItems": 40, "items": {
         "type": "object",
         "properties": {
-            "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
-            "name": {"type": "string", "maxLength": 24},
+            "sku": sku,
+            "name": name,
             "price": {"type": "number", "minimum": 0, "maximum": 1000},
             "tags": {"type": "array", "items": {"enum": ["new", "sale", "eco", "limited"]}, "maxItems": 2}
         },
-        "required": ["sku", "name", "price", "tags"], "additionalProperties": false}});
+        "required": ["sku", "name", "price", "tags"], "additionalProperties": false}})
+}
+
+/// Constraint costs on a structured schema long enough that generation runs to max_tokens.
+fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args, schema: serde_json::Value) -> ConstraintNumbers {
     let constraint = Constraint::json_schema("catalog", schema);
     // The first compilation also builds the token trie and parser factory (once per engine).
     let t = Instant::now();
@@ -155,14 +192,52 @@ fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args) -> Constraint
     }
 }
 
+/// Resident memory of this process, from /proc (0 where there is none).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `sessions` sessions generating at once on one engine: generated tokens per second of wall
+/// time, from the first request to the last result (short prompts, so decode dominates).
+fn bench_concurrent(engine: &Engine, prompt: &[u32], args: &Args, sessions: usize) -> (f64, f64) {
+    let mut rates = Vec::new();
+    let mut totals = Vec::new();
+    for run in 0..=args.runs {
+        let start = Instant::now();
+        let generated: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..sessions)
+                .map(|k| {
+                    scope.spawn(move || {
+                        let sampling = SamplingParams { temperature: 0.7, seed: Some(k as u64 + 1), ..Default::default() };
+                        let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ..Default::default() };
+                        engine.new_session().generate(&Prompt::Tokens(prompt.to_vec()), &opts).expect("generate").stats.generated_tokens
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("session thread")).sum()
+        });
+        if run > 0 {
+            rates.push(generated as f64 / start.elapsed().as_secs_f64());
+            totals.push(generated as f64);
+        }
+    }
+    (median(rates), median(totals))
+}
+
 fn main() {
     let args = parse().unwrap_or_else(|e| {
-        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--write FILE]");
+        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE]");
         std::process::exit(2);
     });
     let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), ..Default::default() };
 
     // Load time: first load warms the page cache; the median of the rest is reported.
+    let rss_before = rss_mib();
+    let mut rss_loaded = 0.0;
     let mut loads = Vec::new();
     let mut engine = None;
     for _ in 0..=args.runs {
@@ -172,6 +247,9 @@ fn main() {
             std::process::exit(1);
         });
         loads.push(t.elapsed().as_secs_f64() * 1e3);
+        if engine.is_none() {
+            rss_loaded = rss_mib();
+        }
         engine = Some(e);
     }
     loads.remove(0);
@@ -196,7 +274,18 @@ fn main() {
         generated.push(r.stats.generated_tokens as f64);
     }
     let (load_ms, pp, tg, gen) = (median(loads), median(prefill), median(decode), median(generated));
-    let cn = bench_constraints(&engine, &prompt, &args);
+    let rss_after_runs = rss_mib();
+    let short: Vec<u32> = prompt.iter().take(32).copied().collect();
+    let concurrent: Vec<(usize, f64, f64)> = [1, 4, 8]
+        .into_iter()
+        .map(|n| {
+            let (rate, total) = bench_concurrent(&engine, &short, &args, n);
+            (n, rate, total)
+        })
+        .collect();
+    let cn = bench_constraints(&engine, &prompt, &args, catalog_schema(true));
+    let unbounded = bench_constraints(&engine, &prompt, &args, catalog_schema(false));
+    let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, &args));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -206,27 +295,67 @@ fn main() {
     println!("load         {load_ms:.0} ms (median of {}, page cache warm)", args.runs);
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
+    println!("memory       RSS {rss_before:.0} MiB before load, {rss_loaded:.0} MiB after the first load, {rss_after_runs:.0} MiB after the runs");
+    for (n, rate, total) in &concurrent {
+        println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
+    }
+    println!("compute      {}", engine.info().compute);
     println!("constraint   first compile {:.0} ms (builds the token trie), cold compile {:.0} µs, cache hit p50 {:.2} µs / p99 {:.2} µs", cn.first_compile_ms, cn.cold_us, cn.hit_p50_us, cn.hit_p99_us);
     println!("mask         mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs per sampled token (replayed, warm caches)", cn.replay_mean_us, cn.replay_p50_us, cn.replay_p99_us);
     println!("mask in loop mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs wall (overlapping the forward pass)", cn.mask_mean_us, cn.mask_p50_us, cn.mask_p99_us);
     println!("constrained  {:.1} tokens/s ({:.0} generated, {:.0} forced) = {:.2}x unconstrained", cn.decode, cn.generated, cn.forced, cn.decode / tg);
+    println!("unbounded    mask mean {:.1} µs replayed, {:.1} µs in loop (same schema without string length bounds)", unbounded.replay_mean_us, unbounded.mask_mean_us);
+    match &llama {
+        Some(Ok((lpp, ltg))) => println!("llama.cpp    prefill {lpp:.1} tokens/s, decode {ltg:.1} tokens/s -> Maze {:.2}x / {:.2}x", pp / lpp, tg / ltg),
+        Some(Err(e)) => println!("llama.cpp    not measured: {e}"),
+        None => println!("llama.cpp    not measured (pass --llama-bench PATH; make bench builds it)"),
+    }
 
     if let Some(path) = args.write {
         let cmd = format!(
-            "cargo run --release --bin maze-bench -- --model {model_name} --runs {} --threads {} --prompt-tokens {} --gen-tokens {} --write {path}",
+            "maze-bench --model {model_name} --runs {} --threads {} --prompt-tokens {} --gen-tokens {} --llama-bench llama-bench --write {path}",
             args.runs, args.threads, args.prompt_tokens, args.gen_tokens
         );
+        let (pt, gt, runs, threads) = (args.prompt_tokens, args.gen_tokens, args.runs, args.threads);
+        let compute = &engine.info().compute;
+        let llama_rows = match &llama {
+            Some(Ok((lpp, ltg))) => format!(
+                "| llama.cpp (llama-bench, same run) | {lpp:.1} | {ltg:.1} |\n| **Maze / llama.cpp** | **{:.2}×** | **{:.2}×** |\n",
+                pp / lpp,
+                tg / ltg
+            ),
+            Some(Err(e)) => format!("| llama.cpp | not measured: {e} | |\n"),
+            None => "| llama.cpp | not measured in this run | |\n".to_string(),
+        };
+        let single = concurrent.first().map(|c| c.1).unwrap_or(0.0);
+        let concurrency_rows: String = concurrent
+            .iter()
+            .map(|(n, rate, total)| format!("| {n} | {rate:.1} | {:.2}× | {total:.0} |\n", rate / single.max(1e-9)))
+            .collect();
         let doc = format!(
             "# Benchmarks\n\n\
-             Produced by `make bench`, i.e.\n\n```\n{cmd}\n```\n\n\
-             Machine: {cpu}, {threads} threads, CPU backend. Medians of {runs} runs after one warm-up run; \
-             each run uses a fresh session (no KV reuse).\n\n\
-             | model | load (ms) | prefill tokens/s (pp{pt}) | decode tokens/s (tg{gt}) |\n\
-             |---|---|---|---|\n\
-             | {model_name} | {load_ms:.0} | {pp:.1} | {tg:.1} |\n\n\
-             Definitions: load = `Engine::load` with the file in the page cache (tokenizer, chat template and \
-             weights). Prefill = prompt tokens / time from the start of the prompt computation to the first \
-             sampled token. Decode = (generated tokens − 1) / time after the first token; sampling included.\n\n\
+             Produced by `make bench`, which fetches the model, builds llama.cpp's `llama-bench` from the \
+             llama-cpp-python sdist (scripts/build-llama-bench.sh) and runs\n\n```\n{cmd}\n```\n\n\
+             Machine: {cpu}, {threads} threads. Compute path: {compute}. Medians of {runs} runs after one \
+             warm-up run; each run uses a fresh session (no KV reuse).\n\n\
+             ## Single stream\n\n\
+             | | prefill tokens/s (pp{pt}) | decode tokens/s (tg{gt}) |\n|---|---|---|\n\
+             | Maze | {pp:.1} | {tg:.1} ({gen:.0} tokens generated) |\n{llama_rows}\n\
+             Targets (issue 8): ≥ 1.2× llama.cpp for both. Prefill = prompt tokens / time from the start of the \
+             prompt computation to the first sampled token. Decode = (generated tokens − 1) / time after the first \
+             token, sampling included. llama-bench measures its own pp{pt} and tg{gt} tests.\n\n\
+             ## Load and memory\n\n\
+             | measure | value |\n|---|---|\n\
+             | load (`Engine::load`, file in the page cache) | {load_ms:.0} ms |\n\
+             | resident memory before loading | {rss_before:.0} MiB |\n\
+             | resident memory after loading | {rss_loaded:.0} MiB |\n\
+             | resident memory after the single-stream runs | {rss_after_runs:.0} MiB |\n\n\
+             ## Concurrent sessions\n\n\
+             Several sessions generating {gt} tokens each from a 32-token prompt on one engine; the model worker \
+             batches every active session into one forward pass per step. Aggregate = all generated tokens / wall \
+             time from the first request to the last result (prefill included).\n\n\
+             | sessions | aggregate tokens/s | vs 1 session | tokens generated |\n|---|---|---|---|\n{concurrency_rows}\n\
+             Target (issue 8): 8 sessions ≥ 3× the single-session aggregate.\n\n\
              ## Constraints\n\n\
              Schema: an array of exactly 40 product objects (pattern, maxLength, number bounds, enum array), long \
              enough that every run reaches max_tokens like the unconstrained one.\n\n\
@@ -236,23 +365,17 @@ fn main() {
              | compile, cache hit (p50 / p99 of 2000) | {hp50:.2} / {hp99:.2} µs | ≤ 5 µs |\n\
              | mask per sampled token, replayed back to back (warm CPU caches): mean / p50 / p99 | {rm:.1} / {rp50:.1} / {rp99:.1} µs | mean ≤ 50 µs |\n\
              | mask per token in the decode loop (wall time while overlapping the forward pass): mean / p50 / p99 | {mm:.1} / {mp50:.1} / {mp99:.1} µs | |\n\
+             | the same schema without string length bounds or pattern: mask mean, replayed / in the loop | {um:.1} / {uml:.1} µs | |\n\
              | decode, constrained | {cd:.1} tokens/s ({cg:.0} tokens, {cf:.0} of them forced) | |\n\
              | constrained / unconstrained decode | {ratio:.2}× | ≥ 0.98× |\n\n\
-             The mask for the next token is computed while the forward pass runs (rayon::join). On 2 cores \
-             both compete for the same threads, which inflates the in-loop wall time but not the decode rate. \
-             The replay measures the mask alone with warm caches; inside the decode loop each mask follows a \
-             forward pass that evicts the caches, and costs more. Only the warm replay meets the 50 µs target; \
-             the in-loop cost does not yet, and where llguidance spends that time has not been profiled. Forced tokens (keys, punctuation the schema dictates) are appended without \
-             sampling and computed in one forward call.\n\n\
-             For scale (from issue 8, llama.cpp `llama-bench -t 2` on the same kind of machine and file; not \
-             measured by this command): llama.cpp decodes ≈126 tokens/s and prefills ≈318 tokens/s. Q4_1 \
-             matrices run on Maze's own AVX2 kernel (src/kernels/q4_1.rs; candle 0.11's Q4_1 path is scalar \
-             and gave ≈40 prefill / ≈28 decode tokens/s here); everything else in the forward pass is still \
-             candle's. Closing the gap to llama.cpp is issue 8.\n",
-            threads = args.threads,
-            runs = args.runs,
-            pt = args.prompt_tokens,
-            gt = args.gen_tokens,
+             The mask for the next token is computed while the forward pass runs (rayon::join), so it costs \
+             decode time only where it outlasts the forward pass. Its own cost depends on the schema: inside a \
+             string with a length bound (maxLength, or a pattern) llguidance 1.9.1 cannot use its precomputed \
+             token-set slices and walks the whole 49k-token trie (≈100 µs a token here); elsewhere a mask takes a \
+             few µs. In the loop each mask also starts with CPU caches the forward pass has just evicted \
+             (flushing 64 MB before each replayed mask adds ≈25–30 µs). The mean therefore moves with what the \
+             model writes. Forced tokens (keys, punctuation the schema dictates) are appended without sampling and \
+             computed in one forward call.\n",
             fc = cn.first_compile_ms,
             cold = cn.cold_us,
             hp50 = cn.hit_p50_us,
@@ -263,6 +386,8 @@ fn main() {
             mm = cn.mask_mean_us,
             mp50 = cn.mask_p50_us,
             mp99 = cn.mask_p99_us,
+            um = unbounded.replay_mean_us,
+            uml = unbounded.mask_mean_us,
             cd = cn.decode,
             cg = cn.generated,
             cf = cn.forced,

@@ -49,45 +49,78 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// From GGUF bytes (row-major, `cols / 32` blocks per row).
     pub fn from_gguf_bytes(format: WeightFormat, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::from_gguf_parts(format, &[(bytes, rows)], cols)
+    }
+
+    /// Several GGUF matrices of the same format and width, their rows one after another in one
+    /// matrix (Q, K and V as one), repacked in parallel on the current rayon pool. Every part
+    /// but the last must have a multiple of four rows, so groups never straddle parts.
+    pub fn from_gguf_parts(format: WeightFormat, parts: &[(&[u8], usize)], cols: usize) -> Result<Self, String> {
         if cols % BLOCK != 0 {
             return Err(format!("{format:?} row length {cols} is not a multiple of {BLOCK}"));
         }
-        let n_blocks = rows * cols / BLOCK;
         let block_bytes = format.gguf_block_bytes();
-        if bytes.len() != n_blocks * block_bytes {
-            return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), n_blocks * block_bytes));
-        }
-        let half = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
-        let width = format.width();
-        let cb = width.bytes_per_block();
         let bpr = cols / BLOCK;
-        // Rows interleaved in groups of four (see RowGroup); a last partial group is padded
-        // with zero rows, whose outputs are dropped.
-        let slots = rows.next_multiple_of(GROUP) * bpr;
-        let mut d = vec![0f32; slots];
-        let mut m = vec![0f32; if width == CodeWidth::Four { slots } else { 0 }];
-        let mut codes = vec![if width == CodeWidth::Eight { 0x80 } else { 0 }; slots * cb];
-        for (i, b) in bytes.chunks_exact(block_bytes).enumerate() {
-            let (row, block) = (i / bpr, i % bpr);
-            let slot = ((row / GROUP) * bpr + block) * GROUP + row % GROUP;
-            let scale = half(b, 0);
-            d[slot] = scale;
-            let dst = &mut codes[slot * cb..(slot + 1) * cb];
-            match format {
-                WeightFormat::Q4_0 => {
-                    m[slot] = -8.0 * scale;
-                    dst.copy_from_slice(&b[2..18]);
-                }
-                WeightFormat::Q4_1 => {
-                    m[slot] = half(b, 2);
-                    dst.copy_from_slice(&b[4..20]);
-                }
-                WeightFormat::Q8_0 => {
-                    // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
-                    dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80);
-                }
+        for (i, (bytes, rows)) in parts.iter().enumerate() {
+            if bytes.len() != rows * bpr * block_bytes {
+                return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), rows * bpr * block_bytes));
+            }
+            if i + 1 < parts.len() && rows % GROUP != 0 {
+                return Err(format!("stacked part {i} has {rows} rows, not a multiple of {GROUP}"));
             }
         }
+        let rows: usize = parts.iter().map(|p| p.1).sum();
+        let width = format.width();
+        let cb = width.bytes_per_block();
+        let groups = rows.div_ceil(GROUP);
+        let slots = groups * GROUP * bpr;
+        let has_m = width == CodeWidth::Four;
+        // Rows interleaved in groups of four (see RowGroup); a last partial group is padded
+        // with zero rows, whose outputs are dropped.
+        let mut d = vec![0f32; slots];
+        let mut m = vec![0f32; if has_m { slots } else { 0 }];
+        let mut codes = vec![if width == CodeWidth::Eight { 0x80 } else { 0 }; slots * cb];
+        // Row r's GGUF bytes.
+        let source = |mut r: usize| -> Option<&[u8]> {
+            for (bytes, n) in parts {
+                if r < *n {
+                    return Some(&bytes[r * bpr * block_bytes..(r + 1) * bpr * block_bytes]);
+                }
+                r -= n;
+            }
+            None
+        };
+        let half = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let group_len = GROUP * bpr;
+        let mut m_chunks: Vec<&mut [f32]> = if has_m { m.chunks_mut(group_len).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        d.par_chunks_mut(group_len)
+            .zip(codes.par_chunks_mut(group_len * cb))
+            .zip(m_chunks.par_iter_mut())
+            .enumerate()
+            .for_each(|(g, ((d, codes), m))| {
+                for r in 0..GROUP {
+                    let Some(row) = source(g * GROUP + r) else { continue };
+                    for (block, b) in row.chunks_exact(block_bytes).enumerate() {
+                        let slot = block * GROUP + r;
+                        let scale = half(b, 0);
+                        d[slot] = scale;
+                        let dst = &mut codes[slot * cb..(slot + 1) * cb];
+                        match format {
+                            WeightFormat::Q4_0 => {
+                                m[slot] = -8.0 * scale;
+                                dst.copy_from_slice(&b[2..18]);
+                            }
+                            WeightFormat::Q4_1 => {
+                                m[slot] = half(b, 2);
+                                dst.copy_from_slice(&b[4..20]);
+                            }
+                            // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
+                            WeightFormat::Q8_0 => dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80),
+                        }
+                    }
+                }
+            });
+        drop(m_chunks);
         Ok(Self { format, rows, cols, d, m, codes })
     }
 
@@ -317,6 +350,10 @@ mod tests {
             assert_eq!(os[t * 12..t * 12 + 8], oa[t * 8..t * 8 + 8]);
             assert_eq!(os[t * 12 + 8..t * 12 + 12], ob[t * 4..t * 4 + 4]);
         }
+        let (ab, bb) = (random_gguf(f, 8, 64, 1), random_gguf(f, 4, 64, 2));
+        let direct = QuantMatrix::from_gguf_parts(f, &[(&ab, 8), (&bb, 4)], 64).unwrap();
+        assert_eq!(direct.dequantize(), s.dequantize());
+        assert!(QuantMatrix::from_gguf_parts(f, &[(&random_gguf(f, 3, 64, 4), 3), (&bb, 4)], 64).is_err(), "a 3-row part would straddle groups");
         let odd = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 3, 64, 4), 3, 64).unwrap();
         assert!(QuantMatrix::stack(&[&a, &odd]).is_none());
         let q8 = QuantMatrix::from_gguf_bytes(WeightFormat::Q8_0, &random_gguf(WeightFormat::Q8_0, 4, 64, 5), 4, 64).unwrap();

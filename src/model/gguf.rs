@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
 use crate::error::{candle_message, Error, ErrorKind, Result};
@@ -173,6 +173,23 @@ impl GgufFile {
 
     pub fn i32_array(&self, key: &str) -> Result<Vec<i32>> {
         self.array(key)?.iter().map(|v| v.to_i32().map_err(|e| self.bad(key, e))).collect()
+    }
+
+    /// Block type and shape (outermost dimension first) of a tensor, if the file has it.
+    pub fn tensor_layout(&self, name: &str) -> Option<(GgmlDType, Vec<usize>)> {
+        self.content.tensor_infos.get(name).map(|i| (i.ggml_dtype, i.shape.dims().to_vec()))
+    }
+
+    /// A tensor's raw GGUF blocks, read straight from the file into memory the caller repacks
+    /// from (no intermediate tensor). A missing tensor is a format error that names it.
+    pub fn tensor_data(&mut self, name: &str) -> Result<Vec<u8>> {
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display())))?;
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut data = vec![0u8; self.tensor_bytes(name) as usize];
+        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("'{}': cannot read tensor '{name}': {e}", self.path.display()));
+        self.reader.seek(SeekFrom::Start(start)).map_err(io)?;
+        self.reader.read_exact(&mut data).map_err(io)?;
+        Ok(data)
     }
 
     /// Reads one tensor. A missing tensor is a format error that names it.

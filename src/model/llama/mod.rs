@@ -121,8 +121,6 @@ enum Implementation {
 struct TensorLlama {
     hp: Hyper,
     device: Device,
-    /// No `output.weight`: the output layer is `token_embd.weight`.
-    tied_output: bool,
     embeddings: QTensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
@@ -231,7 +229,36 @@ impl Llama {
                 names.push(format!("blk.{i}.{t}.weight"));
             }
         }
+        // Llama 3.1-style frequency factors, when the file carries them.
+        let freq_factors = if file.has_tensor("rope_freqs.weight") {
+            Some(dequant(file.tensor("rope_freqs.weight", &device)?, &device)?.to_vec1::<f32>().map_err(Error::backend)?)
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(head_dim, hp.rope_base, freq_factors.as_deref(), context_length, &device)?;
+        let name = file
+            .opt_str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         let total: u64 = names.iter().map(|n| file.tensor_bytes(n)).sum::<u64>().max(1);
+        let info = |vocab_size: usize, compute: String| ModelInfo {
+            architecture: arch.to_string(),
+            name: name.clone(),
+            vocab_size,
+            trained_context_length,
+            context_length,
+            n_layers: hp.n_layers,
+            embedding_length: dim,
+            compute,
+        };
+        if !opts.tensor_forward && device.is_cpu() {
+            if let Some(native) = native_from_file(file, &hp, &names, total, progress)? {
+                let rope = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend);
+                let native = native::NativeLlama { cos: rope(&cos)?, sin: rope(&sin)?, ..native };
+                let info = info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
+                return Ok(Self { info, imp: Implementation::Native(native) });
+            }
+        }
         let mut done = 0u64;
         let mut read = |file: &mut GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
             let t = file.tensor(name, &device)?;
@@ -288,42 +315,13 @@ impl Llama {
                 down: linear(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
             });
         }
-        // Llama 3.1-style frequency factors, when the file carries them.
-        let freq_factors = if file.has_tensor("rope_freqs.weight") {
-            Some(dequant(file.tensor("rope_freqs.weight", &device)?, &device)?.to_vec1::<f32>().map_err(Error::backend)?)
-        } else {
-            None
-        };
-        let (cos, sin) = rope_tables(head_dim, hp.rope_base, freq_factors.as_deref(), context_length, &device)?;
-        let name = file
-            .opt_str("general.name")
-            .map(str::to_string)
-            .unwrap_or_else(|| file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-        let mut info = ModelInfo {
-            architecture: arch.to_string(),
-            name,
-            vocab_size,
-            trained_context_length,
-            context_length,
-            n_layers: hp.n_layers,
-            embedding_length: dim,
-            compute: String::new(),
-        };
+        let mut info = info(vocab_size, String::new());
         if !progress(1.0) {
             return Err(Error::load_cancelled());
         }
-        let tensors = TensorLlama { hp, device, tied_output: !has_output, embeddings, layers, output_norm, output, cos, sin };
-        let imp = match (opts.tensor_forward, tensors.to_native()?) {
-            (false, Some(native)) => {
-                info.compute = format!("cpu native, {}", crate::kernels::Isa::detect().name());
-                Implementation::Native(native)
-            }
-            _ => {
-                info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
-                Implementation::Tensors(tensors)
-            }
-        };
-        Ok(Self { info, imp })
+        let tensors = TensorLlama { hp, device, embeddings, layers, output_norm, output, cos, sin };
+        info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
+        Ok(Self { info, imp: Implementation::Tensors(tensors) })
     }
 
     /// Whether this instance runs the native CPU forward pass (else candle's tensors).
@@ -333,42 +331,6 @@ impl Llama {
 }
 
 impl TensorLlama {
-    /// The same weights for the native forward pass, when it can take every one of them:
-    /// CPU, and all matrices in our kernels' formats. Shares the repacked matrices.
-    fn to_native(&self) -> Result<Option<native::NativeLlama>> {
-        let own = |l: &Linear| if let Linear::Own(m) = l { Some(m.clone()) } else { None };
-        let stacked = |p: &Projections| if let Projections::Stacked(m, _) = p { Some(m.clone()) } else { None };
-        if !self.device.is_cpu() {
-            return Ok(None);
-        }
-        let Some(output) = own(&self.output) else { return Ok(None) };
-        let embeddings = match self.tied_output {
-            // The output layer is the embedding table: one copy serves both.
-            true => output.clone(),
-            false => match own_matrix(&self.embeddings)? {
-                Some(e) => Arc::new(e),
-                None => return Ok(None),
-            },
-        };
-        let floats = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend);
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
-            let (Some(qkv), Some(wo), Some(gate_up), Some(down)) = (stacked(&l.qkv), own(&l.wo), stacked(&l.gate_up), own(&l.down)) else {
-                return Ok(None);
-            };
-            layers.push(native::NativeLayer { attn_norm: floats(&l.attn_norm)?, qkv, wo, ffn_norm: floats(&l.ffn_norm)?, gate_up, down });
-        }
-        Ok(Some(native::NativeLlama {
-            hp: self.hp.clone(),
-            embeddings,
-            output,
-            output_norm: floats(&self.output_norm)?,
-            layers,
-            cos: floats(&self.cos)?,
-            sin: floats(&self.sin)?,
-        }))
-    }
-
     fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hp = &self.hp;
@@ -529,6 +491,92 @@ impl LanguageModel for Llama {
         };
         results.into_iter().map(|r| r.unwrap_or_else(|| logits.next().ok_or_else(|| Error::new(ErrorKind::Internal, "batch lost a row")))).collect()
     }
+}
+
+/// The native model read straight from the file: raw GGUF blocks repacked into our kernels'
+/// form (Q/K/V and gate/up stacked as they are read), with no intermediate tensors. `None`
+/// (nothing read) when some matrix is in a format our kernels do not take; RoPE tables are
+/// left empty for the caller.
+fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
+    let format = |file: &GgufFile, name: &str| match file.tensor_layout(name).map(|l| l.0) {
+        Some(GgmlDType::Q4_0) => Some(WeightFormat::Q4_0),
+        Some(GgmlDType::Q4_1) => Some(WeightFormat::Q4_1),
+        Some(GgmlDType::Q8_0) => Some(WeightFormat::Q8_0),
+        _ => None,
+    };
+    let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
+    let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
+    let mut usable = format(file, "token_embd.weight").is_some() && format(file, output_name).is_some();
+    for i in 0..hp.n_layers {
+        let f = |t: &str| format(file, &format!("blk.{i}.{t}.weight"));
+        let same = |ts: &[&str]| ts.iter().all(|t| f(t).is_some() && f(t) == f(ts[0]));
+        usable &= same(&["attn_q", "attn_k", "attn_v"]) && same(&["ffn_gate", "ffn_up"]) && f("attn_output").is_some() && f("ffn_down").is_some();
+    }
+    // Stacked parts other than the last need whole groups of four rows.
+    usable &= q_dim % 4 == 0 && kv_dim % 4 == 0 && hp.ffn_dim % 4 == 0;
+    if !usable {
+        return Ok(None);
+    }
+    let mut done = 0u64;
+    let mut read = |file: &mut GgufFile, name: &str, rows: Option<usize>, cols: usize| -> Result<Vec<u8>> {
+        let dims = file.tensor_layout(name).map(|l| l.1).unwrap_or_default();
+        let ok = match rows {
+            Some(r) => dims == [r, cols],
+            None => dims.len() == 2 && dims[1] == cols,
+        };
+        if !ok {
+            let want = rows.map(|r| format!("[{r}, {cols}]")).unwrap_or_else(|| format!("[vocab, {cols}]"));
+            return Err(Error::model_format(format!("'{}': tensor '{name}' has shape {dims:?}, expected {want}", file.path().display())));
+        }
+        let data = file.tensor_data(name)?;
+        done += data.len() as u64;
+        if !progress(done as f32 / total as f32) {
+            return Err(Error::load_cancelled());
+        }
+        Ok(data)
+    };
+    let matrix = |format: WeightFormat, parts: &[(&[u8], usize)], cols: usize| -> Result<Arc<QuantMatrix>> {
+        QuantMatrix::from_gguf_parts(format, parts, cols).map(Arc::new).map_err(Error::model_format)
+    };
+    let floats = |file: &mut GgufFile, name: &str, len: usize| -> Result<Vec<f32>> {
+        let v = dequant(file.tensor(name, &Device::Cpu)?, &Device::Cpu)?.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend)?;
+        if v.len() != len {
+            return Err(Error::model_format(format!("'{}': tensor '{name}' has {} values, expected {len}", file.path().display(), v.len())));
+        }
+        Ok(v)
+    };
+    let dim = hp.dim;
+    let embd = read(file, "token_embd.weight", None, dim)?;
+    let embd_format = format(file, "token_embd.weight").expect("checked");
+    let vocab = embd.len() / (dim / crate::kernels::BLOCK) / embd_format.gguf_block_bytes();
+    let embeddings = matrix(embd_format, &[(&embd, vocab)], dim)?;
+    drop(embd);
+    let output = if output_name == "output.weight" {
+        let output_format = format(file, output_name).expect("checked");
+        let bytes = read(file, output_name, Some(vocab), dim)?;
+        matrix(output_format, &[(&bytes, vocab)], dim)?
+    } else {
+        // Tied: the output layer is the embedding table; one copy serves both.
+        embeddings.clone()
+    };
+    let output_norm = floats(file, "output_norm.weight", dim)?;
+    let mut layers = Vec::with_capacity(hp.n_layers);
+    for i in 0..hp.n_layers {
+        let n = |t: &str| format!("blk.{i}.{t}.weight");
+        let [fq, fo, fg, fd] = ["attn_q", "attn_output", "ffn_gate", "ffn_down"].map(|t| format(file, &n(t)).expect("checked"));
+        let (q, k, v) = (read(file, &n("attn_q"), Some(q_dim), dim)?, read(file, &n("attn_k"), Some(kv_dim), dim)?, read(file, &n("attn_v"), Some(kv_dim), dim)?);
+        let qkv = matrix(fq, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], dim)?;
+        let wo = matrix(fo, &[(&read(file, &n("attn_output"), Some(dim), q_dim)?, dim)], q_dim)?;
+        let (g, u) = (read(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?, read(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?);
+        let gate_up = matrix(fg, &[(&g, hp.ffn_dim), (&u, hp.ffn_dim)], dim)?;
+        let down = matrix(fd, &[(&read(file, &n("ffn_down"), Some(dim), hp.ffn_dim)?, dim)], hp.ffn_dim)?;
+        layers.push(native::NativeLayer { attn_norm: floats(file, &n("attn_norm"), dim)?, qkv, wo, ffn_norm: floats(file, &n("ffn_norm"), dim)?, gate_up, down });
+    }
+    debug_assert!(names.iter().all(|n| file.has_tensor(n) || n == "output.weight"));
+    if !progress(1.0) {
+        return Err(Error::load_cancelled());
+    }
+    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, cos: Vec::new(), sin: Vec::new() }))
 }
 
 fn qmatmul(t: QTensor) -> Result<QMatMul> {
