@@ -46,6 +46,10 @@ pub struct QuantMatrix {
     codes: Vec<u8>,
 }
 
+/// Tasks per thread in one matmul: more balance the threads, fewer cost fewer wake-ups
+/// (measured on decode with 2 threads: 2 → 104, 4 → 118-121, 8 → 110 tokens/s).
+const TASKS_PER_THREAD: usize = 4;
+
 impl QuantMatrix {
     /// From GGUF bytes (row-major, `cols / 32` blocks per row).
     pub fn from_gguf_bytes(format: WeightFormat, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
@@ -223,7 +227,7 @@ impl QuantMatrix {
         let tokens = acts.tokens;
         // Few, large tasks: each costs a wake-up; enough of them to balance the threads.
         let threads = rayon::current_num_threads().max(1);
-        let tile = self.rows.div_ceil(threads * 4).next_multiple_of(4).max(16);
+        let tile = self.rows.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(4).max(16);
         // `tile` is a multiple of GROUP, so tiles start on group boundaries.
         let per_call = max_tokens_per_call(isa);
         let tile_rows = |start: usize, out: &mut [f32], stride: usize| {

@@ -11,6 +11,7 @@
 //! against the portable reference in [`dot`].
 
 pub mod activations;
+pub mod attention;
 pub mod dot;
 pub mod matrix;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::Hyper;
-use crate::kernels::QuantMatrix;
+use crate::kernels::attention::{attend, HeadCache};
+use crate::kernels::{Isa, QuantMatrix};
 
 pub(super) struct NativeLayer {
     pub attn_norm: Vec<f32>,
@@ -70,19 +71,6 @@ fn rms_norm(x: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
     for ((o, v), w) in x.iter_mut().zip(from).zip(weight) {
         *o = v * scale * w;
     }
-}
-
-/// Σ a·b with eight independent sums, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn silu(x: f32) -> f32 {
@@ -188,31 +176,15 @@ impl NativeLlama {
         let group = hp.n_heads / hp.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; rows.len() * q_dim];
+        let isa = Isa::detect();
         let one_row = |r: usize, out: &mut [f32]| {
             let (item, pos) = rows[r];
             let (keys, values) = &batch[item].cache.layers[l];
             let q = &qkv[r * width..r * width + q_dim];
             let mut scores = vec![0f32; pos + 1];
             for head in 0..hp.n_heads {
-                let kv = (head / group) * hd;
-                let qh = &q[head * hd..(head + 1) * hd];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let k = &keys[j * kv_dim + kv..j * kv_dim + kv + hd];
-                    *s = dot(qh, k) * scale;
-                }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let oh = &mut out[head * hd..(head + 1) * hd];
-                oh.fill(0.0);
-                for (j, s) in scores.iter().enumerate() {
-                    let v = &values[j * kv_dim + kv..j * kv_dim + kv + hd];
-                    let w = s / total;
-                    oh.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                }
+                let cache = HeadCache { keys, values, stride: kv_dim, offset: (head / group) * hd };
+                attend(isa, &q[head * hd..(head + 1) * hd], cache, pos + 1, scale, &mut scores, &mut out[head * hd..(head + 1) * hd]);
             }
         };
         // Parallel over rows only when there is enough work to pay for waking threads.
