@@ -84,8 +84,11 @@ c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
 	  $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
 
+# Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
+# build fails the benchmark still runs and the report says llama.cpp was not measured.
 bench: model
-	$(CARGO) run --release --bin maze-bench -- --model "$(MODEL)" --write docs/BENCHMARKS.md
+	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
+	$(CARGO) run --release --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -349,7 +349,7 @@ fn main() {
              | load (`Engine::load`, file in the page cache) | {load_ms:.0} ms |\n\
              | resident memory before loading | {rss_before:.0} MiB |\n\
              | resident memory after loading | {rss_loaded:.0} MiB |\n\
-             | resident memory after the single-stream runs | {rss_after_runs:.0} MiB |\n\n\
+             | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n\
              ## Concurrent sessions\n\n\
              Several sessions generating {gt} tokens each from a 32-token prompt on one engine; the model worker \
              batches every active session into one forward pass per step. Aggregate = all generated tokens / wall \
@@ -376,6 +376,8 @@ fn main() {
              (flushing 64 MB before each replayed mask adds ≈25–30 µs). The mean therefore moves with what the \
              model writes. Forced tokens (keys, punctuation the schema dictates) are appended without sampling and \
              computed in one forward call.\n",
+            loads = runs + 1,
+            runs1 = runs + 1,
             fc = cn.first_compile_ms,
             cold = cn.cold_us,
             hp50 = cn.hit_p50_us,
