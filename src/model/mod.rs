@@ -108,13 +108,14 @@ pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedModel> {
     let mut file = GgufFile::open(opts.model_path)?;
     let architecture = file.str("general.architecture")?.to_string();
-    let tokenizer = match opts.tokenizer_path {
-        Some(p) => Tokenizer::from_json_file(p)?,
-        None if file.has_key("tokenizer.ggml.model") => Tokenizer::from_gguf(&file)?,
+    let from_gguf = opts.tokenizer_path.is_none() && file.has_key("tokenizer.ggml.model");
+    let other_tokenizer = match opts.tokenizer_path {
+        _ if from_gguf => None,
+        Some(p) => Some(Tokenizer::from_json_file(p)?),
         None => {
             let beside = opts.model_path.with_file_name("tokenizer.json");
             if beside.is_file() {
-                Tokenizer::from_json_file(&beside)?
+                Some(Tokenizer::from_json_file(&beside)?)
             } else {
                 return Err(Error::new(
                     ErrorKind::Tokenizer,
@@ -126,21 +127,30 @@ pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedMode
             }
         }
     };
+    let (tokenizer, model) = std::thread::scope(|scope| {
+        // Building the tokenizer from GGUF metadata (tens of ms for a 49k vocabulary) needs no
+        // weights: it runs on a second handle to the file while this thread loads them.
+        let from_metadata = from_gguf.then(|| scope.spawn(|| Tokenizer::from_gguf(&GgufFile::open(opts.model_path)?)));
+        let model: Result<Arc<dyn LanguageModel>> = match architecture.as_str() {
+            "llama" => llama::Llama::load(&mut file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>),
+            other => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("'{}': architecture '{other}' is not supported (supported: llama)", opts.model_path.display()),
+            )),
+        };
+        let tokenizer = match (from_metadata, other_tokenizer) {
+            (Some(handle), _) => handle.join().unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref()))),
+            (None, Some(t)) => Ok(t),
+            (None, None) => Err(Error::new(ErrorKind::Internal, "no tokenizer source")),
+        };
+        (tokenizer, model)
+    });
+    // A tokenizer problem is reported first, as when the two were loaded one after the other.
+    let tokenizer = tokenizer?;
+    let model = model?;
     let chat_template = match file.opt_str("tokenizer.chat_template") {
         Some(src) => Some(Arc::new(ChatTemplate::new(src, &tokenizer)?)),
         None => None,
-    };
-    let model: Arc<dyn LanguageModel> = match architecture.as_str() {
-        "llama" => Arc::new(llama::Llama::load(&mut file, opts, progress)?),
-        other => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "'{}': architecture '{other}' is not supported (supported: llama)",
-                    opts.model_path.display()
-                ),
-            ))
-        }
     };
     if model.info().vocab_size < tokenizer.vocab_size() {
         return Err(Error::model_format(format!(
