@@ -169,7 +169,7 @@ impl Worker {
             let session = active.job.session;
             let plan = match self.sequences.get_mut(&session) {
                 Some(seq) => self.pool.install(|| catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, &mut budget)))),
-                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(Error::new(ErrorKind::Internal, "the session's state is gone"))))),
+                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
             };
             plans.push(plan.unwrap_or_else(|payload| {
                 self.sequences.remove(&session);
@@ -187,7 +187,7 @@ impl Worker {
                     (Ok((logits, mask)), Some(seq)) => apply(&mut self.active[i], seq, tokens, after, logits, mask),
                     (Err(e), Some(seq)) => failed(&self.active[i], seq, e),
                     (Err(e), None) => Some(Plan::Finished(FinishReason::Error, Some(e))),
-                    (Ok(_), None) => Some(Plan::Finished(FinishReason::Error, Some(Error::new(ErrorKind::Internal, "the session's state is gone")))),
+                    (Ok(_), None) => Some(Plan::Finished(FinishReason::Error, Some(state_gone()))),
                 };
             }
         }
@@ -214,7 +214,7 @@ impl Worker {
             which.iter().filter_map(|&i| { let id = self.active[i].job.session; self.sequences.remove(&id).map(|s| (id, s)) }).collect();
         if seqs.len() != which.len() {
             self.sequences.extend(seqs);
-            return which.iter().map(|_| Err(Error::new(ErrorKind::Internal, "the session's state is gone"))).collect();
+            return which.iter().map(|_| Err(state_gone())).collect();
         }
         let before: Vec<usize> = seqs.iter().map(|(_, s)| s.cache.len()).collect();
         let controls: Vec<Arc<Control>> = which.iter().map(|&i| self.active[i].job.control.clone()).collect();
@@ -378,6 +378,10 @@ fn apply(a: &mut Active, seq: &mut Sequence, tokens: Vec<u32>, after: After, log
         After::Prefill { last: true, .. } | After::Decode => a.phase = Phase::Decode { logits, mask },
     }
     None
+}
+
+fn state_gone() -> Error {
+    Error::new(ErrorKind::Internal, "the session's state is gone")
 }
 
 fn failed(a: &Active, seq: &mut Sequence, e: Error) -> Option<Plan> {

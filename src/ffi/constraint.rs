@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 
 use super::engine::maze_engine;
-use super::{arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult};
+use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult};
 use crate::constraint::{Constraint, ConstraintKind};
 
 /// Constraint kinds, for maze_constraint_desc.kind.
@@ -119,9 +119,7 @@ pub unsafe extern "C" fn maze_constraint_new(
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         arg_ref(desc, "desc")?;
-        if out_constraint.is_null() {
-            return Err(FfiError::null("out_constraint"));
-        }
+        arg_out(out_constraint, "out_constraint")?;
         let d = read_params(desc, maze_constraint_desc_default(), "desc")?;
         finish(engine, vec![read_desc(&d)?], out_constraint)
     })
@@ -142,9 +140,7 @@ pub unsafe extern "C" fn maze_constraint_from_json(
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         let text = arg_str(json, json_len, "json")?;
-        if out_constraint.is_null() {
-            return Err(FfiError::null("out_constraint"));
-        }
+        arg_out(out_constraint, "out_constraint")?;
         let constraints = Constraint::list_from_json(text).map_err(|e| FfiError::new(maze_status::InvalidConstraint, e.message()))?;
         if constraints.is_empty() {
             return Err(FfiError::new(maze_status::InvalidConstraint, "the JSON holds no constraint (empty array)"));

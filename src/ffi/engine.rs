@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
-use super::{arg_cstr, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use super::{arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
 use crate::model::chat::ChatMessage;
 use crate::{Engine, EngineConfig};
 
@@ -71,9 +71,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
 pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *const maze_engine_params, out_engine: *mut *mut maze_engine, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
         let path = arg_cstr(model_path, "model_path")?;
-        if out_engine.is_null() {
-            return Err(FfiError::null("out_engine"));
-        }
+        arg_out(out_engine, "out_engine")?;
         let p = read_params(params, maze_engine_params_default(), "params")?;
         let tokenizer_path = if p.tokenizer_path.is_null() { None } else { Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?)) };
         let config = EngineConfig {
@@ -181,15 +179,11 @@ pub unsafe extern "C" fn maze_tokenize(
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         let text = arg_str(text, text_len, "text")?;
-        if n_tokens.is_null() {
-            return Err(FfiError::null("n_tokens"));
-        }
+        arg_out(n_tokens, "n_tokens")?;
         let ids = engine.engine.tokenizer().encode(text, add_special, parse_special)?;
         check_capacity(ids.len(), capacity, n_tokens, "the token list")?;
         if !ids.is_empty() {
-            if tokens.is_null() {
-                return Err(FfiError::null("tokens"));
-            }
+            arg_out(tokens, "tokens")?;
             std::ptr::copy_nonoverlapping(ids.as_ptr(), tokens, ids.len());
         }
         n_tokens.write(ids.len());
@@ -217,9 +211,7 @@ pub unsafe extern "C" fn maze_detokenize(
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
-        if out_len.is_null() {
-            return Err(FfiError::null("out_len"));
-        }
+        arg_out(out_len, "out_len")?;
         let bytes = engine.engine.tokenizer().decode_bytes(ids)?;
         write_text(&bytes, buf, capacity, out_len, "the text")
     })
@@ -234,9 +226,7 @@ pub(crate) unsafe fn write_text(bytes: &[u8], buf: *mut c_char, capacity: usize,
             format!("{what} needs {} bytes plus a NUL but the buffer holds {capacity}", bytes.len()),
         ));
     }
-    if buf.is_null() {
-        return Err(FfiError::null("buf"));
-    }
+    arg_out(buf, "buf")?;
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len());
     *buf.add(bytes.len()) = 0;
     out_len.write(bytes.len());
@@ -280,9 +270,7 @@ pub unsafe extern "C" fn maze_chat_apply_template(
 ) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
-        if out_len.is_null() {
-            return Err(FfiError::null("out_len"));
-        }
+        arg_out(out_len, "out_len")?;
         let messages = read_messages(messages, n_messages)?;
         let text = engine.engine.render_chat(&messages, add_generation_prompt)?;
         write_text(text.as_bytes(), buf, capacity, out_len, "the rendered chat")

@@ -202,11 +202,17 @@ pub(crate) unsafe fn read_params<T: Copy>(p: *const T, defaults: T, arg: &str) -
     Ok(out)
 }
 
-/// Writes an output, or fails if the out-pointer is NULL.
-pub(crate) unsafe fn write_out<T>(p: *mut T, value: T, arg: &str) -> FfiResult<()> {
+/// Fails if an out-pointer is NULL: checked before any work, so bad arguments cost nothing.
+pub(crate) fn arg_out<T>(p: *mut T, arg: &str) -> FfiResult<()> {
     if p.is_null() {
         return Err(FfiError::null(arg));
     }
+    Ok(())
+}
+
+/// Writes an output, or fails if the out-pointer is NULL.
+pub(crate) unsafe fn write_out<T>(p: *mut T, value: T, arg: &str) -> FfiResult<()> {
+    arg_out(p, arg)?;
     p.write(value);
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::constraint::maze_constraint;
 use super::engine::{maze_chat_message, maze_engine, read_messages};
 use super::result::maze_result;
-use super::{arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
 use crate::engine::{GenerateOptions, Prompt, Session};
 use crate::sampling::SamplingParams;
 
@@ -136,9 +136,7 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
 pub unsafe extern "C" fn maze_session_new(engine: *const maze_engine, out_session: *mut *mut maze_session, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
-        if out_session.is_null() {
-            return Err(FfiError::null("out_session"));
-        }
+        arg_out(out_session, "out_session")?;
         let session = Box::new(maze_session { session: engine.engine.new_session() });
         write_out(out_session, Box::into_raw(session), "out_session")
     })
@@ -163,9 +161,7 @@ unsafe fn run(
     out_result: *mut *mut maze_result,
 ) -> FfiResult<()> {
     let session = arg_ref(session, "session")?;
-    if out_result.is_null() {
-        return Err(FfiError::null("out_result"));
-    }
+    arg_out(out_result, "out_result")?;
     let prompt = prompt()?;
     let opts = read_options(params)?;
     let result = session.session.generate_streaming(&prompt, &opts, |text| match callback {

@@ -62,7 +62,6 @@ pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize,
     let m_len = if w.width == CodeWidth::Four { n } else { 0 };
     assert!(w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(), "weight shape");
     match isa {
-        Isa::Portable => out.iter_mut().enumerate().for_each(|(k, o)| group_dot_portable(w, a, t0 + k, o)),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
             debug_assert!(Isa::available().contains(&isa));
@@ -70,7 +69,6 @@ pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize,
             // asserts above bound every index the kernel reads.
             unsafe { x86::group_dot(isa, w, a, t0, out) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
         _ => out.iter_mut().enumerate().for_each(|(k, o)| group_dot_portable(w, a, t0 + k, o)),
     }
 }

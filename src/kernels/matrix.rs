@@ -166,22 +166,9 @@ impl QuantMatrix {
 
     /// The weights as f32 (for tests and references).
     pub fn dequantize(&self) -> Vec<f32> {
-        let cb = self.format.width().bytes_per_block();
-        let bpr = self.blocks_per_row();
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for i in 0..self.rows * bpr {
-            let (row, block) = (i / bpr, i % bpr);
-            let slot = ((row / GROUP) * bpr + block) * GROUP + row % GROUP;
-            let codes = &self.codes[slot * cb..(slot + 1) * cb];
-            let d = self.d[slot];
-            match self.format.width() {
-                CodeWidth::Four => {
-                    let m = self.m[slot];
-                    out.extend(codes.iter().map(|q| (q & 0x0F) as f32 * d + m));
-                    out.extend(codes.iter().map(|q| (q >> 4) as f32 * d + m));
-                }
-                CodeWidth::Eight => out.extend(codes.iter().map(|&q| (q as i32 - 128) as f32 * d)),
-            }
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            out.chunks_exact_mut(self.cols).enumerate().for_each(|(r, row)| self.dequantize_row(r, row));
         }
         out
     }
@@ -206,11 +193,6 @@ impl QuantMatrix {
                 CodeWidth::Eight => dst.iter_mut().zip(codes).for_each(|(o, &q)| *o = (q as i32 - 128) as f32 * d),
             }
         }
-    }
-
-    /// Bytes held by the repacked weights.
-    pub fn memory_bytes(&self) -> usize {
-        (self.d.len() + self.m.len()) * 4 + self.codes.len()
     }
 
     /// `out[t][r] = Σ_c x[t][c] · w[r][c]` for `x` of `tokens × cols`; out is `tokens × rows`.

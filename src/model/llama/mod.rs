@@ -323,11 +323,6 @@ impl Llama {
         info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
         Ok(Self { info, imp: Implementation::Tensors(tensors) })
     }
-
-    /// Whether this instance runs the native CPU forward pass (else candle's tensors).
-    pub fn is_native(&self) -> bool {
-        matches!(self.imp, Implementation::Native(_))
-    }
 }
 
 impl TensorLlama {
@@ -498,12 +493,7 @@ impl LanguageModel for Llama {
 /// (nothing read) when some matrix is in a format our kernels do not take; RoPE tables are
 /// left empty for the caller.
 fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
-    let format = |file: &GgufFile, name: &str| match file.tensor_layout(name).map(|l| l.0) {
-        Some(GgmlDType::Q4_0) => Some(WeightFormat::Q4_0),
-        Some(GgmlDType::Q4_1) => Some(WeightFormat::Q4_1),
-        Some(GgmlDType::Q8_0) => Some(WeightFormat::Q8_0),
-        _ => None,
-    };
+    let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
     let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
     let mut usable = format(file, "token_embd.weight").is_some() && format(file, output_name).is_some();
@@ -583,14 +573,19 @@ fn qmatmul(t: QTensor) -> Result<QMatMul> {
     QMatMul::from_qtensor(t).map_err(Error::backend)
 }
 
+/// The block format our kernels take for a GGUF type, if they take it.
+fn weight_format(dtype: GgmlDType) -> Option<WeightFormat> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
+        GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
+        _ => None,
+    }
+}
+
 /// The matrix repacked for our kernels, when it is on the CPU in a format they take.
 fn own_matrix(t: &QTensor) -> Result<Option<QuantMatrix>> {
-    let format = match t.dtype() {
-        GgmlDType::Q4_0 => WeightFormat::Q4_0,
-        GgmlDType::Q4_1 => WeightFormat::Q4_1,
-        GgmlDType::Q8_0 => WeightFormat::Q8_0,
-        _ => return Ok(None),
-    };
+    let Some(format) = weight_format(t.dtype()) else { return Ok(None) };
     match (t.device().is_cpu(), t.shape().dims()) {
         (true, [rows, cols]) => {
             let bytes = t.data().map_err(Error::backend)?;

@@ -65,11 +65,14 @@ pub struct BatchItem<'a> {
     pub cache: &'a mut NativeCache,
 }
 
-fn rms_norm(x: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
-    let mean = from.iter().map(|v| v * v).sum::<f32>() / from.len() as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
-    for ((o, v), w) in x.iter_mut().zip(from).zip(weight) {
-        *o = v * scale * w;
+/// RMS norm of each row of `from` (rows as long as `weight`) into the same row of `out`.
+fn rms_norm_rows(out: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
+    for (out, from) in out.chunks_exact_mut(weight.len()).zip(from.chunks_exact(weight.len())) {
+        let mean = from.iter().map(|v| v * v).sum::<f32>() / from.len() as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(from).zip(weight) {
+            *o = v * scale * w;
+        }
     }
 }
 
@@ -120,9 +123,7 @@ impl NativeLlama {
                 }
                 return None;
             }
-            for (o, v) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                rms_norm(o, v, &layer.attn_norm, eps);
-            }
+            rms_norm_rows(&mut h, &x, &layer.attn_norm, eps);
             let mut qkv = layer.qkv.matmul(&h, n);
             let width = q_dim + 2 * kv_dim;
             for (row, &(_, pos)) in qkv.chunks_exact_mut(width).zip(&rows) {
@@ -137,9 +138,7 @@ impl NativeLlama {
             let o = layer.wo.matmul(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
-            for (o, v) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                rms_norm(o, v, &layer.ffn_norm, eps);
-            }
+            rms_norm_rows(&mut h, &x, &layer.ffn_norm, eps);
             let gate_up = layer.gate_up.matmul(&h, n);
             let act: Vec<f32> = gate_up
                 .chunks_exact(2 * hp.ffn_dim)
@@ -155,14 +154,16 @@ impl NativeLlama {
             b.cache.len += b.tokens.len();
         }
         // Only each item's last row reaches the output layer.
-        let mut last = Vec::with_capacity(batch.len() * dim);
-        let mut end = 0;
-        for b in batch.iter() {
-            end += b.tokens.len();
-            let mut row = vec![0f32; dim];
-            rms_norm(&mut row, &x[(end - 1) * dim..end * dim], &self.output_norm, eps);
-            last.extend_from_slice(&row);
-        }
+        let last_rows: Vec<f32> = batch
+            .iter()
+            .scan(0, |end, b| {
+                *end += b.tokens.len();
+                Some(*end)
+            })
+            .flat_map(|end| x[(end - 1) * dim..end * dim].iter().copied())
+            .collect();
+        let mut last = vec![0f32; last_rows.len()];
+        rms_norm_rows(&mut last, &last_rows, &self.output_norm, eps);
         let logits = self.output.matmul(&last, batch.len());
         Some(logits.chunks_exact(self.output.rows).map(<[f32]>::to_vec).collect())
     }
