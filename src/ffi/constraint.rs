@@ -77,6 +77,7 @@ pub extern "C" fn maze_constraint_desc_default() -> maze_constraint_desc {
 }
 
 unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
+    let name = d.name.to_str("desc.name")?.to_string();
     let items = || -> FfiResult<Vec<String>> {
         arg_slice(d.items, d.n_items, "desc.items")?.iter().enumerate().map(|(i, s)| Ok(s.to_str(&format!("desc.items[{i}]"))?.to_string())).collect()
     };
@@ -84,7 +85,7 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
         0 => {
             let text = d.text.to_str("desc.text")?;
             let schema = serde_json::from_str(text)
-                .map_err(|e| FfiError::new(maze_status::InvalidConstraint, format!("desc.text is not valid JSON: {e}")))?;
+                .map_err(|e| FfiError::new(maze_status::InvalidConstraint, format!("constraint '{name}': desc.text is not valid JSON: {e}")))?;
             ConstraintKind::JsonSchema(schema)
         }
         1 => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
@@ -96,7 +97,7 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
         4 => ConstraintKind::Choice(items()?),
         other => return Err(FfiError::new(maze_status::InvalidArgument, format!("desc.kind {other} is not a maze_constraint_kind"))),
     };
-    Ok(Constraint { name: d.name.to_str("desc.name")?.to_string(), priority: d.priority, kind })
+    Ok(Constraint { name, priority: d.priority, kind })
 }
 
 unsafe fn finish(engine: &maze_engine, constraints: Vec<Constraint>, out: *mut *mut maze_constraint) -> FfiResult<()> {
