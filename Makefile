@@ -1,33 +1,38 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind)
+#               (shared and static library, AddressSanitizer, valgrind), Go module tests
 # Both are idempotent: they fetch and build only what is missing.
 
 SHELL := /bin/bash
 CARGO ?= cargo
 CC ?= cc
+GO ?= go
+# No toolchain downloads; no VCS stamping (a clone without .git still builds).
+GOENV := GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 MAZE_MODEL_DIR ?= $(HOME)/.cache/maze/models
 MODEL := $(MAZE_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 LIBDIR := target/release
 BUILD := target/c
-# System libraries the static library needs (from `cargo rustc -- --print native-static-libs`).
+# System libraries the static library needs (from `cargo rustc -- --print native-static-libs`;
+# bindings/go/link_static.go lists the same).
 STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind bench clean
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test pkgconfig bench clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
 
-test: toolchain model rust-test header-check c-test
+test: toolchain model rust-test header-check c-test go-test
 	@echo "make test: all suites passed"
 
 toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 	@command -v $(CC) >/dev/null || { echo "error: no C compiler ($(CC)); install gcc" >&2; exit 1; }
 	@command -v python3 >/dev/null || { echo "error: python3 is needed to fetch the model" >&2; exit 1; }
+	@command -v $(GO) >/dev/null || { echo "error: go not found; install Go 1.26 (https://go.dev/dl) for the Go module tests" >&2; exit 1; }
 	@command -v valgrind >/dev/null || { echo "installing valgrind ..."; (apt-get install -y -q valgrind >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q valgrind >/dev/null)) || { echo "error: valgrind missing and could not be installed" >&2; exit 1; }; }
 
 model:
@@ -83,6 +88,25 @@ c-test-asan: $(BUILD)/test_api_asan
 c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
 	  $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+
+# pkg-config file for this checkout's build (used by the Go module's maze_pkgconfig tag and
+# any build system): PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig pkg-config --libs maze
+pkgconfig: lib
+	@mkdir -p target/pkgconfig
+	@version=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1); \
+	printf '%s\n' "prefix=$(CURDIR)" 'libdir=$${prefix}/$(LIBDIR)' 'includedir=$${prefix}/include' '' \
+	  'Name: maze' 'Description: Embeddable LLM inference engine with grammar-constrained generation' \
+	  "Version: $$version" 'Libs: -L$${libdir} -lmaze -Wl,-rpath,$${libdir}' \
+	  'Libs.private: $(STATIC_LIBS)' 'Cflags: -I$${includedir}' > target/pkgconfig/maze.pc
+
+# The Go module: vet, the whole suite under the race detector (static link), the linking
+# variants (shared library, pkg-config), and the example program.
+go-test: model lib pkgconfig
+	cd bindings/go && $(GOENV) $(GO) vet ./...
+	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -race -count=1 ./...
+	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_dynamic -run 'TestLinkage|TestChat|TestStream$$' .
+	cd bindings/go && PKG_CONFIG_PATH="$(CURDIR)/target/pkgconfig" MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_pkgconfig -run 'TestLinkage|TestChat' .
+	cd bindings/go && $(GOENV) $(GO) run ./examples/typed "$(MODEL)"
 
 # Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
 # build fails the benchmark still runs and the report says llama.cpp was not measured.

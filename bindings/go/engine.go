@@ -1,0 +1,324 @@
+package maze
+
+/*
+#include "maze.h"
+*/
+import "C"
+
+import (
+	"math"
+	"runtime"
+	"runtime/cgo"
+	"unsafe"
+)
+
+// Version is the library's version ("MAJOR.MINOR.PATCH").
+func Version() string { return C.GoString(C.maze_version()) }
+
+// ABIVersion is the ABI version of the linked library; this package was built against
+// HeaderABIVersion and refuses to load a model when the two differ.
+func ABIVersion() uint32 { return uint32(C.maze_abi_version()) }
+
+// HeaderABIVersion is MAZE_ABI_VERSION of the header this package was compiled with.
+const HeaderABIVersion = C.MAZE_ABI_VERSION
+
+// Options configure NewEngine. The zero value of every field but ModelPath means "the
+// library's default".
+type Options struct {
+	// ModelPath is the GGUF file to load (Llama family). Required.
+	ModelPath string
+	// Threads is the number of compute threads; 0 = one per available core.
+	Threads int
+	// ContextLength is the context (tokens) per session; 0 = the model's, capped at 8192.
+	ContextLength int
+	// Seed seeds requests that bring none; 0 = a fresh random seed from the OS.
+	Seed uint64
+	// TokenizerPath optionally names a tokenizer.json replacing the GGUF's tokenizer.
+	TokenizerPath string
+	// ConstraintCacheLimit is how many compiled constraints the engine caches; 0 = 256.
+	ConstraintCacheLimit int
+	// Progress, when set, receives loading progress in [0, 1] on the calling goroutine;
+	// returning false aborts the load (NewEngine then fails with ErrCancelled).
+	Progress func(progress float32) bool
+}
+
+// ModelInfo describes the loaded model.
+type ModelInfo struct {
+	Name            string
+	Architecture    string
+	VocabSize       int
+	ContextLength   int
+	HasChatTemplate bool
+	// EOSToken is the end-of-sequence token id, or -1 when the model has none.
+	EOSToken int64
+}
+
+// Engine is a loaded model with its worker. It is safe for concurrent use: any number of
+// goroutines may open sessions and generate at once (the library batches them). Close it when
+// done; sessions opened on it stay usable after it is closed.
+type Engine struct {
+	ptr     *C.maze_engine
+	guard   *guard
+	cleanup runtime.Cleanup
+	info    ModelInfo
+}
+
+func u32(what string, v int) (C.uint32_t, error) {
+	if v < 0 || uint64(v) > math.MaxUint32 {
+		return 0, invalidArgument("%s = %d is out of range [0, %d]", what, v, uint32(math.MaxUint32))
+	}
+	return C.uint32_t(v), nil
+}
+
+// NewEngine loads a model and starts its worker.
+func NewEngine(opts Options) (*Engine, error) {
+	if ABIVersion() != HeaderABIVersion {
+		return nil, &Error{Status: StatusABIMismatch, Message: "the linked library's ABI version differs from the header this package was built with"}
+	}
+	if opts.ModelPath == "" {
+		return nil, invalidArgument("Options.ModelPath is empty")
+	}
+	var mem cMemory
+	defer mem.free()
+	params := C.maze_engine_params_default()
+	var err error
+	if params.n_threads, err = u32("Options.Threads", opts.Threads); err != nil {
+		return nil, err
+	}
+	if params.n_ctx, err = u32("Options.ContextLength", opts.ContextLength); err != nil {
+		return nil, err
+	}
+	if params.constraint_cache_limit, err = u32("Options.ConstraintCacheLimit", opts.ConstraintCacheLimit); err != nil {
+		return nil, err
+	}
+	if opts.Seed != 0 {
+		params.seed = C.uint64_t(opts.Seed)
+	}
+	if opts.TokenizerPath != "" {
+		if params.tokenizer_path, err = mem.cstring("Options.TokenizerPath", opts.TokenizerPath); err != nil {
+			return nil, err
+		}
+	}
+	path, err := mem.cstring("Options.ModelPath", opts.ModelPath)
+	if err != nil {
+		return nil, err
+	}
+	var cb *callback
+	if opts.Progress != nil {
+		cb = &callback{onProgress: opts.Progress}
+		h := cgo.NewHandle(cb)
+		defer h.Delete()
+		setProgressCallback(&params, h)
+	}
+
+	var ptr *C.maze_engine
+	var cerr *C.maze_error
+	status := C.maze_engine_new(path, &params, &ptr, &cerr)
+	if cb != nil {
+		cb.rethrow()
+	}
+	if err := takeError(status, cerr); err != nil {
+		return nil, err
+	}
+	e := &Engine{ptr: ptr, guard: newGuard()}
+	e.info = ModelInfo{
+		Name:            C.GoString(C.maze_engine_model_name(ptr)),
+		Architecture:    C.GoString(C.maze_engine_architecture(ptr)),
+		VocabSize:       int(C.maze_engine_vocab_size(ptr)),
+		ContextLength:   int(C.maze_engine_context_length(ptr)),
+		HasChatTemplate: bool(C.maze_engine_has_chat_template(ptr)),
+		EOSToken:        int64(C.maze_engine_eos_token(ptr)),
+	}
+	// A backstop only: Close is the way to free an engine promptly.
+	e.cleanup = runtime.AddCleanup(e, func(p *C.maze_engine) { C.maze_engine_free(p) }, ptr)
+	return e, nil
+}
+
+// Close frees the engine once calls running on it have returned. Sessions opened on it stay
+// usable. Closing twice is a no-op.
+func (e *Engine) Close() error {
+	if e.guard.close(nil) {
+		e.cleanup.Stop()
+		C.maze_engine_free(e.ptr)
+	}
+	return nil
+}
+
+// Info describes the loaded model.
+func (e *Engine) Info() ModelInfo { return e.info }
+
+// use runs f on the engine's C handle unless the engine is closed.
+func (e *Engine) use(f func(*C.maze_engine) error) error {
+	if err := e.guard.enter(); err != nil {
+		return err
+	}
+	defer e.guard.leave()
+	return f(e.ptr)
+}
+
+// IsEndOfGeneration reports whether token ends generation (EOS or an end-of-turn token).
+func (e *Engine) IsEndOfGeneration(token uint32) bool {
+	var end bool
+	_ = e.use(func(p *C.maze_engine) error {
+		end = bool(C.maze_engine_token_is_end_of_generation(p, C.uint32_t(token)))
+		return nil
+	})
+	return end
+}
+
+// Tokenize turns text into token ids. addSpecial adds BOS/EOS as the model wants them;
+// parseSpecial lets special-token text (e.g. "<|im_start|>") become special tokens: keep it
+// false for untrusted text.
+func (e *Engine) Tokenize(text string, addSpecial, parseSpecial bool) ([]uint32, error) {
+	var ids []uint32
+	err := e.use(func(p *C.maze_engine) error {
+		ptr, n := goBytes(text)
+		buf := make([]uint32, len(text)+8)
+		for {
+			var count C.size_t
+			var cerr *C.maze_error
+			status := C.maze_tokenize(p, ptr, n, C.bool(addSpecial), C.bool(parseSpecial),
+				(*C.uint32_t)(unsafe.SliceData(buf)), C.size_t(len(buf)), &count, &cerr)
+			if status == C.MAZE_STATUS_BUFFER_TOO_SMALL {
+				C.maze_error_free(cerr)
+				buf = make([]uint32, int(count))
+				continue
+			}
+			if err := takeError(status, cerr); err != nil {
+				return err
+			}
+			ids = buf[:count]
+			return nil
+		}
+	})
+	return ids, err
+}
+
+// readText runs a C call that writes text with the library's buffer protocol (the needed size
+// comes back with MAZE_STATUS_BUFFER_TOO_SMALL), growing the buffer until it fits.
+func readText(guess int, call func(buf *C.char, capacity C.size_t, outLen *C.size_t, cerr **C.maze_error) C.enum_maze_status) (string, error) {
+	buf := make([]byte, guess+1)
+	for {
+		var n C.size_t
+		var cerr *C.maze_error
+		status := call((*C.char)(unsafe.Pointer(unsafe.SliceData(buf))), C.size_t(len(buf)), &n, &cerr)
+		if status == C.MAZE_STATUS_BUFFER_TOO_SMALL {
+			C.maze_error_free(cerr)
+			buf = make([]byte, int(n)+1)
+			continue
+		}
+		if err := takeError(status, cerr); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+}
+
+// Detokenize turns token ids back into the exact text they stand for (special tokens as their
+// text). An id outside the vocabulary fails with ErrInvalidArgument.
+func (e *Engine) Detokenize(tokens []uint32) (string, error) {
+	var text string
+	err := e.use(func(p *C.maze_engine) error {
+		var err error
+		text, err = readText(len(tokens)*8+16, func(buf *C.char, capacity C.size_t, outLen *C.size_t, cerr **C.maze_error) C.enum_maze_status {
+			return C.maze_detokenize(p, (*C.uint32_t)(unsafe.SliceData(tokens)), C.size_t(len(tokens)), buf, capacity, outLen, cerr)
+		})
+		return err
+	})
+	return text, err
+}
+
+// Message is one chat message. Roles are those the model's template knows: usually "system",
+// "user", "assistant".
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func (m *cMemory) messages(msgs []Message) (*C.maze_chat_message, C.size_t) {
+	if len(msgs) == 0 {
+		return nil, 0
+	}
+	arr := unsafe.Slice((*C.maze_chat_message)(m.alloc(unsafe.Sizeof(C.maze_chat_message{})*uintptr(len(msgs)))), len(msgs))
+	for i, msg := range msgs {
+		arr[i] = C.maze_chat_message{role: m.str(msg.Role), content: m.str(msg.Content)}
+	}
+	return &arr[0], C.size_t(len(msgs))
+}
+
+// ApplyChatTemplate renders messages with the model's chat template. With
+// addGenerationPrompt the text ends where the assistant's reply starts. It fails with
+// ErrTemplate when the model has no template or the template rejects the messages.
+func (e *Engine) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) (string, error) {
+	var text string
+	err := e.use(func(p *C.maze_engine) error {
+		var mem cMemory
+		defer mem.free()
+		cmsgs, n := mem.messages(msgs)
+		guess := 256
+		for _, m := range msgs {
+			guess += len(m.Role) + len(m.Content) + 32
+		}
+		var err error
+		text, err = readText(guess, func(buf *C.char, capacity C.size_t, outLen *C.size_t, cerr **C.maze_error) C.enum_maze_status {
+			return C.maze_chat_apply_template(p, cmsgs, n, C.bool(addGenerationPrompt), buf, capacity, outLen, cerr)
+		})
+		return err
+	})
+	return text, err
+}
+
+// CacheStats are the counters of the engine's constraint compile cache.
+type CacheStats struct {
+	Size, Limit, Hits, Misses, Evictions uint64
+}
+
+// ConstraintCacheStats reads the constraint compile cache's counters.
+func (e *Engine) ConstraintCacheStats() (CacheStats, error) {
+	var stats CacheStats
+	err := e.use(func(p *C.maze_engine) error {
+		var s C.maze_constraint_cache_stats
+		var cerr *C.maze_error
+		if err := takeError(C.maze_engine_constraint_cache_stats(p, &s, &cerr), cerr); err != nil {
+			return err
+		}
+		stats = CacheStats{uint64(s.size), uint64(s.limit), uint64(s.hits), uint64(s.misses), uint64(s.evictions)}
+		return nil
+	})
+	return stats, err
+}
+
+// ClearConstraintCache empties the constraint compile cache (the counters keep counting).
+func (e *Engine) ClearConstraintCache() error {
+	return e.use(func(p *C.maze_engine) error {
+		var cerr *C.maze_error
+		return takeError(C.maze_engine_constraint_cache_clear(p, &cerr), cerr)
+	})
+}
+
+// SetConstraintCacheLimit sets how many compiled constraints the cache keeps (>= 1).
+func (e *Engine) SetConstraintCacheLimit(limit int) error {
+	if limit < 1 {
+		return invalidArgument("constraint cache limit %d: must be at least 1", limit)
+	}
+	return e.use(func(p *C.maze_engine) error {
+		var cerr *C.maze_error
+		return takeError(C.maze_engine_constraint_cache_set_limit(p, C.uint64_t(limit), &cerr), cerr)
+	})
+}
+
+// NewSession opens a conversation with its own KV cache. Close it when done.
+func (e *Engine) NewSession() (*Session, error) {
+	var s *Session
+	err := e.use(func(p *C.maze_engine) error {
+		var ptr *C.maze_session
+		var cerr *C.maze_error
+		if err := takeError(C.maze_session_new(p, &ptr, &cerr), cerr); err != nil {
+			return err
+		}
+		s = &Session{ptr: ptr, engine: e, guard: newGuard()}
+		s.cleanup = runtime.AddCleanup(s, func(p *C.maze_session) { C.maze_session_free(p) }, ptr)
+		return nil
+	})
+	return s, err
+}

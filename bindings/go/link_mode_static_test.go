@@ -1,0 +1,5 @@
+//go:build !maze_dynamic && !maze_pkgconfig
+
+package maze
+
+const linkedDynamically = false

@@ -1,0 +1,395 @@
+package maze
+
+/*
+#include "maze.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"math"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// SeedRandom as GenerateParams.Seed draws a fresh seed from the engine's seed sequence.
+const SeedRandom uint64 = math.MaxUint64
+
+// GenerateParams are the sampling settings of one request. Start from DefaultGenerateParams:
+// its zero value is not a useful configuration (TopP 0 is refused).
+type GenerateParams struct {
+	// MaxTokens is the most tokens to generate; 0 = until the context is full.
+	MaxTokens int
+	// Temperature 0 is greedy decoding.
+	Temperature float32
+	// TopK keeps the k most likely tokens; 0 = off.
+	TopK int
+	// TopP is the nucleus mass in (0, 1]; 1 = off.
+	TopP float32
+	// MinP drops tokens below MinP × the top probability, in [0, 1]; 0 = off.
+	MinP float32
+	// RepetitionPenalty (> 0); 1 = off.
+	RepetitionPenalty float32
+	// PenaltyLastN is how many recent tokens (prompt included) the penalties look at; 0 = all.
+	PenaltyLastN int
+	// FrequencyPenalty is subtracted per earlier occurrence of a token.
+	FrequencyPenalty float32
+	// PresencePenalty is subtracted once if a token occurred.
+	PresencePenalty float32
+	// Seed: same seed and same input give the same output; SeedRandom = from the engine.
+	Seed uint64
+	// Stop sequences: the text ends before the first one that appears; it is never streamed.
+	Stop []string
+	// Timeout limits the call's wall-clock time (queueing included); 0 = none. The context's
+	// deadline, when sooner, takes its place.
+	Timeout time.Duration
+	// Logprobs records each generated token's log-probability in Result.Logprobs.
+	Logprobs bool
+}
+
+// DefaultGenerateParams returns the library's defaults: llama.cpp's sampling defaults, 256
+// tokens, a random seed.
+func DefaultGenerateParams() GenerateParams {
+	d := C.maze_generate_params_default()
+	return GenerateParams{
+		MaxTokens:         int(d.max_tokens),
+		Temperature:       float32(d.temperature),
+		TopK:              int(d.top_k),
+		TopP:              float32(d.top_p),
+		MinP:              float32(d.min_p),
+		RepetitionPenalty: float32(d.repetition_penalty),
+		PenaltyLastN:      int(d.penalty_last_n),
+		FrequencyPenalty:  float32(d.frequency_penalty),
+		PresencePenalty:   float32(d.presence_penalty),
+		Seed:              uint64(d.seed),
+		Timeout:           time.Duration(d.timeout_ms) * time.Millisecond,
+		Logprobs:          bool(d.logprobs),
+	}
+}
+
+// Request is one generation: exactly one of Prompt, Messages or Tokens is the input.
+type Request struct {
+	// Prompt continues the session from text. The session reuses the longest prefix it already
+	// computed, so passing the whole conversation each time costs only the new part.
+	Prompt string
+	// Messages are rendered with the model's chat template, ending in an assistant turn.
+	Messages []Message
+	// Tokens are used as they are (no BOS added).
+	Tokens []uint32
+	// Params are the sampling settings; nil = DefaultGenerateParams().
+	Params *GenerateParams
+	// Constraints the output must obey, all at once; compiled for this request through the
+	// engine's cache (the engine must still be open).
+	Constraints []Constraint
+	// Compiled are constraint sets compiled beforehand with Engine.Compile, obeyed too.
+	Compiled []*ConstraintSet
+}
+
+// Session is one conversation with its own KV cache. It is safe for concurrent use, but runs
+// one generation at a time: a second Generate while one runs fails with ErrBusy. Cancel may
+// be called from any goroutine.
+type Session struct {
+	ptr        *C.maze_session
+	engine     *Engine
+	guard      *guard
+	cleanup    runtime.Cleanup
+	generating sync.Mutex
+}
+
+// Close cancels a running generation, waits for calls on the session to return, and frees the
+// session and its KV cache. It must not be called from the session's own stream callback.
+// Closing twice is a no-op.
+func (s *Session) Close() error {
+	if s.guard.close(func() { C.maze_session_cancel(s.ptr) }) {
+		s.cleanup.Stop()
+		C.maze_session_free(s.ptr)
+	}
+	return nil
+}
+
+// Cancel stops the running generation (prefill included); Generate then returns its partial
+// Result with FinishCancelled. A no-op when idle: it does not affect the next generation.
+func (s *Session) Cancel() error {
+	if err := s.guard.enter(); err != nil {
+		return err
+	}
+	defer s.guard.leave()
+	C.maze_session_cancel(s.ptr)
+	return nil
+}
+
+// Reset forgets the conversation (clears the KV cache). It fails with ErrBusy while generating.
+func (s *Session) Reset() error {
+	if err := s.guard.enter(); err != nil {
+		return err
+	}
+	defer s.guard.leave()
+	var cerr *C.maze_error
+	return takeError(C.maze_session_reset(s.ptr, &cerr), cerr)
+}
+
+// Generate runs a request to its end and returns its Result.
+//
+// The error is nil when generation ended normally, whatever the finish reason (stop, length,
+// stop sequence, or Cancel). It is ctx.Err() when ctx was cancelled or its deadline passed,
+// and the Result's Err when the library failed midway; the partial Result comes with both.
+// Errors before generating (bad request, ErrBusy, ErrContextOverflow, ErrClosed, a context
+// already done) come with a nil Result.
+func (s *Session) Generate(ctx context.Context, req Request) (*Result, error) {
+	return s.run(ctx, &req, nil)
+}
+
+// GenerateStream is Generate with onText called with each piece of generated text (whole
+// UTF-8 characters, never part of a stop sequence) on the calling goroutine, as it is
+// produced. Returning false stops generation: the Result then finishes with FinishCancelled
+// and holds exactly the text delivered. A panic in onText stops generation and is re-raised.
+func (s *Session) GenerateStream(ctx context.Context, req Request, onText func(text string) bool) (*Result, error) {
+	if onText == nil {
+		return nil, invalidArgument("GenerateStream: onText is nil")
+	}
+	return s.run(ctx, &req, onText)
+}
+
+// Chunk is one step of Stream: a piece of text, or (last) the finished Result.
+type Chunk struct {
+	Text string
+	// Result is set on the last chunk only, once generation has finished.
+	Result *Result
+}
+
+// Stream runs a request as an iterator of text chunks; the last chunk carries the Result.
+// Breaking out of the loop stops generation. An error ends the iteration, paired with the
+// partial Result when there is one (see Generate).
+//
+//	for chunk, err := range session.Stream(ctx, req) {
+//		if err != nil { ... }
+//		fmt.Print(chunk.Text)
+//	}
+func (s *Session) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error] {
+	return func(yield func(Chunk, error) bool) {
+		stopped := false
+		res, err := s.run(ctx, &req, func(text string) bool {
+			if !yield(Chunk{Text: text}, nil) {
+				stopped = true
+			}
+			return !stopped
+		})
+		if !stopped {
+			yield(Chunk{Result: res}, err)
+		}
+	}
+}
+
+func (s *Session) run(ctx context.Context, req *Request, onText func(string) bool) (*Result, error) {
+	if ctx == nil {
+		return nil, invalidArgument("nil context.Context (use context.Background())")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.guard.enter(); err != nil {
+		return nil, err
+	}
+	defer s.guard.leave()
+	if !s.generating.TryLock() {
+		return nil, &Error{Status: StatusBusy, Message: "the session is already generating"}
+	}
+	defer s.generating.Unlock()
+
+	var mem cMemory
+	defer mem.free()
+	args := generateArgs{}
+	if err := mem.input(req, &args); err != nil {
+		return nil, err
+	}
+	params, deadlineBound, err := mem.generateParams(ctx, req.Params)
+	if err != nil {
+		return nil, err
+	}
+	args.params = params
+
+	handles, release, err := s.constraintHandles(req)
+	defer release()
+	if err != nil {
+		return nil, err
+	}
+	if len(handles) > 0 {
+		arr := unsafe.Slice((**C.maze_constraint)(mem.alloc(unsafe.Sizeof((*C.maze_constraint)(nil))*uintptr(len(handles)))), len(handles))
+		copy(arr, handles)
+		params.constraints = (**C.maze_constraint)(unsafe.Pointer(&arr[0]))
+		params.n_constraints = C.size_t(len(handles))
+	}
+
+	var cb *callback
+	if onText != nil {
+		cb = &callback{onText: onText}
+		args.callback = cgo.NewHandle(cb)
+		defer args.callback.Delete()
+	}
+
+	// Cancel when ctx ends, and again every few milliseconds until the call returns: a single
+	// cancel landing before the library has registered the generation would be a no-op.
+	finished := make(chan struct{})
+	watcherDone := make(chan struct{})
+	stopWatching := context.AfterFunc(ctx, func() {
+		defer close(watcherDone)
+		repeatUntil(finished, func() { C.maze_session_cancel(s.ptr) })
+	})
+	var out *C.maze_result
+	var cerr *C.maze_error
+	status := callGenerate(s.ptr, &args, &out, &cerr)
+	close(finished)
+	if !stopWatching() {
+		<-watcherDone
+	}
+
+	if err := takeError(status, cerr); err != nil {
+		if cb != nil {
+			cb.rethrow()
+		}
+		return nil, err
+	}
+	res := takeResult(out)
+	if cb != nil {
+		cb.rethrow()
+	}
+	switch {
+	case res.FinishReason == FinishError:
+		return res, res.Err
+	case (res.FinishReason == FinishCancelled || res.FinishReason == FinishTimeout) && ctx.Err() != nil:
+		return res, ctx.Err()
+	case res.FinishReason == FinishTimeout && deadlineBound:
+		return res, context.DeadlineExceeded
+	}
+	return res, nil
+}
+
+// repeatUntil runs f now and every 2 ms until stop is closed.
+func repeatUntil(stop <-chan struct{}, f func()) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		f()
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// input sets the request's single input in args.
+func (m *cMemory) input(req *Request, args *generateArgs) error {
+	given := 0
+	if req.Prompt != "" {
+		given++
+		args.input = inputPrompt
+		args.prompt, args.promptLen = goBytes(req.Prompt)
+	}
+	if req.Messages != nil {
+		given++
+		args.input = inputMessages
+		args.messages, args.nMessages = m.messages(req.Messages)
+	}
+	if req.Tokens != nil {
+		given++
+		args.input = inputTokens
+		args.tokens, args.nTokens = m.tokens(req.Tokens)
+	}
+	switch given {
+	case 0:
+		return invalidArgument("the request has no input: set Prompt, Messages or Tokens")
+	case 1:
+		return nil
+	}
+	return invalidArgument("the request has %d inputs: set only one of Prompt, Messages or Tokens", given)
+}
+
+// generateParams converts p (nil = defaults) and ctx's deadline into C parameters. It reports
+// whether ctx's deadline set the timeout.
+func (m *cMemory) generateParams(ctx context.Context, p *GenerateParams) (*C.maze_generate_params, bool, error) {
+	if p == nil {
+		d := DefaultGenerateParams()
+		p = &d
+	}
+	c := (*C.maze_generate_params)(m.alloc(unsafe.Sizeof(C.maze_generate_params{})))
+	*c = C.maze_generate_params_default()
+	var err error
+	if c.max_tokens, err = u32("GenerateParams.MaxTokens", p.MaxTokens); err != nil {
+		return nil, false, err
+	}
+	if c.top_k, err = u32("GenerateParams.TopK", p.TopK); err != nil {
+		return nil, false, err
+	}
+	if c.penalty_last_n, err = u32("GenerateParams.PenaltyLastN", p.PenaltyLastN); err != nil {
+		return nil, false, err
+	}
+	c.temperature = C.float(p.Temperature)
+	c.top_p = C.float(p.TopP)
+	c.min_p = C.float(p.MinP)
+	c.repetition_penalty = C.float(p.RepetitionPenalty)
+	c.frequency_penalty = C.float(p.FrequencyPenalty)
+	c.presence_penalty = C.float(p.PresencePenalty)
+	c.seed = C.uint64_t(p.Seed)
+	c.logprobs = C.bool(p.Logprobs)
+	c.stop, c.n_stop = m.strs(p.Stop)
+
+	if p.Timeout < 0 {
+		return nil, false, invalidArgument("GenerateParams.Timeout %v is negative", p.Timeout)
+	}
+	timeout, deadlineBound := p.Timeout, false
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, false, context.DeadlineExceeded
+		}
+		if timeout == 0 || left < timeout {
+			timeout, deadlineBound = left, true
+		}
+	}
+	ms := (timeout + time.Millisecond - 1) / time.Millisecond
+	if ms > math.MaxUint32 {
+		if !deadlineBound && p.Timeout > 0 {
+			return nil, false, invalidArgument("GenerateParams.Timeout %v exceeds %d ms", p.Timeout, uint32(math.MaxUint32))
+		}
+		ms = math.MaxUint32
+	}
+	c.timeout_ms = C.uint32_t(ms)
+	return c, deadlineBound, nil
+}
+
+// constraintHandles compiles the request's constraints and holds its compiled sets open for the
+// call; release undoes both.
+func (s *Session) constraintHandles(req *Request) ([]*C.maze_constraint, func(), error) {
+	var handles []*C.maze_constraint
+	var releases []func()
+	release := func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	if len(req.Constraints) > 0 {
+		set, err := s.engine.Compile(req.Constraints...)
+		if err != nil {
+			return nil, release, err
+		}
+		releases = append(releases, func() { set.Close() })
+		handles = append(handles, set.handles...)
+	}
+	for i, set := range req.Compiled {
+		if set == nil {
+			return nil, release, invalidArgument("Request.Compiled[%d] is nil", i)
+		}
+		if err := set.guard.enter(); err != nil {
+			return nil, release, fmt.Errorf("Request.Compiled[%d]: %w", i, err)
+		}
+		releases = append(releases, set.guard.leave)
+		handles = append(handles, set.handles...)
+	}
+	return handles, release, nil
+}
