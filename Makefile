@@ -1,7 +1,7 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind), Go module tests
+#               (shared and static library, AddressSanitizer, valgrind), Go and Zig tests
 # Both are idempotent: they fetch and build only what is missing.
 
 SHELL := /bin/bash
@@ -20,12 +20,12 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test pkgconfig bench clean
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test zig-test pkgconfig bench clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
 
-test: toolchain model rust-test header-check c-test go-test
+test: toolchain model rust-test header-check c-test go-test zig-test
 	@echo "make test: all suites passed"
 
 toolchain:
@@ -108,6 +108,16 @@ go-test: model lib pkgconfig
 	cd bindings/go && PKG_CONFIG_PATH="$(CURDIR)/target/pkgconfig" MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_pkgconfig -run 'TestLinkage|TestChat' .
 	cd bindings/go && $(GOENV) $(GO) run ./examples/typed "$(MODEL)"
 
+# The Zig package (Zig pinned in scripts/zig.sh, installed from PyPI if missing; the first build
+# of the build runner takes minutes, then ~/.cache/zig keeps it): the tests against libmaze.a
+# and libmaze.so, and the example.
+ZIG := scripts/zig.sh
+zig-test: model lib
+	cd zig && ../$(ZIG) fmt --check build.zig src examples
+	cd zig && ../$(ZIG) build test -Dcargo=false -Dmodel="$(MODEL)" --summary all
+	cd zig && ../$(ZIG) build test -Dcargo=false -Dlinkage=dynamic -Dmodel="$(MODEL)" --summary all
+	cd zig && ../$(ZIG) build example -Dcargo=false -Dmodel="$(MODEL)"
+
 # Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
 # build fails the benchmark still runs and the report says llama.cpp was not measured.
 bench: model
@@ -116,4 +126,4 @@ bench: model
 
 clean:
 	$(CARGO) clean
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) zig/.zig-cache zig/zig-out

@@ -1,0 +1,784 @@
+//! Maze for Zig: load a GGUF model, open sessions, and generate or stream text that is
+//! guaranteed to match a JSON schema, grammar, regex list, choice list or token mask.
+//!
+//! Handles (`Engine`, `Session`, `ConstraintSet`) wrap the C library's and are freed with
+//! `deinit`. `Result`s are copied into memory of the allocator the call was given, and freed
+//! with `deinit` too. Failures are Zig errors (one per status code); pass a `Diagnostic` to
+//! read the library's message, which names the problem.
+//!
+//! Thread-safety follows the C library: an `Engine` may be used from any number of threads at
+//! once; a `Session` runs one generation at a time (another gets `error.Busy`), and `cancel`
+//! may be called from any thread.
+const std = @import("std");
+/// The C API as translated from include/maze.h, for what this module does not wrap.
+pub const c = @import("c");
+const Allocator = std.mem.Allocator;
+
+pub const schema = @import("schema.zig");
+pub const schemaOf = schema.schemaOf;
+
+/// The library's status codes (maze_status).
+pub const Status = enum(u32) {
+    ok = c.MAZE_STATUS_OK,
+    null_argument = c.MAZE_STATUS_NULL_ARGUMENT,
+    invalid_argument = c.MAZE_STATUS_INVALID_ARGUMENT,
+    invalid_utf8 = c.MAZE_STATUS_INVALID_UTF8,
+    io = c.MAZE_STATUS_IO,
+    model_format = c.MAZE_STATUS_MODEL_FORMAT,
+    unsupported = c.MAZE_STATUS_UNSUPPORTED,
+    tokenizer = c.MAZE_STATUS_TOKENIZER,
+    template = c.MAZE_STATUS_TEMPLATE,
+    context_overflow = c.MAZE_STATUS_CONTEXT_OVERFLOW,
+    busy = c.MAZE_STATUS_BUSY,
+    cancelled = c.MAZE_STATUS_CANCELLED,
+    buffer_too_small = c.MAZE_STATUS_BUFFER_TOO_SMALL,
+    backend = c.MAZE_STATUS_BACKEND,
+    abi_mismatch = c.MAZE_STATUS_ABI_MISMATCH,
+    internal = c.MAZE_STATUS_INTERNAL,
+    panic = c.MAZE_STATUS_PANIC,
+    invalid_constraint = c.MAZE_STATUS_INVALID_CONSTRAINT,
+    _,
+
+    /// The code's name in maze.h, e.g. "MAZE_STATUS_BUSY".
+    pub fn name(status: Status) []const u8 {
+        return std.mem.span(c.maze_status_name(@intCast(@backingInt(status))));
+    }
+};
+
+/// Every failure, one error per status code, plus `OutOfMemory` (the caller's allocator) and
+/// `Incomplete` (`generateTyped`: the output ended before the value was complete).
+pub const Error = error{
+    NullArgument,
+    InvalidArgument,
+    InvalidUtf8,
+    Io,
+    ModelFormat,
+    Unsupported,
+    Tokenizer,
+    Template,
+    ContextOverflow,
+    Busy,
+    Cancelled,
+    BufferTooSmall,
+    Backend,
+    AbiMismatch,
+    Internal,
+    Panic,
+    InvalidConstraint,
+    UnknownStatus,
+    OutOfMemory,
+    Incomplete,
+};
+
+fn errorOf(status: Status) Error {
+    return switch (status) {
+        .ok => unreachable,
+        .null_argument => error.NullArgument,
+        .invalid_argument => error.InvalidArgument,
+        .invalid_utf8 => error.InvalidUtf8,
+        .io => error.Io,
+        .model_format => error.ModelFormat,
+        .unsupported => error.Unsupported,
+        .tokenizer => error.Tokenizer,
+        .template => error.Template,
+        .context_overflow => error.ContextOverflow,
+        .busy => error.Busy,
+        .cancelled => error.Cancelled,
+        .buffer_too_small => error.BufferTooSmall,
+        .backend => error.Backend,
+        .abi_mismatch => error.AbiMismatch,
+        .internal => error.Internal,
+        .panic => error.Panic,
+        .invalid_constraint => error.InvalidConstraint,
+        _ => error.UnknownStatus,
+    };
+}
+
+/// Receives the status and message of a failed call (pass `&diag` in a call's options). The
+/// message comes from the call's own error object, so it is right on any thread.
+pub const Diagnostic = struct {
+    status: Status = .ok,
+    buf: [1024]u8 = undefined,
+    len: usize = 0,
+
+    /// The message naming the problem (cut at 1024 bytes). For error.Incomplete, which no
+    /// library status stands for, `status` stays .ok.
+    pub fn message(d: *const Diagnostic) []const u8 {
+        return d.buf[0..d.len];
+    }
+
+    fn set(d: *Diagnostic, status: Status, msg: []const u8) void {
+        d.status = status;
+        d.len = @min(msg.len, d.buf.len);
+        @memcpy(d.buf[0..d.len], msg[0..d.len]);
+    }
+};
+
+/// Turns a status and the error object of a call into a Zig error, filling `diag`, and frees
+/// the object.
+fn check(raw_status: c_uint, err: ?*c.maze_error, diag: ?*Diagnostic) Error!void {
+    defer c.maze_error_free(err);
+    const status: Status = @fromBackingInt(@intCast(raw_status));
+    if (status == .ok) return;
+    if (diag) |d| d.set(status, if (err) |e| std.mem.span(c.maze_error_message(e)) else status.name());
+    return errorOf(status);
+}
+
+/// A failure found before calling the library, reported like the library's.
+fn fail(diag: ?*Diagnostic, status: Status, msg: []const u8) Error {
+    if (diag) |d| d.set(status, msg);
+    return errorOf(status);
+}
+
+/// Library version ("MAJOR.MINOR.PATCH").
+pub fn version() []const u8 {
+    return std.mem.span(c.maze_version());
+}
+
+// ------------------------------------------------------------------------------------ ABI types
+
+/// Text as passed across the ABI (maze_string).
+pub const String = extern struct {
+    data: ?[*]const u8 = null,
+    len: usize = 0,
+
+    pub fn from(s: []const u8) String {
+        return .{ .data = s.ptr, .len = s.len };
+    }
+};
+
+/// The constraint descriptor, written here by hand and checked at compile time against the
+/// translated maze_constraint_desc: a change of the C struct that this does not follow fails
+/// the build instead of corrupting memory.
+pub const ConstraintDesc = extern struct {
+    struct_size: u32 = @sizeOf(ConstraintDesc),
+    kind: u32,
+    priority: i32 = 0,
+    reserved: u32 = 0,
+    name: String = .{},
+    text: String = .{},
+    items: ?[*]const String = null,
+    n_items: usize = 0,
+    allowed_tokens: ?[*]const u32 = null,
+    n_allowed_tokens: usize = 0,
+    forbidden_tokens: ?[*]const u32 = null,
+    n_forbidden_tokens: usize = 0,
+};
+
+const ChatMessage = extern struct {
+    role: String,
+    content: String,
+};
+
+/// Where `Ours` differs from the translated C struct `Theirs` in size, alignment, field names,
+/// offsets or sizes; null when the layouts match.
+pub fn layoutMismatch(comptime Ours: type, comptime Theirs: type) ?[]const u8 {
+    const ours = @typeInfo(Ours).@"struct";
+    const theirs = @typeInfo(Theirs).@"struct";
+    if (@sizeOf(Ours) != @sizeOf(Theirs) or @alignOf(Ours) != @alignOf(Theirs) or ours.field_names.len != theirs.field_names.len)
+        return std.fmt.comptimePrint("{s} (size {d}, align {d}, {d} fields) does not match the C header's {s} (size {d}, align {d}, {d} fields)", .{
+            @typeName(Ours), @sizeOf(Ours), @alignOf(Ours), ours.field_names.len, @typeName(Theirs), @sizeOf(Theirs), @alignOf(Theirs), theirs.field_names.len,
+        });
+    inline for (ours.field_names, ours.field_types, theirs.field_names, theirs.field_types) |on, ot, tn, tt| {
+        if (!std.mem.eql(u8, on, tn) or @offsetOf(Ours, on) != @offsetOf(Theirs, tn) or @sizeOf(ot) != @sizeOf(tt))
+            return std.fmt.comptimePrint("{s}.{s} (offset {d}, size {d}) does not match the C header's field {s} (offset {d}, size {d})", .{
+                @typeName(Ours), on, @offsetOf(Ours, on), @sizeOf(ot), tn, @offsetOf(Theirs, tn), @sizeOf(tt),
+            });
+    }
+    return null;
+}
+
+fn checkLayout(comptime Ours: type, comptime Theirs: type) void {
+    if (layoutMismatch(Ours, Theirs)) |why| @compileError(why);
+}
+
+comptime {
+    checkLayout(String, c.maze_string);
+    checkLayout(ConstraintDesc, c.maze_constraint_desc);
+    checkLayout(ChatMessage, c.maze_chat_message);
+    if (c.MAZE_ABI_VERSION != 1) @compileError("maze.zig was written for MAZE_ABI_VERSION 1");
+}
+
+// ------------------------------------------------------------------------------------ constraints
+
+/// One rule the output must obey, as a plain Zig value. It reaches the library through
+/// `ConstraintDesc` (the C struct), field by field, with no JSON in between. The slices are
+/// borrowed for the call that compiles it.
+pub const Constraint = struct {
+    kind: Kind,
+    /// Reported in validation.
+    name: []const u8 = "",
+    /// When constraints conflict the lowest priority is relaxed first.
+    priority: i32 = 0,
+    /// The JSON schema (.json_schema) or Lark grammar (.lark).
+    text: []const u8 = "",
+    /// Regex patterns (.regex: the whole output matches every one) or choices (.choice).
+    items: []const []const u8 = &.{},
+    /// Token ids (.token_mask): only `allowed` (when not empty), never `forbidden`.
+    allowed: []const u32 = &.{},
+    forbidden: []const u32 = &.{},
+
+    pub const Kind = enum(u32) {
+        json_schema = c.MAZE_CONSTRAINT_KIND_JSON_SCHEMA,
+        lark = c.MAZE_CONSTRAINT_KIND_LARK,
+        regex = c.MAZE_CONSTRAINT_KIND_REGEX,
+        token_mask = c.MAZE_CONSTRAINT_KIND_TOKEN_MASK,
+        choice = c.MAZE_CONSTRAINT_KIND_CHOICE,
+    };
+
+    pub fn jsonSchema(schema_text: []const u8) Constraint {
+        return .{ .kind = .json_schema, .text = schema_text };
+    }
+    pub fn lark(grammar: []const u8) Constraint {
+        return .{ .kind = .lark, .text = grammar };
+    }
+    pub fn regex(patterns: []const []const u8) Constraint {
+        return .{ .kind = .regex, .items = patterns };
+    }
+    pub fn tokenMask(allowed: []const u32, forbidden: []const u32) Constraint {
+        return .{ .kind = .token_mask, .allowed = allowed, .forbidden = forbidden };
+    }
+    pub fn choice(options: []const []const u8) Constraint {
+        return .{ .kind = .choice, .items = options };
+    }
+    pub fn named(self: Constraint, constraint_name: []const u8) Constraint {
+        var copy = self;
+        copy.name = constraint_name;
+        return copy;
+    }
+    pub fn withPriority(self: Constraint, priority: i32) Constraint {
+        var copy = self;
+        copy.priority = priority;
+        return copy;
+    }
+
+    /// The descriptor for this constraint; `items` receives the C strings of `self.items`.
+    pub fn desc(self: Constraint, items: []String) ConstraintDesc {
+        for (self.items, items) |item, *out| out.* = String.from(item);
+        return .{
+            .kind = @backingInt(self.kind),
+            .priority = self.priority,
+            .name = String.from(self.name),
+            .text = String.from(self.text),
+            .items = if (items.len > 0) items.ptr else null,
+            .n_items = items.len,
+            .allowed_tokens = if (self.allowed.len > 0) self.allowed.ptr else null,
+            .n_allowed_tokens = self.allowed.len,
+            .forbidden_tokens = if (self.forbidden.len > 0) self.forbidden.ptr else null,
+            .n_forbidden_tokens = self.forbidden.len,
+        };
+    }
+};
+
+/// Compiles one descriptor (the raw struct path, for callers that build descriptors themselves).
+pub fn compileDesc(engine: *const Engine, d: *const ConstraintDesc, diag: ?*Diagnostic) Error!*c.maze_constraint {
+    var handle: ?*c.maze_constraint = null;
+    var err: ?*c.maze_error = null;
+    try check(c.maze_constraint_new(engine.handle, @ptrCast(d), &handle, &err), err, diag);
+    return handle.?;
+}
+
+/// Compiled constraints, reusable by any number of generations at once (GenerateOptions.compiled).
+pub const ConstraintSet = struct {
+    allocator: Allocator,
+    handles: []*c.maze_constraint,
+
+    pub fn deinit(self: *ConstraintSet) void {
+        for (self.handles) |h| c.maze_constraint_free(h);
+        self.allocator.free(self.handles);
+        self.* = undefined;
+    }
+
+    /// Number of constraints held.
+    pub fn count(self: *const ConstraintSet) usize {
+        var n: usize = 0;
+        for (self.handles) |h| n += c.maze_constraint_count(h);
+        return n;
+    }
+};
+
+// ------------------------------------------------------------------------------------ engine
+
+/// Describes the loaded model.
+pub const ModelInfo = struct {
+    name: []const u8,
+    architecture: []const u8,
+    vocab_size: u32,
+    context_length: u32,
+    has_chat_template: bool,
+    /// End-of-sequence token, or null when the model has none.
+    eos_token: ?u32,
+};
+
+/// One chat message. Roles are those of the model's template ("system", "user", "assistant").
+pub const Message = struct {
+    role: []const u8,
+    content: []const u8,
+};
+
+/// A loaded model with its worker. Safe to use from any number of threads at once. Sessions
+/// opened on it stay valid after `deinit`.
+pub const Engine = struct {
+    handle: *c.maze_engine,
+
+    pub const Options = struct {
+        /// Compute threads; 0 = one per core.
+        threads: u32 = 0,
+        /// Context (tokens) per session; 0 = the model's, capped at 8192.
+        context_length: u32 = 0,
+        /// Seed for requests without one; null = random.
+        seed: ?u64 = null,
+        /// A tokenizer.json replacing the GGUF's tokenizer.
+        tokenizer_path: ?[:0]const u8 = null,
+        /// Compiled constraints the cache keeps; 0 = 256.
+        constraint_cache_limit: u32 = 0,
+        /// Loading progress; returning false aborts the load (error.Cancelled).
+        progress: ?Progress = null,
+        diag: ?*Diagnostic = null,
+    };
+
+    /// A progress callback with its context.
+    pub const Progress = struct {
+        context: ?*anyopaque,
+        callback: *const fn (progress: f32, context: ?*anyopaque) callconv(.c) bool,
+    };
+
+    /// Loads a GGUF model (Llama family). `model_path` is UTF-8.
+    pub fn init(model_path: [:0]const u8, options: Options) Error!Engine {
+        var params = c.maze_engine_params_default();
+        params.n_threads = options.threads;
+        params.n_ctx = options.context_length;
+        if (options.seed) |s| params.seed = s;
+        if (options.tokenizer_path) |p| params.tokenizer_path = p.ptr;
+        params.constraint_cache_limit = options.constraint_cache_limit;
+        if (options.progress) |p| {
+            params.progress_callback = p.callback;
+            params.progress_userdata = p.context;
+        }
+        var handle: ?*c.maze_engine = null;
+        var err: ?*c.maze_error = null;
+        try check(c.maze_engine_new(model_path.ptr, &params, &handle, &err), err, options.diag);
+        return .{ .handle = handle.? };
+    }
+
+    pub fn deinit(self: *Engine) void {
+        c.maze_engine_free(self.handle);
+        self.* = undefined;
+    }
+
+    /// Facts about the model; the strings live as long as the engine.
+    pub fn info(self: *const Engine) ModelInfo {
+        const eos = c.maze_engine_eos_token(self.handle);
+        return .{
+            .name = std.mem.span(c.maze_engine_model_name(self.handle)),
+            .architecture = std.mem.span(c.maze_engine_architecture(self.handle)),
+            .vocab_size = c.maze_engine_vocab_size(self.handle),
+            .context_length = c.maze_engine_context_length(self.handle),
+            .has_chat_template = c.maze_engine_has_chat_template(self.handle),
+            .eos_token = if (eos < 0) null else @intCast(eos),
+        };
+    }
+
+    /// Whether `token` ends generation (EOS or an end-of-turn token).
+    pub fn isEndOfGeneration(self: *const Engine, token: u32) bool {
+        return c.maze_engine_token_is_end_of_generation(self.handle, token);
+    }
+
+    pub const TokenizeOptions = struct {
+        /// Add BOS/EOS as the model wants them.
+        add_special: bool = false,
+        /// Let special-token text become special tokens; keep false for untrusted text.
+        parse_special: bool = false,
+        diag: ?*Diagnostic = null,
+    };
+
+    /// Token ids of `text`, owned by the caller.
+    pub fn tokenize(self: *const Engine, allocator: Allocator, text: []const u8, options: TokenizeOptions) Error![]u32 {
+        var buf = try allocator.alloc(u32, text.len + 8);
+        errdefer allocator.free(buf);
+        while (true) {
+            var n: usize = 0;
+            var err: ?*c.maze_error = null;
+            const status = c.maze_tokenize(self.handle, text.ptr, text.len, options.add_special, options.parse_special, buf.ptr, buf.len, &n, &err);
+            if (status == c.MAZE_STATUS_BUFFER_TOO_SMALL) {
+                c.maze_error_free(err);
+                buf = try allocator.realloc(buf, n);
+                continue;
+            }
+            try check(status, err, options.diag);
+            return allocator.realloc(buf, n);
+        }
+    }
+
+    /// The exact bytes `tokens` stand for, owned by the caller.
+    pub fn detokenize(self: *const Engine, allocator: Allocator, tokens: []const u32, diag: ?*Diagnostic) Error![]u8 {
+        const Call = struct {
+            engine: *c.maze_engine,
+            tokens: []const u32,
+            fn call(ctx: @This(), buf: [*c]u8, capacity: usize, out_len: *usize, err: *?*c.maze_error) c_uint {
+                return c.maze_detokenize(ctx.engine, ctx.tokens.ptr, ctx.tokens.len, buf, capacity, out_len, @ptrCast(err));
+            }
+        };
+        return readText(allocator, tokens.len * 8 + 16, Call{ .engine = self.handle, .tokens = tokens }, diag);
+    }
+
+    /// `messages` rendered with the model's chat template (error.Template when it has none).
+    pub fn applyChatTemplate(self: *const Engine, allocator: Allocator, messages: []const Message, add_generation_prompt: bool, diag: ?*Diagnostic) Error![]u8 {
+        const c_messages = try chatMessages(allocator, messages);
+        defer allocator.free(c_messages);
+        const Call = struct {
+            engine: *c.maze_engine,
+            messages: []const ChatMessage,
+            add: bool,
+            fn call(ctx: @This(), buf: [*c]u8, capacity: usize, out_len: *usize, err: *?*c.maze_error) c_uint {
+                return c.maze_chat_apply_template(ctx.engine, @ptrCast(ctx.messages.ptr), ctx.messages.len, ctx.add, buf, capacity, out_len, @ptrCast(err));
+            }
+        };
+        var guess: usize = 256;
+        for (messages) |m| guess += m.role.len + m.content.len + 32;
+        return readText(allocator, guess, Call{ .engine = self.handle, .messages = c_messages, .add = add_generation_prompt }, diag);
+    }
+
+    /// Compiles constraints; bad ones fail with error.InvalidConstraint and a message naming
+    /// the constraint and the part.
+    pub fn compile(self: *const Engine, allocator: Allocator, constraints: []const Constraint, diag: ?*Diagnostic) Error!ConstraintSet {
+        const handles = try allocator.alloc(*c.maze_constraint, constraints.len);
+        var done: usize = 0;
+        errdefer {
+            for (handles[0..done]) |h| c.maze_constraint_free(h);
+            allocator.free(handles);
+        }
+        for (constraints) |constraint| {
+            const items = try allocator.alloc(String, constraint.items.len);
+            defer allocator.free(items);
+            const d = constraint.desc(items);
+            handles[done] = try compileDesc(self, &d, diag);
+            done += 1;
+        }
+        return .{ .allocator = allocator, .handles = handles };
+    }
+
+    /// Compiles constraints from the library's JSON form (see maze_constraint_from_json).
+    pub fn compileJson(self: *const Engine, allocator: Allocator, json: []const u8, diag: ?*Diagnostic) Error!ConstraintSet {
+        var handle: ?*c.maze_constraint = null;
+        var err: ?*c.maze_error = null;
+        try check(c.maze_constraint_from_json(self.handle, json.ptr, json.len, &handle, &err), err, diag);
+        errdefer c.maze_constraint_free(handle);
+        const handles = try allocator.alloc(*c.maze_constraint, 1);
+        handles[0] = handle.?;
+        return .{ .allocator = allocator, .handles = handles };
+    }
+
+    /// Opens a conversation with its own KV cache.
+    pub fn session(self: *const Engine, diag: ?*Diagnostic) Error!Session {
+        var handle: ?*c.maze_session = null;
+        var err: ?*c.maze_error = null;
+        try check(c.maze_session_new(self.handle, &handle, &err), err, diag);
+        return .{ .handle = handle.?, .engine = self };
+    }
+};
+
+fn chatMessages(allocator: Allocator, messages: []const Message) Allocator.Error![]ChatMessage {
+    const out = try allocator.alloc(ChatMessage, messages.len);
+    for (messages, out) |m, *o| o.* = .{ .role = String.from(m.role), .content = String.from(m.content) };
+    return out;
+}
+
+/// Runs a call with the library's buffer protocol (the needed size comes back with
+/// MAZE_STATUS_BUFFER_TOO_SMALL), growing the buffer until the text fits.
+fn readText(allocator: Allocator, guess: usize, call: anytype, diag: ?*Diagnostic) Error![]u8 {
+    var buf = try allocator.alloc(u8, guess + 1);
+    errdefer allocator.free(buf);
+    while (true) {
+        var n: usize = 0;
+        var err: ?*c.maze_error = null;
+        const status = call.call(buf.ptr, buf.len, &n, &err);
+        if (status == c.MAZE_STATUS_BUFFER_TOO_SMALL) {
+            c.maze_error_free(err);
+            buf = try allocator.realloc(buf, n + 1);
+            continue;
+        }
+        try check(status, err, diag);
+        return allocator.realloc(buf, n);
+    }
+}
+
+// ------------------------------------------------------------------------------------ sessions
+
+/// What to continue the session from.
+pub const Input = union(enum) {
+    /// Text; the longest prefix the session already computed is reused.
+    prompt: []const u8,
+    /// Chat messages rendered with the model's template, ending in an assistant turn.
+    messages: []const Message,
+    /// Token ids used as they are.
+    tokens: []const u32,
+};
+
+/// Settings of one generation. Null fields keep the library's defaults (llama.cpp's sampling
+/// defaults, 256 tokens, random seed).
+pub const GenerateOptions = struct {
+    max_tokens: ?u32 = null,
+    /// 0 = greedy.
+    temperature: ?f32 = null,
+    top_k: ?u32 = null,
+    top_p: ?f32 = null,
+    min_p: ?f32 = null,
+    repetition_penalty: ?f32 = null,
+    penalty_last_n: ?u32 = null,
+    frequency_penalty: ?f32 = null,
+    presence_penalty: ?f32 = null,
+    seed: ?u64 = null,
+    /// The text ends before the first of these that appears.
+    stop: []const []const u8 = &.{},
+    /// Wall-clock limit; 0 = none. Passing it finishes with .timeout.
+    timeout_ms: u32 = 0,
+    /// Record each token's log-probability (Result.logprobs).
+    logprobs: bool = false,
+    /// Constraints as values, compiled for this call through the engine's cache.
+    constraints: []const Constraint = &.{},
+    /// Sets compiled beforehand with Engine.compile.
+    compiled: []const *const ConstraintSet = &.{},
+    diag: ?*Diagnostic = null,
+};
+
+/// Why generation ended.
+pub const FinishReason = enum(u32) {
+    stop = c.MAZE_FINISH_REASON_STOP,
+    length = c.MAZE_FINISH_REASON_LENGTH,
+    stop_sequence = c.MAZE_FINISH_REASON_STOP_SEQUENCE,
+    cancelled = c.MAZE_FINISH_REASON_CANCELLED,
+    timeout = c.MAZE_FINISH_REASON_TIMEOUT,
+    @"error" = c.MAZE_FINISH_REASON_ERROR,
+    _,
+};
+
+/// A finished generation, in memory of the allocator given to the call.
+pub const Result = struct {
+    allocator: Allocator,
+    text: []u8,
+    tokens: []u32,
+    /// One per token when GenerateOptions.logprobs was set.
+    logprobs: ?[]f32,
+    finish_reason: FinishReason,
+    /// Set when generation failed midway (finish_reason .error).
+    failure: ?struct { status: Status, message: []u8 },
+    prompt_tokens: u32,
+    cached_tokens: u32,
+    generated_tokens: u32,
+    time_to_first_token_ms: f64,
+    total_time_ms: f64,
+    tokens_per_second: f64,
+    prefill_tokens_per_second: f64,
+    /// Every constraint was enforced on every token and the output is complete under it.
+    constraints_satisfied: bool,
+    /// How each constraint fared (see maze_result_validation_json).
+    validation_json: []u8,
+    /// Model, constraints, sampling parameters and the seed used.
+    provenance_json: []u8,
+    constraint_compile_time_us: f64,
+    mean_mask_time_us: f64,
+    forced_tokens: u32,
+
+    pub fn deinit(self: *Result) void {
+        const a = self.allocator;
+        a.free(self.text);
+        a.free(self.tokens);
+        if (self.logprobs) |l| a.free(l);
+        if (self.failure) |f| a.free(f.message);
+        a.free(self.validation_json);
+        a.free(self.provenance_json);
+        self.* = undefined;
+    }
+
+    /// Copies a C result and frees it.
+    fn take(allocator: Allocator, r: *c.maze_result) Allocator.Error!Result {
+        defer c.maze_result_free(r);
+        var n: usize = 0;
+        const text_ptr = c.maze_result_text(r, &n);
+        const text = try allocator.dupe(u8, text_ptr[0..n]);
+        errdefer allocator.free(text);
+        const tokens_ptr = c.maze_result_tokens(r, &n);
+        const tokens = try allocator.dupe(u32, if (tokens_ptr) |p| p[0..n] else &.{});
+        errdefer allocator.free(tokens);
+        const logprobs_ptr = c.maze_result_logprobs(r, &n);
+        const logprobs: ?[]f32 = if (logprobs_ptr) |p| try allocator.dupe(f32, p[0..n]) else null;
+        errdefer if (logprobs) |l| allocator.free(l);
+        const validation = try allocator.dupe(u8, std.mem.span(c.maze_result_validation_json(r)));
+        errdefer allocator.free(validation);
+        const provenance = try allocator.dupe(u8, std.mem.span(c.maze_result_provenance_json(r)));
+        errdefer allocator.free(provenance);
+        const finish: FinishReason = @fromBackingInt(@intCast(c.maze_result_finish_reason(r)));
+        const failure_message = c.maze_result_error_message(r);
+        return .{
+            .allocator = allocator,
+            .text = text,
+            .tokens = tokens,
+            .logprobs = logprobs,
+            .finish_reason = finish,
+            .failure = if (failure_message) |m| .{
+                .status = @fromBackingInt(@intCast(c.maze_result_error_status(r))),
+                .message = try allocator.dupe(u8, std.mem.span(m)),
+            } else null,
+            .prompt_tokens = c.maze_result_prompt_tokens(r),
+            .cached_tokens = c.maze_result_cached_tokens(r),
+            .generated_tokens = c.maze_result_generated_tokens(r),
+            .time_to_first_token_ms = c.maze_result_time_to_first_token_ms(r),
+            .total_time_ms = c.maze_result_total_time_ms(r),
+            .tokens_per_second = c.maze_result_tokens_per_second(r),
+            .prefill_tokens_per_second = c.maze_result_prefill_tokens_per_second(r),
+            .constraints_satisfied = c.maze_result_constraints_satisfied(r),
+            .validation_json = validation,
+            .provenance_json = provenance,
+            .constraint_compile_time_us = c.maze_result_constraint_compile_time_us(r),
+            .mean_mask_time_us = c.maze_result_mean_mask_time_us(r),
+            .forced_tokens = c.maze_result_forced_tokens(r),
+        };
+    }
+};
+
+/// One conversation with its own KV cache.
+pub const Session = struct {
+    handle: *c.maze_session,
+    /// Compiles GenerateOptions.constraints; must outlive calls that pass constraints as values.
+    engine: *const Engine,
+
+    /// Frees the session and its KV cache; no call on it may be running.
+    pub fn deinit(self: *Session) void {
+        c.maze_session_free(self.handle);
+        self.* = undefined;
+    }
+
+    /// Stops the running generation (prefill included) from any thread; it then finishes with
+    /// .cancelled. A no-op when idle.
+    pub fn cancel(self: *const Session) void {
+        _ = c.maze_session_cancel(self.handle);
+    }
+
+    /// Forgets the conversation (error.Busy while generating).
+    pub fn reset(self: *const Session, diag: ?*Diagnostic) Error!void {
+        var err: ?*c.maze_error = null;
+        try check(c.maze_session_reset(self.handle, &err), err, diag);
+    }
+
+    /// Generates to the end. The Result is owned by the caller (allocated with `allocator`),
+    /// also when generation was cancelled, timed out or failed midway (see finish_reason).
+    pub fn generate(self: *const Session, allocator: Allocator, input: Input, options: GenerateOptions) Error!Result {
+        return self.run(allocator, input, options, null, null);
+    }
+
+    /// Like `generate`, calling `onText(context, piece)` with each piece of text as it is
+    /// produced (whole UTF-8 characters, never part of a stop sequence), on this thread.
+    /// Returning false stops generation: the Result then holds exactly the text delivered.
+    pub fn generateStreaming(
+        self: *const Session,
+        allocator: Allocator,
+        input: Input,
+        options: GenerateOptions,
+        context: anytype,
+        comptime onText: fn (@TypeOf(context), []const u8) bool,
+    ) Error!Result {
+        const Context = @TypeOf(context);
+        const Trampoline = struct {
+            fn call(text: [*c]const u8, len: usize, userdata: ?*anyopaque) callconv(.c) bool {
+                const ctx: *const Context = @ptrCast(@alignCast(userdata.?));
+                return onText(ctx.*, text[0..len]);
+            }
+        };
+        return self.run(allocator, input, options, Trampoline.call, @ptrCast(@constCast(&context)));
+    }
+
+    fn run(self: *const Session, allocator: Allocator, input: Input, options: GenerateOptions, callback: c.maze_stream_callback, userdata: ?*anyopaque) Error!Result {
+        var params = c.maze_generate_params_default();
+        if (options.max_tokens) |v| params.max_tokens = v;
+        if (options.temperature) |v| params.temperature = v;
+        if (options.top_k) |v| params.top_k = v;
+        if (options.top_p) |v| params.top_p = v;
+        if (options.min_p) |v| params.min_p = v;
+        if (options.repetition_penalty) |v| params.repetition_penalty = v;
+        if (options.penalty_last_n) |v| params.penalty_last_n = v;
+        if (options.frequency_penalty) |v| params.frequency_penalty = v;
+        if (options.presence_penalty) |v| params.presence_penalty = v;
+        if (options.seed) |v| params.seed = v;
+        params.timeout_ms = options.timeout_ms;
+        params.logprobs = options.logprobs;
+
+        const stop = try allocator.alloc(String, options.stop.len);
+        defer allocator.free(stop);
+        for (options.stop, stop) |s, *o| o.* = String.from(s);
+        params.stop = @ptrCast(stop.ptr);
+        params.n_stop = stop.len;
+
+        var own: ?ConstraintSet = null;
+        defer if (own) |*set| set.deinit();
+        if (options.constraints.len > 0) own = try self.engine.compile(allocator, options.constraints, options.diag);
+        var handles: std.ArrayList(*c.maze_constraint) = .empty;
+        defer handles.deinit(allocator);
+        if (own) |set| try handles.appendSlice(allocator, set.handles);
+        for (options.compiled) |set| try handles.appendSlice(allocator, set.handles);
+        params.constraints = @ptrCast(handles.items.ptr);
+        params.n_constraints = handles.items.len;
+
+        var result: ?*c.maze_result = null;
+        var err: ?*c.maze_error = null;
+        const status = switch (input) {
+            .prompt => |p| c.maze_session_generate(self.handle, p.ptr, p.len, &params, callback, userdata, &result, &err),
+            .tokens => |t| c.maze_session_generate_tokens(self.handle, t.ptr, t.len, &params, callback, userdata, &result, &err),
+            .messages => |m| blk: {
+                const messages = try chatMessages(allocator, m);
+                defer allocator.free(messages);
+                break :blk c.maze_session_chat(self.handle, @ptrCast(messages.ptr), messages.len, &params, callback, userdata, &result, &err);
+            },
+        };
+        try check(status, err, options.diag);
+        return Result.take(allocator, result.?);
+    }
+};
+
+// ------------------------------------------------------------------------------------ typed output
+
+/// A value generated by `generateTyped`, with the Result it came from.
+pub fn Typed(comptime T: type) type {
+    return struct {
+        parsed: std.json.Parsed(T),
+        result: Result,
+
+        pub fn value(self: *const @This()) T {
+            return self.parsed.value;
+        }
+
+        pub fn deinit(self: *@This()) void {
+            self.parsed.deinit();
+            self.result.deinit();
+        }
+    };
+}
+
+/// Generates a `T`: the output is constrained by `schemaOf(T)` (compact JSON) and parsed with
+/// std.json. Fails with error.Incomplete (and the reason in options.diag) when generation ended
+/// before the value was complete, e.g. at the token limit.
+pub fn generateTyped(comptime T: type, allocator: Allocator, session: *const Session, input: Input, options: GenerateOptions) Error!Typed(T) {
+    const compact = comptime schema.compact(schemaOf(T));
+    var all: std.ArrayList(Constraint) = .empty;
+    defer all.deinit(allocator);
+    try all.appendSlice(allocator, options.constraints);
+    try all.append(allocator, Constraint.jsonSchema(compact).named(@typeName(T)));
+    var opts = options;
+    opts.constraints = all.items;
+    var result = try session.generate(allocator, input, opts);
+    errdefer result.deinit();
+    if (result.finish_reason != .stop or !result.constraints_satisfied) {
+        var buf: [160]u8 = undefined;
+        const msg = std.fmt.bufPrint(&buf, "generation ended ({s}) after {d} tokens before the {s} value was complete", .{
+            @tagName(result.finish_reason), result.generated_tokens, @typeName(T),
+        }) catch &buf;
+        if (options.diag) |d| d.set(.ok, msg);
+        return error.Incomplete;
+    }
+    const parsed = std.json.parseFromSlice(T, allocator, result.text, .{}) catch |e| {
+        var buf: [200]u8 = undefined;
+        const msg = std.fmt.bufPrint(&buf, "the generated JSON does not parse as {s}: {s}", .{ @typeName(T), @errorName(e) }) catch &buf;
+        return fail(options.diag, .internal, msg);
+    };
+    return .{ .parsed = parsed, .result = result };
+}

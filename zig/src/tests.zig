@@ -1,0 +1,452 @@
+//! `zig build test`: the Zig module on the default model (build option `model`).
+const std = @import("std");
+const maze = @import("maze");
+const build_options = @import("build_options");
+const testing = std.testing;
+const c = maze.c;
+
+var shared_engine: ?maze.Engine = null;
+
+/// One engine for the tests (loading once keeps the suite quick); the process exit frees it.
+fn engine() !*maze.Engine {
+    if (shared_engine == null) {
+        var diag: maze.Diagnostic = .{};
+        shared_engine = maze.Engine.init(build_options.model, .{ .threads = 2, .seed = 7, .diag = &diag }) catch |e| {
+            std.debug.print("loading {s}: {s} ({s}); run `make model` or pass -Dmodel=PATH\n", .{ build_options.model, @errorName(e), diag.message() });
+            return e;
+        };
+    }
+    return &shared_engine.?;
+}
+
+fn greedy(max_tokens: u32) maze.GenerateOptions {
+    return .{ .temperature = 0, .max_tokens = max_tokens };
+}
+
+test "the constraint descriptor's layout is checked against the header" {
+    try testing.expect(maze.layoutMismatch(maze.ConstraintDesc, c.maze_constraint_desc) == null);
+    // A drifted copy is caught: a field missing, a field moved, a field resized.
+    const Missing = extern struct { struct_size: u32, kind: u32, priority: i32, reserved: u32, name: maze.String, text: maze.String, items: ?*anyopaque, n_items: usize };
+    const Moved = extern struct { kind: u32, struct_size: u32, priority: i32, reserved: u32, name: maze.String, text: maze.String, items: ?*anyopaque, n_items: usize, allowed_tokens: ?*anyopaque, n_allowed_tokens: usize, forbidden_tokens: ?*anyopaque, n_forbidden_tokens: usize };
+    const Resized = extern struct { struct_size: u32, kind: u32, priority: i64, name: maze.String, text: maze.String, items: ?*anyopaque, n_items: usize, allowed_tokens: ?*anyopaque, n_allowed_tokens: usize, forbidden_tokens: ?*anyopaque, n_forbidden_tokens: usize };
+    inline for (.{ Missing, Moved, Resized }) |Drifted| {
+        try testing.expect(comptime maze.layoutMismatch(Drifted, c.maze_constraint_desc) != null);
+    }
+    const d = c.maze_constraint_desc_default();
+    try testing.expectEqual(@as(u32, @sizeOf(maze.ConstraintDesc)), d.struct_size);
+}
+
+test "load: model facts" {
+    const e = try engine();
+    const info = e.info();
+    try testing.expectEqualStrings("llama", info.architecture);
+    try testing.expectEqual(@as(u32, 49152), info.vocab_size);
+    try testing.expect(info.has_chat_template);
+    try testing.expect(e.isEndOfGeneration(info.eos_token.?));
+    try testing.expect(maze.version().len >= 5);
+}
+
+test "tokenize, detokenize and the chat template" {
+    const e = try engine();
+    const a = testing.allocator;
+    const text = "Hello, Zig! Ünïcödé 12345";
+    const ids = try e.tokenize(a, text, .{});
+    defer a.free(ids);
+    try testing.expect(ids.len > 5);
+    const back = try e.detokenize(a, ids, null);
+    defer a.free(back);
+    try testing.expectEqualStrings(text, back);
+    // A run of spaces is one long token: the first buffer guess is too small and must grow.
+    const spaces: [64]u8 = @splat(' ');
+    const space_ids = try e.tokenize(a, &spaces, .{});
+    defer a.free(space_ids);
+    const space_back = try e.detokenize(a, space_ids, null);
+    defer a.free(space_back);
+    try testing.expectEqualStrings(&spaces, space_back);
+
+    const rendered = try e.applyChatTemplate(a, &.{.{ .role = "user", .content = "Hi" }}, true, null);
+    defer a.free(rendered);
+    try testing.expect(std.mem.indexOf(u8, rendered, "<|im_start|>user\nHi<|im_end|>") != null);
+    try testing.expect(std.mem.endsWith(u8, rendered, "<|im_start|>assistant\n"));
+}
+
+test "chat" {
+    const e = try engine();
+    var s = try e.session(null);
+    defer s.deinit();
+    var opts = greedy(32);
+    opts.logprobs = true;
+    var r = try s.generate(testing.allocator, .{ .messages = &.{.{ .role = "user", .content = "What is the capital of France? Answer in one word." }} }, opts);
+    defer r.deinit();
+    try testing.expect(std.mem.indexOf(u8, r.text, "Paris") != null);
+    try testing.expectEqual(maze.FinishReason.stop, r.finish_reason);
+    try testing.expectEqual(r.tokens.len, r.generated_tokens);
+    try testing.expectEqual(r.tokens.len, r.logprobs.?.len);
+    try testing.expect(r.prompt_tokens > 20 and r.total_time_ms > 0);
+    try testing.expect(r.constraints_satisfied);
+    try testing.expect(r.failure == null);
+    try testing.expect(std.mem.indexOf(u8, r.provenance_json, "\"seed\"") != null);
+
+    // The follow-up reuses the cached conversation.
+    var next = try s.generate(testing.allocator, .{ .messages = &.{
+        .{ .role = "user", .content = "What is the capital of France? Answer in one word." },
+        .{ .role = "assistant", .content = r.text },
+        .{ .role = "user", .content = "And of Italy?" },
+    } }, greedy(12));
+    defer next.deinit();
+    try testing.expect(next.cached_tokens >= r.prompt_tokens);
+    try s.reset(null);
+}
+
+const Collector = struct {
+    text: std.ArrayList(u8) = .empty,
+    pieces: usize = 0,
+    stop_after: usize = std.math.maxInt(usize),
+    failed: bool = false,
+
+    fn onText(self: *Collector, piece: []const u8) bool {
+        self.text.appendSlice(testing.allocator, piece) catch {
+            self.failed = true;
+            return false;
+        };
+        self.pieces += 1;
+        return self.pieces < self.stop_after;
+    }
+};
+
+test "stream: the pieces make the text; returning false stops" {
+    const e = try engine();
+    var s = try e.session(null);
+    defer s.deinit();
+    var all: Collector = .{};
+    defer all.text.deinit(testing.allocator);
+    var r = try s.generateStreaming(testing.allocator, .{ .prompt = "The history of Rome" }, greedy(30), &all, Collector.onText);
+    defer r.deinit();
+    try testing.expect(!all.failed and all.pieces > 5);
+    try testing.expectEqualStrings(r.text, all.text.items);
+
+    var some: Collector = .{ .stop_after = 3 };
+    defer some.text.deinit(testing.allocator);
+    var cut = try s.generateStreaming(testing.allocator, .{ .prompt = "The history of Rome" }, greedy(200), &some, Collector.onText);
+    defer cut.deinit();
+    try testing.expectEqual(maze.FinishReason.cancelled, cut.finish_reason);
+    try testing.expectEqualStrings(cut.text, some.text.items);
+    try testing.expect(cut.generated_tokens < 200);
+}
+
+const CancelFromThread = struct {
+    session: *const maze.Session,
+    started: std.atomic.Value(bool) = .init(false),
+
+    fn onText(self: *CancelFromThread, _: []const u8) bool {
+        self.started.store(true, .release);
+        return true;
+    }
+
+    fn canceller(self: *CancelFromThread) void {
+        while (!self.started.load(.acquire)) std.atomic.spinLoopHint();
+        self.session.cancel();
+    }
+};
+
+test "cancel from another thread; timeout; busy" {
+    const e = try engine();
+    var s = try e.session(null);
+    defer s.deinit();
+    var state: CancelFromThread = .{ .session = &s };
+    const thread = try std.Thread.spawn(.{}, CancelFromThread.canceller, .{&state});
+    var r = try s.generateStreaming(testing.allocator, .{ .prompt = "The history of Rome" }, greedy(2000), &state, CancelFromThread.onText);
+    thread.join();
+    defer r.deinit();
+    try testing.expectEqual(maze.FinishReason.cancelled, r.finish_reason);
+    try testing.expect(r.generated_tokens < 2000);
+
+    var opts = greedy(2000);
+    opts.timeout_ms = 150;
+    var timed = try s.generate(testing.allocator, .{ .prompt = "The history of Rome" }, opts);
+    defer timed.deinit();
+    try testing.expectEqual(maze.FinishReason.timeout, timed.finish_reason);
+
+    // A second generation on a busy session is refused, and so is reset.
+    const Busy = struct {
+        session: *const maze.Session,
+        generate_error: ?maze.Error = null,
+        reset_error: ?maze.Error = null,
+        fn onText(self: *@This(), _: []const u8) bool {
+            if (self.generate_error == null) {
+                if (self.session.generate(testing.allocator, .{ .prompt = "x" }, .{})) |res| {
+                    var owned = res;
+                    owned.deinit();
+                } else |err| self.generate_error = err;
+                self.session.reset(null) catch |err| {
+                    self.reset_error = err;
+                };
+            }
+            return false;
+        }
+    };
+    var busy: Busy = .{ .session = &s };
+    var b = try s.generateStreaming(testing.allocator, .{ .prompt = "Hello" }, greedy(50), &busy, Busy.onText);
+    defer b.deinit();
+    try testing.expectEqual(@as(?maze.Error, error.Busy), busy.generate_error);
+    try testing.expectEqual(@as(?maze.Error, error.Busy), busy.reset_error);
+}
+
+fn expectSatisfied(r: *const maze.Result, name: []const u8) !void {
+    if (!r.constraints_satisfied) std.debug.print("not satisfied: {s} (output {s})\n", .{ r.validation_json, r.text });
+    try testing.expect(r.constraints_satisfied);
+    var buf: [96]u8 = undefined;
+    try testing.expect(std.mem.indexOf(u8, r.validation_json, try std.fmt.bufPrint(&buf, "\"name\":\"{s}\"", .{name})) != null);
+}
+
+fn constrained(constraints: []const maze.Constraint, prompt: []const u8, max_tokens: u32) !maze.Result {
+    const e = try engine();
+    var s = try e.session(null);
+    defer s.deinit();
+    var opts = greedy(max_tokens);
+    opts.constraints = constraints;
+    return s.generate(testing.allocator, .{ .messages = &.{.{ .role = "user", .content = prompt }} }, opts);
+}
+
+test "every constraint kind through the struct path" {
+    const a = testing.allocator;
+    {
+        const schema =
+            \\{"type":"object","properties":{"name":{"type":"string","maxLength":20},"age":{"type":"integer","minimum":0,"maximum":150}},"required":["name","age"],"additionalProperties":false}
+        ;
+        var r = try constrained(&.{maze.Constraint.jsonSchema(schema).named("person")}, "Describe a person as JSON.", 80);
+        defer r.deinit();
+        try expectSatisfied(&r, "person");
+        const Person = struct { name: []const u8, age: u8 };
+        const parsed = try std.json.parseFromSlice(Person, a, r.text, .{});
+        defer parsed.deinit();
+        try testing.expect(parsed.value.name.len <= 20 and parsed.value.age <= 150);
+    }
+    {
+        const grammar =
+            \\start: "The answer is " NUMBER "."
+            \\NUMBER: /[0-9]{1,3}/
+        ;
+        var r = try constrained(&.{maze.Constraint.lark(grammar).named("sentence")}, "What is 6 times 7?", 20);
+        defer r.deinit();
+        try expectSatisfied(&r, "sentence");
+        try testing.expect(std.mem.startsWith(u8, r.text, "The answer is ") and std.mem.endsWith(u8, r.text, "."));
+    }
+    {
+        var r = try constrained(&.{maze.Constraint.regex(&.{ "[0-9]{4}-[0-9]{2}-[0-9]{2}", "2[0-9]{3}-.*" }).named("date")}, "Give a date.", 20);
+        defer r.deinit();
+        try expectSatisfied(&r, "date");
+        try testing.expectEqual(@as(usize, 10), r.text.len);
+        try testing.expect(r.text[0] == '2' and r.text[4] == '-' and r.text[7] == '-');
+    }
+    {
+        const options = [_][]const u8{ "yes", "no", "maybe" };
+        var r = try constrained(&.{maze.Constraint.choice(&options).named("answer")}, "Is the sky blue?", 10);
+        defer r.deinit();
+        try expectSatisfied(&r, "answer");
+        var found = false;
+        for (options) |o| found = found or std.mem.eql(u8, o, r.text);
+        try testing.expect(found);
+    }
+    {
+        const e = try engine();
+        var digits: [11]u32 = undefined;
+        for (0..10) |d| {
+            const ids = try e.tokenize(a, &[_]u8{'0' + @as(u8, @intCast(d))}, .{});
+            defer a.free(ids);
+            try testing.expectEqual(@as(usize, 1), ids.len);
+            digits[d] = ids[0];
+        }
+        digits[10] = e.info().eos_token.?;
+        var r = try constrained(&.{maze.Constraint.tokenMask(&digits, &.{}).named("digits")}, "Write a word.", 8);
+        defer r.deinit();
+        try testing.expect(r.generated_tokens > 0);
+        for (r.text) |ch| try testing.expect(std.ascii.isDigit(ch));
+
+        var free = try constrained(&.{}, "Say hello.", 4);
+        defer free.deinit();
+        var banned = try constrained(&.{maze.Constraint.tokenMask(&.{}, free.tokens[0..1]).named("no-first")}, "Say hello.", 4);
+        defer banned.deinit();
+        try testing.expect(std.mem.indexOfScalar(u32, banned.tokens, free.tokens[0]) == null);
+    }
+}
+
+test "priority: the lower one is relaxed" {
+    var r = try constrained(&.{
+        maze.Constraint.regex(&.{"[0-9]{1,4}"}).named("number").withPriority(1),
+        maze.Constraint.choice(&.{ "yes", "no" }).named("yesno").withPriority(-1),
+    }, "Pick a number.", 8);
+    defer r.deinit();
+    try testing.expect(r.text.len > 0);
+    for (r.text) |ch| try testing.expect(std.ascii.isDigit(ch));
+    try testing.expect(!r.constraints_satisfied);
+    try testing.expect(std.mem.indexOf(u8, r.validation_json, "\"relaxed\"") != null);
+}
+
+test "compiled sets are reusable and hit the cache" {
+    const e = try engine();
+    var set = try e.compileJson(testing.allocator, "{\"name\": \"color\", \"choice\": [\"red\", \"green\", \"blue\"]}", null);
+    defer set.deinit();
+    try testing.expectEqual(@as(usize, 1), set.count());
+    var again = try e.compile(testing.allocator, &.{maze.Constraint.choice(&.{ "red", "green", "blue" }).named("color")}, null);
+    defer again.deinit();
+    var s = try e.session(null);
+    defer s.deinit();
+    for (0..2) |_| {
+        var opts = greedy(5);
+        opts.compiled = &.{&again};
+        var r = try s.generate(testing.allocator, .{ .prompt = "My favourite colour is" }, opts);
+        defer r.deinit();
+        try expectSatisfied(&r, "color");
+    }
+}
+
+const Recipe = struct {
+    title: []const u8,
+    cuisine: enum { italian, french, japanese, mexican },
+    servings: u8,
+    ingredients: []const []const u8,
+    vegetarian: bool,
+    rating: ?f32 = null,
+
+    pub const maze_fields = .{
+        .title = .{ .maxLength = 40 },
+        .servings = .{ .minimum = 1, .maximum = 12 },
+        .ingredients = .{ .minItems = 2, .maxItems = 4, .items = .{ .maxLength = 24 } },
+    };
+};
+
+test "schemaOf" {
+    const expected =
+        \\{"type":"object","properties":{"title":{"type":"string","maxLength":40},"cuisine":{"type":"string","enum":["italian","french","japanese","mexican"]},"servings":{"type":"integer","minimum":1,"maximum":12},"ingredients":{"type":"array","items":{"type":"string","maxLength":24},"minItems":2,"maxItems":4},"vegetarian":{"type":"boolean"},"rating":{"anyOf":[{"type":"number"},{"type":"null"}]}},"required":["title","cuisine","servings","ingredients","vegetarian"],"additionalProperties":false}
+    ;
+    try testing.expectEqualStrings(expected, maze.schemaOf(Recipe));
+    try testing.expectEqualStrings("{\"type\":\"integer\",\"minimum\":-32768,\"maximum\":32767}", maze.schemaOf(i16));
+    try testing.expectEqualStrings("{\"type\":\"integer\"}", maze.schemaOf(i64));
+    try testing.expectEqualStrings("{\"type\":\"array\",\"items\":{\"type\":\"number\"},\"minItems\":3,\"maxItems\":3}", maze.schemaOf([3]f64));
+    try testing.expectEqualStrings("{\"type\":\"string\",\"pattern\":\"^[ -~]{4}$\"}", maze.schemaOf([4]u8));
+    const Shape = union(enum) { circle: f32, none };
+    try testing.expectEqualStrings(
+        \\{"anyOf":[{"type":"object","properties":{"circle":{"type":"number"}},"required":["circle"],"additionalProperties":false},{"type":"object","properties":{"none":{"type":"object","additionalProperties":false}},"required":["none"],"additionalProperties":false}]}
+    , maze.schemaOf(Shape));
+    const Custom = struct {
+        pub const maze_schema = "{\"type\":\"string\",\"format\":\"email\"}";
+    };
+    try testing.expectEqualStrings("{\"type\":\"string\",\"format\":\"email\"}", maze.schemaOf(Custom));
+    // Every derived schema is JSON.
+    inline for (.{ Recipe, Shape, [3]f64, ?[]const u8 }) |T| {
+        try testing.expect(try std.json.validate(testing.allocator, maze.schemaOf(T)));
+    }
+}
+
+test "typed output round trip" {
+    const e = try engine();
+    var s = try e.session(null);
+    defer s.deinit();
+    var typed = try maze.generateTyped(Recipe, testing.allocator, &s, .{ .messages = &.{.{ .role = "user", .content = "Give me a simple pasta recipe as JSON." }} }, greedy(200));
+    defer typed.deinit();
+    const recipe = typed.value();
+    try testing.expect(recipe.title.len > 0 and recipe.title.len <= 40);
+    try testing.expect(recipe.servings >= 1 and recipe.servings <= 12);
+    try testing.expect(recipe.ingredients.len >= 2 and recipe.ingredients.len <= 4);
+    // Compact JSON that std.json writes back the same way.
+    try testing.expect(std.mem.indexOfScalar(u8, typed.result.text, '\n') == null);
+    const written = try std.json.Stringify.valueAlloc(testing.allocator, recipe, .{ .emit_null_optional_fields = false });
+    defer testing.allocator.free(written);
+    const reparsed = try std.json.parseFromSlice(Recipe, testing.allocator, written, .{});
+    defer reparsed.deinit();
+    try testing.expectEqualStrings(recipe.title, reparsed.value.title);
+    try testing.expectEqual(recipe.cuisine, reparsed.value.cuisine);
+
+    // Cut by the token limit: error.Incomplete with the reason.
+    var diag: maze.Diagnostic = .{};
+    var opts = greedy(4);
+    opts.diag = &diag;
+    try testing.expectError(error.Incomplete, maze.generateTyped(Recipe, testing.allocator, &s, .{ .prompt = "Recipe:" }, opts));
+    try testing.expect(std.mem.indexOf(u8, diag.message(), "length") != null);
+}
+
+fn expectFailure(result: anytype, expected: maze.Error, diag: *const maze.Diagnostic, needle: []const u8) !void {
+    if (result) |value| {
+        _ = value;
+        return error.TestExpectedError;
+    } else |err| {
+        try testing.expectEqual(expected, err);
+        if (std.mem.indexOf(u8, diag.message(), needle) == null) {
+            std.debug.print("message '{s}' lacks '{s}'\n", .{ diag.message(), needle });
+            return error.TestUnexpectedMessage;
+        }
+    }
+}
+
+test "errors: bad model path, bad constraints, NULL-equivalents" {
+    var diag: maze.Diagnostic = .{};
+    try expectFailure(maze.Engine.init("/nonexistent/model.gguf", .{ .diag = &diag }), error.Io, &diag, "model.gguf");
+    try testing.expectEqual(maze.Status.io, diag.status);
+    try expectFailure(maze.Engine.init("", .{ .diag = &diag }), error.Io, &diag, "");
+
+    const e = try engine();
+    const bad = [_]struct { c: maze.Constraint, err: maze.Error, needle: []const u8 }{
+        .{ .c = maze.Constraint.jsonSchema("{\"type\": \"object\",").named("broken"), .err = error.InvalidConstraint, .needle = "broken" },
+        .{ .c = maze.Constraint.jsonSchema("{\"type\": \"array\", \"uniqueItems\": true}"), .err = error.InvalidConstraint, .needle = "uniqueItems" },
+        .{ .c = maze.Constraint.regex(&.{"[0-9"}).named("digits"), .err = error.InvalidConstraint, .needle = "digits" },
+        .{ .c = maze.Constraint.lark("start: undefined_rule"), .err = error.InvalidConstraint, .needle = "undefined_rule" },
+        .{ .c = maze.Constraint.tokenMask(&.{1 << 30}, &.{}), .err = error.InvalidConstraint, .needle = "1073741824" },
+        // Empty values, the NULL of slices.
+        .{ .c = maze.Constraint.jsonSchema(""), .err = error.InvalidConstraint, .needle = "" },
+        .{ .c = maze.Constraint.lark(""), .err = error.InvalidConstraint, .needle = "empty" },
+        .{ .c = maze.Constraint.regex(&.{}), .err = error.InvalidConstraint, .needle = "no patterns" },
+        .{ .c = maze.Constraint.choice(&.{}), .err = error.InvalidConstraint, .needle = "no options" },
+    };
+    for (bad) |case| {
+        try expectFailure(e.compile(testing.allocator, &.{case.c}, &diag), case.err, &diag, case.needle);
+        var s = try e.session(null);
+        defer s.deinit();
+        var opts: maze.GenerateOptions = .{ .constraints = &.{case.c}, .diag = &diag };
+        _ = &opts;
+        try expectFailure(s.generate(testing.allocator, .{ .prompt = "x" }, opts), case.err, &diag, case.needle);
+    }
+
+    // The raw struct path refuses a NULL array with a count, and an unknown kind.
+    var raw: maze.ConstraintDesc = .{ .kind = @backingInt(maze.Constraint.Kind.regex), .items = null, .n_items = 2 };
+    try expectFailure(maze.compileDesc(e, &raw, &diag), error.NullArgument, &diag, "items");
+    raw = .{ .kind = 99 };
+    try expectFailure(maze.compileDesc(e, &raw, &diag), error.InvalidArgument, &diag, "desc.kind 99");
+    raw = .{ .kind = 0, .struct_size = @sizeOf(maze.ConstraintDesc) + 8 };
+    try expectFailure(maze.compileDesc(e, &raw, &diag), error.AbiMismatch, &diag, "");
+
+    // Requests: empty prompt, invalid UTF-8, bad sampling values, context overflow.
+    var s = try e.session(null);
+    defer s.deinit();
+    try expectFailure(s.generate(testing.allocator, .{ .prompt = "" }, .{ .diag = &diag }), error.InvalidArgument, &diag, "empty");
+    try expectFailure(s.generate(testing.allocator, .{ .prompt = "bad \xff" }, .{ .diag = &diag }), error.InvalidUtf8, &diag, "");
+    try expectFailure(s.generate(testing.allocator, .{ .prompt = "x" }, .{ .top_p = 0, .diag = &diag }), error.InvalidArgument, &diag, "top_p");
+    try expectFailure(s.generate(testing.allocator, .{ .tokens = &.{1 << 30} }, .{ .diag = &diag }), error.InvalidArgument, &diag, "");
+    try expectFailure(e.detokenize(testing.allocator, &.{1 << 30}, &diag), error.InvalidArgument, &diag, "");
+
+    var small = try maze.Engine.init(build_options.model, .{ .context_length = 64 });
+    defer small.deinit();
+    var ss = try small.session(null);
+    defer ss.deinit();
+    const words: [40][]const u8 = @splat("many words here");
+    const long_prompt = try std.mem.join(testing.allocator, " ", &words);
+    defer testing.allocator.free(long_prompt);
+    try expectFailure(ss.generate(testing.allocator, .{ .prompt = long_prompt }, .{ .diag = &diag }), error.ContextOverflow, &diag, "");
+
+    // The session still works after all of that.
+    var ok = try s.generate(testing.allocator, .{ .prompt = "Hello" }, greedy(3));
+    defer ok.deinit();
+    try testing.expectEqual(@as(u32, 3), ok.generated_tokens);
+}
+
+test "linkage follows the build option" {
+    const Search = struct {
+        fn visit(info: *std.posix.dl_phdr_info, _: usize, found: *bool) error{Unused}!void {
+            const name = std.mem.span(info.name orelse return);
+            if (std.mem.indexOf(u8, name, "libmaze.so") != null) found.* = true;
+        }
+    };
+    var found = false;
+    try std.posix.dl_iterate_phdr(&found, error{Unused}, Search.visit);
+    try testing.expectEqual(build_options.dynamic, found);
+}
