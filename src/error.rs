@@ -3,8 +3,10 @@
 
 use std::fmt;
 
-/// What went wrong, coarse enough to act on. The FFI layer maps each kind to a `maze_status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What went wrong, coarse enough to act on. The FFI layer maps each kind to a `maze_status`;
+/// the HTTP protocols carry it by its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// A parameter is out of range or inconsistent with another.
     InvalidArgument,

@@ -21,8 +21,10 @@ pub mod error;
 pub mod kernels;
 pub mod ffi;
 pub mod model;
+pub mod protocol;
 pub mod result;
 pub mod sampling;
+pub mod server;
 #[doc(hidden)]
 pub mod testing;
 

@@ -13,7 +13,7 @@ use super::compile::{CompiledConstraint, Program};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How a constraint fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConstraintOutcome {
     /// Enforced on every token and the output is complete under it.
@@ -37,7 +37,7 @@ pub struct ConstraintReport {
 }
 
 /// Timing and counts of constraint work in one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ConstraintStats {
     /// Compilation time of this request's constraints (cache hits cost microseconds).
     pub compile_time_us: f64,

@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// One chat message. Roles are free-form ("system", "user", "assistant", "tool", ...): the
 /// template decides which it accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,

@@ -8,7 +8,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{Error, Result};
 
 /// How to pick tokens. The defaults are llama.cpp's.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
     /// 0 = greedy (argmax after penalties).
     pub temperature: f32,

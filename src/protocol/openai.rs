@@ -1,0 +1,273 @@
+//! The OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`) as far
+//! as Maze speaks it, in both directions: maze-server reads these requests, the remote backend
+//! writes them. Structured outputs: JSON schema travels as `response_format` (chat), and regex,
+//! choice, grammar and JSON on completions as vLLM's `structured_outputs` object.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::constraint::{Constraint, ConstraintKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::chat::ChatMessage;
+use crate::result::FinishReason;
+
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+pub const COMPLETIONS_PATH: &str = "/v1/completions";
+pub const MODELS_PATH: &str = "/v1/models";
+
+/// Message content: a string, or a list of parts of which the text parts count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+impl Content {
+    fn text(&self) -> Result<String> {
+        match self {
+            Content::Text(t) => Ok(t.clone()),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => Ok(t),
+                    (kind, _) => Err(Error::new(ErrorKind::Unsupported, format!("message content part of type {kind:?} is not supported (text only)"))),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(|t| t.concat()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Content,
+}
+
+/// A string or a list of strings (`stop`, completion `prompt`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// vLLM's structured-output fields (one of them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StructuredOutputs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+}
+
+/// The sampling and output fields shared by chat and completions requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommonFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_outputs: Option<StructuredOutputs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: OneOrMany,
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+impl ChatRequest {
+    pub fn chat_messages(&self) -> Result<Vec<ChatMessage>> {
+        self.messages.iter().map(|m| Ok(ChatMessage { role: m.role.clone(), content: m.content.text()? })).collect()
+    }
+}
+
+impl CompletionRequest {
+    pub fn prompt_text(&self) -> Result<String> {
+        match self.prompt.clone().into_vec().as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(Error::new(ErrorKind::Unsupported, format!("prompt must be one string; got {} prompts", other.len()))),
+        }
+    }
+}
+
+impl CommonFields {
+    /// Fields whose meaning Maze does not implement are refused, not ignored.
+    pub fn check_supported(&self) -> Result<()> {
+        let unsupported = |what: &str| Err(Error::new(ErrorKind::Unsupported, what.to_string()));
+        if self.n.is_some_and(|n| n != 1) {
+            return unsupported("n must be 1 (one choice per request)");
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|o| !o.is_empty())) {
+            return unsupported("logit_bias is not supported; use the Maze protocol's token_mask constraint");
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
+            return unsupported("tools are not supported; use a json_schema response_format");
+        }
+        Ok(())
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// The constraints these fields ask for: `response_format` and `structured_outputs`.
+    pub fn constraints(&self) -> Result<Vec<Constraint>> {
+        let mut out = Vec::new();
+        if let Some(format) = &self.response_format {
+            match format.get("type").and_then(Value::as_str) {
+                Some("text") | None => {}
+                Some("json_object") => out.push(Constraint::json_schema("json_object", json!({"type": "object"}))),
+                Some("json_schema") => {
+                    let spec = format.get("json_schema").ok_or_else(|| Error::invalid_argument("response_format json_schema lacks the json_schema object"))?;
+                    let schema = spec.get("schema").cloned().ok_or_else(|| Error::invalid_argument("response_format.json_schema lacks schema"))?;
+                    let name = spec.get("name").and_then(Value::as_str).unwrap_or("response_format");
+                    out.push(Constraint::json_schema(name, schema));
+                }
+                Some(other) => return Err(Error::invalid_argument(format!("response_format type '{other}' is not one of text, json_object, json_schema"))),
+            }
+        }
+        if let Some(s) = &self.structured_outputs {
+            if let Some(schema) = &s.json {
+                let schema = match schema {
+                    Value::String(text) => serde_json::from_str(text).map_err(|e| Error::new(ErrorKind::InvalidConstraint, format!("structured_outputs.json is not JSON: {e}")))?,
+                    v => v.clone(),
+                };
+                out.push(Constraint::json_schema("structured_outputs.json", schema));
+            }
+            if let Some(regex) = &s.regex {
+                out.push(Constraint::regex("structured_outputs.regex", regex.clone()));
+            }
+            if let Some(choice) = &s.choice {
+                out.push(Constraint::choice("structured_outputs.choice", choice.clone()));
+            }
+            if let Some(grammar) = &s.grammar {
+                out.push(Constraint::lark("structured_outputs.grammar", grammar.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the fields that carry `constraints` to a server. A server has one structured-output
+    /// slot per request, so more than one constraint, a token mask, or a list of regexes that
+    /// must all match cannot be expressed, and are refused rather than dropped.
+    pub fn set_constraints(&mut self, constraints: &[Constraint], chat: bool) -> Result<()> {
+        let refuse = |why: String| Err(Error::new(ErrorKind::Unsupported, why));
+        match constraints {
+            [] => Ok(()),
+            [c] => match &c.kind {
+                ConstraintKind::JsonSchema(schema) if chat => {
+                    let name = if c.name.is_empty() { "output" } else { &c.name };
+                    self.response_format = Some(json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}}));
+                    Ok(())
+                }
+                ConstraintKind::JsonSchema(schema) => {
+                    self.structured_outputs = Some(StructuredOutputs { json: Some(schema.clone()), ..Default::default() });
+                    Ok(())
+                }
+                ConstraintKind::Regex(patterns) if patterns.len() == 1 => {
+                    self.structured_outputs = Some(StructuredOutputs { regex: Some(patterns[0].clone()), ..Default::default() });
+                    Ok(())
+                }
+                ConstraintKind::Regex(patterns) => refuse(format!(
+                    "constraint '{}': {} regexes that must all match cannot be sent over the OpenAI-compatible API (one pattern per request); use the Maze protocol",
+                    c.name,
+                    patterns.len()
+                )),
+                ConstraintKind::Choice(options) => {
+                    self.structured_outputs = Some(StructuredOutputs { choice: Some(options.clone()), ..Default::default() });
+                    Ok(())
+                }
+                ConstraintKind::Lark(grammar) => {
+                    self.structured_outputs = Some(StructuredOutputs { grammar: Some(grammar.clone()), ..Default::default() });
+                    Ok(())
+                }
+                ConstraintKind::TokenMask { .. } => refuse(format!(
+                    "constraint '{}': token masks cannot be enforced over the OpenAI-compatible API (token ids are the server's); use the Maze protocol",
+                    c.name
+                )),
+            },
+            many => refuse(format!(
+                "{} constraints at once cannot be sent over the OpenAI-compatible API (one structured output per request); use the Maze protocol",
+                many.len()
+            )),
+        }
+    }
+}
+
+/// OpenAI's finish reasons: "stop" or "length" (a stop sequence is "stop"; cancel and timeout,
+/// which OpenAI lacks, are "length": the output was cut). The exact reason is in `maze`.
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::StopSequence => "stop",
+        _ => "length",
+    }
+}
+
+/// Reads a finish reason back: Maze's own (from the `maze` extension) when present.
+pub fn parse_finish_reason(openai: Option<&str>, maze: Option<&str>) -> FinishReason {
+    match maze.or(openai) {
+        Some("length") => FinishReason::Length,
+        Some("stop_sequence") => FinishReason::StopSequence,
+        Some("cancelled") => FinishReason::Cancelled,
+        Some("timeout") => FinishReason::Timeout,
+        Some("error") => FinishReason::Error,
+        _ => FinishReason::Stop,
+    }
+}

@@ -1,0 +1,213 @@
+//! What every route shares: JSON errors with HTTP statuses, the API key and metrics middleware,
+//! body parsing, the concurrency limit, and running a generation (whole or streamed) on a
+//! fresh session that is cancelled when the client goes away.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::AppState;
+use crate::engine::{GenerateOptions, Prompt, Session};
+use crate::error::{Error, ErrorKind};
+use crate::protocol::maze::{ErrorBody, GenerateRequest, GenerateResponse, TextEvent, WireError};
+use crate::result::GenerationResult;
+
+/// An error response: `{"error": {"message", "status", "type"}}` with an HTTP status.
+pub(crate) struct ApiError {
+    http: StatusCode,
+    error: Error,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub(crate) fn new(http: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { http, error: Error::new(kind, message), retry_after: None }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let http = match error.kind() {
+            ErrorKind::InvalidArgument
+            | ErrorKind::InvalidUtf8
+            | ErrorKind::InvalidConstraint
+            | ErrorKind::ContextOverflow
+            | ErrorKind::Template
+            | ErrorKind::Tokenizer
+            | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+            ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self { http, error, retry_after: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.http {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        };
+        let body = ErrorBody { error: WireError { kind: kind.into(), ..WireError::from(&self.error) } };
+        let mut response = (self.http, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+pub(crate) async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidArgument, format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+/// Checks the API key (health checks are open) and counts every response by route and status.
+pub(crate) async fn authorize_and_count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let open = route == "/health" || route == crate::protocol::maze::HEALTH_PATH;
+    let response = match &state.config.api_key {
+        Some(key) if !open && !has_key(req.headers(), key) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, ErrorKind::InvalidArgument, "missing or wrong API key (send Authorization: Bearer KEY)").into_response()
+        }
+        _ => next.run(req).await,
+    };
+    state.metrics.count_response(&route, response.status().as_u16());
+    response
+}
+
+fn has_key(headers: &HeaderMap, key: &str) -> bool {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let plain = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    // Constant-time comparison: the key must not leak through timing.
+    let matches = |given: &str| given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    bearer.is_some_and(matches) || plain.is_some_and(matches)
+}
+
+/// Parses a JSON body; a body over the size limit is 413, malformed JSON 400.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE { "request body is larger than the server's limit".to_string() } else { rejection.body_text() };
+        ApiError::new(status, ErrorKind::InvalidArgument, message)
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidArgument, format!("request body is not valid: {e}")))
+}
+
+/// A slot of the concurrency limit, held for the whole generation (streams included).
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    state: Arc<AppState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.metrics.generation_ended();
+    }
+}
+
+pub(crate) fn take_slot(state: &Arc<AppState>) -> Result<Slot, ApiError> {
+    let permit = state.slots.clone().try_acquire_owned().map_err(|_| ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::Busy, format!("the server is at its limit of {} concurrent generations", state.config.max_concurrent))
+    })?;
+    state.metrics.generation_started();
+    Ok(Slot { _permit: permit, state: state.clone() })
+}
+
+/// Cancels the session when dropped armed: a client that disconnects drops the handler's
+/// future mid-generation.
+struct CancelOnDrop {
+    session: Arc<Session>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.session.cancel();
+        }
+    }
+}
+
+/// Runs a whole generation on a fresh session.
+pub(crate) async fn generate(state: &Arc<AppState>, prompt: Prompt, opts: GenerateOptions) -> Result<GenerationResult, ApiError> {
+    let slot = take_slot(state)?;
+    let session = Arc::new(state.engine.new_session());
+    let mut cancel = CancelOnDrop { session: session.clone(), armed: true };
+    let result = tokio::task::spawn_blocking(move || session.generate(&prompt, &opts))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("generation task failed: {e}")))??;
+    cancel.armed = false;
+    state.metrics.count_tokens(&result);
+    drop(slot);
+    Ok(result)
+}
+
+/// What a streamed generation sends: pieces, then the end.
+pub(crate) enum Piece {
+    Text(String),
+    Done(Result<GenerationResult, Error>),
+}
+
+/// Starts a streamed generation. Errors before the first token come back as an HTTP error;
+/// after that the pieces arrive in order and `Done` ends the stream. Dropping the stream
+/// (client gone) cancels the generation.
+pub(crate) async fn generate_stream(state: &Arc<AppState>, prompt: Prompt, opts: GenerateOptions) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
+    let slot = take_slot(state)?;
+    let session = Arc::new(state.engine.new_session());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let metrics_state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
+        if let Ok(r) = &result {
+            metrics_state.metrics.count_tokens(r);
+        }
+        let _ = tx.send(Piece::Done(result));
+        drop(slot);
+    });
+    let mut rx = UnboundedReceiverStream::new(rx);
+    let first = rx.next().await;
+    if let Some(Piece::Done(Err(e))) = first {
+        return Err(e.into());
+    }
+    Ok(stream::iter(first).chain(rx))
+}
+
+pub(crate) fn sse<S: Stream<Item = Event> + Send + 'static>(events: S) -> Response {
+    Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
+}
+
+pub(crate) fn json_event<T: serde::Serialize>(value: &T) -> Event {
+    Event::default().data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// `POST /maze/v1/generate`.
+pub(crate) async fn maze_generate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let request: GenerateRequest = parse_body(body)?;
+    let stream = request.stream;
+    let (prompt, opts) = request.into_call()?;
+    if !stream {
+        let result = generate(&state, prompt, opts).await?;
+        return Ok(axum::Json(GenerateResponse::from_result(&result)).into_response());
+    }
+    let pieces = generate_stream(&state, prompt, opts).await?;
+    Ok(sse(pieces.map(|piece| match piece {
+        Piece::Text(text) => json_event(&TextEvent { text }),
+        Piece::Done(Ok(result)) => json_event(&GenerateResponse::from_result(&result)).event("result"),
+        Piece::Done(Err(e)) => json_event(&ErrorBody { error: WireError::from(&e) }).event("error"),
+    })))
+}

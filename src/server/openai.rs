@@ -1,0 +1,171 @@
+//! The OpenAI-compatible routes: chat and text completions (whole or streamed as SSE chunks
+//! ending in `data: [DONE]`) and the model list. Defaults follow OpenAI (temperature 1, top_p
+//! 1, no top-k or min-p; completions stop after 16 tokens unless told otherwise). Responses add
+//! a `maze` object with Maze's exact finish reason, the seed and the constraint validation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+use super::http::{generate, generate_stream, json_event, parse_body, sse, ApiError, Piece};
+use super::AppState;
+use crate::engine::{GenerateOptions, Prompt};
+use crate::error::ErrorKind;
+use crate::protocol::maze::{ErrorBody, WireError};
+use crate::protocol::openai::{finish_reason, ChatRequest, CommonFields, CompletionRequest};
+use crate::result::GenerationResult;
+use crate::sampling::SamplingParams;
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"id": state.engine.info().name, "object": "model", "created": 0, "owned_by": "maze"}],
+    }))
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let request: ChatRequest = parse_body(body)?;
+    let prompt = Prompt::Chat(request.chat_messages()?);
+    respond(&state, &request.common, prompt, Kind::Chat).await
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let request: CompletionRequest = parse_body(body)?;
+    let prompt = Prompt::Text(request.prompt_text()?);
+    respond(&state, &request.common, prompt, Kind::Completion).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// The options an OpenAI request stands for.
+fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOptions, ApiError> {
+    f.check_supported()?;
+    let served = &state.engine.info().name;
+    if let Some(model) = f.model.as_deref().filter(|m| !m.is_empty() && *m != served.as_str()) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidArgument, format!("model '{model}' is not served here; this server serves '{served}'")));
+    }
+    let default_max = if kind == Kind::Completion { 16 } else { 0 };
+    let sampling = SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(1.0),
+        top_k: f.top_k.filter(|&k| k > 0).unwrap_or(0) as usize,
+        min_p: f.min_p.unwrap_or(0.0),
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        seed: f.seed,
+        ..SamplingParams::default()
+    };
+    Ok(GenerateOptions {
+        max_tokens: f.max_completion_tokens.or(f.max_tokens).unwrap_or(default_max),
+        sampling,
+        stop: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        timeout: None,
+        logprobs: false,
+        constraints: f.constraints()?,
+    })
+}
+
+fn response_id(kind: Kind) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    format!("{prefix}-maze{:016x}", NEXT.fetch_add(1, Ordering::Relaxed) ^ unix_seconds().rotate_left(32))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn usage(r: &GenerationResult) -> Value {
+    json!({"prompt_tokens": r.stats.prompt_tokens, "completion_tokens": r.stats.generated_tokens, "total_tokens": r.stats.prompt_tokens + r.stats.generated_tokens})
+}
+
+/// Maze's extension: what OpenAI's fields cannot say.
+fn maze_extension(r: &GenerationResult) -> Value {
+    let validation: Value = serde_json::from_str(&r.validation_json()).unwrap_or(Value::Null);
+    json!({
+        "finish_reason": r.finish_reason.as_str(),
+        "seed": r.provenance.seed,
+        "validation": validation,
+        "error": r.error.as_ref().map(WireError::from),
+    })
+}
+
+async fn respond(state: &Arc<AppState>, fields: &CommonFields, prompt: Prompt, kind: Kind) -> Result<Response, ApiError> {
+    let opts = options(state, fields, kind)?;
+    let id = response_id(kind);
+    let created = unix_seconds();
+    let model = state.engine.info().name.clone();
+    if !fields.stream {
+        let r = generate(state, prompt, opts).await?;
+        if let Some(e) = &r.error {
+            // Failed midway: OpenAI clients know no partial results.
+            return Err(ApiError::from(e.clone()));
+        }
+        let choice = match kind {
+            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish_reason(r.finish_reason), "logprobs": null}),
+            Kind::Completion => json!({"index": 0, "text": r.text, "finish_reason": finish_reason(r.finish_reason), "logprobs": null}),
+        };
+        let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        return Ok(axum::Json(json!({
+            "id": id, "object": object, "created": created, "model": model,
+            "choices": [choice], "usage": usage(&r), "maze": maze_extension(&r),
+        }))
+        .into_response());
+    }
+
+    let include_usage = fields.include_usage();
+    let pieces = generate_stream(state, prompt, opts).await?;
+    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
+        let choices = if choice.is_null() { json!([]) } else { json!([choice]) };
+        let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+        if let Some((key, value)) = extra {
+            c[key] = value;
+        }
+        json_event(&c)
+    };
+    let opening = (kind == Kind::Chat).then(|| chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None));
+    let events = pieces.flat_map(move |piece| {
+        let events: Vec<Event> = match piece {
+            Piece::Text(text) => vec![chunk(
+                match kind {
+                    Kind::Chat => json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
+                    Kind::Completion => json!({"index": 0, "text": text, "finish_reason": null, "logprobs": null}),
+                },
+                None,
+            )],
+            Piece::Done(Ok(r)) => {
+                let last = match kind {
+                    Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish_reason(r.finish_reason)}),
+                    Kind::Completion => json!({"index": 0, "text": "", "finish_reason": finish_reason(r.finish_reason), "logprobs": null}),
+                };
+                let mut out = vec![chunk(last, Some(("maze", maze_extension(&r))))];
+                if include_usage {
+                    out.push(chunk(Value::Null, Some(("usage", usage(&r)))));
+                }
+                out.push(Event::default().data("[DONE]"));
+                out
+            }
+            Piece::Done(Err(e)) => vec![json_event(&ErrorBody { error: WireError::from(&e) }).event("error")],
+        };
+        stream::iter(events)
+    });
+    Ok(sse(stream::iter(opening).chain(events)))
+}
