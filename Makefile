@@ -1,7 +1,8 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind), Go and Zig tests
+#               (shared and static library, AddressSanitizer, valgrind), Go and Zig tests,
+#               the official OpenAI Python client against maze-server
 # Both are idempotent: they fetch and build only what is missing.
 
 SHELL := /bin/bash
@@ -20,12 +21,12 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test zig-test pkgconfig bench clean
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test zig-test server-test pkgconfig bench clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
 
-test: toolchain model rust-test header-check c-test go-test zig-test
+test: toolchain model rust-test header-check c-test go-test zig-test server-test
 	@echo "make test: all suites passed"
 
 toolchain:
@@ -117,6 +118,15 @@ zig-test: model lib
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dlinkage=dynamic -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build example -Dcargo=false -Dmodel="$(MODEL)"
+
+# The official OpenAI Python client (pinned, from PyPI) against a maze-server on loopback. The
+# remote backend's own tests (tests/remote.rs) run with the Rust suites.
+OPENAI_PY := openai==3.54.0
+server-test: model
+	$(CARGO) build --release --bin maze-server
+	@python3 -c "import openai, pytest, sys; sys.exit(openai.__version__ != '$(OPENAI_PY:openai==%=%)')" 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check "$(OPENAI_PY)" pytest
+	MAZE_SERVER_BIN="$(CURDIR)/$(LIBDIR)/maze-server" MAZE_MODEL="$(MODEL)" python3 -m pytest -q tests/python
 
 # Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
 # build fails the benchmark still runs and the report says llama.cpp was not measured.

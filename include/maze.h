@@ -171,6 +171,20 @@ typedef enum maze_constraint_kind {
 } maze_constraint_kind;
 
 /**
+ * Which API a remote server speaks (maze_engine_params.protocol).
+ */
+typedef enum maze_protocol {
+  /**
+   * OpenAI-compatible: /v1/chat/completions, /v1/completions (vLLM, SGLang, llama.cpp server).
+   */
+  MAZE_PROTOCOL_OPENAI = 0,
+  /**
+   * Maze's own protocol, served by maze-server: every constraint kind, with validation.
+   */
+  MAZE_PROTOCOL_MAZE = 1,
+} maze_protocol;
+
+/**
  * One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
  * number of generations at once, and freed once none uses it... or any time: generations keep
  * what they need.
@@ -178,9 +192,10 @@ typedef enum maze_constraint_kind {
 typedef struct maze_constraint maze_constraint;
 
 /**
- * A loaded model with its worker. Thread-safe: every function taking a `const maze_engine *`
- * may be called from any number of threads at once. Free it with maze_engine_free once no call
- * on it is running; sessions opened on it stay valid after it is freed.
+ * A loaded model with its worker, or a connection to a remote server. Thread-safe: every
+ * function taking a `const maze_engine *` may be called from any number of threads at once.
+ * Free it with maze_engine_free once no call on it is running; sessions opened on it stay
+ * valid after it is freed.
  */
 typedef struct maze_engine maze_engine;
 
@@ -251,6 +266,32 @@ typedef struct maze_engine_params {
    * Compiled constraints the cache keeps; 0 = default (256).
    */
   uint32_t constraint_cache_limit;
+  /**
+   * Remote backend: base URL of an inference server (NUL-terminated, e.g.
+   * "http://127.0.0.1:8000"), used when model_path is NULL. NULL = from MAZE_ENDPOINT.
+   */
+  const char *endpoint;
+  /**
+   * Remote: sent as "Authorization: Bearer KEY" (NULL = none, or MAZE_API_KEY).
+   */
+  const char *api_key;
+  /**
+   * Remote: model name for OpenAI-compatible servers (NULL = the first one the server lists).
+   */
+  const char *remote_model;
+  /**
+   * Remote: a maze_protocol value. Default MAZE_PROTOCOL_OPENAI.
+   */
+  uint32_t protocol;
+  /**
+   * Remote: retries after connect errors, 429 and 5xx, with exponential backoff and jitter
+   * (Retry-After honoured). Default 3; 0 = none.
+   */
+  uint32_t max_retries;
+  /**
+   * Remote: time limit of requests that set no timeout_ms themselves; 0 = none.
+   */
+  uint32_t request_timeout_ms;
 } maze_engine_params;
 
 /**
@@ -447,12 +488,16 @@ void maze_error_free(struct maze_error *error);
 struct maze_engine_params maze_engine_params_default(void);
 
 /**
- * Loads a GGUF model (Llama family) and starts its worker.
+ * Loads a GGUF model (Llama family) and starts its worker — or, with `model_path` NULL,
+ * connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
+ * MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
  *
  * `model_path`: NUL-terminated UTF-8 path. `params`: NULL for defaults. On success `*out_engine`
  * receives the engine (free with maze_engine_free). Fails with MAZE_STATUS_IO (missing file),
  * MAZE_STATUS_MODEL_FORMAT (not GGUF, truncated), MAZE_STATUS_UNSUPPORTED (architecture or
- * tokenizer), MAZE_STATUS_CANCELLED (progress callback returned false), among others.
+ * tokenizer), MAZE_STATUS_CANCELLED (progress callback returned false), MAZE_STATUS_BACKEND
+ * (server unreachable), among others. A remote engine has no local tokenizer: tokenize,
+ * detokenize, the chat template and the constraint cache fail with MAZE_STATUS_UNSUPPORTED.
  */
 enum maze_status maze_engine_new(const char *model_path,
                                  const struct maze_engine_params *params,
@@ -466,37 +511,40 @@ enum maze_status maze_engine_new(const char *model_path,
 void maze_engine_free(struct maze_engine *engine);
 
 /**
- * Model name from the GGUF metadata (or the file name). Valid while the engine lives; "" for NULL.
+ * Model name from the GGUF metadata (or the file name; for a remote engine, the server's
+ * model). Valid while the engine lives; "" for NULL.
  */
 const char *maze_engine_model_name(const struct maze_engine *engine);
 
 /**
- * Model architecture, e.g. "llama". Valid while the engine lives; "" for NULL.
+ * Model architecture, e.g. "llama" ("remote" for a remote engine). Valid while the engine
+ * lives; "" for NULL.
  */
 const char *maze_engine_architecture(const struct maze_engine *engine);
 
 /**
- * Vocabulary size (valid token ids are below it); 0 for NULL.
+ * Vocabulary size (valid token ids are below it); 0 for NULL or a remote engine.
  */
 uint32_t maze_engine_vocab_size(const struct maze_engine *engine);
 
 /**
- * Context length each session serves, in tokens; 0 for NULL.
+ * Context length each session serves, in tokens; 0 for NULL or a remote engine.
  */
 uint32_t maze_engine_context_length(const struct maze_engine *engine);
 
 /**
- * Whether the model has a chat template (needed by maze_session_chat); false for NULL.
+ * Whether maze_session_chat works: the model has a chat template (a remote server applies its
+ * own: true); false for NULL.
  */
 bool maze_engine_has_chat_template(const struct maze_engine *engine);
 
 /**
- * The end-of-sequence token id, or -1 when the model declares none (or engine is NULL).
+ * The end-of-sequence token id, or -1 when the model declares none (or engine is NULL or remote).
  */
 int64_t maze_engine_eos_token(const struct maze_engine *engine);
 
 /**
- * Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL.
+ * Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL or remote.
  */
 bool maze_engine_token_is_end_of_generation(const struct maze_engine *engine,
                                             uint32_t token);
@@ -678,7 +726,8 @@ enum maze_status maze_session_chat(const struct maze_session *session,
 enum maze_status maze_session_cancel(const struct maze_session *session);
 
 /**
- * Forgets the conversation (clears the KV cache). Fails with MAZE_STATUS_BUSY while generating.
+ * Forgets the conversation (clears the KV cache; a remote session keeps none). Fails with
+ * MAZE_STATUS_BUSY while generating.
  */
 enum maze_status maze_session_reset(const struct maze_session *session,
                                     struct maze_error **error);

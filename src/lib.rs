@@ -15,6 +15,7 @@
 //! # Ok::<(), maze::Error>(())
 //! ```
 
+pub mod backend;
 pub mod constraint;
 pub mod engine;
 pub mod error;

@@ -2,7 +2,10 @@
 //!
 //!   maze-server --model MODEL.gguf [--addr 127.0.0.1:8080] [--api-key KEY]
 //!               [--max-concurrent 16] [--max-body-bytes 4194304] [--threads 0] [--context 0]
+//!               [--stop-on-stdin-eof]
 //!
+//! It stops on SIGINT or SIGTERM, or (with --stop-on-stdin-eof) when its standard input closes,
+//! so a supervising process that dies takes it along.
 //! The API key may also come from MAZE_SERVER_API_KEY. The first line on stdout is
 //! "maze-server listening on http://ADDR" once requests are accepted.
 
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 use maze::server::{self, ServerConfig};
 use maze::{Engine, EngineConfig};
 
-const USAGE: &str = "usage: maze-server --model MODEL.gguf [--addr HOST:PORT] [--api-key KEY] [--max-concurrent N] [--max-body-bytes N] [--threads N] [--context N]";
+const USAGE: &str = "usage: maze-server --model MODEL.gguf [--addr HOST:PORT] [--api-key KEY] [--max-concurrent N] [--max-body-bytes N] [--threads N] [--context N] [--stop-on-stdin-eof]";
 
 fn main() -> ExitCode {
     match run() {
@@ -29,11 +32,16 @@ fn run() -> Result<(), String> {
     let mut engine_config = EngineConfig::default();
     let mut config = ServerConfig { api_key: std::env::var("MAZE_SERVER_API_KEY").ok().filter(|k| !k.is_empty()), ..ServerConfig::default() };
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid address");
+    let mut stop_on_stdin_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
             return Ok(());
+        }
+        if flag == "--stop-on-stdin-eof" {
+            stop_on_stdin_eof = true;
+            continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let number = |v: &str| v.parse::<usize>().map_err(|_| format!("{flag}: '{v}' is not a number"));
@@ -62,14 +70,28 @@ fn run() -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         println!("maze-server listening on http://{local} (model {})", served.info().name);
         let _ = std::io::stdout().flush();
-        server::serve(served, config, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+        server::serve(served, config, listener, shutdown_signal(stop_on_stdin_eof)).await.map_err(|e| e.to_string())
     })?;
-    drop(runtime);
+    // A thread blocked reading stdin must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     drop(engine);
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(stop_on_stdin_eof: bool) {
+    let stdin_closed = async move {
+        if !stop_on_stdin_eof {
+            return std::future::pending().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())).await;
+    };
+    tokio::select! {
+        _ = signals() => {}
+        _ = stdin_closed => {}
+    }
+}
+
+async fn signals() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -3,7 +3,7 @@
 
 use std::ffi::c_char;
 
-use super::engine::maze_engine;
+use super::engine::{maze_engine, Backend};
 use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult};
 use crate::constraint::{Constraint, ConstraintKind};
 
@@ -102,7 +102,10 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
 
 unsafe fn finish(engine: &maze_engine, constraints: Vec<Constraint>, out: *mut *mut maze_constraint) -> FfiResult<()> {
     for c in &constraints {
-        engine.engine.compile_constraint(c)?;
+        // A remote server compiles (and checks) constraints itself.
+        if let Backend::Local(local) = &engine.backend {
+            local.compile_constraint(c)?;
+        }
     }
     write_out(out, Box::into_raw(Box::new(maze_constraint { constraints })), "out_constraint")
 }
@@ -182,7 +185,7 @@ pub struct maze_constraint_cache_stats {
 pub unsafe extern "C" fn maze_engine_constraint_cache_stats(engine: *const maze_engine, out: *mut maze_constraint_cache_stats, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
-        let s = engine.engine.constraint_cache_stats();
+        let s = engine.local("the constraint cache")?.constraint_cache_stats();
         let stats = maze_constraint_cache_stats { size: s.size as u64, limit: s.limit as u64, hits: s.hits, misses: s.misses, evictions: s.evictions };
         write_out(out, stats, "out")
     })
@@ -192,7 +195,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_stats(engine: *const maze_
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_constraint_cache_clear(engine: *const maze_engine, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
-        arg_ref(engine, "engine")?.engine.clear_constraint_cache();
+        arg_ref(engine, "engine")?.local("the constraint cache")?.clear_constraint_cache();
         Ok(())
     })
 }
@@ -201,7 +204,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_clear(engine: *const maze_
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(engine: *const maze_engine, limit: u64, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
-        arg_ref(engine, "engine")?.engine.set_constraint_cache_limit(limit as usize)?;
+        arg_ref(engine, "engine")?.local("the constraint cache")?.set_constraint_cache_limit(limit as usize)?;
         Ok(())
     })
 }

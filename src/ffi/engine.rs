@@ -4,16 +4,44 @@ use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
 use super::{arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use crate::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
+use crate::error::{Error, ErrorKind};
 use crate::model::chat::ChatMessage;
 use crate::{Engine, EngineConfig};
 
-/// A loaded model with its worker. Thread-safe: every function taking a `const maze_engine *`
-/// may be called from any number of threads at once. Free it with maze_engine_free once no call
-/// on it is running; sessions opened on it stay valid after it is freed.
+/// A loaded model with its worker, or a connection to a remote server. Thread-safe: every
+/// function taking a `const maze_engine *` may be called from any number of threads at once.
+/// Free it with maze_engine_free once no call on it is running; sessions opened on it stay
+/// valid after it is freed.
 pub struct maze_engine {
-    pub(crate) engine: Engine,
+    pub(crate) backend: Backend,
     name: CString,
     architecture: CString,
+}
+
+pub(crate) enum Backend {
+    Local(Engine),
+    Remote(RemoteEngine),
+}
+
+impl maze_engine {
+    /// The local engine; a remote one cannot do `what` (it has no tokenizer or cache here).
+    pub(crate) fn local(&self, what: &str) -> FfiResult<&Engine> {
+        match &self.backend {
+            Backend::Local(engine) => Ok(engine),
+            Backend::Remote(remote) => Err(Error::new(ErrorKind::Unsupported, format!("{what} needs a local model; this engine is remote ({})", remote.info().endpoint)).into()),
+        }
+    }
+}
+
+/// Which API a remote server speaks (maze_engine_params.protocol).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum maze_protocol {
+    /// OpenAI-compatible: /v1/chat/completions, /v1/completions (vLLM, SGLang, llama.cpp server).
+    Openai = 0,
+    /// Maze's own protocol, served by maze-server: every constraint kind, with validation.
+    Maze = 1,
 }
 
 /// Loading progress: `progress` in [0, 1]. Runs on the thread that called maze_engine_new; it
@@ -43,6 +71,20 @@ pub struct maze_engine_params {
     pub progress_userdata: *mut c_void,
     /// Compiled constraints the cache keeps; 0 = default (256).
     pub constraint_cache_limit: u32,
+    /// Remote backend: base URL of an inference server (NUL-terminated, e.g.
+    /// "http://127.0.0.1:8000"), used when model_path is NULL. NULL = from MAZE_ENDPOINT.
+    pub endpoint: *const c_char,
+    /// Remote: sent as "Authorization: Bearer KEY" (NULL = none, or MAZE_API_KEY).
+    pub api_key: *const c_char,
+    /// Remote: model name for OpenAI-compatible servers (NULL = the first one the server lists).
+    pub remote_model: *const c_char,
+    /// Remote: a maze_protocol value. Default MAZE_PROTOCOL_OPENAI.
+    pub protocol: u32,
+    /// Remote: retries after connect errors, 429 and 5xx, with exponential backoff and jitter
+    /// (Retry-After honoured). Default 3; 0 = none.
+    pub max_retries: u32,
+    /// Remote: time limit of requests that set no timeout_ms themselves; 0 = none.
+    pub request_timeout_ms: u32,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -58,21 +100,59 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         progress_callback: None,
         progress_userdata: std::ptr::null_mut(),
         constraint_cache_limit: 0,
+        endpoint: std::ptr::null(),
+        api_key: std::ptr::null(),
+        remote_model: std::ptr::null(),
+        protocol: maze_protocol::Openai as u32,
+        max_retries: 3,
+        request_timeout_ms: 0,
     }
 }
 
-/// Loads a GGUF model (Llama family) and starts its worker.
+/// The remote configuration: from params.endpoint, else from the MAZE_* environment variables.
+unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<RemoteConfig> {
+    let optional = |ptr: *const c_char, arg: &str| -> FfiResult<Option<String>> { if ptr.is_null() { Ok(None) } else { Ok(Some(arg_cstr(ptr, arg)?.to_string())) } };
+    if let Some(endpoint) = optional(p.endpoint, "params.endpoint")? {
+        let protocol = match p.protocol {
+            0 => Protocol::OpenAi,
+            1 => Protocol::Maze,
+            other => return Err(FfiError::new(maze_status::InvalidArgument, format!("params.protocol {other} is not a maze_protocol"))),
+        };
+        let mut config = RemoteConfig::new(endpoint, protocol);
+        config.api_key = optional(p.api_key, "params.api_key")?;
+        config.model = optional(p.remote_model, "params.remote_model")?;
+        config.max_retries = p.max_retries;
+        config.request_timeout = (p.request_timeout_ms > 0).then(|| std::time::Duration::from_millis(p.request_timeout_ms as u64));
+        return Ok(config);
+    }
+    match RemoteConfig::from_env() {
+        Some(config) => Ok(config?),
+        None => Err(FfiError::null("model_path (NULL selects a remote server, but neither params.endpoint nor MAZE_ENDPOINT is set)")),
+    }
+}
+
+/// Loads a GGUF model (Llama family) and starts its worker — or, with `model_path` NULL,
+/// connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
+/// MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
 ///
 /// `model_path`: NUL-terminated UTF-8 path. `params`: NULL for defaults. On success `*out_engine`
 /// receives the engine (free with maze_engine_free). Fails with MAZE_STATUS_IO (missing file),
 /// MAZE_STATUS_MODEL_FORMAT (not GGUF, truncated), MAZE_STATUS_UNSUPPORTED (architecture or
-/// tokenizer), MAZE_STATUS_CANCELLED (progress callback returned false), among others.
+/// tokenizer), MAZE_STATUS_CANCELLED (progress callback returned false), MAZE_STATUS_BACKEND
+/// (server unreachable), among others. A remote engine has no local tokenizer: tokenize,
+/// detokenize, the chat template and the constraint cache fail with MAZE_STATUS_UNSUPPORTED.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *const maze_engine_params, out_engine: *mut *mut maze_engine, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
-        let path = arg_cstr(model_path, "model_path")?;
         arg_out(out_engine, "out_engine")?;
         let p = read_params(params, maze_engine_params_default(), "params")?;
+        if model_path.is_null() {
+            let remote = RemoteEngine::connect(remote_config(&p)?)?;
+            let name = CString::new(remote.info().model.replace('\0', "")).unwrap_or_default();
+            let engine = maze_engine { backend: Backend::Remote(remote), name, architecture: c"remote".into() };
+            return write_out(out_engine, Box::into_raw(Box::new(engine)), "out_engine");
+        }
+        let path = arg_cstr(model_path, "model_path")?;
         let tokenizer_path = if p.tokenizer_path.is_null() { None } else { Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?)) };
         let config = EngineConfig {
             model_path: PathBuf::from(path),
@@ -90,7 +170,7 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
         let engine = Engine::load(&config, Some(&mut progress))?;
         let name = CString::new(engine.info().name.replace('\0', "")).unwrap_or_default();
         let architecture = CString::new(engine.info().architecture.replace('\0', "")).unwrap_or_default();
-        write_out(out_engine, Box::into_raw(Box::new(maze_engine { engine, name, architecture })), "out_engine")
+        write_out(out_engine, Box::into_raw(Box::new(maze_engine { backend: Backend::Local(engine), name, architecture })), "out_engine")
     })
 }
 
@@ -105,46 +185,63 @@ pub unsafe extern "C" fn maze_engine_free(engine: *mut maze_engine) {
     })
 }
 
-/// Model name from the GGUF metadata (or the file name). Valid while the engine lives; "" for NULL.
+/// Model name from the GGUF metadata (or the file name; for a remote engine, the server's
+/// model). Valid while the engine lives; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_model_name(engine: *const maze_engine) -> *const c_char {
     ffi_infallible!(c"".as_ptr(), { engine.as_ref().map(|e| e.name.as_ptr()).unwrap_or(c"".as_ptr()) })
 }
 
-/// Model architecture, e.g. "llama". Valid while the engine lives; "" for NULL.
+/// Model architecture, e.g. "llama" ("remote" for a remote engine). Valid while the engine
+/// lives; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_architecture(engine: *const maze_engine) -> *const c_char {
     ffi_infallible!(c"".as_ptr(), { engine.as_ref().map(|e| e.architecture.as_ptr()).unwrap_or(c"".as_ptr()) })
 }
 
-/// Vocabulary size (valid token ids are below it); 0 for NULL.
+/// The local engine behind a handle; None for NULL or a remote engine.
+unsafe fn local_engine<'a>(engine: *const maze_engine) -> Option<&'a Engine> {
+    match engine.as_ref().map(|e| &e.backend) {
+        Some(Backend::Local(engine)) => Some(engine),
+        _ => None,
+    }
+}
+
+/// Vocabulary size (valid token ids are below it); 0 for NULL or a remote engine.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_vocab_size(engine: *const maze_engine) -> u32 {
-    ffi_infallible!(0, { engine.as_ref().map(|e| e.engine.info().vocab_size as u32).unwrap_or(0) })
+    ffi_infallible!(0, { local_engine(engine).map(|e| e.info().vocab_size as u32).unwrap_or(0) })
 }
 
-/// Context length each session serves, in tokens; 0 for NULL.
+/// Context length each session serves, in tokens; 0 for NULL or a remote engine.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_context_length(engine: *const maze_engine) -> u32 {
-    ffi_infallible!(0, { engine.as_ref().map(|e| e.engine.info().context_length as u32).unwrap_or(0) })
+    ffi_infallible!(0, { local_engine(engine).map(|e| e.info().context_length as u32).unwrap_or(0) })
 }
 
-/// Whether the model has a chat template (needed by maze_session_chat); false for NULL.
+/// Whether maze_session_chat works: the model has a chat template (a remote server applies its
+/// own: true); false for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_has_chat_template(engine: *const maze_engine) -> bool {
-    ffi_infallible!(false, { engine.as_ref().map(|e| e.engine.has_chat_template()).unwrap_or(false) })
+    ffi_infallible!(false, {
+        match engine.as_ref().map(|e| &e.backend) {
+            Some(Backend::Local(e)) => e.has_chat_template(),
+            Some(Backend::Remote(_)) => true,
+            None => false,
+        }
+    })
 }
 
-/// The end-of-sequence token id, or -1 when the model declares none (or engine is NULL).
+/// The end-of-sequence token id, or -1 when the model declares none (or engine is NULL or remote).
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_eos_token(engine: *const maze_engine) -> i64 {
-    ffi_infallible!(-1, { engine.as_ref().and_then(|e| e.engine.tokenizer().eos()).map(i64::from).unwrap_or(-1) })
+    ffi_infallible!(-1, { local_engine(engine).and_then(|e| e.tokenizer().eos()).map(i64::from).unwrap_or(-1) })
 }
 
-/// Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL.
+/// Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL or remote.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_token_is_end_of_generation(engine: *const maze_engine, token: u32) -> bool {
-    ffi_infallible!(false, { engine.as_ref().map(|e| e.engine.tokenizer().is_end_of_generation(token)).unwrap_or(false) })
+    ffi_infallible!(false, { local_engine(engine).map(|e| e.tokenizer().is_end_of_generation(token)).unwrap_or(false) })
 }
 
 /// Writes `needed` into `*out_len` and fails with MAZE_STATUS_BUFFER_TOO_SMALL when `capacity`
@@ -180,7 +277,7 @@ pub unsafe extern "C" fn maze_tokenize(
         let engine = arg_ref(engine, "engine")?;
         let text = arg_str(text, text_len, "text")?;
         arg_out(n_tokens, "n_tokens")?;
-        let ids = engine.engine.tokenizer().encode(text, add_special, parse_special)?;
+        let ids = engine.local("tokenize")?.tokenizer().encode(text, add_special, parse_special)?;
         check_capacity(ids.len(), capacity, n_tokens, "the token list")?;
         if !ids.is_empty() {
             arg_out(tokens, "tokens")?;
@@ -212,7 +309,7 @@ pub unsafe extern "C" fn maze_detokenize(
         let engine = arg_ref(engine, "engine")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
         arg_out(out_len, "out_len")?;
-        let bytes = engine.engine.tokenizer().decode_bytes(ids)?;
+        let bytes = engine.local("detokenize")?.tokenizer().decode_bytes(ids)?;
         write_text(&bytes, buf, capacity, out_len, "the text")
     })
 }
@@ -272,7 +369,7 @@ pub unsafe extern "C" fn maze_chat_apply_template(
         let engine = arg_ref(engine, "engine")?;
         arg_out(out_len, "out_len")?;
         let messages = read_messages(messages, n_messages)?;
-        let text = engine.engine.render_chat(&messages, add_generation_prompt)?;
+        let text = engine.local("the chat template")?.render_chat(&messages, add_generation_prompt)?;
         write_text(text.as_bytes(), buf, capacity, out_len, "the rendered chat")
     })
 }

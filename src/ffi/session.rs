@@ -4,17 +4,24 @@ use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use super::constraint::maze_constraint;
-use super::engine::{maze_chat_message, maze_engine, read_messages};
+use super::engine::{maze_chat_message, maze_engine, read_messages, Backend};
 use super::result::maze_result;
 use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use crate::backend::remote::RemoteSession;
 use crate::engine::{GenerateOptions, Prompt, Session};
+use crate::error::{Error, ErrorKind};
 use crate::sampling::SamplingParams;
 
 /// One conversation with its own KV cache. Thread-safe: maze_session_cancel may be called from
 /// any thread at any time; a generate call while another runs on the same session fails with
 /// MAZE_STATUS_BUSY. Must not be freed while a call on it is running.
 pub struct maze_session {
-    session: Session,
+    session: SessionBackend,
+}
+
+enum SessionBackend {
+    Local(Session),
+    Remote(RemoteSession),
 }
 
 /// Streaming callback: `text` is the next piece of generated text (`len` bytes of whole UTF-8
@@ -137,7 +144,11 @@ pub unsafe extern "C" fn maze_session_new(engine: *const maze_engine, out_sessio
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         arg_out(out_session, "out_session")?;
-        let session = Box::new(maze_session { session: engine.engine.new_session() });
+        let session = match &engine.backend {
+            Backend::Local(e) => SessionBackend::Local(e.new_session()),
+            Backend::Remote(r) => SessionBackend::Remote(r.new_session()),
+        };
+        let session = Box::new(maze_session { session });
         write_out(out_session, Box::into_raw(session), "out_session")
     })
 }
@@ -164,7 +175,7 @@ unsafe fn run(
     arg_out(out_result, "out_result")?;
     let prompt = prompt()?;
     let opts = read_options(params)?;
-    let result = session.session.generate_streaming(&prompt, &opts, |text| match callback {
+    let on_text = |text: &str| match callback {
         Some(cb) => {
             let mut chunk = Vec::with_capacity(text.len() + 1);
             chunk.extend_from_slice(text.as_bytes());
@@ -172,7 +183,11 @@ unsafe fn run(
             cb(chunk.as_ptr() as *const c_char, text.len(), userdata)
         }
         None => true,
-    })?;
+    };
+    let result = match &session.session {
+        SessionBackend::Local(s) => s.generate_streaming(&prompt, &opts, on_text)?,
+        SessionBackend::Remote(s) => s.generate_streaming(&prompt, &opts, on_text)?,
+    };
     write_out(out_result, Box::into_raw(Box::new(maze_result::new(result))), "out_result")
 }
 
@@ -237,7 +252,10 @@ pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> ma
     ffi_infallible!(maze_status::Panic, {
         match session.as_ref() {
             Some(s) => {
-                s.session.cancel();
+                match &s.session {
+                    SessionBackend::Local(s) => s.cancel(),
+                    SessionBackend::Remote(s) => s.cancel(),
+                }
                 maze_status::Ok
             }
             None => maze_status::NullArgument,
@@ -245,12 +263,16 @@ pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> ma
     })
 }
 
-/// Forgets the conversation (clears the KV cache). Fails with MAZE_STATUS_BUSY while generating.
+/// Forgets the conversation (clears the KV cache; a remote session keeps none). Fails with
+/// MAZE_STATUS_BUSY while generating.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_reset(session: *const maze_session, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {
-        let session = arg_ref(session, "session")?;
-        session.session.reset()?;
+        match &arg_ref(session, "session")?.session {
+            SessionBackend::Local(s) => s.reset()?,
+            SessionBackend::Remote(s) if s.is_busy() => return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating").into()),
+            SessionBackend::Remote(_) => {}
+        }
         Ok(())
     })
 }

@@ -1,0 +1,645 @@
+//! The remote backend: the same sessions and constraints API, served by an inference server
+//! over HTTP — another Maze (the Maze protocol: every constraint kind, validation included) or
+//! any OpenAI-compatible server such as vLLM, SGLang or llama.cpp's (structured outputs mapped
+//! to `response_format` and vLLM's `structured_outputs`; what they cannot express, such as
+//! token masks, is refused with `ErrorKind::Unsupported`, never dropped).
+//!
+//! Requests run on the backend's own Tokio runtime and always stream, so that cancel and
+//! timeouts act at once. Connect errors, 429 and 5xx are retried with exponential backoff and
+//! jitter (`Retry-After` honoured) until the first byte of a response arrives; after that a
+//! failure ends the generation with `FinishReason::Error` and keeps the text received.
+
+mod sse;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::constraint::{ConstraintOutcome, ConstraintReport};
+use crate::engine::{GenerateOptions, Prompt};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::maze::{self as proto, applied, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
+use crate::protocol::openai::{self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany};
+use crate::result::{FinishReason, GenerationResult, GenerationStats, Provenance};
+use crate::sampling::SamplingParams;
+pub use sse::{SseEvent, SseParser};
+
+/// Which API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `/v1/chat/completions` and `/v1/completions` (vLLM, SGLang, llama.cpp server, OpenAI).
+    OpenAi,
+    /// Maze's own protocol (`/maze/v1/*`), served by maze-server.
+    Maze,
+}
+
+impl Protocol {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "openai" | "" => Ok(Self::OpenAi),
+            "maze" => Ok(Self::Maze),
+            other => Err(Error::invalid_argument(format!("unknown protocol '{other}': use 'openai' or 'maze'"))),
+        }
+    }
+}
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted).
+    pub endpoint: String,
+    pub api_key: Option<String>,
+    /// Model name sent to OpenAI-compatible servers; `None` = the first the server lists.
+    pub model: Option<String>,
+    pub protocol: Protocol,
+    /// Limit for requests that bring no timeout of their own; `None` = none.
+    pub request_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// Retries after a connect error, 429 or 5xx; 0 = none.
+    pub max_retries: u32,
+    /// First backoff; each retry doubles it (with jitter), up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RemoteConfig {
+    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            api_key: None,
+            model: None,
+            protocol,
+            request_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// From `MAZE_ENDPOINT` (required), `MAZE_API_KEY`, `MAZE_MODEL`, `MAZE_PROTOCOL`
+    /// (openai|maze), `MAZE_RETRIES` and `MAZE_TIMEOUT_MS`; `None` without `MAZE_ENDPOINT`.
+    pub fn from_env() -> Option<Result<Self>> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`RemoteConfig::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Result<Self>> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let endpoint = var("MAZE_ENDPOINT")?;
+        let build = || -> Result<Self> {
+            let protocol = Protocol::parse(&var("MAZE_PROTOCOL").unwrap_or_default())?;
+            let mut config = Self::new(endpoint, protocol);
+            config.api_key = var("MAZE_API_KEY");
+            config.model = var("MAZE_MODEL");
+            let number = |name: &str| -> Result<Option<u64>> {
+                var(name).map(|v| v.parse::<u64>().map_err(|_| Error::invalid_argument(format!("{name}='{v}' is not a number")))).transpose()
+            };
+            if let Some(n) = number("MAZE_RETRIES")? {
+                config.max_retries = n.min(100) as u32;
+            }
+            config.request_timeout = number("MAZE_TIMEOUT_MS")?.filter(|&ms| ms > 0).map(Duration::from_millis);
+            Ok(config)
+        };
+        Some(build())
+    }
+
+    fn base_url(&self) -> Result<String> {
+        let trimmed = self.endpoint.trim().trim_end_matches('/');
+        let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
+        let url = reqwest::Url::parse(base).map_err(|e| Error::invalid_argument(format!("endpoint '{}' is not a URL: {e}", self.endpoint)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::invalid_argument(format!("endpoint '{}' must be http:// or https://", self.endpoint)));
+        }
+        Ok(base.to_string())
+    }
+}
+
+/// What a remote engine serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteInfo {
+    pub endpoint: String,
+    pub model: String,
+    pub protocol: Protocol,
+}
+
+/// A connection to an inference server. Cheap to clone; thread-safe.
+#[derive(Clone)]
+pub struct RemoteEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RemoteConfig,
+    base: String,
+    model: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl RemoteEngine {
+    /// Connects: checks the server answers (with the configured retries) and resolves the
+    /// model name.
+    pub fn connect(config: RemoteConfig) -> Result<Self> {
+        let base = config.base_url()?;
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &config.api_key {
+            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::invalid_argument("the API key contains characters not allowed in an HTTP header"))?;
+            headers.insert(AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("maze/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Backend, format!("cannot build the HTTP client: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("maze-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start the remote runtime: {e}")))?;
+        let mut inner = Inner { base, model: String::new(), client, runtime, config };
+        let models = inner.models()?;
+        inner.model = match (&inner.config.model, inner.config.protocol) {
+            (Some(name), Protocol::OpenAi) if !models.contains(name) => {
+                return Err(Error::invalid_argument(format!("the server at {} does not serve model '{name}' (it serves {})", inner.base, models.join(", "))));
+            }
+            (Some(name), _) => name.clone(),
+            (None, _) => models.into_iter().next().ok_or_else(|| Error::new(ErrorKind::Backend, format!("the server at {} lists no model", inner.base)))?,
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    pub fn info(&self) -> RemoteInfo {
+        RemoteInfo { endpoint: self.inner.base.clone(), model: self.inner.model.clone(), protocol: self.inner.config.protocol }
+    }
+
+    /// Asks the server whether it is up: the Maze protocol's health route, or the model list
+    /// of an OpenAI-compatible server.
+    pub fn health(&self) -> Result<()> {
+        match self.inner.config.protocol {
+            Protocol::Maze => self.inner.get_json::<proto::Health>(proto::HEALTH_PATH).map(|_| ()),
+            Protocol::OpenAi => self.inner.models().map(|_| ()),
+        }
+    }
+
+    /// The models the server lists.
+    pub fn models(&self) -> Result<Vec<String>> {
+        self.inner.models()
+    }
+
+    pub fn new_session(&self) -> RemoteSession {
+        RemoteSession { inner: self.inner.clone(), busy: AtomicBool::new(false), cancel: Mutex::new(None) }
+    }
+}
+
+/// One conversation on a remote engine. The server keeps no state between requests: each
+/// request sends the whole prompt (servers with prefix caching reuse it).
+pub struct RemoteSession {
+    inner: Arc<Inner>,
+    busy: AtomicBool,
+    cancel: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl RemoteSession {
+    pub fn generate(&self, prompt: &Prompt, opts: &GenerateOptions) -> Result<GenerationResult> {
+        self.generate_streaming(prompt, opts, |_| true)
+    }
+
+    /// Generates, calling `on_text` with each piece on this thread; returning false cancels.
+    pub fn generate_streaming(&self, prompt: &Prompt, opts: &GenerateOptions, mut on_text: impl FnMut(&str) -> bool) -> Result<GenerationResult> {
+        opts.sampling.validate()?;
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(Error::new(ErrorKind::Busy, "the session is already generating"));
+        }
+        let (tx, rx) = watch::channel(false);
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let result = self.inner.runtime.block_on(self.inner.generate(prompt, opts, rx, &mut on_text));
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.busy.store(false, Ordering::Release);
+        result
+    }
+
+    /// Stops the running request from any thread; a no-op when idle.
+    pub fn cancel(&self) {
+        if let Some(tx) = self.cancel.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(true);
+        }
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// Why the wait for the server stopped early.
+enum Interrupt {
+    Cancelled,
+    Timeout,
+}
+
+/// Waits for `future` unless the request is cancelled or its deadline passes.
+async fn interruptible<T>(future: impl std::future::Future<Output = T>, cancel: &mut watch::Receiver<bool>, deadline: Option<Instant>) -> std::result::Result<T, Interrupt> {
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cancelled = async {
+        // A closed channel (no canceller) never cancels.
+        if cancel.wait_for(|&c| c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        value = future => Ok(value),
+        _ = cancelled => Err(Interrupt::Cancelled),
+        _ = sleep => Err(Interrupt::Timeout),
+    }
+}
+
+impl Inner {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn models(&self) -> Result<Vec<String>> {
+        match self.config.protocol {
+            Protocol::Maze => Ok(self.get_json::<proto::Models>(proto::MODELS_PATH)?.models.into_iter().map(|m| m.name).collect()),
+            Protocol::OpenAi => {
+                let list: Value = self.get_json(oai::MODELS_PATH)?;
+                let data = list.get("data").and_then(Value::as_array).ok_or_else(|| Error::new(ErrorKind::Backend, format!("{}: no 'data' list in the model list", self.url(oai::MODELS_PATH))))?;
+                Ok(data.iter().filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+            }
+        }
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.runtime.block_on(async {
+            let (_no_canceller, mut never) = watch::channel(false);
+            let deadline = self.config.request_timeout.map(|t| Instant::now() + t);
+            let response = match self.send(|| self.client.get(self.url(path)), &mut never, deadline).await {
+                Ok(r) => r?,
+                Err(_) => return Err(Error::new(ErrorKind::Backend, format!("{} did not answer in time", self.url(path)))),
+            };
+            let bytes = response.bytes().await.map_err(|e| Error::new(ErrorKind::Backend, format!("{}: reading the response: {e}", self.url(path))))?;
+            serde_json::from_slice(&bytes).map_err(|e| Error::new(ErrorKind::Backend, format!("{}: invalid response ({e}): {}", self.url(path), preview(&bytes))))
+        })
+    }
+
+    /// Sends with retries: connect errors, 429 and 5xx are retried with backoff; a success or
+    /// any other status ends the loop (other statuses become the server's error).
+    async fn send(&self, request: impl Fn() -> reqwest::RequestBuilder, cancel: &mut watch::Receiver<bool>, deadline: Option<Instant>) -> std::result::Result<Result<reqwest::Response>, Interrupt> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = interruptible(request().send(), cancel, deadline).await?;
+            let wait = match outcome {
+                Ok(response) if response.status().is_success() => return Ok(Ok(response)),
+                Ok(response) if retryable(response.status()) && attempt < self.config.max_retries => {
+                    retry_after(&response).unwrap_or_else(|| self.backoff(attempt))
+                }
+                Ok(response) => {
+                    let retried = if attempt > 0 { format!(" after {attempt} retries") } else { String::new() };
+                    return Ok(Err(error_from_response(response, &retried).await));
+                }
+                Err(e) if (e.is_connect() || e.is_request()) && attempt < self.config.max_retries => self.backoff(attempt),
+                Err(e) => {
+                    let url = e.url().map(|u| u.to_string()).unwrap_or_default();
+                    return Ok(Err(Error::new(ErrorKind::Backend, format!("cannot reach {url}: {}{}", error_chain(&e), if attempt > 0 { format!(" ({} attempts)", attempt + 1) } else { String::new() }))));
+                }
+            };
+            if let Some(d) = deadline {
+                if Instant::now() + wait >= d {
+                    interruptible(tokio::time::sleep_until(d.into()), cancel, deadline).await?;
+                }
+            }
+            interruptible(tokio::time::sleep(wait), cancel, deadline).await?;
+            attempt += 1;
+        }
+    }
+
+    /// Exponential backoff with jitter: half the doubled delay, plus a random part of the other half.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let doubled = self.config.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.config.max_backoff);
+        doubled / 2 + doubled.mul_f64(rand::random::<f64>() / 2.0)
+    }
+
+    async fn generate(&self, prompt: &Prompt, opts: &GenerateOptions, mut cancel: watch::Receiver<bool>, on_text: &mut dyn FnMut(&str) -> bool) -> Result<GenerationResult> {
+        let started = Instant::now();
+        let deadline = opts.timeout.or(self.config.request_timeout).map(|t| started + t);
+        let (path, body) = self.request_body(prompt, opts)?;
+        let url = self.url(path);
+        let mut run = Run { started, first_token: None, text: String::new(), pieces: 0, stopped_by_caller: false };
+
+        let response = match self.send(|| self.client.post(&url).json(&body), &mut cancel, deadline).await {
+            Ok(response) => response?,
+            Err(interrupt) => return Ok(run.interrupted(interrupt, opts, &self.model)),
+        };
+        if !response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream")) {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(Error::new(ErrorKind::Backend, format!("{url}: expected an event stream, got: {}", preview(&bytes))));
+        }
+        let mut body_stream = response.bytes_stream();
+        let mut parser = SseParser::new(16 << 20);
+        let mut openai = OpenAiEnd::default();
+        loop {
+            let chunk = match interruptible(body_stream.next(), &mut cancel, deadline).await {
+                Ok(chunk) => chunk,
+                Err(interrupt) => return Ok(run.interrupted(interrupt, opts, &self.model)),
+            };
+            let bytes = match chunk {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => return run.failed(format!("{url}: the connection failed mid-stream: {}", error_chain(&e)), opts, &self.model),
+                None => return run.failed(format!("{url}: the server closed the stream before the end of generation"), opts, &self.model),
+            };
+            let events = match parser.push(&bytes) {
+                Ok(events) => events,
+                Err(e) => return run.failed(format!("{url}: {}", e.message()), opts, &self.model),
+            };
+            for event in events {
+                let step = match self.config.protocol {
+                    Protocol::Maze => run.maze_event(event, opts),
+                    Protocol::OpenAi => run.openai_event(event, &mut openai),
+                };
+                match step {
+                    Ok(Step::Continue) => {}
+                    Ok(Step::Text(text)) => {
+                        if !on_text(&text) {
+                            run.stopped_by_caller = true;
+                            return Ok(run.interrupted(Interrupt::Cancelled, opts, &self.model));
+                        }
+                    }
+                    Ok(Step::Done(result)) => return Ok(*result),
+                    Ok(Step::OpenAiDone) => return Ok(run.openai_result(openai, opts, &self.model)),
+                    Err(e) if run.pieces == 0 => return Err(e),
+                    Err(e) => return run.failed(format!("{url}: {}", e.message()), opts, &self.model),
+                }
+            }
+        }
+    }
+
+    /// The route and body of a request; refuses what the protocol cannot carry.
+    fn request_body(&self, prompt: &Prompt, opts: &GenerateOptions) -> Result<(&'static str, Value)> {
+        match self.config.protocol {
+            Protocol::Maze => Ok((proto::GENERATE_PATH, serde_json::to_value(GenerateRequest::new(prompt, opts, true)).expect("serializable"))),
+            Protocol::OpenAi => {
+                let s = &opts.sampling;
+                let mut common = CommonFields {
+                    model: Some(self.model.clone()),
+                    max_tokens: (opts.max_tokens > 0).then_some(opts.max_tokens),
+                    temperature: Some(s.temperature),
+                    top_p: Some(s.top_p),
+                    top_k: (s.top_k > 0).then_some(s.top_k as i64),
+                    min_p: (s.min_p > 0.0).then_some(s.min_p),
+                    repetition_penalty: (s.repetition_penalty != 1.0).then_some(s.repetition_penalty),
+                    frequency_penalty: (s.frequency_penalty != 0.0).then_some(s.frequency_penalty),
+                    presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
+                    seed: s.seed,
+                    stop: (!opts.stop.is_empty()).then(|| OneOrMany::Many(opts.stop.clone())),
+                    stream: true,
+                    stream_options: Some(json!({"include_usage": true})),
+                    ..CommonFields::default()
+                };
+                if opts.logprobs {
+                    return Err(Error::new(ErrorKind::Unsupported, "logprobs are not supported over the OpenAI-compatible API; use the Maze protocol"));
+                }
+                let chat = matches!(prompt, Prompt::Chat(_));
+                common.set_constraints(&opts.constraints, chat)?;
+                let body = match prompt {
+                    Prompt::Chat(messages) => serde_json::to_value(ChatRequest {
+                        messages: messages.iter().map(|m| Message { role: m.role.clone(), content: Content::Text(m.content.clone()) }).collect(),
+                        common,
+                    }),
+                    Prompt::Text(text) => serde_json::to_value(CompletionRequest { prompt: OneOrMany::One(text.clone()), common }),
+                    Prompt::Tokens(_) => return Err(Error::new(ErrorKind::Unsupported, "token-id prompts are not supported over the OpenAI-compatible API (the ids are the server's); use the Maze protocol")),
+                };
+                Ok((if chat { oai::CHAT_PATH } else { oai::COMPLETIONS_PATH }, body.expect("serializable")))
+            }
+        }
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// `Retry-After` in seconds (HTTP dates are not honoured: the backoff applies), capped at a minute.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: f64 = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(60.0)))
+}
+
+/// The server's error: Maze's (kind and message) when it sent one, else by HTTP status.
+async fn error_from_response(response: reqwest::Response, retried: &str) -> Error {
+    let status = response.status();
+    let url = response.url().to_string();
+    let bytes = response.bytes().await.unwrap_or_default();
+    if let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes) {
+        return Error::new(body.error.status, format!("{} (HTTP {} from {url}{retried})", body.error.message, status.as_u16()));
+    }
+    let message = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| preview(&bytes));
+    let kind = match status.as_u16() {
+        429 => ErrorKind::Busy,
+        400..=499 => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Backend,
+    };
+    Error::new(kind, format!("HTTP {} from {url}{retried}: {message}", status.as_u16()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string();
+    if text.trim().is_empty() {
+        "(empty body)".into()
+    } else {
+        format!("'{text}'")
+    }
+}
+
+enum Step {
+    Continue,
+    Text(String),
+    Done(Box<GenerationResult>),
+    OpenAiDone,
+}
+
+/// What the last OpenAI chunks said.
+#[derive(Default)]
+struct OpenAiEnd {
+    finish_reason: Option<String>,
+    maze: Option<Value>,
+    usage: Option<Value>,
+}
+
+/// One request in progress: the text so far and its timing.
+struct Run {
+    started: Instant,
+    first_token: Option<Instant>,
+    text: String,
+    pieces: usize,
+    stopped_by_caller: bool,
+}
+
+impl Run {
+    fn piece(&mut self, text: String) -> Step {
+        self.first_token.get_or_insert_with(Instant::now);
+        self.pieces += 1;
+        self.text.push_str(&text);
+        Step::Text(text)
+    }
+
+    fn maze_event(&mut self, event: SseEvent, opts: &GenerateOptions) -> Result<Step> {
+        let invalid = |e: serde_json::Error| Error::new(ErrorKind::Backend, format!("invalid event from the server ({e}): {}", preview(event.data.as_bytes())));
+        match event.event.as_deref() {
+            None | Some("message") => Ok(self.piece(serde_json::from_str::<TextEvent>(&event.data).map_err(invalid)?.text)),
+            Some("result") => {
+                let response: GenerateResponse = serde_json::from_str(&event.data).map_err(invalid)?;
+                Ok(Step::Done(Box::new(response.into_result(opts))))
+            }
+            Some("error") => Err(serde_json::from_str::<ErrorBody>(&event.data).map_err(invalid)?.error.into()),
+            Some(_) => Ok(Step::Continue),
+        }
+    }
+
+    fn openai_event(&mut self, event: SseEvent, end: &mut OpenAiEnd) -> Result<Step> {
+        if event.data.trim() == "[DONE]" {
+            return Ok(Step::OpenAiDone);
+        }
+        let chunk: Value = serde_json::from_str(&event.data).map_err(|e| Error::new(ErrorKind::Backend, format!("invalid chunk from the server ({e}): {}", preview(event.data.as_bytes()))))?;
+        if let Some(error) = chunk.get("error") {
+            let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+            return Err(Error::new(ErrorKind::Backend, format!("the server reported: {message}")));
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            end.usage = Some(usage.clone());
+        }
+        if let Some(maze) = chunk.get("maze") {
+            end.maze = Some(maze.clone());
+        }
+        let choice = chunk.get("choices").and_then(|c| c.get(0));
+        if let Some(reason) = choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
+            end.finish_reason = Some(reason.to_string());
+        }
+        let text = choice.and_then(|c| c.pointer("/delta/content").or_else(|| c.get("text"))).and_then(Value::as_str).unwrap_or("");
+        Ok(if text.is_empty() { Step::Continue } else { self.piece(text.to_string()) })
+    }
+
+    fn stats(&self, prompt_tokens: usize, generated: usize) -> GenerationStats {
+        let total = self.started.elapsed();
+        let ttft = self.first_token.map(|t| t - self.started).unwrap_or(total);
+        let decode = total.saturating_sub(ttft).as_secs_f64();
+        GenerationStats {
+            prompt_tokens,
+            cached_tokens: 0,
+            generated_tokens: generated,
+            time_to_first_token: ttft,
+            total_time: total,
+            prefill_tokens_per_second: 0.0,
+            decode_tokens_per_second: if decode > 0.0 && generated > 1 { (generated - 1) as f64 / decode } else { 0.0 },
+        }
+    }
+
+    /// A result built here (the server sent no final result): the text received so far.
+    fn local_result(&self, finish: FinishReason, error: Option<Error>, validation: Vec<ConstraintReport>, stats: GenerationStats, opts: &GenerateOptions, model: &str) -> GenerationResult {
+        let seed = opts.sampling.seed.unwrap_or_default();
+        GenerationResult {
+            text: self.text.clone(),
+            tokens: Vec::new(),
+            logprobs: None,
+            finish_reason: finish,
+            stats,
+            error,
+            validation,
+            constraint_stats: None,
+            provenance: Provenance {
+                model: model.to_string(),
+                architecture: "remote".into(),
+                created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
+                constraints: applied(&opts.constraints),
+                sampling: SamplingParams { seed: opts.sampling.seed, ..opts.sampling.clone() },
+                seed,
+                max_tokens: opts.max_tokens,
+                stop: opts.stop.clone(),
+            },
+        }
+    }
+
+    /// Constraint reports for text that stopped before the end: no constraint vouches for it.
+    fn cut_reports(opts: &GenerateOptions, why: &str) -> Vec<ConstraintReport> {
+        opts.constraints.iter().map(|c| ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome: ConstraintOutcome::Violated, reason: Some(why.to_string()) }).collect()
+    }
+
+    fn interrupted(&self, why: Interrupt, opts: &GenerateOptions, model: &str) -> GenerationResult {
+        let (finish, reason) = match why {
+            Interrupt::Cancelled if self.stopped_by_caller => (FinishReason::Cancelled, "the streaming callback stopped generation before the output was complete"),
+            Interrupt::Cancelled => (FinishReason::Cancelled, "cancelled before the output was complete"),
+            Interrupt::Timeout => (FinishReason::Timeout, "the timeout passed before the output was complete"),
+        };
+        self.local_result(finish, None, Self::cut_reports(opts, reason), self.stats(0, self.pieces), opts, model)
+    }
+
+    fn failed(&self, message: String, opts: &GenerateOptions, model: &str) -> Result<GenerationResult> {
+        if self.pieces == 0 {
+            return Err(Error::new(ErrorKind::Backend, message));
+        }
+        let reports = Self::cut_reports(opts, "the connection failed before the output was complete");
+        Ok(self.local_result(FinishReason::Error, Some(Error::new(ErrorKind::Backend, message)), reports, self.stats(0, self.pieces), opts, model))
+    }
+
+    /// The end of an OpenAI stream. A Maze server's `maze` extension gives the exact finish
+    /// reason, seed and validation; from other servers a constraint they were sent counts as
+    /// satisfied when generation stopped by itself (the server enforced it).
+    fn openai_result(&self, end: OpenAiEnd, opts: &GenerateOptions, model: &str) -> GenerationResult {
+        let maze_finish = end.maze.as_ref().and_then(|m| m.get("finish_reason")).and_then(Value::as_str);
+        let finish = oai::parse_finish_reason(end.finish_reason.as_deref(), maze_finish);
+        let usage = |key: &str| end.usage.as_ref().and_then(|u| u.get(key)).and_then(Value::as_u64).map(|n| n as usize);
+        let stats = self.stats(usage("prompt_tokens").unwrap_or(0), usage("completion_tokens").unwrap_or(self.pieces));
+        let validation = match end.maze.as_ref().and_then(|m| m.pointer("/validation/constraints")).and_then(|v| serde_json::from_value::<Vec<proto::WireReport>>(v.clone()).ok()) {
+            Some(reports) => opts
+                .constraints
+                .iter()
+                .zip(reports)
+                .map(|(c, r)| ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome: r.outcome, reason: r.reason })
+                .collect(),
+            None => opts
+                .constraints
+                .iter()
+                .map(|c| {
+                    let (outcome, reason) = if finish == FinishReason::Stop {
+                        (ConstraintOutcome::Satisfied, "enforced by the server (not verified locally)")
+                    } else {
+                        (ConstraintOutcome::Violated, "the server stopped before the output was complete")
+                    };
+                    ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome, reason: Some(reason.into()) }
+                })
+                .collect(),
+        };
+        let mut result = self.local_result(finish, None, validation, stats, opts, model);
+        if let Some(seed) = end.maze.as_ref().and_then(|m| m.get("seed")).and_then(Value::as_u64) {
+            result.provenance.seed = seed;
+            result.provenance.sampling.seed = Some(seed);
+        }
+        result
+    }
+}
