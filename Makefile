@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind go-test zig-test server-test pkgconfig bench clean
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -102,7 +102,10 @@ pkgconfig: lib
 
 # The Go module: vet, the whole suite under the race detector (static link), the linking
 # variants (shared library, pkg-config), and the example program.
-go-test: model lib pkgconfig
+server: lib
+	$(CARGO) build --release --bin maze-server
+
+go-test: model lib pkgconfig server
 	cd bindings/go && $(GOENV) $(GO) vet ./...
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -race -count=1 ./...
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_dynamic -run 'TestLinkage|TestChat|TestStream$$' .
@@ -122,8 +125,7 @@ zig-test: model lib
 # The official OpenAI Python client (pinned, from PyPI) against a maze-server on loopback. The
 # remote backend's own tests (tests/remote.rs) run with the Rust suites.
 OPENAI_PY := openai==3.54.0
-server-test: model
-	$(CARGO) build --release --bin maze-server
+server-test: model server
 	@python3 -c "import openai, pytest, sys; sys.exit(openai.__version__ != '$(OPENAI_PY:openai==%=%)')" 2>/dev/null || \
 	  python3 -m pip install --quiet --disable-pip-version-check "$(OPENAI_PY)" pytest
 	MAZE_SERVER_BIN="$(CURDIR)/$(LIBDIR)/maze-server" MAZE_MODEL="$(MODEL)" python3 -m pytest -q tests/python

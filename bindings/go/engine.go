@@ -9,6 +9,7 @@ import (
 	"math"
 	"runtime"
 	"runtime/cgo"
+	"time"
 	"unsafe"
 )
 
@@ -22,11 +23,13 @@ func ABIVersion() uint32 { return uint32(C.maze_abi_version()) }
 // HeaderABIVersion is MAZE_ABI_VERSION of the header this package was compiled with.
 const HeaderABIVersion = C.MAZE_ABI_VERSION
 
-// Options configure NewEngine. The zero value of every field but ModelPath means "the
-// library's default".
+// Options configure NewEngine. The zero value of every field means "the library's default".
 type Options struct {
-	// ModelPath is the GGUF file to load (Llama family). Required.
+	// ModelPath is the GGUF file to load (Llama family). Empty selects a remote server:
+	// Remote, or else the MAZE_ENDPOINT environment variables (see docs/PROTOCOL.md).
 	ModelPath string
+	// Remote connects to an inference server instead of loading a model (ModelPath empty).
+	Remote *Remote
 	// Threads is the number of compute threads; 0 = one per available core.
 	Threads int
 	// ContextLength is the context (tokens) per session; 0 = the model's, capped at 8192.
@@ -40,6 +43,69 @@ type Options struct {
 	// Progress, when set, receives loading progress in [0, 1] on the calling goroutine;
 	// returning false aborts the load (NewEngine then fails with ErrCancelled).
 	Progress func(progress float32) bool
+}
+
+// Protocol is the API a remote server speaks.
+type Protocol uint32
+
+const (
+	// ProtocolOpenAI: /v1/chat/completions and /v1/completions (vLLM, SGLang, llama.cpp).
+	ProtocolOpenAI Protocol = C.MAZE_PROTOCOL_OPENAI
+	// ProtocolMaze: Maze's own protocol (maze-server): every constraint kind, with validation.
+	ProtocolMaze Protocol = C.MAZE_PROTOCOL_MAZE
+)
+
+// Remote describes an inference server. A remote engine has no local tokenizer: Tokenize,
+// Detokenize, ApplyChatTemplate and the constraint cache fail with ErrUnsupported, and over
+// the OpenAI protocol what the server cannot enforce (token masks, several constraints at
+// once) is refused with ErrUnsupported.
+type Remote struct {
+	// Endpoint is the server's base URL, e.g. "http://127.0.0.1:8000". Required.
+	Endpoint string
+	// APIKey is sent as "Authorization: Bearer KEY".
+	APIKey string
+	// Model is the model name for OpenAI-compatible servers; empty = the first one listed.
+	Model    string
+	Protocol Protocol
+	// Retries after connect errors, 429 and 5xx (exponential backoff, jitter, Retry-After):
+	// 0 = the library's default (3), negative = none.
+	Retries int
+	// RequestTimeout limits requests whose context has no deadline; 0 = none.
+	RequestTimeout time.Duration
+}
+
+func (m *cMemory) remote(r *Remote, params *C.maze_engine_params) error {
+	if r.Endpoint == "" {
+		return invalidArgument("Options.Remote.Endpoint is empty")
+	}
+	var err error
+	if params.endpoint, err = m.cstring("Options.Remote.Endpoint", r.Endpoint); err != nil {
+		return err
+	}
+	if r.APIKey != "" {
+		if params.api_key, err = m.cstring("Options.Remote.APIKey", r.APIKey); err != nil {
+			return err
+		}
+	}
+	if r.Model != "" {
+		if params.remote_model, err = m.cstring("Options.Remote.Model", r.Model); err != nil {
+			return err
+		}
+	}
+	params.protocol = C.uint32_t(r.Protocol)
+	switch {
+	case r.Retries < 0:
+		params.max_retries = 0
+	case r.Retries > 0:
+		if params.max_retries, err = u32("Options.Remote.Retries", r.Retries); err != nil {
+			return err
+		}
+	}
+	if r.RequestTimeout < 0 || r.RequestTimeout/time.Millisecond > math.MaxUint32 {
+		return invalidArgument("Options.Remote.RequestTimeout %v is out of range", r.RequestTimeout)
+	}
+	params.request_timeout_ms = C.uint32_t((r.RequestTimeout + time.Millisecond - 1) / time.Millisecond)
+	return nil
 }
 
 // ModelInfo describes the loaded model.
@@ -70,13 +136,13 @@ func u32(what string, v int) (C.uint32_t, error) {
 	return C.uint32_t(v), nil
 }
 
-// NewEngine loads a model and starts its worker.
+// NewEngine loads a model and starts its worker, or connects to a remote server.
 func NewEngine(opts Options) (*Engine, error) {
 	if ABIVersion() != HeaderABIVersion {
 		return nil, &Error{Status: StatusABIMismatch, Message: "the linked library's ABI version differs from the header this package was built with"}
 	}
-	if opts.ModelPath == "" {
-		return nil, invalidArgument("Options.ModelPath is empty")
+	if opts.ModelPath != "" && opts.Remote != nil {
+		return nil, invalidArgument("set Options.ModelPath or Options.Remote, not both")
 	}
 	var mem cMemory
 	defer mem.free()
@@ -99,9 +165,16 @@ func NewEngine(opts Options) (*Engine, error) {
 			return nil, err
 		}
 	}
-	path, err := mem.cstring("Options.ModelPath", opts.ModelPath)
-	if err != nil {
-		return nil, err
+	if opts.Remote != nil {
+		if err := mem.remote(opts.Remote, &params); err != nil {
+			return nil, err
+		}
+	}
+	var path *C.char // NULL: a remote server (Options.Remote or the environment)
+	if opts.ModelPath != "" {
+		if path, err = mem.cstring("Options.ModelPath", opts.ModelPath); err != nil {
+			return nil, err
+		}
 	}
 	var cb *callback
 	if opts.Progress != nil {

@@ -106,8 +106,15 @@ func TestEngineErrors(t *testing.T) {
 	_, err = NewEngine(Options{ModelPath: notGGUF})
 	expectError(t, err, ErrModelFormat, "")
 
-	_, err = NewEngine(Options{})
-	expectError(t, err, ErrInvalidArgument, "ModelPath")
+	// No model path and no endpoint (MAZE_ENDPOINT unset in the tests): the library names both.
+	if os.Getenv("MAZE_ENDPOINT") == "" {
+		_, err = NewEngine(Options{})
+		expectError(t, err, ErrNullArgument, "MAZE_ENDPOINT")
+	}
+	_, err = NewEngine(Options{ModelPath: "x.gguf", Remote: &Remote{Endpoint: "http://127.0.0.1:1"}})
+	expectError(t, err, ErrInvalidArgument, "not both")
+	_, err = NewEngine(Options{Remote: &Remote{}})
+	expectError(t, err, ErrInvalidArgument, "Endpoint")
 	_, err = NewEngine(Options{ModelPath: "a\x00b"})
 	expectError(t, err, ErrInvalidArgument, "NUL")
 	_, err = NewEngine(Options{ModelPath: modelPath(t), Threads: -1})
