@@ -601,6 +601,25 @@ enum maze_status maze_chat_apply_template(const struct maze_engine *engine,
                                           struct maze_error **error);
 
 /**
+ * Checks that the engine can serve: always MAZE_STATUS_OK for a local model; for a remote
+ * engine, asks the server (its health route, or the model list of an OpenAI-compatible server)
+ * and fails with MAZE_STATUS_BACKEND (unreachable, HTTP error) naming the problem.
+ */
+enum maze_status maze_engine_health(const struct maze_engine *engine,
+                                    struct maze_error **error);
+
+/**
+ * The models the engine serves, as a JSON array of names (e.g. `["SmolLM2"]`), into `buf`
+ * with the buffer protocol of maze_detokenize. A local engine lists its model; a remote one
+ * asks the server.
+ */
+enum maze_status maze_engine_list_models(const struct maze_engine *engine,
+                                         char *buf,
+                                         size_t capacity,
+                                         size_t *out_len,
+                                         struct maze_error **error);
+
+/**
  * A descriptor with everything empty (kind JSON schema, priority 0).
  */
 struct maze_constraint_desc maze_constraint_desc_default(void);

@@ -484,6 +484,12 @@ mod c_abi {
             assert_eq!(maze_engine_new(null(), &params, &mut engine, &mut err), maze_status::Ok);
             assert_eq!(CStr::from_ptr(maze_engine_model_name(engine)).to_str().unwrap(), local_engine().info().name);
             assert_eq!(CStr::from_ptr(maze_engine_architecture(engine)).to_str().unwrap(), "remote");
+            assert_eq!(maze_engine_health(engine, &mut err), maze_status::Ok);
+            let mut buf = [0 as std::ffi::c_char; 256];
+            let mut len = 0usize;
+            assert_eq!(maze_engine_list_models(engine, buf.as_mut_ptr(), buf.len(), &mut len, &mut err), maze_status::Ok);
+            let names: Vec<String> = serde_json::from_str(CStr::from_ptr(buf.as_ptr()).to_str().unwrap()).unwrap();
+            assert_eq!(names, vec![local_engine().info().name.clone()]);
 
             // No local tokenizer: a clear refusal.
             let mut n = 0usize;

@@ -6,6 +6,7 @@ package maze
 import "C"
 
 import (
+	"encoding/json"
 	"math"
 	"runtime"
 	"runtime/cgo"
@@ -378,6 +379,30 @@ func (e *Engine) SetConstraintCacheLimit(limit int) error {
 		var cerr *C.maze_error
 		return takeError(C.maze_engine_constraint_cache_set_limit(p, C.uint64_t(limit), &cerr), cerr)
 	})
+}
+
+// Health checks that the engine can serve: always nil for a local model; a remote engine asks
+// its server and returns ErrBackend naming the problem.
+func (e *Engine) Health() error {
+	return e.use(func(p *C.maze_engine) error {
+		var cerr *C.maze_error
+		return takeError(C.maze_engine_health(p, &cerr), cerr)
+	})
+}
+
+// Models lists the models the engine serves (a remote engine asks its server).
+func (e *Engine) Models() ([]string, error) {
+	var names []string
+	err := e.use(func(p *C.maze_engine) error {
+		text, err := readText(256, func(buf *C.char, capacity C.size_t, outLen *C.size_t, cerr **C.maze_error) C.enum_maze_status {
+			return C.maze_engine_list_models(p, buf, capacity, outLen, cerr)
+		})
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal([]byte(text), &names)
+	})
+	return names, err
 }
 
 // NewSession opens a conversation with its own KV cache. Close it when done.

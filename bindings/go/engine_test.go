@@ -32,6 +32,12 @@ func TestEngineInfo(t *testing.T) {
 	if e.IsEndOfGeneration(100) {
 		t.Errorf("token 100 reported as end of generation")
 	}
+	if err := e.Health(); err != nil {
+		t.Errorf("health: %v", err)
+	}
+	if models, err := e.Models(); err != nil || len(models) != 1 || models[0] != info.Name {
+		t.Errorf("models %v, %v", models, err)
+	}
 }
 
 func TestLoadProgress(t *testing.T) {

@@ -68,6 +68,12 @@ func TestRemoteEngine(t *testing.T) {
 		if remote.Info().Name != local.Info().Name || remote.Info().Architecture != "remote" {
 			t.Errorf("remote info %+v", remote.Info())
 		}
+		if err := remote.Health(); err != nil {
+			t.Errorf("health: %v", err)
+		}
+		if models, err := remote.Models(); err != nil || len(models) != 1 || models[0] != local.Info().Name {
+			t.Errorf("models %v, %v", models, err)
+		}
 		s := newSession(t, remote)
 		var streamed strings.Builder
 		res, err := s.GenerateStream(t.Context(), Request{Prompt: "The capital of France is", Params: greedy(12)}, func(p string) bool {

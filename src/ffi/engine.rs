@@ -373,3 +373,33 @@ pub unsafe extern "C" fn maze_chat_apply_template(
         write_text(text.as_bytes(), buf, capacity, out_len, "the rendered chat")
     })
 }
+
+/// Checks that the engine can serve: always MAZE_STATUS_OK for a local model; for a remote
+/// engine, asks the server (its health route, or the model list of an OpenAI-compatible server)
+/// and fails with MAZE_STATUS_BACKEND (unreachable, HTTP error) naming the problem.
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_health(engine: *const maze_engine, error: *mut *mut maze_error) -> maze_status {
+    ffi_call!(error, {
+        match &arg_ref(engine, "engine")?.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Remote(remote) => Ok(remote.health()?),
+        }
+    })
+}
+
+/// The models the engine serves, as a JSON array of names (e.g. `["SmolLM2"]`), into `buf`
+/// with the buffer protocol of maze_detokenize. A local engine lists its model; a remote one
+/// asks the server.
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_list_models(engine: *const maze_engine, buf: *mut c_char, capacity: usize, out_len: *mut usize, error: *mut *mut maze_error) -> maze_status {
+    ffi_call!(error, {
+        let engine = arg_ref(engine, "engine")?;
+        arg_out(out_len, "out_len")?;
+        let names = match &engine.backend {
+            Backend::Local(local) => vec![local.info().name.clone()],
+            Backend::Remote(remote) => remote.models()?,
+        };
+        let json = serde_json::to_string(&names).expect("strings serialize");
+        write_text(json.as_bytes(), buf, capacity, out_len, "the model list")
+    })
+}

@@ -212,6 +212,16 @@ static void test_engine_info(maze_engine *engine) {
     int64_t eos = maze_engine_eos_token(engine);
     CHECK(eos >= 0 && maze_engine_token_is_end_of_generation(engine, (uint32_t)eos), "eos %lld", (long long)eos);
     CHECK(!maze_engine_token_is_end_of_generation(engine, 200), "byte token is not eog");
+
+    maze_error *err = NULL;
+    CHECK(maze_engine_health(engine, &err) == MAZE_STATUS_OK && err == NULL, "local health");
+    EXPECT_ERROR(maze_engine_health(NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "health NULL");
+    char models[512];
+    size_t len = 0;
+    CHECK(maze_engine_list_models(engine, models, sizeof models, &len, &err) == MAZE_STATUS_OK, "list models");
+    CHECK(len == strlen(models) && models[0] == '[' && strstr(models, maze_engine_model_name(engine)), "models %s", models);
+    EXPECT_ERROR(maze_engine_list_models(engine, models, 2, &len, &err), MAZE_STATUS_BUFFER_TOO_SMALL, "model list", "small model buffer");
+    CHECK(len > 2, "needed size %zu", len);
 }
 
 /* ---------------------------------------------------------------- tokenizer and template */
