@@ -30,6 +30,8 @@ pub struct TinyModel {
     pub architecture: String,
     /// Write the `tokenizer.ggml.*` metadata (off: the model needs a tokenizer.json).
     pub tokenizer_metadata: bool,
+    /// Format of the weight matrices (k-quants need `dim` and `ffn_dim` multiples of 256).
+    pub weight_dtype: GgmlDType,
 }
 
 impl Default for TinyModel {
@@ -38,7 +40,7 @@ impl Default for TinyModel {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        Self { dim: 64, n_heads: 4, n_kv_heads: 2, ffn_dim: 128, n_layers: 2, context_length: 256, seed: 7, chat_template: Some(CHATML_TEMPLATE.into()), merges, architecture: "llama".into(), tokenizer_metadata: true }
+        Self { dim: 64, n_heads: 4, n_kv_heads: 2, ffn_dim: 128, n_layers: 2, context_length: 256, seed: 7, chat_template: Some(CHATML_TEMPLATE.into()), merges, architecture: "llama".into(), tokenizer_metadata: true, weight_dtype: GgmlDType::Q8_0 }
     }
 }
 
@@ -58,7 +60,7 @@ impl TinyModel {
         (self.vocab().iter().position(|t| t == text).expect("special token in vocab")) as u32
     }
 
-    /// Writes the model as a GGUF file (Q8_0 matrices, F32 norms).
+    /// Writes the model as a GGUF file (`weight_dtype` matrices, F32 norms).
     pub fn write(&self, path: &Path) -> candle_core::Result<()> {
         let vocab = self.vocab();
         let n_vocab = vocab.len();
@@ -66,7 +68,7 @@ impl TinyModel {
         let dev = Device::Cpu;
         let mut random = |rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
             let data: Vec<f32> = (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
-            QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, GgmlDType::Q8_0)
+            QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, self.weight_dtype)
         };
         let ones = |n: usize| -> candle_core::Result<QTensor> { QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev)?, GgmlDType::F32) };
         let head_dim = self.dim / self.n_heads;

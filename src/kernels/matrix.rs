@@ -16,6 +16,13 @@ pub enum WeightFormat {
     Q4_1,
     /// 34 bytes: f16 d, 32 signed bytes; w = q·d.
     Q8_0,
+    /// 144 bytes per 256 values: f16 d, f16 dmin, 6-bit scales and mins of eight 32-value
+    /// sub-blocks, nibbles; w = q·(d·sc) − dmin·m. Repacked exactly as eight Q4_1-like blocks.
+    Q4K,
+    /// 210 bytes per 256 values: 6-bit codes, sixteen i8 scales of 16 values, f16 d;
+    /// w = d·sc·(q − 32). Requantized to 8 bits per 32 values (error ≤ 1/254 of the block's
+    /// largest weight, well under the 6-bit source's own step).
+    Q6K,
 }
 
 impl WeightFormat {
@@ -24,14 +31,94 @@ impl WeightFormat {
             WeightFormat::Q4_0 => 18,
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q8_0 => 34,
+            WeightFormat::Q4K => 144,
+            WeightFormat::Q6K => 210,
+        }
+    }
+
+    /// Kernel blocks of 32 values in one GGUF block.
+    pub const fn kernel_blocks(self) -> usize {
+        match self {
+            WeightFormat::Q4K | WeightFormat::Q6K => 8,
+            _ => 1,
         }
     }
 
     const fn width(self) -> CodeWidth {
         match self {
-            WeightFormat::Q4_0 | WeightFormat::Q4_1 => CodeWidth::Four,
-            WeightFormat::Q8_0 => CodeWidth::Eight,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q4K => CodeWidth::Four,
+            WeightFormat::Q8_0 | WeightFormat::Q6K => CodeWidth::Eight,
         }
+    }
+
+    /// Kernel block `k` of GGUF block `b`: its codes into `dst`, and its (d, m).
+    fn unpack(self, b: &[u8], k: usize, dst: &mut [u8]) -> (f32, f32) {
+        let half = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        match self {
+            WeightFormat::Q4_0 => {
+                dst.copy_from_slice(&b[2..18]);
+                (half(0), -8.0 * half(0))
+            }
+            WeightFormat::Q4_1 => {
+                dst.copy_from_slice(&b[4..20]);
+                (half(0), half(2))
+            }
+            // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
+            WeightFormat::Q8_0 => {
+                dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80);
+                (half(0), 0.0)
+            }
+            WeightFormat::Q4K => {
+                let (sc, mn) = q4k_scale_min(k, &b[4..16]);
+                // Sub-blocks 2j and 2j+1 share 32 bytes: low nibbles, then high nibbles.
+                let qs = &b[16 + (k / 2) * 32..16 + (k / 2) * 32 + 32];
+                let code = |i: usize| if k % 2 == 0 { qs[i] & 0xF } else { qs[i] >> 4 };
+                for (i, c) in dst.iter_mut().enumerate() {
+                    *c = code(i) | (code(i + 16) << 4);
+                }
+                (half(0) * sc as f32, -(half(2) * mn as f32))
+            }
+            WeightFormat::Q6K => {
+                let mut w = [0f32; BLOCK];
+                q6k_values(b, k, &mut w);
+                let amax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                for (c, v) in dst.iter_mut().zip(w) {
+                    *c = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                }
+                (scale, 0.0)
+            }
+        }
+    }
+}
+
+/// The 6-bit scale and min of Q4_K sub-block `j` from the 12 packed bytes.
+fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// The 32 values of kernel block `k` (values 32k..32k+32) of a Q6_K block.
+fn q6k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
+    let (h, quarter) = (k / 4, k % 4);
+    let ql = &b[h * 64..h * 64 + 64];
+    let qh = &b[128 + h * 32..128 + h * 32 + 32];
+    let scales = &b[192 + h * 8..192 + h * 8 + 8];
+    let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+    for (l, v) in out.iter_mut().enumerate() {
+        let (low, shift) = match quarter {
+            0 => (ql[l] & 0xF, 0),
+            1 => (ql[l + 32] & 0xF, 2),
+            2 => (ql[l] >> 4, 4),
+            _ => (ql[l + 32] >> 4, 6),
+        };
+        let q = (low | (((qh[l] >> shift) & 3) << 4)) as i32 - 32;
+        let sc = scales[l / 16 + 2 * quarter] as i8;
+        *v = d * sc as f32 * q as f32;
     }
 }
 
@@ -51,7 +138,7 @@ pub struct QuantMatrix {
 const TASKS_PER_THREAD: usize = 4;
 
 impl QuantMatrix {
-    /// From GGUF bytes (row-major, `cols / 32` blocks per row).
+    /// From GGUF bytes (row-major, whole GGUF blocks per row).
     pub fn from_gguf_bytes(format: WeightFormat, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
         Self::from_gguf_parts(format, &[(bytes, rows)], cols)
     }
@@ -60,14 +147,16 @@ impl QuantMatrix {
     /// matrix (Q, K and V as one), repacked in parallel on the current rayon pool. Every part
     /// but the last must have a multiple of four rows, so groups never straddle parts.
     pub fn from_gguf_parts(format: WeightFormat, parts: &[(&[u8], usize)], cols: usize) -> Result<Self, String> {
-        if cols % BLOCK != 0 {
-            return Err(format!("{format:?} row length {cols} is not a multiple of {BLOCK}"));
+        let per_gguf_block = BLOCK * format.kernel_blocks();
+        if cols % per_gguf_block != 0 {
+            return Err(format!("{format:?} row length {cols} is not a multiple of {per_gguf_block}"));
         }
         let block_bytes = format.gguf_block_bytes();
         let bpr = cols / BLOCK;
+        let gguf_row_bytes = cols / per_gguf_block * block_bytes;
         for (i, (bytes, rows)) in parts.iter().enumerate() {
-            if bytes.len() != rows * bpr * block_bytes {
-                return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), rows * bpr * block_bytes));
+            if bytes.len() != rows * gguf_row_bytes {
+                return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), rows * gguf_row_bytes));
             }
             if i + 1 < parts.len() && rows % GROUP != 0 {
                 return Err(format!("stacked part {i} has {rows} rows, not a multiple of {GROUP}"));
@@ -88,13 +177,12 @@ impl QuantMatrix {
         let source = |mut r: usize| -> Option<&[u8]> {
             for (bytes, n) in parts {
                 if r < *n {
-                    return Some(&bytes[r * bpr * block_bytes..(r + 1) * bpr * block_bytes]);
+                    return Some(&bytes[r * gguf_row_bytes..(r + 1) * gguf_row_bytes]);
                 }
                 r -= n;
             }
             None
         };
-        let half = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
         let group_len = GROUP * bpr;
         let mut m_chunks: Vec<&mut [f32]> = if has_m { m.chunks_mut(group_len).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
         d.par_chunks_mut(group_len)
@@ -104,22 +192,14 @@ impl QuantMatrix {
             .for_each(|(g, ((d, codes), m))| {
                 for r in 0..GROUP {
                     let Some(row) = source(g * GROUP + r) else { continue };
-                    for (block, b) in row.chunks_exact(block_bytes).enumerate() {
-                        let slot = block * GROUP + r;
-                        let scale = half(b, 0);
-                        d[slot] = scale;
-                        let dst = &mut codes[slot * cb..(slot + 1) * cb];
-                        match format {
-                            WeightFormat::Q4_0 => {
-                                m[slot] = -8.0 * scale;
-                                dst.copy_from_slice(&b[2..18]);
+                    for (gguf_block, b) in row.chunks_exact(block_bytes).enumerate() {
+                        for k in 0..format.kernel_blocks() {
+                            let slot = (gguf_block * format.kernel_blocks() + k) * GROUP + r;
+                            let (scale, offset) = format.unpack(b, k, &mut codes[slot * cb..(slot + 1) * cb]);
+                            d[slot] = scale;
+                            if has_m {
+                                m[slot] = offset;
                             }
-                            WeightFormat::Q4_1 => {
-                                m[slot] = half(b, 2);
-                                dst.copy_from_slice(&b[4..20]);
-                            }
-                            // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
-                            WeightFormat::Q8_0 => dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80),
                         }
                     }
                 }
@@ -263,6 +343,23 @@ mod tests {
     fn random_gguf(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut bytes = Vec::new();
+        let scale = |rng: &mut ChaCha8Rng, lo: f32, hi: f32| f16::from_f32(rng.random_range(lo..hi)).to_le_bytes();
+        if format == WeightFormat::Q4K {
+            for _ in 0..rows * cols / 256 {
+                bytes.extend_from_slice(&scale(&mut rng, 0.0005, 0.003));
+                bytes.extend_from_slice(&scale(&mut rng, 0.0005, 0.003));
+                bytes.extend((0..140).map(|_| rng.random::<u8>()));
+            }
+            return bytes;
+        }
+        if format == WeightFormat::Q6K {
+            for _ in 0..rows * cols / 256 {
+                bytes.extend((0..192).map(|_| rng.random::<u8>()));
+                bytes.extend((0..16).map(|_| rng.random_range(-60i8..60) as u8));
+                bytes.extend_from_slice(&scale(&mut rng, 0.0002, 0.001));
+            }
+            return bytes;
+        }
         for _ in 0..rows * cols / BLOCK {
             bytes.extend_from_slice(&f16::from_f32(rng.random_range(0.001..0.05)).to_le_bytes());
             if format == WeightFormat::Q4_1 {
@@ -279,25 +376,51 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0..2.0)).collect()
     }
 
-    const FORMATS: [(WeightFormat, GgmlDType); 3] =
-        [(WeightFormat::Q4_0, GgmlDType::Q4_0), (WeightFormat::Q4_1, GgmlDType::Q4_1), (WeightFormat::Q8_0, GgmlDType::Q8_0)];
+    const FORMATS: [(WeightFormat, GgmlDType); 5] = [
+        (WeightFormat::Q4_0, GgmlDType::Q4_0),
+        (WeightFormat::Q4_1, GgmlDType::Q4_1),
+        (WeightFormat::Q8_0, GgmlDType::Q8_0),
+        (WeightFormat::Q4K, GgmlDType::Q4K),
+        (WeightFormat::Q6K, GgmlDType::Q6K),
+    ];
 
     #[test]
     fn repacking_matches_candles_dequantization() {
         for (format, dtype) in FORMATS {
-            let bytes = random_gguf(format, 4, 64, 1);
-            let m = QuantMatrix::from_gguf_bytes(format, &bytes, 4, 64).unwrap();
-            let q = qtensor_from_ggml(dtype, &bytes, vec![4, 64], &candle_core::Device::Cpu).unwrap();
+            let (rows, cols) = (8, 512);
+            let bytes = random_gguf(format, rows, cols, 1);
+            let m = QuantMatrix::from_gguf_bytes(format, &bytes, rows, cols).unwrap();
+            let q = qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &candle_core::Device::Cpu).unwrap();
             let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(m.dequantize(), theirs, "{format:?}");
+            let ours = m.dequantize();
+            if format != WeightFormat::Q6K {
+                assert_eq!(ours, theirs, "{format:?}: repacking is exact");
+                continue;
+            }
+            // Q6_K is requantized to 8 bits per 32 values: within half a step of the block's scale.
+            for (block, (o, t)) in ours.chunks(BLOCK).zip(theirs.chunks(BLOCK)).enumerate() {
+                let amax = t.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (i, (a, b)) in o.iter().zip(t).enumerate() {
+                    assert!((a - b).abs() <= amax / 254.0 * 1.001 + 1e-9, "Q6K block {block} value {i}: {a} vs {b}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn k_quant_rows_must_hold_whole_super_blocks() {
+        let err = QuantMatrix::from_gguf_bytes(WeightFormat::Q4K, &[0; 144], 1, 128).err().unwrap();
+        assert!(err.contains("multiple of 256"), "{err}");
+        let err = QuantMatrix::from_gguf_bytes(WeightFormat::Q6K, &[0; 200], 1, 256).err().unwrap();
+        assert!(err.contains("expected 210"), "{err}");
     }
 
     #[test]
     fn matmul_is_close_to_the_f32_product_on_every_path() {
         // Odd row counts exercise the 1-3 row tails and uneven tiles; 1 and 3 tokens both layouts.
         for (format, _) in FORMATS {
-            for (rows, cols, tokens) in [(70, 1536, 3), (37, 576, 1)] {
+            let narrow = if format.kernel_blocks() > 1 { 512 } else { 576 };
+            for (rows, cols, tokens) in [(70, 1536, 3), (37, narrow, 1)] {
                 let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols).unwrap();
                 let x = random_x(tokens * cols, 5);
                 let w = m.dequantize();

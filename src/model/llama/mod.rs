@@ -20,7 +20,7 @@ use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, Sequence
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{QuantMatrix, WeightFormat};
 
-/// A weight matrix: our own kernels for Q4_0, Q4_1 and Q8_0 on the CPU, candle elsewhere.
+/// A weight matrix: our own kernels for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K on the CPU, candle elsewhere.
 enum Linear {
     Candle(QMatMul),
     Own(Arc<QuantMatrix>),
@@ -490,8 +490,9 @@ impl LanguageModel for Llama {
 
 /// The native model read straight from the file: raw GGUF blocks repacked into our kernels'
 /// form (Q/K/V and gate/up stacked as they are read), with no intermediate tensors. `None`
-/// (nothing read) when some matrix is in a format our kernels do not take; RoPE tables are
-/// left empty for the caller.
+/// (nothing read) when some matrix is in a format our kernels do not take, or a stack mixes
+/// formats (Q4_K_M files often store V in Q6_K): those run on candle; RoPE tables are left
+/// empty for the caller.
 fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
     let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
@@ -538,7 +539,7 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
     let dim = hp.dim;
     let embd = read(file, "token_embd.weight", None, dim)?;
     let embd_format = format(file, "token_embd.weight").expect("checked");
-    let vocab = embd.len() / (dim / crate::kernels::BLOCK) / embd_format.gguf_block_bytes();
+    let vocab = embd.len() / (dim / (crate::kernels::BLOCK * embd_format.kernel_blocks()) * embd_format.gguf_block_bytes());
     let embeddings = matrix(embd_format, &[(&embd, vocab)], dim)?;
     drop(embd);
     let output = if output_name == "output.weight" {
@@ -579,6 +580,8 @@ fn weight_format(dtype: GgmlDType) -> Option<WeightFormat> {
         GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
         GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
         GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
+        GgmlDType::Q4K => Some(WeightFormat::Q4K),
+        GgmlDType::Q6K => Some(WeightFormat::Q6K),
         _ => None,
     }
 }
