@@ -83,13 +83,16 @@ impl GenerationResult {
     }
 
     /// `{"satisfied": bool, "constraints": [...], "stats": {...}}`.
-    pub fn validation_json(&self) -> String {
+    pub fn validation_value(&self) -> serde_json::Value {
         serde_json::json!({
             "satisfied": self.constraints_satisfied(),
             "constraints": self.validation,
             "stats": self.constraint_stats,
         })
-        .to_string()
+    }
+
+    pub fn validation_json(&self) -> String {
+        self.validation_value().to_string()
     }
 
     pub fn provenance_json(&self) -> String {
@@ -103,6 +106,12 @@ pub struct AppliedConstraint {
     pub name: String,
     pub kind: &'static str,
     pub priority: i32,
+}
+
+impl AppliedConstraint {
+    pub fn list(constraints: &[crate::constraint::Constraint]) -> Vec<Self> {
+        constraints.iter().map(|c| Self { name: c.name.clone(), kind: c.kind.label(), priority: c.priority }).collect()
+    }
 }
 
 /// Where an output came from: enough to reproduce it.

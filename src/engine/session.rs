@@ -169,7 +169,7 @@ impl Session {
             model: self.engine.info.name.clone(),
             architecture: self.engine.info.architecture.clone(),
             created_unix_ms,
-            constraints: opts.constraints.iter().map(|c| AppliedConstraint { name: c.name.clone(), kind: c.kind.label(), priority: c.priority }).collect(),
+            constraints: AppliedConstraint::list(&opts.constraints),
             sampling: SamplingParams { seed: Some(seed), ..opts.sampling.clone() },
             seed,
             max_tokens: opts.max_tokens,

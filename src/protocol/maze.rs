@@ -223,7 +223,7 @@ impl GenerateResponse {
                 model: text_of("model"),
                 architecture: text_of("architecture"),
                 created_unix_ms: p.get("created_unix_ms").and_then(Value::as_u64).unwrap_or_default(),
-                constraints: applied(&opts.constraints),
+                constraints: AppliedConstraint::list(&opts.constraints),
                 sampling: SamplingParams { seed: Some(seed), ..opts.sampling.clone() },
                 seed,
                 max_tokens: opts.max_tokens,
@@ -231,10 +231,6 @@ impl GenerateResponse {
             },
         }
     }
-}
-
-pub(crate) fn applied(constraints: &[Constraint]) -> Vec<AppliedConstraint> {
-    constraints.iter().map(|c| AppliedConstraint { name: c.name.clone(), kind: c.kind.label(), priority: c.priority }).collect()
 }
 
 /// Constraint kind names are a closed set; anything else from a server is reported as unknown.

@@ -22,7 +22,6 @@ use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::protocol::{maze as proto, openai as oai};
-use http::ApiError;
 pub use metrics::Metrics;
 
 /// How the server behaves.
@@ -94,6 +93,6 @@ async fn maze_models(State(state): State<Arc<AppState>>) -> axum::Json<proto::Mo
     })
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<String, ApiError> {
-    Ok(state.metrics.render(state.slots.available_permits(), state.config.max_concurrent))
+async fn metrics_text(State(state): State<Arc<AppState>>) -> String {
+    state.metrics.render(state.slots.available_permits(), state.config.max_concurrent)
 }

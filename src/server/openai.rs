@@ -98,11 +98,10 @@ fn usage(r: &GenerationResult) -> Value {
 
 /// Maze's extension: what OpenAI's fields cannot say.
 fn maze_extension(r: &GenerationResult) -> Value {
-    let validation: Value = serde_json::from_str(&r.validation_json()).unwrap_or(Value::Null);
     json!({
         "finish_reason": r.finish_reason.as_str(),
         "seed": r.provenance.seed,
-        "validation": validation,
+        "validation": r.validation_value(),
         "error": r.error.as_ref().map(WireError::from),
     })
 }

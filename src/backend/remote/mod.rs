@@ -24,10 +24,9 @@ use tokio::sync::watch;
 use crate::constraint::{ConstraintOutcome, ConstraintReport};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::maze::{self as proto, applied, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
+use crate::protocol::maze::{self as proto, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
 use crate::protocol::openai::{self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany};
-use crate::result::{FinishReason, GenerationResult, GenerationStats, Provenance};
-use crate::sampling::SamplingParams;
+use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 pub use sse::{SseEvent, SseParser};
 
 /// Which API the server speaks.
@@ -316,11 +315,7 @@ impl Inner {
                     return Ok(Err(Error::new(ErrorKind::Backend, format!("cannot reach {url}: {}{}", error_chain(&e), if attempt > 0 { format!(" ({} attempts)", attempt + 1) } else { String::new() }))));
                 }
             };
-            if let Some(d) = deadline {
-                if Instant::now() + wait >= d {
-                    interruptible(tokio::time::sleep_until(d.into()), cancel, deadline).await?;
-                }
-            }
+            // Past the deadline the wait ends in Interrupt::Timeout.
             interruptible(tokio::time::sleep(wait), cancel, deadline).await?;
             attempt += 1;
         }
@@ -576,8 +571,8 @@ impl Run {
                 model: model.to_string(),
                 architecture: "remote".into(),
                 created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
-                constraints: applied(&opts.constraints),
-                sampling: SamplingParams { seed: opts.sampling.seed, ..opts.sampling.clone() },
+                constraints: AppliedConstraint::list(&opts.constraints),
+                sampling: opts.sampling.clone(),
                 seed,
                 max_tokens: opts.max_tokens,
                 stop: opts.stop.clone(),
