@@ -25,6 +25,11 @@
 #include <string.h>
 
 /**
+ * Default budget of [`EngineConfig::prefix_cache_bytes`].
+ */
+#define DEFAULT_PREFIX_CACHE_BYTES (64 << 20)
+
+/**
  * ABI version of this header and library. Bumped on any incompatible change. Parameter structs
  * carry `struct_size`, so adding fields at their end is compatible and does not bump it.
  */
@@ -292,6 +297,12 @@ typedef struct maze_engine_params {
    * Remote: time limit of requests that set no timeout_ms themselves; 0 = none.
    */
   uint32_t request_timeout_ms;
+  /**
+   * Memory (MiB) for the keys and values of closed or reset sessions, kept so that a new
+   * session whose prompt starts the same way (a shared system prompt) does not recompute
+   * them. Default 64; 0 = keep none (prefixes of live sessions are still shared).
+   */
+  uint32_t prefix_cache_mib;
 } maze_engine_params;
 
 /**
@@ -745,8 +756,9 @@ enum maze_status maze_session_chat(const struct maze_session *session,
 enum maze_status maze_session_cancel(const struct maze_session *session);
 
 /**
- * Forgets the conversation (clears the KV cache; a remote session keeps none). Fails with
- * MAZE_STATUS_BUSY while generating.
+ * Forgets the conversation: the next call starts from an empty context (a remote session keeps
+ * none). The forgotten keys and values may still serve other sessions' identical prompt
+ * prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
  */
 enum maze_status maze_session_reset(const struct maze_session *session,
                                     struct maze_error **error);
@@ -798,7 +810,8 @@ const char *maze_result_error_message(const struct maze_result *result);
 uint32_t maze_result_prompt_tokens(const struct maze_result *result);
 
 /**
- * Prompt tokens reused from the session's KV cache instead of being recomputed.
+ * Prompt tokens not recomputed: reused from the session's KV cache, or copied from another
+ * (live, closed or reset) session's identical prefix.
  */
 uint32_t maze_result_cached_tokens(const struct maze_result *result);
 

@@ -44,7 +44,8 @@ impl FinishReason {
 pub struct GenerationStats {
     /// Tokens in the prompt, whether computed now or reused from the session's cache.
     pub prompt_tokens: usize,
-    /// Prompt tokens reused from the session's KV cache (not recomputed).
+    /// Prompt tokens not recomputed: reused from the session's KV cache, or copied from another
+    /// (live, closed or reset) session's identical prefix.
     pub cached_tokens: usize,
     pub generated_tokens: usize,
     /// From the call to the first generated token (queueing and prefill included).

@@ -267,6 +267,45 @@ fn unknown_tokenizer_types_are_refused_by_name() {
 }
 
 #[test]
+fn sessions_share_prompt_prefixes_live_and_after_close() {
+    let dir = TempDir::new("prefix");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let engine = load(&path).unwrap();
+    let config = |budget| EngineConfig { model_path: path.clone(), threads: 1, seed: Some(5), context_length: 1024, prefix_cache_bytes: Some(budget), ..Default::default() };
+    let no_retired = Engine::load(&config(0), None).unwrap();
+    let vocab = engine.info().vocab_size as u32;
+    let system: Vec<u32> = (0..48).map(|i| 3 + (i * 7) % (vocab - 3)).collect();
+    let prompt = |tail: &[u32]| Prompt::Tokens(system.iter().chain(tail).copied().collect());
+    let alone = |tail: &[u32]| no_retired.new_session().generate(&prompt(tail), &greedy(8)).unwrap();
+
+    // A live session's keys and values serve another session with the same opening.
+    let a = engine.new_session();
+    let first = a.generate(&prompt(&[5, 6]), &greedy(8)).unwrap();
+    assert_eq!(first.stats.cached_tokens, 0);
+    let b = engine.new_session();
+    let second = b.generate(&prompt(&[9, 10, 11]), &greedy(8)).unwrap();
+    assert_eq!(second.stats.cached_tokens, system.len());
+    assert_eq!(second.tokens, alone(&[9, 10, 11]).tokens, "a copied prefix computes what a fresh one does");
+    // The donor is unchanged by lending.
+    let a_again = a.generate(&prompt(&[5, 6]), &greedy(8)).unwrap();
+    assert_eq!(a_again.tokens, first.tokens);
+
+    // Closed sessions are kept within the budget...
+    drop(a);
+    drop(b);
+    let third = engine.new_session().generate(&prompt(&[12]), &greedy(8)).unwrap();
+    assert_eq!(third.stats.cached_tokens, system.len());
+    assert_eq!(third.tokens, alone(&[12]).tokens);
+    // ...and not at all with a budget of 0, while short openings are never borrowed.
+    let gone = no_retired.new_session();
+    gone.generate(&prompt(&[1]), &greedy(2)).unwrap();
+    drop(gone);
+    assert_eq!(no_retired.new_session().generate(&prompt(&[2]), &greedy(2)).unwrap().stats.cached_tokens, 0);
+    let short = engine.new_session().generate(&Prompt::Tokens(system[..8].to_vec()), &greedy(2)).unwrap();
+    assert_eq!(short.stats.cached_tokens, 0);
+}
+
+#[test]
 fn sessions_reuse_prefixes_reset_and_refuse_overflow() {
     let dir = TempDir::new("session");
     let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
@@ -350,6 +389,9 @@ impl SequenceCache for CountCache {
     }
     fn truncate(&mut self, len: usize) {
         self.0 = self.0.min(len);
+    }
+    fn memory_bytes(&self) -> usize {
+        0
     }
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self

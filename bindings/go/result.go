@@ -62,7 +62,7 @@ type Result struct {
 	Err error
 
 	PromptTokens    int // tokens in the prompt, reused or computed
-	CachedTokens    int // prompt tokens reused from the session's KV cache
+	CachedTokens    int // prompt tokens not recomputed (this session's cache or another session's same prefix)
 	GeneratedTokens int
 
 	TimeToFirstToken       time.Duration

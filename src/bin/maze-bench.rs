@@ -5,6 +5,7 @@
 //!
 //!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G]
 //!              [--llama-bench PATH] [--write FILE]
+//!   maze-bench --model MODEL.gguf --sessions-only 1,8   (only the concurrent measure, for profiling)
 
 use std::time::Instant;
 
@@ -19,10 +20,12 @@ struct Args {
     gen_tokens: usize,
     llama_bench: Option<String>,
     write: Option<String>,
+    /// Only the concurrent-sessions measure, with these session counts (for profiling).
+    sessions_only: Option<Vec<usize>>,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None };
+    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -34,6 +37,10 @@ fn parse() -> Result<Args, String> {
             "--gen-tokens" => a.gen_tokens = value()?.parse().map_err(|e| format!("--gen-tokens: {e}"))?,
             "--write" => a.write = Some(value()?),
             "--llama-bench" => a.llama_bench = Some(value()?),
+            "--sessions-only" => {
+                let list = value()?.split(',').map(|n| n.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
+                a.sessions_only = Some(list.map_err(|e| format!("--sessions-only: {e}"))?);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -203,7 +210,7 @@ fn rss_mib() -> f64 {
 
 /// `sessions` sessions generating at once on one engine: generated tokens per second of wall
 /// time, from the first request to the last result (short prompts, so decode dominates).
-fn bench_concurrent(engine: &Engine, prompt: &[u32], args: &Args, sessions: usize) -> (f64, f64) {
+fn bench_concurrent(engine: &Engine, base: &[u32], args: &Args, sessions: usize) -> (f64, f64) {
     let mut rates = Vec::new();
     let mut totals = Vec::new();
     for run in 0..=args.runs {
@@ -211,10 +218,12 @@ fn bench_concurrent(engine: &Engine, prompt: &[u32], args: &Args, sessions: usiz
         let generated: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..sessions)
                 .map(|k| {
+                    // A different 32-token prompt per session: no session copies another's.
+                    let prompt: Vec<u32> = base.iter().cycle().skip(k).take(32).copied().collect();
                     scope.spawn(move || {
                         let sampling = SamplingParams { temperature: 0.7, seed: Some(k as u64 + 1), ..Default::default() };
                         let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ..Default::default() };
-                        engine.new_session().generate(&Prompt::Tokens(prompt.to_vec()), &opts).expect("generate").stats.generated_tokens
+                        engine.new_session().generate(&Prompt::Tokens(prompt), &opts).expect("generate").stats.generated_tokens
                     })
                 })
                 .collect();
@@ -228,12 +237,46 @@ fn bench_concurrent(engine: &Engine, prompt: &[u32], args: &Args, sessions: usiz
     (median(rates), median(totals))
 }
 
+/// Time to first token (ms) of a session with a long prompt computed from scratch, and of a
+/// second session whose prompt opens the same way while the first is alive (copied prefix).
+fn bench_shared_prefix(engine: &Engine, opening: &[u32], args: &Args) -> (f64, f64) {
+    let opts = GenerateOptions { max_tokens: 1, sampling: SamplingParams::greedy(), ..Default::default() };
+    let ttft = |session: &maze::Session, tail: u32| {
+        let prompt: Vec<u32> = opening.iter().copied().chain([tail]).collect();
+        let r = session.generate(&Prompt::Tokens(prompt), &opts).expect("generate");
+        r.stats.time_to_first_token.as_secs_f64() * 1e3
+    };
+    let (mut cold, mut shared) = (Vec::new(), Vec::new());
+    for run in 0..=args.runs {
+        let (first, second) = (engine.new_session(), engine.new_session());
+        let (c, s) = (ttft(&first, opening[0]), ttft(&second, opening[1]));
+        if run > 0 {
+            cold.push(c);
+            shared.push(s);
+        }
+    }
+    (median(cold), median(shared))
+}
+
 fn main() {
     let args = parse().unwrap_or_else(|e| {
-        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE]");
+        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE] [--sessions-only N,M,...]");
         std::process::exit(2);
     });
-    let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), ..Default::default() };
+    // No retired prefixes: every measured session computes its whole prompt.
+    let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), prefix_cache_bytes: Some(0), ..Default::default() };
+    if let Some(counts) = &args.sessions_only {
+        let engine = Engine::load(&config, None).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        });
+        let base = engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize");
+        for &n in counts {
+            let (rate, total) = bench_concurrent(&engine, &base, &args, n);
+            println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
+        }
+        return;
+    }
 
     // Load time: first load warms the page cache; the median of the rest is reported.
     let rss_before = rss_mib();
@@ -275,14 +318,15 @@ fn main() {
     }
     let (load_ms, pp, tg, gen) = (median(loads), median(prefill), median(decode), median(generated));
     let rss_after_runs = rss_mib();
-    let short: Vec<u32> = prompt.iter().take(32).copied().collect();
     let concurrent: Vec<(usize, f64, f64)> = [1, 4, 8]
         .into_iter()
         .map(|n| {
-            let (rate, total) = bench_concurrent(&engine, &short, &args, n);
+            let (rate, total) = bench_concurrent(&engine, &base, &args, n);
             (n, rate, total)
         })
         .collect();
+    let opening: Vec<u32> = base.iter().cycle().take(4 * args.prompt_tokens).copied().collect();
+    let (ttft_cold, ttft_shared) = bench_shared_prefix(&engine, &opening, &args);
     let cn = bench_constraints(&engine, &prompt, &args, catalog_schema(true));
     let unbounded = bench_constraints(&engine, &prompt, &args, catalog_schema(false));
     let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, &args));
@@ -299,6 +343,7 @@ fn main() {
     for (n, rate, total) in &concurrent {
         println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
     }
+    println!("shared       {}-token opening: first token after {ttft_cold:.1} ms computed, {ttft_shared:.1} ms copied from a live session", opening.len());
     println!("compute      {}", engine.info().compute);
     println!("constraint   first compile {:.0} ms (builds the token trie), cold compile {:.0} µs, cache hit p50 {:.2} µs / p99 {:.2} µs", cn.first_compile_ms, cn.cold_us, cn.hit_p50_us, cn.hit_p99_us);
     println!("mask         mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs per sampled token (replayed, warm caches)", cn.replay_mean_us, cn.replay_p50_us, cn.replay_p99_us);
@@ -356,6 +401,12 @@ fn main() {
              time from the first request to the last result (prefill included).\n\n\
              | sessions | aggregate tokens/s | vs 1 session | tokens generated |\n|---|---|---|---|\n{concurrency_rows}\n\
              Target (issue 8): 8 sessions ≥ 3× the single-session aggregate.\n\n\
+             ## Shared prompt prefix\n\n\
+             A second session whose {ol}-token prompt opens like a live session's copies those keys and values \
+             instead of computing them (prefix cache).\n\n\
+             | | time to first token |\n|---|---|\n\
+             | prompt computed | {ttft_cold:.1} ms |\n\
+             | same opening, copied | {ttft_shared:.1} ms |\n\n\
              ## Constraints\n\n\
              Schema: an array of exactly 40 product objects (pattern, maxLength, number bounds, enum array), long \
              enough that every run reaches max_tokens like the unconstrained one.\n\n\
@@ -376,6 +427,7 @@ fn main() {
              (flushing 64 MB before each replayed mask adds ≈25–30 µs). The mean therefore moves with what the \
              model writes. Forced tokens (keys, punctuation the schema dictates) are appended without sampling and \
              computed in one forward call.\n",
+            ol = opening.len() + 1,
             loads = runs + 1,
             runs1 = runs + 1,
             fc = cn.first_compile_ms,

@@ -43,7 +43,14 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
     /// Compiled constraints kept in the cache; 0 = [`DEFAULT_CACHE_LIMIT`].
     pub constraint_cache_limit: usize,
+    /// Memory for keys and values of closed or reset sessions, kept so that a new session whose
+    /// prompt starts the same way (a shared system prompt) does not recompute them. `None` =
+    /// [`DEFAULT_PREFIX_CACHE_BYTES`]; `Some(0)` = keep none (live sessions are still shared).
+    pub prefix_cache_bytes: Option<usize>,
 }
+
+/// Default budget of [`EngineConfig::prefix_cache_bytes`].
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 64 << 20;
 
 /// A loaded model ready to serve sessions. Cheap to clone (shared).
 #[derive(Clone)]
@@ -89,12 +96,13 @@ impl Engine {
             },
             progress,
         )?;
-        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed, config.constraint_cache_limit)
+        let prefix_cache = config.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES);
+        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed, config.constraint_cache_limit, prefix_cache)
     }
 
     /// Starts an engine over an already-built model (custom architectures, tests).
     pub fn from_parts(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
-        Self::start(model, tokenizer, chat_template, threads.max(1), seed, 0)
+        Self::start(model, tokenizer, chat_template, threads.max(1), seed, 0, DEFAULT_PREFIX_CACHE_BYTES)
     }
 
     fn start(
@@ -104,6 +112,7 @@ impl Engine {
         threads: usize,
         seed: Option<u64>,
         cache_limit: usize,
+        prefix_cache_bytes: usize,
     ) -> Result<Self> {
         let internal = |what: &str, e: &dyn std::fmt::Display| Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"));
         let pool = rayon::ThreadPoolBuilder::new()
@@ -120,7 +129,7 @@ impl Engine {
         let info = model.info().clone();
         let compiler = Compiler::new(tokenizer.clone(), info.vocab_size, if cache_limit == 0 { DEFAULT_CACHE_LIMIT } else { cache_limit });
         let (sender, receiver) = std::sync::mpsc::channel();
-        let worker = Worker::new(model, tokenizer.clone(), pool);
+        let worker = Worker::new(model, tokenizer.clone(), pool, prefix_cache_bytes);
         let handle = std::thread::Builder::new()
             .name("maze-model-worker".into())
             .spawn(move || worker.run(receiver))

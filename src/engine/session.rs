@@ -186,7 +186,8 @@ impl Session {
         }
     }
 
-    /// Forgets the conversation (clears the KV cache).
+    /// Forgets the conversation: the next call starts from an empty context. The forgotten keys
+    /// and values go to the engine's prefix cache, for other sessions' identical prompt openings.
     pub fn reset(&self) -> Result<()> {
         if self.busy.load(Ordering::Acquire) {
             return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating"));

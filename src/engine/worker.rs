@@ -4,7 +4,7 @@
 //! sessions run side by side, none waits for another to finish, and the weights are read once
 //! per step for all of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -23,6 +23,10 @@ use crate::sampling::{log_prob, Sampler, SamplingParams};
 /// faster, smaller ones keep other sessions' decode steps short. The interrupt poll inside the
 /// forward pass keeps cancellation prompt regardless.
 const PREFILL_CHUNK: usize = 128;
+
+/// Shortest shared prefix worth copying from another sequence: below it, computing the tokens
+/// costs about as much as copying their keys and values.
+const MIN_SHARED_PREFIX: usize = 16;
 
 pub(crate) type SessionId = u64;
 
@@ -94,11 +98,41 @@ pub(crate) struct Worker {
     pool: rayon::ThreadPool,
     sequences: HashMap<SessionId, Sequence>,
     active: Vec<Active>,
+    prefixes: PrefixCache,
+}
+
+/// Sequences of closed or reset sessions, kept (least recently used first) so that a new
+/// session whose prompt starts the same way (a shared system prompt) copies their keys and
+/// values instead of recomputing them. Live sessions' sequences are searched as well.
+struct PrefixCache {
+    retired: VecDeque<Sequence>,
+    budget_bytes: usize,
+}
+
+impl PrefixCache {
+    fn keep(&mut self, seq: Sequence) {
+        if self.budget_bytes == 0 || seq.tokens.len() < MIN_SHARED_PREFIX {
+            return;
+        }
+        self.retired.push_back(seq);
+        let mut total: usize = self.retired.iter().map(|s| s.cache.memory_bytes()).sum();
+        while total > self.budget_bytes {
+            let Some(oldest) = self.retired.pop_front() else { break };
+            total -= oldest.cache.memory_bytes();
+        }
+    }
+}
+
+/// Tokens `seq` holds that `prompt` starts with.
+fn shared_prefix(seq: &Sequence, prompt: &[u32]) -> usize {
+    let held = seq.tokens.len().min(seq.cache.len());
+    seq.tokens[..held].iter().zip(prompt).take_while(|(a, b)| a == b).count()
 }
 
 impl Worker {
-    pub fn new(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, pool: rayon::ThreadPool) -> Self {
-        Self { model, tokenizer, pool, sequences: HashMap::new(), active: Vec::new() }
+    pub fn new(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, pool: rayon::ThreadPool, prefix_cache_bytes: usize) -> Self {
+        let prefixes = PrefixCache { retired: VecDeque::new(), budget_bytes: prefix_cache_bytes };
+        Self { model, tokenizer, pool, sequences: HashMap::new(), active: Vec::new(), prefixes }
     }
 
     /// Serves commands until every sender is gone. Blocks (no spinning) while idle.
@@ -126,17 +160,29 @@ impl Worker {
         match cmd {
             Command::Generate(job) => self.start(job),
             Command::Reset { session } | Command::Close { session } => {
-                self.sequences.remove(&session);
+                if let Some(seq) = self.sequences.remove(&session) {
+                    self.prefixes.keep(seq);
+                }
             }
         }
     }
 
     fn start(&mut self, job: Box<Job>) {
+        // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
+        let usable = job.prompt.len().saturating_sub(1);
+        let own = self.sequences.get(&job.session).map_or(0, |seq| shared_prefix(seq, &job.prompt)).min(usable);
+        let keep = match self.borrow_prefix(job.session, &job.prompt[..usable], own) {
+            Some(borrowed) => {
+                let keep = borrowed.tokens.len();
+                if let Some(replaced) = self.sequences.insert(job.session, borrowed) {
+                    self.prefixes.keep(replaced);
+                }
+                keep
+            }
+            None => own,
+        };
         let model = &self.model;
         let seq = self.sequences.entry(job.session).or_insert_with(|| Sequence { cache: model.new_cache(), tokens: Vec::new() });
-        // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
-        let common = seq.tokens.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count();
-        let keep = common.min(job.prompt.len().saturating_sub(1));
         seq.cache.truncate(keep);
         seq.tokens.truncate(seq.cache.len());
         let cached = seq.tokens.len();
@@ -155,6 +201,28 @@ impl Worker {
             prefill_started: Instant::now(),
             first_token: None,
         });
+    }
+
+    /// A copy of the longest prefix of `prompt` that another sequence (another session's, or a
+    /// retired one) holds, when it is longer than `own` by enough to be worth copying.
+    fn borrow_prefix(&mut self, session: SessionId, prompt: &[u32], own: usize) -> Option<Sequence> {
+        let live = self.sequences.iter().filter(|(id, _)| **id != session).map(|(_, seq)| (None, seq));
+        let retired = self.prefixes.retired.iter().enumerate().map(|(i, seq)| (Some(i), seq));
+        let (slot, donor, len) = live
+            .chain(retired)
+            .map(|(slot, seq)| (slot, seq, shared_prefix(seq, prompt)))
+            .max_by_key(|&(_, _, len)| len)?;
+        if len < own + MIN_SHARED_PREFIX {
+            return None;
+        }
+        let cache = donor.cache.fork(len)?;
+        let copy = Sequence { cache, tokens: prompt[..len].to_vec() };
+        if let Some(i) = slot {
+            // Recently useful: evicted last.
+            let seq = self.prefixes.retired.remove(i).expect("index from the scan");
+            self.prefixes.retired.push_back(seq);
+        }
+        Some(copy)
     }
 
     /// One step for every active request, as one batch: each plans its tokens (a prefill chunk,

@@ -7,7 +7,7 @@ use super::{arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infall
 use crate::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
 use crate::error::{Error, ErrorKind};
 use crate::model::chat::ChatMessage;
-use crate::{Engine, EngineConfig};
+use crate::{Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
 
 /// A loaded model with its worker, or a connection to a remote server. Thread-safe: every
 /// function taking a `const maze_engine *` may be called from any number of threads at once.
@@ -85,6 +85,10 @@ pub struct maze_engine_params {
     pub max_retries: u32,
     /// Remote: time limit of requests that set no timeout_ms themselves; 0 = none.
     pub request_timeout_ms: u32,
+    /// Memory (MiB) for the keys and values of closed or reset sessions, kept so that a new
+    /// session whose prompt starts the same way (a shared system prompt) does not recompute
+    /// them. Default 64; 0 = keep none (prefixes of live sessions are still shared).
+    pub prefix_cache_mib: u32,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -106,6 +110,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         protocol: maze_protocol::Openai as u32,
         max_retries: 3,
         request_timeout_ms: 0,
+        prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
     }
 }
 
@@ -161,6 +166,7 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
             context_length: p.n_ctx as usize,
             seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
             constraint_cache_limit: p.constraint_cache_limit as usize,
+            prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
         };
         let (callback, userdata) = (p.progress_callback, p.progress_userdata);
         let mut progress = move |f: f32| match callback {

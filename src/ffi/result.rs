@@ -145,7 +145,8 @@ pub unsafe extern "C" fn maze_result_prompt_tokens(result: *const maze_result) -
     getter!(result, 0, |r| r.result.stats.prompt_tokens as u32)
 }
 
-/// Prompt tokens reused from the session's KV cache instead of being recomputed.
+/// Prompt tokens not recomputed: reused from the session's KV cache, or copied from another
+/// (live, closed or reset) session's identical prefix.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_cached_tokens(result: *const maze_result) -> u32 {
     getter!(result, 0, |r| r.result.stats.cached_tokens as u32)

@@ -263,8 +263,9 @@ pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> ma
     })
 }
 
-/// Forgets the conversation (clears the KV cache; a remote session keeps none). Fails with
-/// MAZE_STATUS_BUSY while generating.
+/// Forgets the conversation: the next call starts from an empty context (a remote session keeps
+/// none). The forgotten keys and values may still serve other sessions' identical prompt
+/// prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_reset(session: *const maze_session, error: *mut *mut maze_error) -> maze_status {
     ffi_call!(error, {

@@ -47,6 +47,15 @@ pub trait SequenceCache: Send + Any {
     }
     /// Forgets every position at or after `len`.
     fn truncate(&mut self, len: usize);
+    /// A new cache holding a copy of the first `len` positions (at most [`Self::len`]), so
+    /// another sequence that starts with the same tokens skips computing them; `None` when this
+    /// model's cache cannot be copied.
+    fn fork(&self, len: usize) -> Option<Box<dyn SequenceCache>> {
+        let _ = len;
+        None
+    }
+    /// Memory held, in bytes (what the prefix cache counts against its budget).
+    fn memory_bytes(&self) -> usize;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

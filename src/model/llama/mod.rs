@@ -147,6 +147,17 @@ impl SequenceCache for LlamaCache {
         }
     }
 
+    /// Tensors are immutable and appending makes new ones, so the fork shares storage.
+    fn fork(&self, len: usize) -> Option<Box<dyn SequenceCache>> {
+        let mut copy = LlamaCache { layers: self.layers.clone(), len: self.len };
+        copy.cut_layers(len.min(self.len));
+        Some(Box::new(copy))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.layers.iter().flatten().map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()).sum()
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -415,6 +426,14 @@ impl SequenceCache for NativeCache {
         if len < self.len {
             self.cut(len);
         }
+    }
+
+    fn fork(&self, len: usize) -> Option<Box<dyn SequenceCache>> {
+        Some(Box::new(self.prefix(len.min(self.len))))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * std::mem::size_of::<f32>()).sum()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

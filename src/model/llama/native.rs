@@ -57,6 +57,13 @@ impl NativeCache {
         }
         self.len = self.len.min(len);
     }
+
+    /// A copy of the first `len` positions (`len` ≤ `self.len`).
+    pub(super) fn prefix(&self, len: usize) -> Self {
+        let at = len * self.kv_dim;
+        let layers = self.layers.iter().map(|(k, v)| (k[..at].to_vec(), v[..at].to_vec())).collect();
+        Self { layers, len, kv_dim: self.kv_dim }
+    }
 }
 
 /// One sequence's part of a batch.
