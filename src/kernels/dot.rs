@@ -1,8 +1,9 @@
-//! Dot products of a group of four weight rows with one quantized activation row, per
+//! Dot products of a group of eight weight rows with quantized activation rows, per
 //! instruction set. [`group_dot_portable`] is the reference every SIMD path is tested against.
 //!
-//! The four rows are interleaved block by block (block b of rows 0..4, then block b + 1, ...),
-//! so a group is read as one sequential stream: one cache line of 4-bit codes per block step.
+//! The eight rows are interleaved within each block (see [`code_position`]), so a group is read
+//! as one sequential stream (two cache lines of 4-bit codes per block) and each row owns one
+//! lane of every vector.
 
 use super::activations::QuantizedActivations;
 use super::{Isa, BLOCK};
@@ -26,11 +27,29 @@ impl CodeWidth {
     }
 }
 
-/// Rows per group.
-pub const GROUP: usize = 4;
+/// Rows per group: one 32-bit lane of a 256-bit register per row.
+pub const GROUP: usize = 8;
 
-/// Four weight rows of `blocks` blocks each, interleaved: block b of row r is at index
-/// `b * GROUP + r` of `d` and `m`, and at `(b * GROUP + r) * bytes_per_block` of `codes`.
+/// Bytes of one row in one chunk: four 8-bit codes, or eight 4-bit codes.
+const CHUNK: usize = 4;
+
+/// Where code `j` (0..32) of row `r` of a block lives inside the group's codes for that block,
+/// and whether it is the high nibble. The block's codes are chunks of 32 bytes, each holding 4
+/// bytes per row (row r at 4r): 8-bit chunk c holds codes 4c..4c+4; 4-bit chunk c holds codes
+/// 4c..4c+4 in its low nibbles and 16+4c..16+4c+4 in its high ones (GGUF's nibble order). So
+/// one chunk times one broadcast 4-byte slice of activations gives every row's partial dot
+/// product in its own lane: no horizontal sums, and one scale multiply for eight rows.
+pub fn code_position(width: CodeWidth, r: usize, j: usize) -> (usize, bool) {
+    let (element, high) = match width {
+        CodeWidth::Four => (j % 16, j >= 16),
+        CodeWidth::Eight => (j, false),
+    };
+    ((element / CHUNK) * GROUP * CHUNK + r * CHUNK + element % CHUNK, high)
+}
+
+/// Eight weight rows of `blocks` blocks each: block b's scale (and offset) of row r at
+/// `b * GROUP + r` of `d` (and `m`), its codes at `b * GROUP * bytes_per_block` as laid out by
+/// [`code_position`].
 #[derive(Debug, Clone, Copy)]
 pub struct RowGroup<'a> {
     pub width: CodeWidth,
@@ -41,18 +60,19 @@ pub struct RowGroup<'a> {
     pub codes: &'a [u8],
 }
 
-/// Most tokens one [`group_dot`] call takes on `isa`: each weight block is expanded once and
+/// Most tokens one [`group_dot`] call takes on `isa`: each weight chunk is expanded once and
 /// used for all of them (prefill and batched decode), as far as registers allow.
 pub fn max_tokens_per_call(isa: Isa) -> usize {
     match isa {
         Isa::Portable => 1,
-        Isa::Avx2 => 2,
-        // AVX-512VL has 32 vector registers: room for 4 tokens × 4 rows of accumulators.
-        Isa::Avx512Vnni => 4,
+        // 16 vector registers: two expanded chunks, the tokens' integer and float sums.
+        Isa::Avx2 => 4,
+        // AVX-512VL addresses 32 vector registers.
+        Isa::Avx512Vnni => 8,
     }
 }
 
-/// `out[k][r] = Σ_c w[r][c] · x[t0 + k][c]` for the group's four rows and `out.len()` tokens
+/// `out[k][r] = Σ_c w[r][c] · x[t0 + k][c]` for the group's eight rows and `out.len()` tokens
 /// from `t0` (at most [`max_tokens_per_call`]).
 pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
     let n = GROUP * w.blocks;
@@ -80,18 +100,19 @@ pub fn group_dot_portable(w: RowGroup<'_>, a: &QuantizedActivations, t: usize, o
     for (r, o) in out.iter_mut().enumerate() {
         let mut total = 0f32;
         for b in 0..bpr {
-            let wi = b * GROUP + r;
+            let codes = &w.codes[b * GROUP * cb..(b + 1) * GROUP * cb];
             let ai = t * bpr + b;
-            let codes = &w.codes[wi * cb..(wi + 1) * cb];
             let x = &a.qs[ai * BLOCK..(ai + 1) * BLOCK];
             let code = |j: usize| -> i32 {
+                let (at, high) = code_position(w.width, r, j);
                 match w.width {
-                    CodeWidth::Four if j < 16 => (codes[j] & 0x0F) as i32,
-                    CodeWidth::Four => (codes[j - 16] >> 4) as i32,
-                    CodeWidth::Eight => codes[j] as i32 - 128,
+                    CodeWidth::Four if high => (codes[at] >> 4) as i32,
+                    CodeWidth::Four => (codes[at] & 0x0F) as i32,
+                    CodeWidth::Eight => codes[at] as i32 - 128,
                 }
             };
             let isum: i32 = (0..BLOCK).map(|j| code(j) * x[j] as i32).sum();
+            let wi = b * GROUP + r;
             total += w.d[wi] * a.d[ai] * isum as f32;
             if w.width == CodeWidth::Four {
                 total += w.m[wi] * a.s[ai];
@@ -121,39 +142,22 @@ mod x86 {
             1 => go!(1),
             2 => go!(2),
             3 => go!(3),
-            _ => go!(4),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    /// Four activation codes from `at`, in every lane.
+    #[inline(always)]
+    unsafe fn slice(at: *const i8) -> __m256i {
+        _mm256_set1_epi32((at as *const i32).read_unaligned())
     }
 
-    /// Σ_b w[b·GROUP + r]·s[b] for the four rows r at once: `w` interleaved as in [`RowGroup`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group_offsets(w: *const f32, s: *const f32, blocks: usize) -> __m128 {
-        let mut acc = _mm_setzero_ps();
-        for b in 0..blocks {
-            acc = _mm_fmadd_ps(_mm_loadu_ps(w.add(b * GROUP)), _mm_set1_ps(*s.add(b)), acc);
-        }
-        acc
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        let low = _mm_set1_epi8(0x0F);
-        let packed = _mm_loadu_si128(p as *const __m128i);
-        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low), _mm_and_si128(packed, low))
-    }
-
-    /// The offset a row adds once, after its blocks: none, `Σ m·s` (4-bit codes), or
-    /// `−128·Σ d·s` (biased 8-bit codes multiplied as unsigned).
+    /// The offset a block adds besides `d_w·d_x·Σ`: none, `m·s` (4-bit codes), or `−128·d·s`
+    /// (biased 8-bit codes multiplied as unsigned by VNNI).
     #[derive(Clone, Copy, PartialEq)]
     enum Offset {
         None,
@@ -165,81 +169,100 @@ mod x86 {
     /// on decode: none 88, 256 B 97, 2 KiB 117 tokens/s; flat beyond.
     const PREFETCH_BYTES: usize = 2048;
 
-    /// The shared loop over a group's blocks for `NT` tokens: `expand` turns a block's codes
-    /// into 32 bytes once, `product` gives its 8 partial sums with one token's activations;
-    /// each (row, token) adds `d_w·d_x·Σ` in float per block, then the row's offset.
+    /// The shared loop over a group's blocks for `NT` tokens. Per chunk of the block, `expand`
+    /// turns its 32 bytes into registers once; `step` adds one token's products to that
+    /// token's integer sums (one lane per row). Per block, each token's sums become floats,
+    /// scaled by the eight rows' `d_w` times the token's `d_x`, plus the offset.
     macro_rules! kernel {
-        ($name:ident, $features:literal, $width:expr, $offset:expr, expand |$ptr:ident| $expand:expr, product |$codes:ident, $xs:ident| $product:expr) => {
+        ($name:ident, $features:literal, $width:expr, $offset:expr,
+         expand |$ptr:ident| $expand:expr,
+         step |$w:ident, $x:ident, $sum:ident| $step:expr,
+         ints |$s:ident| $ints:expr) => {
             #[target_feature(enable = $features)]
             unsafe fn $name<const NT: usize>(w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+                const CHUNKS: usize = $width.bytes_per_block() / CHUNK;
                 let bpr = w.blocks;
-                let cb = $width.bytes_per_block();
-                let (wd, wc) = (w.d.as_ptr(), w.codes.as_ptr());
+                let (wd, wm, wc) = (w.d.as_ptr(), w.m.as_ptr(), w.codes.as_ptr());
                 let xq: [*const i8; NT] = std::array::from_fn(|k| a.qs.as_ptr().add((t0 + k) * bpr * BLOCK));
                 let ad: [*const f32; NT] = std::array::from_fn(|k| a.d.as_ptr().add((t0 + k) * bpr));
-                let mut acc = [[_mm256_setzero_ps(); GROUP]; NT];
+                let as_: [*const f32; NT] = std::array::from_fn(|k| a.s.as_ptr().add((t0 + k) * bpr));
+                let mut acc = [_mm256_setzero_ps(); NT];
                 for b in 0..bpr {
+                    let codes = wc.add(b * CHUNKS * GROUP * CHUNK);
                     // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
-                    _mm_prefetch::<_MM_HINT_T0>(wc.wrapping_add(b * GROUP * cb + PREFETCH_BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES + 64) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(wd.wrapping_add(b * GROUP + PREFETCH_BYTES / 4) as *const i8);
-                    let expanded: [__m256i; GROUP] = std::array::from_fn(|r| {
-                        let $ptr = wc.add((b * GROUP + r) * cb);
-                        $expand
-                    });
-                    let dw = _mm_loadu_ps(wd.add(b * GROUP));
+                    let mut sums = [_mm256_setzero_si256(); NT];
+                    for c in 0..CHUNKS {
+                        let $w = {
+                            let $ptr = codes.add(c * GROUP * CHUNK);
+                            $expand
+                        };
+                        for k in 0..NT {
+                            let $x = xq[k].add(b * BLOCK + c * CHUNK);
+                            let $sum = sums[k];
+                            sums[k] = $step;
+                        }
+                    }
+                    let dw = _mm256_loadu_ps(wd.add(b * GROUP));
                     for k in 0..NT {
-                        let $xs = _mm256_loadu_si256(xq[k].add(b * BLOCK) as *const __m256i);
-                        // d_w·d_x for the four rows, then broadcast per row.
-                        let scales = _mm_mul_ps(dw, _mm_set1_ps(*ad[k].add(b)));
-                        let scales = [
-                            _mm256_broadcastss_ps(scales),
-                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0x55)),
-                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xAA)),
-                            _mm256_broadcastss_ps(_mm_shuffle_ps(scales, scales, 0xFF)),
-                        ];
-                        for r in 0..GROUP {
-                            let $codes = expanded[r];
-                            let p: __m256i = $product;
-                            acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scales[r], acc[k][r]);
+                        let $s = sums[k];
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*ad[k].add(b)));
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($ints), scale, acc[k]);
+                        match $offset {
+                            Offset::None => {}
+                            Offset::M => acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(wm.add(b * GROUP)), _mm256_set1_ps(*as_[k].add(b)), acc[k]),
+                            Offset::Bias128 => acc[k] = _mm256_fmadd_ps(dw, _mm256_set1_ps(-128.0 * *as_[k].add(b)), acc[k]),
                         }
                     }
                 }
                 for k in 0..NT {
-                    let s = a.s.as_ptr().add((t0 + k) * bpr);
-                    let offsets = match $offset {
-                        Offset::None => _mm_setzero_ps(),
-                        Offset::M => group_offsets(w.m.as_ptr(), s, bpr),
-                        Offset::Bias128 => _mm_mul_ps(_mm_set1_ps(-128.0), group_offsets(wd, s, bpr)),
-                    };
-                    let mut offs = [0f32; GROUP];
-                    _mm_storeu_ps(offs.as_mut_ptr(), offsets);
-                    for r in 0..GROUP {
-                        out[k][r] = hsum(acc[k][r]) + offs[r];
-                    }
+                    _mm256_storeu_ps(out[k].as_mut_ptr(), acc[k]);
                 }
             }
         };
     }
 
-    // u8 × i8 pairs summed to i16 (at most 2·15·127: no saturation), then pairs to i32.
+    // 4-bit: a chunk's low nibbles pair with activations 4c..4c+4, its high nibbles with
+    // 16+4c..16+4c+4. AVX2 sums u8 × i8 pairs to i16: a block's eight products per lane are at
+    // most 8·2·15·127 = 30480, so they add up in i16 and widen once per block.
     kernel!(four_avx2, "avx2,fma", CodeWidth::Four, Offset::M,
-        expand |p| nibbles(p),
-        product |codes, xs| _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xs), _mm256_set1_epi16(1)));
+        expand |p| {
+            let packed = _mm256_loadu_si256(p as *const __m256i);
+            let low = _mm256_set1_epi8(0x0F);
+            (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
+        },
+        step |w, x, sum| _mm256_add_epi16(
+            sum,
+            _mm256_add_epi16(_mm256_maddubs_epi16(w.0, slice(x)), _mm256_maddubs_epi16(w.1, slice(x.add(16))))
+        ),
+        ints |s| _mm256_madd_epi16(s, _mm256_set1_epi16(1)));
     kernel!(four_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Four, Offset::M,
-        expand |p| nibbles(p),
-        product |codes, xs| _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xs));
+        expand |p| {
+            let packed = _mm256_loadu_si256(p as *const __m256i);
+            let low = _mm256_set1_epi8(0x0F);
+            (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
+        },
+        step |w, x, sum| _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sum, w.0, slice(x)), w.1, slice(x.add(16))),
+        ints |s| s);
     // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
-    // with the sign trick, |w| × sign(x, w), and needs no offset term. VNNI multiplies the
-    // unsigned codes exactly and takes 128·Σx back out once per row.
+    // with the sign trick, |w| × sign(x, w), widening every product to i32, and needs no
+    // offset. VNNI multiplies the unsigned codes exactly and takes 128·Σx back out per block.
     kernel!(eight_avx2, "avx2,fma", CodeWidth::Eight, Offset::None,
-        expand |p| _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128)),
-        product |signed, xs| _mm256_madd_epi16(
-            _mm256_maddubs_epi16(_mm256_sign_epi8(signed, signed), _mm256_sign_epi8(xs, signed)),
-            _mm256_set1_epi16(1)
-        ));
+        expand |p| {
+            let signed = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128));
+            (_mm256_sign_epi8(signed, signed), signed)
+        },
+        step |w, x, sum| _mm256_add_epi32(
+            sum,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w.0, _mm256_sign_epi8(slice(x), w.1)), _mm256_set1_epi16(1))
+        ),
+        ints |s| s);
     kernel!(eight_vnni, "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Eight, Offset::Bias128,
         expand |p| _mm256_loadu_si256(p as *const __m256i),
-        product |codes, xs| _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xs));
+        step |w, x, sum| _mm256_dpbusd_epi32(sum, w, slice(x)),
+        ints |s| s);
 }
 
 #[cfg(test)]
@@ -248,16 +271,22 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    const TOKENS: usize = 11;
+
     fn case(width: CodeWidth, blocks: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u8>, QuantizedActivations) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = GROUP * blocks;
         let d = (0..n).map(|_| rng.random_range(0.001..0.05)).collect();
         let m = if width == CodeWidth::Four { (0..n).map(|_| rng.random_range(-0.4..0.0)).collect() } else { vec![] };
         let codes = (0..n * width.bytes_per_block()).map(|_| rng.random::<u8>()).collect();
-        // Five tokens, including extreme activations (codes of ±127).
-        let mut x: Vec<f32> = (0..5 * blocks * BLOCK).map(|_| rng.random_range(-2.0..2.0)).collect();
+        // Eleven tokens, including extreme activations (codes of ±127) and two whose codes are
+        // all +127 and all −127 (the largest sums a lane can reach).
+        let cols = blocks * BLOCK;
+        let mut x: Vec<f32> = (0..TOKENS * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         x[3] = 50.0;
         x[BLOCK + 1] = -50.0;
+        x[9 * cols..10 * cols].fill(3.0);
+        x[10 * cols..].fill(-3.0);
         (d, m, codes, QuantizedActivations::quantize(&x, blocks * BLOCK))
     }
 
@@ -267,7 +296,7 @@ mod tests {
             for blocks in [1, 18, 48] {
                 let (d, m, codes, a) = case(width, blocks, blocks as u64);
                 let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
-                let want: Vec<[f32; GROUP]> = (0..5)
+                let want: Vec<[f32; GROUP]> = (0..TOKENS)
                     .map(|t| {
                         let mut o = [0.0; GROUP];
                         group_dot_portable(w, &a, t, &mut o);
@@ -276,7 +305,7 @@ mod tests {
                     .collect();
                 for isa in Isa::available() {
                     for nt in 1..=max_tokens_per_call(isa) {
-                        for t0 in 0..=5 - nt {
+                        for t0 in 0..=TOKENS - nt {
                             let mut got = vec![[0.0; GROUP]; nt];
                             group_dot(isa, w, &a, t0, &mut got);
                             for (k, row) in got.iter().enumerate() {
@@ -290,6 +319,46 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn saturated_codes_do_not_overflow() {
+        // Every 4-bit code 15 (8-bit: ±127) against activations of all +127 or all −127.
+        for (width, byte) in [(CodeWidth::Four, 0xFFu8), (CodeWidth::Eight, 0xFF), (CodeWidth::Eight, 0x01)] {
+            let blocks = 4;
+            let n = GROUP * blocks;
+            let (d, m) = (vec![1.0; n], if width == CodeWidth::Four { vec![0.0; n] } else { vec![] });
+            let codes = vec![byte; n * width.bytes_per_block()];
+            let a = QuantizedActivations::quantize(&[[1.0f32; BLOCK * 4], [-1.0; BLOCK * 4]].concat(), blocks * BLOCK);
+            let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
+            let weight = match width {
+                CodeWidth::Four => 15.0,
+                CodeWidth::Eight => byte as f32 - 128.0,
+            };
+            for isa in Isa::available() {
+                for t in 0..2 {
+                    let mut got = [[0.0; GROUP]];
+                    group_dot(isa, w, &a, t, &mut got);
+                    let want = weight * 127.0 * (n / GROUP * BLOCK) as f32 * a.d[t * blocks] * if t == 0 { 1.0 } else { -1.0 };
+                    assert!(got[0].iter().all(|&g| (g - want).abs() <= 1e-3 * want.abs()), "{isa:?} {width:?} {byte:#x} t {t}: {:?} vs {want}", got[0]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn code_positions_cover_every_code_once() {
+        for width in [CodeWidth::Four, CodeWidth::Eight] {
+            let mut seen = vec![0u8; GROUP * width.bytes_per_block()];
+            for r in 0..GROUP {
+                for j in 0..BLOCK {
+                    let (at, high) = code_position(width, r, j);
+                    seen[at] += if high { 2 } else { 1 };
+                }
+            }
+            let want = if width == CodeWidth::Four { 3 } else { 1 };
+            assert!(seen.iter().all(|&n| n == want), "{width:?}: {seen:?}");
         }
     }
 

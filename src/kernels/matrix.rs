@@ -4,7 +4,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::activations::QuantizedActivations;
-use super::dot::{group_dot, max_tokens_per_call, CodeWidth, RowGroup, GROUP};
+use super::dot::{code_position, group_dot, max_tokens_per_call, CodeWidth, RowGroup, GROUP};
 use super::{Isa, BLOCK};
 
 /// The GGUF block formats these kernels take.
@@ -145,7 +145,7 @@ impl QuantMatrix {
 
     /// Several GGUF matrices of the same format and width, their rows one after another in one
     /// matrix (Q, K and V as one), repacked in parallel on the current rayon pool. Every part
-    /// but the last must have a multiple of four rows, so groups never straddle parts.
+    /// but the last must have a multiple of [`GROUP`] rows, so groups never straddle parts.
     pub fn from_gguf_parts(format: WeightFormat, parts: &[(&[u8], usize)], cols: usize) -> Result<Self, String> {
         let per_gguf_block = BLOCK * format.kernel_blocks();
         if cols % per_gguf_block != 0 {
@@ -168,8 +168,8 @@ impl QuantMatrix {
         let groups = rows.div_ceil(GROUP);
         let slots = groups * GROUP * bpr;
         let has_m = width == CodeWidth::Four;
-        // Rows interleaved in groups of four (see RowGroup); a last partial group is padded
-        // with zero rows, whose outputs are dropped.
+        // Rows interleaved in groups (see RowGroup); a last partial group is padded with zero
+        // rows, whose outputs are dropped.
         let mut d = vec![0f32; slots];
         let mut m = vec![0f32; if has_m { slots } else { 0 }];
         let mut codes = vec![if width == CodeWidth::Eight { 0x80 } else { 0 }; slots * cb];
@@ -190,12 +190,19 @@ impl QuantMatrix {
             .zip(m_chunks.par_iter_mut())
             .enumerate()
             .for_each(|(g, ((d, codes), m))| {
+                let mut unpacked = [0u8; BLOCK];
                 for r in 0..GROUP {
                     let Some(row) = source(g * GROUP + r) else { continue };
                     for (gguf_block, b) in row.chunks_exact(block_bytes).enumerate() {
                         for k in 0..format.kernel_blocks() {
-                            let slot = (gguf_block * format.kernel_blocks() + k) * GROUP + r;
-                            let (scale, offset) = format.unpack(b, k, &mut codes[slot * cb..(slot + 1) * cb]);
+                            let block = gguf_block * format.kernel_blocks() + k;
+                            let slot = block * GROUP + r;
+                            let (scale, offset) = format.unpack(b, k, &mut unpacked[..cb]);
+                            // Byte i of an unpacked block holds code i (and i + 16, 4-bit).
+                            let block_codes = &mut codes[block * GROUP * cb..(block + 1) * GROUP * cb];
+                            for (i, &byte) in unpacked[..cb].iter().enumerate() {
+                                block_codes[code_position(width, r, i).0] = byte;
+                            }
                             d[slot] = scale;
                             if has_m {
                                 m[slot] = offset;
@@ -210,13 +217,15 @@ impl QuantMatrix {
 
     /// The rows of `parts` one after another, as one matrix: one matmul (one round of thread
     /// wake-ups, one activation quantization) instead of several. `None` unless all parts share
-    /// format and width and each has a multiple of four rows.
+    /// format and width and each but the last has a multiple of [`GROUP`] rows.
     pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
         let first = parts.first()?;
-        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols || p.rows % GROUP != 0) {
+        let (_, whole) = parts.split_last()?;
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) || whole.iter().any(|p| p.rows % GROUP != 0) {
             return None;
         }
-        // Groups never straddle parts, so the interleaved arrays simply concatenate.
+        // Groups never straddle parts (only the last may end in a padded group), so the
+        // interleaved arrays simply concatenate.
         Some(QuantMatrix {
             format: first.format,
             rows: parts.iter().map(|p| p.rows).sum(),
@@ -231,7 +240,7 @@ impl QuantMatrix {
         self.cols / BLOCK
     }
 
-    /// Rows `4g..4g + 4`.
+    /// Rows `GROUP·g..GROUP·(g + 1)`.
     fn group(&self, g: usize) -> RowGroup<'_> {
         let n = GROUP * self.blocks_per_row();
         let cb = self.format.width().bytes_per_block();
@@ -258,19 +267,19 @@ impl QuantMatrix {
         assert!(r < self.rows && out.len() == self.cols, "row {r} of {}, {} columns", self.rows, self.cols);
         let cb = self.format.width().bytes_per_block();
         let bpr = self.blocks_per_row();
+        let width = self.format.width();
+        let (group, lane) = (r / GROUP, r % GROUP);
         for (block, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
-            let slot = ((r / GROUP) * bpr + block) * GROUP + r % GROUP;
-            let codes = &self.codes[slot * cb..(slot + 1) * cb];
-            let d = self.d[slot];
-            match self.format.width() {
-                CodeWidth::Four => {
-                    let m = self.m[slot];
-                    for (j, q) in codes.iter().enumerate() {
-                        dst[j] = (q & 0x0F) as f32 * d + m;
-                        dst[j + 16] = (q >> 4) as f32 * d + m;
-                    }
-                }
-                CodeWidth::Eight => dst.iter_mut().zip(codes).for_each(|(o, &q)| *o = (q as i32 - 128) as f32 * d),
+            let slot = (group * bpr + block) * GROUP;
+            let codes = &self.codes[slot * cb..(slot + GROUP) * cb];
+            let d = self.d[slot + lane];
+            let m = if width == CodeWidth::Four { self.m[slot + lane] } else { 0.0 };
+            for (j, o) in dst.iter_mut().enumerate() {
+                let (at, high) = code_position(width, lane, j);
+                *o = match width {
+                    CodeWidth::Four => (if high { codes[at] >> 4 } else { codes[at] & 0x0F }) as f32 * d + m,
+                    CodeWidth::Eight => (codes[at] as i32 - 128) as f32 * d,
+                };
             }
         }
     }
@@ -289,21 +298,21 @@ impl QuantMatrix {
         let tokens = acts.tokens;
         // Few, large tasks: each costs a wake-up; enough of them to balance the threads.
         let threads = rayon::current_num_threads().max(1);
-        let tile = self.rows.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(4).max(16);
+        let tile = self.rows.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(GROUP).max(2 * GROUP);
         // `tile` is a multiple of GROUP, so tiles start on group boundaries.
         let per_call = max_tokens_per_call(isa);
         let tile_rows = |start: usize, out: &mut [f32], stride: usize| {
             let end = (start + tile).min(self.rows);
-            let mut block = vec![[0f32; GROUP]; per_call];
+            let mut lanes = vec![[0f32; GROUP]; per_call];
             for r in (start..end).step_by(GROUP) {
                 let n = (end - r).min(GROUP);
                 let group = self.group(r / GROUP);
                 for t0 in (0..tokens).step_by(per_call) {
                     let nt = per_call.min(tokens - t0);
-                    group_dot(isa, group, acts, t0, &mut block[..nt]);
-                    for (k, four) in block[..nt].iter().enumerate() {
+                    group_dot(isa, group, acts, t0, &mut lanes[..nt]);
+                    for (k, rows) in lanes[..nt].iter().enumerate() {
                         let at = (t0 + k) * stride + (r - start);
-                        out[at..at + n].copy_from_slice(&four[..n]);
+                        out[at..at + n].copy_from_slice(&rows[..n]);
                     }
                 }
             }
@@ -420,7 +429,7 @@ mod tests {
         // Odd row counts exercise the 1-3 row tails and uneven tiles; 1 and 3 tokens both layouts.
         for (format, _) in FORMATS {
             let narrow = if format.kernel_blocks() > 1 { 512 } else { 576 };
-            for (rows, cols, tokens) in [(70, 1536, 3), (37, narrow, 1)] {
+            for (rows, cols, tokens) in [(70, 1536, 11), (37, narrow, 1)] {
                 let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols).unwrap();
                 let x = random_x(tokens * cols, 5);
                 let w = m.dequantize();
@@ -464,7 +473,8 @@ mod tests {
         assert_eq!(direct.dequantize(), s.dequantize());
         assert!(QuantMatrix::from_gguf_parts(f, &[(&random_gguf(f, 3, 64, 4), 3), (&bb, 4)], 64).is_err(), "a 3-row part would straddle groups");
         let odd = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 3, 64, 4), 3, 64).unwrap();
-        assert!(QuantMatrix::stack(&[&a, &odd]).is_none());
+        assert!(QuantMatrix::stack(&[&odd, &a]).is_none(), "a 3-row part before another would straddle groups");
+        assert_eq!(QuantMatrix::stack(&[&a, &odd]).unwrap().dequantize(), [a.dequantize(), odd.dequantize()].concat());
         let q8 = QuantMatrix::from_gguf_bytes(WeightFormat::Q8_0, &random_gguf(WeightFormat::Q8_0, 4, 64, 5), 4, 64).unwrap();
         assert!(QuantMatrix::stack(&[&a, &q8]).is_none());
     }

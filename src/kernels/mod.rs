@@ -5,7 +5,9 @@
 //! codes with `w = code·d + m` (Q4_0's `m` is `−8d`), Q8_0 becomes bytes biased by 128 with
 //! `w = (code − 128)·d`. Activations are quantized per block to i8 with a scale and their sum,
 //! so a block's product is `d_w·d_x·Σ code·q_x + m_w·d_x·Σ q_x`: integer dot products and one
-//! float multiply-add per block.
+//! float multiply-add per block. Rows are interleaved in groups of eight, one vector lane per
+//! row (see [`dot::code_position`]): a broadcast slice of activations meets eight rows at once,
+//! and each expanded weight chunk serves several tokens (prefill, batched decode).
 //!
 //! The instruction set is chosen once at run time ([`Isa::detect`]); every SIMD path is tested
 //! against the portable reference in [`dot`].

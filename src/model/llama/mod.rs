@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::gguf::GgufFile;
 use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::dot::GROUP;
 use crate::kernels::{QuantMatrix, WeightFormat};
 
 /// A weight matrix: our own kernels for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K on the CPU, candle elsewhere.
@@ -522,8 +523,8 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
         let same = |ts: &[&str]| ts.iter().all(|t| f(t).is_some() && f(t) == f(ts[0]));
         usable &= same(&["attn_q", "attn_k", "attn_v"]) && same(&["ffn_gate", "ffn_up"]) && f("attn_output").is_some() && f("ffn_down").is_some();
     }
-    // Stacked parts other than the last need whole groups of four rows.
-    usable &= q_dim % 4 == 0 && kv_dim % 4 == 0 && hp.ffn_dim % 4 == 0;
+    // Stacked parts other than the last need whole row groups.
+    usable &= [q_dim, kv_dim, hp.ffn_dim].iter().all(|n| n % GROUP == 0);
     if !usable {
         return Ok(None);
     }
