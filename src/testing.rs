@@ -32,6 +32,9 @@ pub struct TinyModel {
     pub tokenizer_metadata: bool,
     /// Format of the weight matrices (k-quants need `dim` and `ffn_dim` multiples of 256).
     pub weight_dtype: GgmlDType,
+    /// Per-matrix formats instead of `weight_dtype`, by name within a layer ("attn_v", as
+    /// Q4_K_M files keep V in Q6_K).
+    pub dtype_overrides: Vec<(String, GgmlDType)>,
 }
 
 impl Default for TinyModel {
@@ -40,7 +43,7 @@ impl Default for TinyModel {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        Self { dim: 64, n_heads: 4, n_kv_heads: 2, ffn_dim: 128, n_layers: 2, context_length: 256, seed: 7, chat_template: Some(CHATML_TEMPLATE.into()), merges, architecture: "llama".into(), tokenizer_metadata: true, weight_dtype: GgmlDType::Q8_0 }
+        Self { dim: 64, n_heads: 4, n_kv_heads: 2, ffn_dim: 128, n_layers: 2, context_length: 256, seed: 7, chat_template: Some(CHATML_TEMPLATE.into()), merges, architecture: "llama".into(), tokenizer_metadata: true, weight_dtype: GgmlDType::Q8_0, dtype_overrides: Vec::new() }
     }
 }
 
@@ -66,29 +69,30 @@ impl TinyModel {
         let n_vocab = vocab.len();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let dev = Device::Cpu;
-        let mut random = |rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
+        let dtype_of = |name: &str| self.dtype_overrides.iter().find(|(n, _)| n == name).map_or(self.weight_dtype, |o| o.1);
+        let mut random_as = |name: &str, rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
             let data: Vec<f32> = (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
-            QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, self.weight_dtype)
+            QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
         };
         let ones = |n: usize| -> candle_core::Result<QTensor> { QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev)?, GgmlDType::F32) };
         let head_dim = self.dim / self.n_heads;
         let kv_dim = self.n_kv_heads * head_dim;
         let mut tensors: Vec<(String, QTensor)> = vec![
             // Small enough that logits stay flat: different seeds must give different samples.
-            ("token_embd.weight".into(), random(n_vocab, self.dim, 0.2)?),
+            ("token_embd.weight".into(), random_as("token_embd", n_vocab, self.dim, 0.2)?),
             ("output_norm.weight".into(), ones(self.dim)?),
         ];
         for i in 0..self.n_layers {
             let s = 1.0 / (self.dim as f32).sqrt();
             tensors.push((format!("blk.{i}.attn_norm.weight"), ones(self.dim)?));
-            tensors.push((format!("blk.{i}.attn_q.weight"), random(self.dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_k.weight"), random(kv_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_v.weight"), random(kv_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_output.weight"), random(self.dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.attn_q.weight"), random_as("attn_q", self.dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.attn_k.weight"), random_as("attn_k", kv_dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.attn_v.weight"), random_as("attn_v", kv_dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.attn_output.weight"), random_as("attn_output", self.dim, self.dim, s)?));
             tensors.push((format!("blk.{i}.ffn_norm.weight"), ones(self.dim)?));
-            tensors.push((format!("blk.{i}.ffn_gate.weight"), random(self.ffn_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.ffn_up.weight"), random(self.ffn_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.ffn_down.weight"), random(self.dim, self.ffn_dim, 1.0 / (self.ffn_dim as f32).sqrt())?));
+            tensors.push((format!("blk.{i}.ffn_gate.weight"), random_as("ffn_gate", self.ffn_dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.ffn_up.weight"), random_as("ffn_up", self.ffn_dim, self.dim, s)?));
+            tensors.push((format!("blk.{i}.ffn_down.weight"), random_as("ffn_down", self.dim, self.ffn_dim, 1.0 / (self.ffn_dim as f32).sqrt())?));
         }
         let types: Vec<Value> = (0..n_vocab).map(|i| Value::I32(if i >= n_vocab - SPECIAL_TOKENS.len() { 3 } else { 1 })).collect();
         let mut metadata: Vec<(String, Value)> = vec![

@@ -267,6 +267,16 @@ fn unknown_tokenizer_types_are_refused_by_name() {
 }
 
 #[test]
+#[cfg(not(feature = "cuda"))]
+fn a_gpu_without_cuda_support_is_refused_by_name() {
+    let dir = TempDir::new("gpu");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let err = Engine::load(&EngineConfig { model_path: path, device: ComputeDevice::Cuda(0), ..Default::default() }, None).err().expect("no CUDA in this build");
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("--features cuda"), "{err}");
+}
+
+#[test]
 fn sessions_share_prompt_prefixes_live_and_after_close() {
     let dir = TempDir::new("prefix");
     let path = write_tiny(&dir, &TinyModel::default());
@@ -492,6 +502,25 @@ fn k_quant_models_run_on_the_native_path() {
         let prompt: Vec<u32> = (0..24).map(|i| (i * 11 % 250) as u32).collect();
         let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
         assert!(c.worst_relative_gap < bound && c.same_argmax == c.steps, "{dtype:?}: {c:?}");
+    }
+}
+
+#[test]
+fn mixed_format_layers_run_on_the_native_path() {
+    use candle_core::quantized::GgmlDType::{Q4_0, Q4K, Q6K, Q8_0};
+    // Q4_K_M's mix (V and down in Q6_K, so Q/K/V cannot be one stack), and a 4-bit K between
+    // 8-bit Q and V.
+    let q4_k_m = vec![("attn_v".to_string(), Q6K), ("ffn_down".to_string(), Q6K)];
+    let odd_k = vec![("attn_k".to_string(), Q4_0), ("ffn_up".to_string(), Q4_0)];
+    for (base, overrides) in [(Q4K, q4_k_m), (Q8_0, odd_k)] {
+        let dir = TempDir::new("mixed");
+        let model = TinyModel { dim: 256, ffn_dim: 512, n_heads: 4, n_kv_heads: 2, weight_dtype: base, dtype_overrides: overrides.clone(), ..Default::default() };
+        let path = write_tiny(&dir, &model);
+        let (native, tensors) = (load_model(&path, false), load_model(&path, true));
+        assert!(native.info().compute.starts_with("cpu native"), "{overrides:?}: {}", native.info().compute);
+        let prompt: Vec<u32> = (0..24).map(|i| (i * 13 % 250) as u32).collect();
+        let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
+        assert!(c.worst_relative_gap < 0.03 && c.same_argmax == c.steps, "{overrides:?}: {c:?}");
     }
 }
 

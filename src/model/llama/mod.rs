@@ -509,22 +509,18 @@ impl LanguageModel for Llama {
 }
 
 /// The native model read straight from the file: raw GGUF blocks repacked into our kernels'
-/// form (Q/K/V and gate/up stacked as they are read), with no intermediate tensors. `None`
-/// (nothing read) when some matrix is in a format our kernels do not take, or a stack mixes
-/// formats (Q4_K_M files often store V in Q6_K): those run on candle; RoPE tables are left
-/// empty for the caller.
+/// form (Q/K/V and gate/up stacked as they are read where their formats agree; Q4_K_M files
+/// often store V in Q6_K), with no intermediate tensors. `None` (nothing read) when some matrix
+/// is in a format our kernels do not take: those run on candle. RoPE tables are left empty for
+/// the caller.
 fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
     let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
     let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
     let mut usable = format(file, "token_embd.weight").is_some() && format(file, output_name).is_some();
     for i in 0..hp.n_layers {
-        let f = |t: &str| format(file, &format!("blk.{i}.{t}.weight"));
-        let same = |ts: &[&str]| ts.iter().all(|t| f(t).is_some() && f(t) == f(ts[0]));
-        usable &= same(&["attn_q", "attn_k", "attn_v"]) && same(&["ffn_gate", "ffn_up"]) && f("attn_output").is_some() && f("ffn_down").is_some();
+        usable &= ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].iter().all(|t| format(file, &format!("blk.{i}.{t}.weight")).is_some());
     }
-    // Stacked parts other than the last need whole row groups.
-    usable &= [q_dim, kv_dim, hp.ffn_dim].iter().all(|n| n % GROUP == 0);
     if !usable {
         return Ok(None);
     }
@@ -548,6 +544,15 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
     };
     let matrix = |format: WeightFormat, parts: &[(&[u8], usize)], cols: usize| -> Result<Arc<QuantMatrix>> {
         QuantMatrix::from_gguf_parts(format, parts, cols).map(Arc::new).map_err(Error::model_format)
+    };
+    // Stacked when formats agree and groups do not straddle parts, else one matrix per part.
+    let side_by_side = |parts: &[(WeightFormat, &[u8], usize)], cols: usize| -> Result<native::SideBySide> {
+        let (f0, whole) = (parts[0].0, &parts[..parts.len() - 1]);
+        if parts.iter().all(|p| p.0 == f0) && whole.iter().all(|p| p.2 % GROUP == 0) {
+            let stack: Vec<(&[u8], usize)> = parts.iter().map(|p| (p.1, p.2)).collect();
+            return Ok(native::SideBySide(vec![matrix(f0, &stack, cols)?]));
+        }
+        Ok(native::SideBySide(parts.iter().map(|p| matrix(p.0, &[(p.1, p.2)], cols)).collect::<Result<_>>()?))
     };
     let floats = |file: &mut GgufFile, name: &str, len: usize| -> Result<Vec<f32>> {
         let v = dequant(file.tensor(name, &Device::Cpu)?, &Device::Cpu)?.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend)?;
@@ -574,12 +579,13 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
     let mut layers = Vec::with_capacity(hp.n_layers);
     for i in 0..hp.n_layers {
         let n = |t: &str| format!("blk.{i}.{t}.weight");
-        let [fq, fo, fg, fd] = ["attn_q", "attn_output", "ffn_gate", "ffn_down"].map(|t| format(file, &n(t)).expect("checked"));
+        let [fq, fk, fv, fo, fg, fu, fd] =
+            ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map(|t| format(file, &n(t)).expect("checked"));
         let (q, k, v) = (read(file, &n("attn_q"), Some(q_dim), dim)?, read(file, &n("attn_k"), Some(kv_dim), dim)?, read(file, &n("attn_v"), Some(kv_dim), dim)?);
-        let qkv = matrix(fq, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], dim)?;
+        let qkv = side_by_side(&[(fq, &q, q_dim), (fk, &k, kv_dim), (fv, &v, kv_dim)], dim)?;
         let wo = matrix(fo, &[(&read(file, &n("attn_output"), Some(dim), q_dim)?, dim)], q_dim)?;
         let (g, u) = (read(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?, read(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?);
-        let gate_up = matrix(fg, &[(&g, hp.ffn_dim), (&u, hp.ffn_dim)], dim)?;
+        let gate_up = side_by_side(&[(fg, &g, hp.ffn_dim), (fu, &u, hp.ffn_dim)], dim)?;
         let down = matrix(fd, &[(&read(file, &n("ffn_down"), Some(dim), hp.ffn_dim)?, dim)], hp.ffn_dim)?;
         layers.push(native::NativeLayer { attn_norm: floats(file, &n("attn_norm"), dim)?, qkv, wo, ffn_norm: floats(file, &n("ffn_norm"), dim)?, gate_up, down });
     }

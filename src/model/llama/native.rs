@@ -11,17 +11,38 @@ use rayon::prelude::*;
 
 use super::Hyper;
 use crate::kernels::attention::{attend, HeadCache};
-use crate::kernels::{Isa, QuantMatrix};
+use crate::kernels::{Isa, QuantMatrix, QuantizedActivations};
 
 pub(super) struct NativeLayer {
     pub attn_norm: Vec<f32>,
-    /// Q, K and V stacked.
-    pub qkv: Arc<QuantMatrix>,
+    /// Q, K and V.
+    pub qkv: SideBySide,
     pub wo: Arc<QuantMatrix>,
     pub ffn_norm: Vec<f32>,
-    /// Gate and up stacked.
-    pub gate_up: Arc<QuantMatrix>,
+    /// Gate and up.
+    pub gate_up: SideBySide,
     pub down: Arc<QuantMatrix>,
+}
+
+/// Matrices applied to the same input, each token's outputs side by side: one stacked matrix
+/// (one round of thread wake-ups) where their formats agree, else one per part.
+pub(super) struct SideBySide(pub Vec<Arc<QuantMatrix>>);
+
+impl SideBySide {
+    fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        if let [only] = self.0.as_slice() {
+            return only.matmul(x, tokens);
+        }
+        let acts = QuantizedActivations::quantize(x, self.0[0].cols);
+        let outs: Vec<Vec<f32>> = self.0.iter().map(|m| m.matmul_quantized(&acts, Isa::detect())).collect();
+        let mut joined = Vec::with_capacity(outs.iter().map(Vec::len).sum());
+        for t in 0..tokens {
+            for (m, out) in self.0.iter().zip(&outs) {
+                joined.extend_from_slice(&out[t * m.rows..(t + 1) * m.rows]);
+            }
+        }
+        joined
+    }
 }
 
 pub(super) struct NativeLlama {
