@@ -303,6 +303,11 @@ typedef struct maze_engine_params {
    * them. Default 64; 0 = keep none (prefixes of live sessions are still shared).
    */
   uint32_t prefix_cache_mib;
+  /**
+   * -1 (default) = CPU; n >= 0 = CUDA device n, which needs a library built with the `cuda`
+   * feature (else MAZE_STATUS_UNSUPPORTED) and runs candle's GPU forward pass.
+   */
+  int32_t gpu_device;
 } maze_engine_params;
 
 /**

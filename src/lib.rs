@@ -30,7 +30,7 @@ pub mod server;
 pub mod testing;
 
 pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport};
-pub use engine::{Engine, EngineConfig, GenerateOptions, Prompt, Session, DEFAULT_PREFIX_CACHE_BYTES};
+pub use engine::{ComputeDevice, Engine, EngineConfig, GenerateOptions, Prompt, Session, DEFAULT_PREFIX_CACHE_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use model::chat::ChatMessage;
 pub use result::{FinishReason, GenerationResult, GenerationStats};

@@ -47,6 +47,32 @@ pub struct EngineConfig {
     /// prompt starts the same way (a shared system prompt) does not recompute them. `None` =
     /// [`DEFAULT_PREFIX_CACHE_BYTES`]; `Some(0)` = keep none (live sessions are still shared).
     pub prefix_cache_bytes: Option<usize>,
+    /// Where the model runs. A GPU needs a build with the `cuda` feature; there the forward
+    /// pass is candle's (our own kernels are CPU-only).
+    pub device: ComputeDevice,
+}
+
+/// Where an engine computes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeDevice {
+    #[default]
+    Cpu,
+    /// CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl ComputeDevice {
+    fn open(self) -> Result<Device> {
+        match self {
+            ComputeDevice::Cpu => Ok(Device::Cpu),
+            ComputeDevice::Cuda(ordinal) if !cfg!(feature = "cuda") => {
+                Err(Error::new(ErrorKind::Unsupported, format!("CUDA device {ordinal} requested, but this build of Maze has no CUDA support (build with --features cuda)")))
+            }
+            ComputeDevice::Cuda(ordinal) => {
+                Device::new_cuda(ordinal).map_err(|e| Error::new(ErrorKind::Backend, format!("cannot open CUDA device {ordinal}: {e}")))
+            }
+        }
+    }
 }
 
 /// Default budget of [`EngineConfig::prefix_cache_bytes`].
@@ -91,7 +117,7 @@ impl Engine {
                 model_path: &config.model_path,
                 tokenizer_path: config.tokenizer_path.as_deref(),
                 context_length: config.context_length,
-                device: Device::Cpu,
+                device: config.device.open()?,
                 tensor_forward: false,
             },
             progress,

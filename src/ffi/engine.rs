@@ -7,7 +7,7 @@ use super::{arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infall
 use crate::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
 use crate::error::{Error, ErrorKind};
 use crate::model::chat::ChatMessage;
-use crate::{Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
+use crate::{ComputeDevice, Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
 
 /// A loaded model with its worker, or a connection to a remote server. Thread-safe: every
 /// function taking a `const maze_engine *` may be called from any number of threads at once.
@@ -89,6 +89,9 @@ pub struct maze_engine_params {
     /// session whose prompt starts the same way (a shared system prompt) does not recompute
     /// them. Default 64; 0 = keep none (prefixes of live sessions are still shared).
     pub prefix_cache_mib: u32,
+    /// -1 (default) = CPU; n >= 0 = CUDA device n, which needs a library built with the `cuda`
+    /// feature (else MAZE_STATUS_UNSUPPORTED) and runs candle's GPU forward pass.
+    pub gpu_device: i32,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -111,6 +114,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         max_retries: 3,
         request_timeout_ms: 0,
         prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
+        gpu_device: -1,
     }
 }
 
@@ -167,6 +171,11 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
             seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
             constraint_cache_limit: p.constraint_cache_limit as usize,
             prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
+            device: match p.gpu_device {
+                -1 => ComputeDevice::Cpu,
+                n if n >= 0 => ComputeDevice::Cuda(n as usize),
+                n => return Err(FfiError::new(maze_status::InvalidArgument, format!("params.gpu_device {n} is neither -1 (CPU) nor a CUDA device number"))),
+            },
         };
         let (callback, userdata) = (p.progress_callback, p.progress_userdata);
         let mut progress = move |f: f32| match callback {

@@ -166,6 +166,18 @@ static void test_engine_load_errors(void) {
     params.tokenizer_path = "/nonexistent/tokenizer.json";
     EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_TOKENIZER, "tokenizer.json", "missing tokenizer");
     CHECK(engine == NULL, "still no engine");
+
+    /* Devices: a negative number other than -1 is refused; the tested (CPU-only) build names
+       the missing CUDA support instead of loading on the CPU behind the caller's back. */
+    params = maze_engine_params_default();
+    CHECK(params.gpu_device == -1 && params.prefix_cache_mib == 64, "device and prefix cache defaults");
+    params.gpu_device = -2;
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_INVALID_ARGUMENT, "gpu_device -2", "bad device");
+#ifndef MAZE_TEST_CUDA
+    params.gpu_device = 0;
+    EXPECT_ERROR(maze_engine_new(model_path, &params, &engine, &err), MAZE_STATUS_UNSUPPORTED, "no CUDA support", "no CUDA build");
+#endif
+    CHECK(engine == NULL, "still no engine");
 }
 
 typedef struct {
