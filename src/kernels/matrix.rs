@@ -198,10 +198,12 @@ impl QuantMatrix {
                             let block = gguf_block * format.kernel_blocks() + k;
                             let slot = block * GROUP + r;
                             let (scale, offset) = format.unpack(b, k, &mut unpacked[..cb]);
-                            // Byte i of an unpacked block holds code i (and i + 16, 4-bit).
+                            // Byte i of an unpacked block holds code i (and i + 16, 4-bit);
+                            // four consecutive codes stay together.
                             let block_codes = &mut codes[block * GROUP * cb..(block + 1) * GROUP * cb];
-                            for (i, &byte) in unpacked[..cb].iter().enumerate() {
-                                block_codes[code_position(width, r, i).0] = byte;
+                            for (c, bytes) in unpacked[..cb].chunks_exact(4).enumerate() {
+                                let at = code_position(width, r, 4 * c).0;
+                                block_codes[at..at + 4].copy_from_slice(bytes);
                             }
                             d[slot] = scale;
                             if has_m {

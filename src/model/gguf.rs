@@ -3,7 +3,9 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
@@ -17,6 +19,8 @@ pub struct GgufFile {
     reader: BufReader<File>,
     content: gguf_file::Content,
     file_len: u64,
+    /// The whole file, mapped: tensor data is repacked from the page cache without a copy.
+    map: Arc<memmap2::Mmap>,
 }
 
 impl GgufFile {
@@ -53,7 +57,11 @@ impl GgufFile {
         let content = gguf_file::Content::read(&mut reader).map_err(|e| {
             Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {}", path.display(), candle_message(&e)))
         })?;
-        let this = Self { path: path.to_path_buf(), reader, content, file_len };
+        // SAFETY: the map is read only while loading; like every mmap-based loader (llama.cpp
+        // included) we rely on the file not being truncated or rewritten meanwhile.
+        let map = unsafe { memmap2::Mmap::map(reader.get_ref()) }
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot map '{}': {e}", path.display())))?;
+        let this = Self { path: path.to_path_buf(), reader, content, file_len, map: Arc::new(map) };
         this.check_tensor_extents()?;
         Ok(this)
     }
@@ -180,16 +188,19 @@ impl GgufFile {
         self.content.tensor_infos.get(name).map(|i| (i.ggml_dtype, i.shape.dims().to_vec()))
     }
 
-    /// A tensor's raw GGUF blocks, read straight from the file into memory the caller repacks
-    /// from (no intermediate tensor). A missing tensor is a format error that names it.
-    pub fn tensor_data(&mut self, name: &str) -> Result<Vec<u8>> {
+    /// Where a tensor's raw GGUF blocks lie in [`Self::mapped`]: the caller repacks straight from
+    /// the page cache (no read into a buffer, no intermediate tensor). A missing tensor is a
+    /// format error that names it.
+    pub fn tensor_range(&self, name: &str) -> Result<Range<usize>> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display())))?;
-        let start = self.content.tensor_data_offset + info.offset;
-        let mut data = vec![0u8; self.tensor_bytes(name) as usize];
-        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("'{}': cannot read tensor '{name}': {e}", self.path.display()));
-        self.reader.seek(SeekFrom::Start(start)).map_err(io)?;
-        self.reader.read_exact(&mut data).map_err(io)?;
-        Ok(data)
+        // In bounds: check_tensor_extents verified every tensor at open.
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        Ok(start..start + self.tensor_bytes(name) as usize)
+    }
+
+    /// The mapped file, to slice with [`Self::tensor_range`].
+    pub fn mapped(&self) -> Arc<memmap2::Mmap> {
+        self.map.clone()
     }
 
     /// Reads one tensor. A missing tensor is a format error that names it.

@@ -525,7 +525,8 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
         return Ok(None);
     }
     let mut done = 0u64;
-    let mut read = |file: &mut GgufFile, name: &str, rows: Option<usize>, cols: usize| -> Result<Vec<u8>> {
+    let data = file.mapped();
+    let mut read = |file: &GgufFile, name: &str, rows: Option<usize>, cols: usize| -> Result<std::ops::Range<usize>> {
         let dims = file.tensor_layout(name).map(|l| l.1).unwrap_or_default();
         let ok = match rows {
             Some(r) => dims == [r, cols],
@@ -535,12 +536,12 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
             let want = rows.map(|r| format!("[{r}, {cols}]")).unwrap_or_else(|| format!("[vocab, {cols}]"));
             return Err(Error::model_format(format!("'{}': tensor '{name}' has shape {dims:?}, expected {want}", file.path().display())));
         }
-        let data = file.tensor_data(name)?;
-        done += data.len() as u64;
+        let range = file.tensor_range(name)?;
+        done += range.len() as u64;
         if !progress(done as f32 / total as f32) {
             return Err(Error::load_cancelled());
         }
-        Ok(data)
+        Ok(range)
     };
     let matrix = |format: WeightFormat, parts: &[(&[u8], usize)], cols: usize| -> Result<Arc<QuantMatrix>> {
         QuantMatrix::from_gguf_parts(format, parts, cols).map(Arc::new).map_err(Error::model_format)
@@ -562,15 +563,14 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
         Ok(v)
     };
     let dim = hp.dim;
-    let embd = read(file, "token_embd.weight", None, dim)?;
+    let embd = &data[read(file, "token_embd.weight", None, dim)?];
     let embd_format = format(file, "token_embd.weight").expect("checked");
     let vocab = embd.len() / (dim / (crate::kernels::BLOCK * embd_format.kernel_blocks()) * embd_format.gguf_block_bytes());
-    let embeddings = matrix(embd_format, &[(&embd, vocab)], dim)?;
-    drop(embd);
+    let embeddings = matrix(embd_format, &[(embd, vocab)], dim)?;
     let output = if output_name == "output.weight" {
         let output_format = format(file, output_name).expect("checked");
-        let bytes = read(file, output_name, Some(vocab), dim)?;
-        matrix(output_format, &[(&bytes, vocab)], dim)?
+        let bytes = &data[read(file, output_name, Some(vocab), dim)?];
+        matrix(output_format, &[(bytes, vocab)], dim)?
     } else {
         // Tied: the output layer is the embedding table; one copy serves both.
         embeddings.clone()
@@ -581,12 +581,12 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
         let n = |t: &str| format!("blk.{i}.{t}.weight");
         let [fq, fk, fv, fo, fg, fu, fd] =
             ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map(|t| format(file, &n(t)).expect("checked"));
-        let (q, k, v) = (read(file, &n("attn_q"), Some(q_dim), dim)?, read(file, &n("attn_k"), Some(kv_dim), dim)?, read(file, &n("attn_v"), Some(kv_dim), dim)?);
-        let qkv = side_by_side(&[(fq, &q, q_dim), (fk, &k, kv_dim), (fv, &v, kv_dim)], dim)?;
-        let wo = matrix(fo, &[(&read(file, &n("attn_output"), Some(dim), q_dim)?, dim)], q_dim)?;
-        let (g, u) = (read(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?, read(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?);
-        let gate_up = side_by_side(&[(fg, &g, hp.ffn_dim), (fu, &u, hp.ffn_dim)], dim)?;
-        let down = matrix(fd, &[(&read(file, &n("ffn_down"), Some(dim), hp.ffn_dim)?, dim)], hp.ffn_dim)?;
+        let (q, k, v) = (&data[read(file, &n("attn_q"), Some(q_dim), dim)?], &data[read(file, &n("attn_k"), Some(kv_dim), dim)?], &data[read(file, &n("attn_v"), Some(kv_dim), dim)?]);
+        let qkv = side_by_side(&[(fq, q, q_dim), (fk, k, kv_dim), (fv, v, kv_dim)], dim)?;
+        let wo = matrix(fo, &[(&data[read(file, &n("attn_output"), Some(dim), q_dim)?], dim)], q_dim)?;
+        let (g, u) = (&data[read(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?], &data[read(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?]);
+        let gate_up = side_by_side(&[(fg, g, hp.ffn_dim), (fu, u, hp.ffn_dim)], dim)?;
+        let down = matrix(fd, &[(&data[read(file, &n("ffn_down"), Some(dim), hp.ffn_dim)?], dim)], hp.ffn_dim)?;
         layers.push(native::NativeLayer { attn_norm: floats(file, &n("attn_norm"), dim)?, qkv, wo, ffn_norm: floats(file, &n("ffn_norm"), dim)?, gate_up, down });
     }
     debug_assert!(names.iter().all(|n| file.has_tensor(n) || n == "output.weight"));
