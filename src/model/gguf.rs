@@ -2,7 +2,7 @@
 //! byte-level progress. Every failure names the file and what is wrong with it.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::Cursor;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +14,19 @@ use crate::error::{candle_message, Error, ErrorKind, Result};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
+/// The mapped file as a byte slice, shared with [`GgufFile::mapped`].
+struct Mapped(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 pub struct GgufFile {
     path: PathBuf,
-    reader: BufReader<File>,
+    /// Over `map`, for candle's tensor reader.
+    reader: Cursor<Mapped>,
     content: gguf_file::Content,
     file_len: u64,
     /// The whole file, mapped: tensor data is repacked from the page cache without a copy.
@@ -40,28 +50,24 @@ impl GgufFile {
                 path.display()
             )));
         }
-        let mut reader = BufReader::new(file);
-        let mut magic = [0u8; 4];
-        let got = read_up_to(&mut reader, &mut magic)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read '{}': {e}", path.display())))?;
-        if got < 4 || &magic != GGUF_MAGIC {
+        // SAFETY: the map is only read; like every mmap-based loader (llama.cpp included) we rely
+        // on the file not being truncated or rewritten while the model loads.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot map '{}': {e}", path.display())))?;
+        let head = &map[..map.len().min(4)];
+        if head != GGUF_MAGIC {
             return Err(Error::model_format(format!(
-                "'{}' is not a GGUF file (first bytes {:02x?}, expected \"GGUF\")",
+                "'{}' is not a GGUF file (first bytes {head:02x?}, expected \"GGUF\")",
                 path.display(),
-                &magic[..got]
             )));
         }
-        reader
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot seek '{}': {e}", path.display())))?;
+        let map = Arc::new(map);
+        // The header (a vocabulary of ~50k strings) parses from memory, not through read calls.
+        let mut reader = Cursor::new(Mapped(map.clone()));
         let content = gguf_file::Content::read(&mut reader).map_err(|e| {
             Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {}", path.display(), candle_message(&e)))
         })?;
-        // SAFETY: the map is read only while loading; like every mmap-based loader (llama.cpp
-        // included) we rely on the file not being truncated or rewritten meanwhile.
-        let map = unsafe { memmap2::Mmap::map(reader.get_ref()) }
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot map '{}': {e}", path.display())))?;
-        let this = Self { path: path.to_path_buf(), reader, content, file_len, map: Arc::new(map) };
+        let this = Self { path: path.to_path_buf(), reader, content, file_len, map };
         this.check_tensor_extents()?;
         Ok(this)
     }
@@ -215,15 +221,4 @@ impl GgufFile {
             Error::model_format(format!("'{}': cannot read tensor '{name}': {}", self.path.display(), candle_message(&e)))
         })
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
