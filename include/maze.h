@@ -25,11 +25,6 @@
 #include <string.h>
 
 /**
- * Default budget of [`EngineConfig::prefix_cache_bytes`].
- */
-#define DEFAULT_PREFIX_CACHE_BYTES (64 << 20)
-
-/**
  * ABI version of this header and library. Bumped on any incompatible change. Parameter structs
  * carry `struct_size`, so adding fields at their end is compatible and does not bump it.
  */
