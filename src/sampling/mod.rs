@@ -86,21 +86,29 @@ impl Sampler {
 
     /// Picks the next token given the logits and the tokens so far (for the penalties).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut adjusted = logits.to_vec();
-        self.apply_penalties(&mut adjusted, history);
+        let penalised;
+        let adjusted = if self.has_penalties() {
+            let mut l = logits.to_vec();
+            self.apply_penalties(&mut l, history);
+            penalised = l;
+            &penalised[..]
+        } else {
+            logits
+        };
         if self.params.temperature <= 0.0 {
-            return argmax(&adjusted);
+            return argmax(adjusted);
         }
-        let mut cands: Vec<(u32, f32)> = adjusted.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut cands = if self.params.top_k > 0 && self.params.top_k < adjusted.len() {
+            top_k(adjusted, self.params.top_k)
+        } else {
+            let mut all: Vec<(u32, f32)> = adjusted.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+            all.sort_unstable_by(desc);
+            all
+        };
         if cands.is_empty() {
             return 0;
         }
-        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if self.params.top_k > 0 && self.params.top_k < cands.len() {
-            cands.select_nth_unstable_by(self.params.top_k - 1, desc);
-            cands.truncate(self.params.top_k);
-        }
-        cands.sort_unstable_by(desc);
         let max = cands[0].1;
         if max == f32::NEG_INFINITY {
             return cands[0].0;
@@ -137,11 +145,13 @@ impl Sampler {
         cands[cands.len() - 1].0
     }
 
+    fn has_penalties(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0
+    }
+
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
-        if p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
-            return;
-        }
         let window = if p.penalty_last_n == 0 { history } else { &history[history.len().saturating_sub(p.penalty_last_n)..] };
         self.counts.clear();
         self.counts.resize(logits.len(), 0);
@@ -167,6 +177,22 @@ impl Sampler {
 }
 
 /// Index of the largest logit; the lowest index on ties.
+/// The `k` highest logits (NaN skipped), highest first, ties to the lower id: one pass over the
+/// vocabulary keeping a small sorted list, rather than copying and partitioning all of it.
+fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || (best.len() == k && l.total_cmp(&best[k - 1].1).is_le()) {
+            continue;
+        }
+        // After every equal logit: ids ascend among ties.
+        let at = best.partition_point(|&(_, b)| b.total_cmp(&l).is_ge());
+        best.insert(at, (i as u32, l));
+        best.truncate(k);
+    }
+    best
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -187,6 +213,21 @@ pub fn log_prob(logits: &[f32], token: u32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_equals_sorting_everything() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // Coarse values so that ties are common; a few NaNs and infinities.
+        let mut l: Vec<f32> = (0..5000).map(|_| (rng.random_range(0..40) as f32) / 4.0).collect();
+        l[7] = f32::NAN;
+        l[100] = f32::INFINITY;
+        l[101] = f32::NEG_INFINITY;
+        let mut all: Vec<(u32, f32)> = l.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for k in [1, 2, 40, 333, 4998, 4999] {
+            assert_eq!(top_k(&l, k), all[..k.min(all.len())].to_vec(), "k {k}");
+        }
+    }
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, 0.5, 2.9]

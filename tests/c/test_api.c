@@ -419,7 +419,10 @@ static void test_generate_and_stream(maze_engine *engine) {
     maze_error *err = NULL;
     CHECK(maze_session_reset(s, &err) == MAZE_STATUS_OK, "reset");
     r2 = generate(s, "The three primary colors are", &p, NULL);
-    CHECK(maze_result_cached_tokens(r2) == 0, "nothing cached after reset");
+    /* Only the engine's prefix cache may serve it now: openings of 16 tokens or more (the tiny
+       model's byte-level tokens make this prompt that long; the real model's do not). */
+    uint32_t after_reset = maze_result_cached_tokens(r2);
+    CHECK(maze_result_prompt_tokens(r2) >= 17 ? after_reset < maze_result_prompt_tokens(r2) : after_reset == 0, "cached %u of %u after reset", after_reset, maze_result_prompt_tokens(r2));
     CHECK(strcmp(maze_result_text(r2, NULL), text) == 0, "same text after reset");
     maze_result_free(r2);
     maze_result_free(r);
