@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench clean
+.PHONY: demo test toolchain model lib rust-test header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -132,6 +132,10 @@ server-test: model server
 
 # Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
 # build fails the benchmark still runs and the report says llama.cpp was not measured.
+# The GPU build (not part of `make test`: CI has no GPU, and nvcc takes ~20 min cold).
+cuda:
+	bash scripts/build-cuda.sh
+
 bench: model
 	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
 	$(CARGO) run --release --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md

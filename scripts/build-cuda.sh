@@ -23,4 +23,16 @@ export CUDA_HOME="$toolkit" CUDA_ROOT="$toolkit" CUDA_PATH="$toolkit"
 export PATH="$toolkit/bin:$PATH" LIBRARY_PATH="$toolkit/lib:${LIBRARY_PATH:-}" LD_LIBRARY_PATH="$toolkit/lib:${LD_LIBRARY_PATH:-}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CUDARC_CUDA_VERSION=13040
 export NVCC_PREPEND_FLAGS="-I$toolkit/include -I$toolkit/cccl/include ${NVCC_PREPEND_FLAGS:-}"
+# libcuda.so comes with the GPU driver, which a build machine may lack: link against a stub
+# that defines the driver functions cudarc calls (SONAME libcuda.so.1, as NVIDIA's own stub),
+# so the real driver is what loads at run time.
+stubs="$cache/stubs"
+if [ ! -f "$stubs/libcuda.so" ]; then
+    cargo rustc --release --lib --features cuda --target-dir target/cuda --crate-type rlib
+    rlib="$(ls -t target/cuda/release/deps/libcudarc-*.rlib | head -1)"
+    mkdir -p "$stubs"
+    nm "$rlib" 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ { print "void " $2 "(void) {}" }' | sort -u > "$stubs/libcuda.c"
+    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda.c"
+fi
+export LIBRARY_PATH="$stubs:$LIBRARY_PATH"
 exec cargo build --release --lib --features cuda --target-dir target/cuda "$@"

@@ -30,7 +30,10 @@ impl QuantizedActivations {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in qs.iter_mut().zip(chunk) {
-                *q = (v * inv).round() as i8;
+                // Rounds half away from zero like f32::round, which is a libm call on the
+                // baseline x86-64 target; this vectorizes. |v·inv| ≤ 127, so no saturation.
+                let scaled = v * inv;
+                *q = (scaled + 0.5f32.copysign(scaled)) as i8;
                 sum += *q as i32;
             }
             out.d.push(d);
