@@ -396,7 +396,7 @@ fn main() {
              | resident memory after loading | {rss_loaded:.0} MiB |\n\
              | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n\
              ## Concurrent sessions\n\n\
-             Several sessions generating {gt} tokens each from a 32-token prompt on one engine; the model worker \
+             Several sessions generating {gt} tokens each from a different 32-token prompt each (none copies another's prefix) on one engine; the model worker \
              batches every active session into one forward pass per step. Aggregate = all generated tokens / wall \
              time from the first request to the last result (prefill included).\n\n\
              | sessions | aggregate tokens/s | vs 1 session | tokens generated |\n|---|---|---|---|\n{concurrency_rows}\n\
