@@ -25,8 +25,6 @@ impl AsRef<[u8]> for Mapped {
 
 pub struct GgufFile {
     path: PathBuf,
-    /// Over `map`, for candle's tensor reader.
-    reader: Cursor<Mapped>,
     content: gguf_file::Content,
     file_len: u64,
     /// The whole file, mapped: tensor data is repacked from the page cache without a copy.
@@ -63,11 +61,10 @@ impl GgufFile {
         }
         let map = Arc::new(map);
         // The header (a vocabulary of ~50k strings) parses from memory, not through read calls.
-        let mut reader = Cursor::new(Mapped(map.clone()));
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        let content = gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone()))).map_err(|e| {
             Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {}", path.display(), candle_message(&e)))
         })?;
-        let this = Self { path: path.to_path_buf(), reader, content, file_len, map };
+        let this = Self { path: path.to_path_buf(), content, file_len, map };
         this.check_tensor_extents()?;
         Ok(this)
     }
@@ -210,14 +207,15 @@ impl GgufFile {
     }
 
     /// Reads one tensor. A missing tensor is a format error that names it.
-    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         if !self.has_tensor(name) {
             return Err(Error::model_format(format!(
                 "'{}' lacks the tensor '{name}'",
                 self.path.display()
             )));
         }
-        self.content.tensor(&mut self.reader, name, device).map_err(|e| {
+        // A cursor of its own per read: the file can be shared between threads while loading.
+        self.content.tensor(&mut Cursor::new(Mapped(self.map.clone())), name, device).map_err(|e| {
             Error::model_format(format!("'{}': cannot read tensor '{name}': {}", self.path.display(), candle_message(&e)))
         })
     }

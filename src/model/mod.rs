@@ -115,7 +115,7 @@ pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 
 /// Loads a GGUF model, its tokenizer and chat template.
 pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedModel> {
-    let mut file = GgufFile::open(opts.model_path)?;
+    let file = GgufFile::open(opts.model_path)?;
     let architecture = file.str("general.architecture")?.to_string();
     let from_gguf = opts.tokenizer_path.is_none() && file.has_key("tokenizer.ggml.model");
     let other_tokenizer = match opts.tokenizer_path {
@@ -138,10 +138,11 @@ pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedMode
     };
     let (tokenizer, model) = std::thread::scope(|scope| {
         // Building the tokenizer from GGUF metadata (tens of ms for a 49k vocabulary) needs no
-        // weights: it runs on a second handle to the file while this thread loads them.
-        let from_metadata = from_gguf.then(|| scope.spawn(|| Tokenizer::from_gguf(&GgufFile::open(opts.model_path)?)));
+        // weights: it runs on another thread, over the same parsed file, while this one loads them.
+        let file = &file;
+        let from_metadata = from_gguf.then(|| scope.spawn(move || Tokenizer::from_gguf(file)));
         let model: Result<Arc<dyn LanguageModel>> = match architecture.as_str() {
-            "llama" => llama::Llama::load(&mut file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>),
+            "llama" => llama::Llama::load(file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>),
             other => Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("'{}': architecture '{other}' is not supported (supported: llama)", opts.model_path.display()),

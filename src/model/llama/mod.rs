@@ -191,7 +191,7 @@ impl LlamaCache {
 }
 
 impl Llama {
-    pub fn load(file: &mut GgufFile, opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<Self> {
+    pub fn load(file: &GgufFile, opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<Self> {
         let arch = "llama";
         let key = |k: &str| format!("{arch}.{k}");
         let dim = file.u64(&key("embedding_length"))? as usize;
@@ -272,7 +272,7 @@ impl Llama {
             }
         }
         let mut done = 0u64;
-        let mut read = |file: &mut GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
+        let mut read = |file: &GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
             let t = file.tensor(name, &device)?;
             if let Some(expect) = expect.filter(|e| t.shape().dims() != *e) {
                 return Err(Error::model_format(format!(
@@ -513,7 +513,7 @@ impl LanguageModel for Llama {
 /// often store V in Q6_K), with no intermediate tensors. `None` (nothing read) when some matrix
 /// is in a format our kernels do not take: those run on candle. RoPE tables are left empty for
 /// the caller.
-fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
+fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
     let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
     let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
@@ -555,7 +555,7 @@ fn native_from_file(file: &mut GgufFile, hp: &Hyper, names: &[String], total: u6
         }
         Ok(native::SideBySide(parts.iter().map(|p| matrix(p.0, &[(p.1, p.2)], cols)).collect::<Result<_>>()?))
     };
-    let floats = |file: &mut GgufFile, name: &str, len: usize| -> Result<Vec<f32>> {
+    let floats = |file: &GgufFile, name: &str, len: usize| -> Result<Vec<f32>> {
         let v = dequant(file.tensor(name, &Device::Cpu)?, &Device::Cpu)?.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend)?;
         if v.len() != len {
             return Err(Error::model_format(format!("'{}': tensor '{name}' has {} values, expected {len}", file.path().display(), v.len())));
