@@ -41,6 +41,13 @@ type Options struct {
 	TokenizerPath string
 	// ConstraintCacheLimit is how many compiled constraints the engine caches; 0 = 256.
 	ConstraintCacheLimit int
+	// PrefixCacheMiB is the memory kept for the keys and values of closed or reset sessions,
+	// which a new session whose prompt opens the same way (16 tokens or more) copies instead of
+	// recomputing; 0 = 64 MiB, negative = keep none (live sessions' prefixes are still shared).
+	PrefixCacheMiB int
+	// GPU selects a CUDA device by number; nil = the CPU. It needs a library built with the
+	// cuda feature (make cuda); otherwise NewEngine fails with ErrUnsupported.
+	GPU *int
 	// Progress, when set, receives loading progress in [0, 1] on the calling goroutine;
 	// returning false aborts the load (NewEngine then fails with ErrCancelled).
 	Progress func(progress float32) bool
@@ -157,6 +164,20 @@ func NewEngine(opts Options) (*Engine, error) {
 	}
 	if params.constraint_cache_limit, err = u32("Options.ConstraintCacheLimit", opts.ConstraintCacheLimit); err != nil {
 		return nil, err
+	}
+	switch {
+	case opts.PrefixCacheMiB < 0:
+		params.prefix_cache_mib = 0
+	case opts.PrefixCacheMiB > 0:
+		if params.prefix_cache_mib, err = u32("Options.PrefixCacheMiB", opts.PrefixCacheMiB); err != nil {
+			return nil, err
+		}
+	}
+	if opts.GPU != nil {
+		if *opts.GPU < 0 || *opts.GPU > math.MaxInt32 {
+			return nil, invalidArgument("Options.GPU = %d is not a device number", *opts.GPU)
+		}
+		params.gpu_device = C.int32_t(*opts.GPU)
 	}
 	if opts.Seed != 0 {
 		params.seed = C.uint64_t(opts.Seed)

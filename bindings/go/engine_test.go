@@ -128,6 +128,13 @@ func TestEngineErrors(t *testing.T) {
 
 	_, err = NewEngine(Options{ModelPath: modelPath(t), Progress: func(float32) bool { return false }})
 	expectError(t, err, ErrCancelled, "")
+	gpu := -1
+	_, err = NewEngine(Options{ModelPath: modelPath(t), GPU: &gpu})
+	expectError(t, err, ErrInvalidArgument, "Options.GPU")
+	// The tested library is a CPU build: it names the missing CUDA support.
+	gpu = 0
+	_, err = NewEngine(Options{ModelPath: modelPath(t), GPU: &gpu})
+	expectError(t, err, ErrUnsupported, "no CUDA support")
 
 	e := sharedEngine(t)
 	_, err = e.Detokenize([]uint32{1 << 30})

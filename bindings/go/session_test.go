@@ -370,3 +370,40 @@ func TestConcurrentGeneration(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A session whose prompt opens like another's copies that prefix; with PrefixCacheMiB < 0 a
+// closed session's prefix is not kept.
+func TestSharedPromptPrefix(t *testing.T) {
+	opening := make([]uint32, 40)
+	for i := range opening {
+		opening[i] = uint32(100 + 37*i)
+	}
+	prompt := func(tail uint32) []uint32 { return append(append([]uint32(nil), opening...), tail) }
+	generate := func(s *Session, tail uint32) *Result {
+		t.Helper()
+		res, err := s.Generate(context.Background(), Request{Tokens: prompt(tail), Params: greedy(4)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+
+	e := sharedEngine(t)
+	first, second := newSession(t, e), newSession(t, e)
+	generate(first, 1)
+	if res := generate(second, 2); res.CachedTokens != len(opening) {
+		t.Errorf("second session copied %d tokens, want the %d-token opening", res.CachedTokens, len(opening))
+	}
+
+	none, err := NewEngine(Options{ModelPath: modelPath(t), PrefixCacheMiB: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer none.Close()
+	gone := newSession(t, none)
+	generate(gone, 1)
+	gone.Close()
+	if res := generate(newSession(t, none), 2); res.CachedTokens != 0 {
+		t.Errorf("with PrefixCacheMiB < 0 a closed session's prefix was reused (%d tokens)", res.CachedTokens)
+	}
+}

@@ -332,6 +332,12 @@ pub const Engine = struct {
         tokenizer_path: ?[:0]const u8 = null,
         /// Compiled constraints the cache keeps; 0 = 256.
         constraint_cache_limit: u32 = 0,
+        /// Memory (MiB) for closed or reset sessions' keys and values, which a new session whose
+        /// prompt opens the same way (16+ tokens) copies; null = 64, 0 = keep none.
+        prefix_cache_mib: ?u32 = null,
+        /// CUDA device number; null = the CPU. Needs a library built with the cuda feature
+        /// (`make cuda`), else error.Unsupported.
+        gpu_device: ?u31 = null,
         /// Loading progress; returning false aborts the load (error.Cancelled).
         progress: ?Progress = null,
         diag: ?*Diagnostic = null,
@@ -351,6 +357,8 @@ pub const Engine = struct {
         if (options.seed) |s| params.seed = s;
         if (options.tokenizer_path) |p| params.tokenizer_path = p.ptr;
         params.constraint_cache_limit = options.constraint_cache_limit;
+        if (options.prefix_cache_mib) |mib| params.prefix_cache_mib = mib;
+        if (options.gpu_device) |device| params.gpu_device = device;
         if (options.progress) |p| {
             params.progress_callback = p.callback;
             params.progress_userdata = p.context;

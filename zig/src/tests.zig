@@ -384,6 +384,8 @@ test "errors: bad model path, bad constraints, NULL-equivalents" {
     try expectFailure(maze.Engine.init("/nonexistent/model.gguf", .{ .diag = &diag }), error.Io, &diag, "model.gguf");
     try testing.expectEqual(maze.Status.io, diag.status);
     try expectFailure(maze.Engine.init("", .{ .diag = &diag }), error.Io, &diag, "");
+    // The tested library is a CPU build: a GPU is refused by name, not run on the CPU.
+    try expectFailure(maze.Engine.init(build_options.model, .{ .gpu_device = 0, .diag = &diag }), error.Unsupported, &diag, "no CUDA support");
 
     const e = try engine();
     const bad = [_]struct { c: maze.Constraint, err: maze.Error, needle: []const u8 }{
