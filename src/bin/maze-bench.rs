@@ -258,6 +258,18 @@ fn bench_shared_prefix(engine: &Engine, opening: &[u32], args: &Args) -> (f64, f
     (median(cold), median(shared))
 }
 
+/// The sentence every measured prompt repeats or rotates.
+fn base_prompt(engine: &Engine) -> Vec<u32> {
+    engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize")
+}
+
+fn load_or_exit(config: &EngineConfig) -> Engine {
+    Engine::load(config, None).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    })
+}
+
 fn main() {
     let args = parse().unwrap_or_else(|e| {
         eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE] [--sessions-only N,M,...]");
@@ -266,11 +278,8 @@ fn main() {
     // No retired prefixes: every measured session computes its whole prompt.
     let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), prefix_cache_bytes: Some(0), ..Default::default() };
     if let Some(counts) = &args.sessions_only {
-        let engine = Engine::load(&config, None).unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        });
-        let base = engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize");
+        let engine = load_or_exit(&config);
+        let base = base_prompt(&engine);
         for &n in counts {
             let (rate, total) = bench_concurrent(&engine, &base, &args, n);
             println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
@@ -285,10 +294,7 @@ fn main() {
     let mut engine = None;
     for _ in 0..=args.runs {
         let t = Instant::now();
-        let e = Engine::load(&config, None).unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        });
+        let e = load_or_exit(&config);
         loads.push(t.elapsed().as_secs_f64() * 1e3);
         if engine.is_none() {
             rss_loaded = rss_mib();
@@ -300,7 +306,7 @@ fn main() {
 
     // A prompt of exactly `prompt_tokens` tokens and up to `gen_tokens` generated tokens (an end
     // token can stop a run early: the median generated count is reported beside the speed).
-    let base = engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize");
+    let base = base_prompt(&engine);
     let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
     let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling: SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() }, ..Default::default() };
     let mut prefill = Vec::new();
