@@ -492,9 +492,11 @@ fn native_and_tensor_forward_passes_agree() {
 
 #[test]
 fn k_quant_models_run_on_the_native_path() {
-    // Q4_K repacks exactly (measured gap 2e-7); Q6_K is requantized to 8 bits per 32 values
+    // Q4_K repacks exactly (gap 2e-7 with f32 caches), but a last-bit difference between the
+    // paths can round a key to a neighbouring f16 in one cache and not the other (measured
+    // 0.5% at the logits of this random model); Q6_K is requantized to 8 bits per 32 values
     // (measured 0.8%).
-    for (dtype, bound) in [(candle_core::quantized::GgmlDType::Q4K, 1e-4), (candle_core::quantized::GgmlDType::Q6K, 0.03)] {
+    for (dtype, bound) in [(candle_core::quantized::GgmlDType::Q4K, 0.015), (candle_core::quantized::GgmlDType::Q6K, 0.03)] {
         let dir = TempDir::new("kquant");
         let path = write_tiny(&dir, &TinyModel { dim: 256, ffn_dim: 512, n_heads: 4, n_kv_heads: 2, weight_dtype: dtype, ..Default::default() });
         let (native, tensors) = (load_model(&path, false), load_model(&path, true));

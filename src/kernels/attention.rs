@@ -1,60 +1,133 @@
-//! One query head attending over cached keys and values: scores, softmax, weighted sum. Plain
-//! Rust compiled twice, for the baseline target and with AVX2 + FMA enabled, picked at run time:
-//! the same code, vectorized 8 wide instead of 4.
+//! Query heads attending over cached keys and values: scores, softmax, weighted sum. The cache
+//! holds f16 (half the memory, and half the bytes every decode step reads: with several long
+//! sessions those reads rival the weights'). The heads of one grouped-query group share a pass
+//! over their KV head, so each cached row is widened once for all of them.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::Isa;
 
-/// Where one head's keys and values sit in a cache laid out `position × stride`.
+/// Where one KV head's keys and values sit in a cache laid out `position × stride`.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadCache<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
-    /// Floats per position (all KV heads).
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
+    /// Values per position (all KV heads).
     pub stride: usize,
-    /// This head's first float within a position.
+    /// This head's first value within a position.
     pub offset: usize,
 }
 
-/// `out = Σ_j softmax_j(scale · q·k_j) · v_j` over positions `0..positions`; `scores` is
-/// scratch space of at least `positions` floats.
-pub fn attend(isa: Isa, q: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    let hd = q.len();
-    assert!(out.len() == hd && scores.len() >= positions, "attention shapes");
-    assert!(positions == 0 || (positions - 1) * cache.stride + cache.offset + hd <= cache.keys.len().min(cache.values.len()), "attention cache");
+/// For each query head `h` in `queries` (heads of `head_dim` side by side, all reading this KV
+/// head): `out_h = Σ_j softmax_j(scale · q_h·k_j) · v_j` over positions `0..positions`.
+/// `scores` is scratch space of at least `heads × positions` floats.
+pub fn attend(isa: Isa, queries: &[f32], head_dim: usize, cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    assert!(head_dim > 0 && queries.len() % head_dim == 0 && out.len() == queries.len(), "attention shapes");
+    assert!(scores.len() >= queries.len() / head_dim * positions, "attention scratch");
+    let end = positions.checked_sub(1).map_or(0, |last| last * cache.stride + cache.offset + head_dim);
+    assert!(end <= cache.keys.len().min(cache.values.len()), "attention cache");
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
             debug_assert!(Isa::available().contains(&isa));
-            // SAFETY: the CPU has AVX2 and FMA (every SIMD Isa implies them); the body is safe code.
-            unsafe { attend_avx2(q, cache, positions, scale, scores, out) }
+            // SAFETY: every SIMD Isa implies AVX2, FMA and F16C (Isa::available checks them);
+            // the body is safe code.
+            unsafe { attend_avx2(queries, head_dim, cache, positions, scale, scores, out) }
         }
-        _ => attend_body(q, cache, positions, scale, scores, out),
+        _ => attend_body::<Portable>(queries, head_dim, cache, positions, scale, scores, out),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(q: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    attend_body(q, cache, positions, scale, scores, out)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2(queries: &[f32], head_dim: usize, cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    attend_body::<F16c>(queries, head_dim, cache, positions, scale, scores, out)
+}
+
+/// How cached f16 rows become f32 (a trait rather than a closure so that it inlines).
+trait Widen {
+    fn widen(from: &[f16], to: &mut [f32]);
+}
+
+struct Portable;
+
+impl Widen for Portable {
+    #[inline(always)]
+    fn widen(from: &[f16], to: &mut [f32]) {
+        from.convert_to_f32_slice(to)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct F16c;
+
+#[cfg(target_arch = "x86_64")]
+impl Widen for F16c {
+    #[inline(always)]
+    fn widen(from: &[f16], to: &mut [f32]) {
+        // SAFETY: only instantiated inside attend_avx2, which runs where the CPU has F16C.
+        unsafe { widen_f16c(from, to) }
+    }
+}
+
+/// `to = from` as f32, eight at a time with `vcvtph2ps`. Not itself a `target_feature`
+/// function, so that it inlines into [`attend_avx2`] (where the intrinsic then inlines too).
+///
+/// # Safety
+/// The CPU must have F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn widen_f16c(from: &[f16], to: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(from.len(), to.len());
+    let mut from8 = from.chunks_exact(8);
+    let mut to8 = to.chunks_exact_mut(8);
+    for (f, t) in (&mut from8).zip(&mut to8) {
+        // SAFETY: both chunks hold exactly eight values; unaligned loads and stores.
+        unsafe { _mm256_storeu_ps(t.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(f.as_ptr().cast()))) };
+    }
+    for (f, t) in from8.remainder().iter().zip(to8.into_remainder()) {
+        *t = f.to_f32();
+    }
 }
 
 #[inline(always)]
-fn attend_body(q: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    let hd = q.len();
+fn attend_body<W: Widen>(
+    queries: &[f32],
+    hd: usize,
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let heads = queries.len() / hd;
     let at = |j: usize| j * cache.stride + cache.offset..j * cache.stride + cache.offset + hd;
-    for (j, s) in scores[..positions].iter_mut().enumerate() {
-        *s = dot(q, &cache.keys[at(j)]) * scale;
+    let mut row = vec![0f32; hd];
+    for j in 0..positions {
+        W::widen(&cache.keys[at(j)], &mut row);
+        for (h, q) in queries.chunks_exact(hd).enumerate() {
+            scores[h * positions + j] = dot(q, &row) * scale;
+        }
     }
-    let max = scores[..positions].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut total = 0f32;
-    for s in scores[..positions].iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
+    for s in scores[..heads * positions].chunks_exact_mut(positions.max(1)) {
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut total = 0f32;
+        for v in s.iter_mut() {
+            *v = (*v - max).exp();
+            total += *v;
+        }
+        let inv = 1.0 / total;
+        s.iter_mut().for_each(|v| *v *= inv);
     }
     out.fill(0.0);
-    for (j, s) in scores[..positions].iter().enumerate() {
-        let w = s / total;
-        out.iter_mut().zip(&cache.values[at(j)]).for_each(|(o, v)| *o += w * v);
+    for j in 0..positions {
+        W::widen(&cache.values[at(j)], &mut row);
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            let w = scores[h * positions + j];
+            o.iter_mut().zip(&row).for_each(|(o, v)| *o += w * v);
+        }
     }
 }
 
@@ -78,26 +151,36 @@ mod tests {
 
     #[test]
     fn every_path_matches_a_direct_softmax() {
-        let (hd, kv_heads, positions) = (64, 3, 37);
-        let stride = hd * kv_heads;
-        let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
-        let keys: Vec<f32> = (0..positions * stride).map(val).collect();
-        let values: Vec<f32> = (0..positions * stride).map(|i| val(i + 13)).collect();
-        let q: Vec<f32> = (0..hd).map(|i| val(i + 101)).collect();
-        let offset = hd; // the second KV head
-        let scale = 0.125;
-        let logits: Vec<f64> = (0..positions)
-            .map(|j| (0..hd).map(|c| q[c] as f64 * keys[j * stride + offset + c] as f64).sum::<f64>() * scale as f64)
-            .collect();
-        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-        let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        let want: Vec<f64> = (0..hd).map(|c| (0..positions).map(|j| weights[j] / total * values[j * stride + offset + c] as f64).sum()).collect();
-        for isa in Isa::available() {
-            let (mut scores, mut out) = (vec![0f32; positions], vec![0f32; hd]);
-            attend(isa, &q, HeadCache { keys: &keys, values: &values, stride, offset }, positions, scale, &mut scores, &mut out);
-            for c in 0..hd {
-                assert!((out[c] as f64 - want[c]).abs() < 1e-5, "{isa:?} {c}: {} vs {}", out[c], want[c]);
+        // A head size with a tail after the last eight, and one grouped-query group of three.
+        for (hd, heads) in [(64, 3), (12, 2)] {
+            let (kv_heads, positions) = (3, 37);
+            let stride = hd * kv_heads;
+            let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+            let keys: Vec<f16> = (0..positions * stride).map(|i| f16::from_f32(val(i))).collect();
+            let values: Vec<f16> = (0..positions * stride).map(|i| f16::from_f32(val(i + 13))).collect();
+            let queries: Vec<f32> = (0..heads * hd).map(|i| val(i + 101)).collect();
+            let offset = hd; // the second KV head
+            let scale = 0.125;
+            let mut want = vec![0f64; heads * hd];
+            for (q, want) in queries.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
+                let at = |j: usize, c: usize| j * stride + offset + c;
+                let logits: Vec<f64> = (0..positions)
+                    .map(|j| (0..hd).map(|c| q[c] as f64 * keys[at(j, c)].to_f64()).sum::<f64>() * scale as f64)
+                    .collect();
+                let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for (c, w) in want.iter_mut().enumerate() {
+                    *w = (0..positions).map(|j| weights[j] / total * values[at(j, c)].to_f64()).sum();
+                }
+            }
+            for isa in Isa::available() {
+                let (mut scores, mut out) = (vec![0f32; heads * positions], vec![0f32; heads * hd]);
+                let cache = HeadCache { keys: &keys, values: &values, stride, offset };
+                attend(isa, &queries, hd, cache, positions, scale, &mut scores, &mut out);
+                for (c, (got, want)) in out.iter().zip(&want).enumerate() {
+                    assert!((*got as f64 - want).abs() < 1e-5, "{isa:?} hd {hd} value {c}: {got} vs {want}");
+                }
             }
         }
     }

@@ -28,7 +28,7 @@ pub const BLOCK: usize = 32;
 pub enum Isa {
     /// Plain Rust: every machine, and the reference the others are tested against.
     Portable,
-    /// AVX2 + FMA (x86-64 since 2013): `vpmaddubsw` products.
+    /// AVX2 + FMA + F16C (x86-64 since 2013): `vpmaddubsw` products.
     Avx2,
     /// AVX-512 VNNI with 256-bit vectors (`vpdpbusd`): one instruction per 32-byte product, no
     /// 16-bit saturation. Sapphire Rapids, Zen 4 and later.
@@ -56,7 +56,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 out.push(Isa::Avx2);
                 if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512vnni") {
                     out.push(Isa::Avx512Vnni);

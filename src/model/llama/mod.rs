@@ -349,14 +349,16 @@ impl TensorLlama {
         let q = candle_nn::rotary_emb::rope_i(&heads(&qkv[0], hp.n_heads)?, &cos, &sin)?;
         let k = candle_nn::rotary_emb::rope_i(&heads(&qkv[1], hp.n_kv_heads)?, &cos, &sin)?;
         let v = heads(&qkv[2], hp.n_kv_heads)?;
+        // The cache holds f16, like the native path's (half the memory).
+        let (k, v) = (k.to_dtype(DType::F16)?, v.to_dtype(DType::F16)?);
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
         let rep = hp.n_heads / hp.n_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let k = candle_transformers::utils::repeat_kv(k.to_dtype(q.dtype())?, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v.to_dtype(q.dtype())?, rep)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hp.head_dim as f64).sqrt()))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -434,7 +436,7 @@ impl SequenceCache for NativeCache {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * std::mem::size_of::<f32>()).sum()
+        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * std::mem::size_of::<half::f16>()).sum()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::Hyper;
@@ -57,9 +59,10 @@ pub(super) struct NativeLlama {
     pub sin: Vec<f32>,
 }
 
-/// Keys and values of one sequence: per layer, `len × kv_dim` floats each.
+/// Keys and values of one sequence: per layer, `len × kv_dim` values each, in f16 like
+/// llama.cpp's default cache (half the memory and half the bytes attention reads).
 pub struct NativeCache {
-    pub(super) layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub(super) layers: Vec<(Vec<f16>, Vec<f16>)>,
     pub(super) len: usize,
     kv_dim: usize,
 }
@@ -102,6 +105,12 @@ fn rms_norm_rows(out: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
             *o = v * scale * w;
         }
     }
+}
+
+fn append_f16(to: &mut Vec<f16>, from: &[f32]) {
+    let at = to.len();
+    to.resize(at + from.len(), f16::ZERO);
+    to[at..].convert_from_f32_slice(from);
 }
 
 fn silu(x: f32) -> f32 {
@@ -159,8 +168,8 @@ impl NativeLlama {
             }
             for (row, &(i, _)) in qkv.chunks_exact(width).zip(&rows) {
                 let (k, v) = &mut batch[i].cache.layers[l];
-                k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
-                v.extend_from_slice(&row[q_dim + kv_dim..]);
+                append_f16(k, &row[q_dim..q_dim + kv_dim]);
+                append_f16(v, &row[q_dim + kv_dim..]);
             }
             let attn = self.attention(l, batch, &rows, &qkv);
             let o = layer.wo.matmul(&attn, n);
@@ -197,7 +206,8 @@ impl NativeLlama {
     }
 
     /// Causal attention of every row of the batch over its own sequence's cache (which already
-    /// holds this step's keys and values). Grouped-query: query head h reads KV head h / group.
+    /// holds this step's keys and values). Grouped-query: query heads `g·group..(g + 1)·group`
+    /// read KV head g, in one pass over it.
     fn attention(&self, l: usize, batch: &[BatchItem<'_>], rows: &[(usize, usize)], qkv: &[f32]) -> Vec<f32> {
         let hp = &self.hp;
         let (hd, kv_dim, q_dim) = (hp.head_dim, self.kv_dim(), hp.n_heads * hp.head_dim);
@@ -206,22 +216,23 @@ impl NativeLlama {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; rows.len() * q_dim];
         let isa = Isa::detect();
-        let one_row = |r: usize, out: &mut [f32]| {
+        // Work item i: row i / n_kv_heads, KV head i % n_kv_heads; its output is contiguous.
+        let one_item = |i: usize, out: &mut [f32]| {
+            let (r, kv_head) = (i / hp.n_kv_heads, i % hp.n_kv_heads);
             let (item, pos) = rows[r];
             let (keys, values) = &batch[item].cache.layers[l];
-            let q = &qkv[r * width..r * width + q_dim];
-            let mut scores = vec![0f32; pos + 1];
-            for head in 0..hp.n_heads {
-                let cache = HeadCache { keys, values, stride: kv_dim, offset: (head / group) * hd };
-                attend(isa, &q[head * hd..(head + 1) * hd], cache, pos + 1, scale, &mut scores, &mut out[head * hd..(head + 1) * hd]);
-            }
+            let first_q = r * width + kv_head * group * hd;
+            let queries = &qkv[first_q..first_q + group * hd];
+            let mut scores = vec![0f32; group * (pos + 1)];
+            let cache = HeadCache { keys, values, stride: kv_dim, offset: kv_head * hd };
+            attend(isa, queries, hd, cache, pos + 1, scale, &mut scores, out);
         };
-        // Parallel over rows only when there is enough work to pay for waking threads.
+        // Parallel only when there is enough work to pay for waking threads.
         let work: usize = rows.iter().map(|&(_, pos)| pos + 1).sum::<usize>() * hp.n_heads * hd;
-        if rows.len() > 1 && work > 1 << 16 {
-            out.par_chunks_mut(q_dim).enumerate().for_each(|(r, o)| one_row(r, o));
+        if rows.len() * hp.n_kv_heads > 1 && work > 1 << 16 {
+            out.par_chunks_mut(group * hd).enumerate().for_each(|(i, o)| one_item(i, o));
         } else {
-            out.chunks_mut(q_dim).enumerate().for_each(|(r, o)| one_row(r, o));
+            out.chunks_mut(group * hd).enumerate().for_each(|(i, o)| one_item(i, o));
         }
         out
     }
