@@ -122,6 +122,19 @@ fn q6k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
     }
 }
 
+/// A block's scale or offset as stored: f16, as GGUF stores them, so Q4_0, Q4_1 and Q8_0 keep
+/// theirs exactly. Q4_K's products of two scales and Q6_K's requantized ones round (relative
+/// error 2⁻¹¹, far below their 4- or 6-bit steps). Half the bytes of f32: decode streams every
+/// weight once per token, and the scales were a quarter of a 4-bit matrix.
+fn to_f16(v: f32) -> Result<f16, String> {
+    let h = f16::from_f32(v);
+    if h.is_finite() {
+        Ok(h)
+    } else {
+        Err(format!("block scale {v} is outside the f16 range"))
+    }
+}
+
 /// A zeroed buffer of `n` values. On Linux it asks for transparent huge pages before the first
 /// write: the repacked model is ~100 MB, and with 4 KiB pages every one of them costs a fault
 /// while loading.
@@ -148,8 +161,8 @@ pub struct QuantMatrix {
     pub format: WeightFormat,
     pub rows: usize,
     pub cols: usize,
-    d: Vec<f32>,
-    m: Vec<f32>,
+    d: Vec<f16>,
+    m: Vec<f16>,
     codes: Vec<u8>,
 }
 
@@ -190,8 +203,8 @@ impl QuantMatrix {
         let has_m = width == CodeWidth::Four;
         // Rows interleaved in groups (see RowGroup); a last partial group is padded with rows of
         // scale 0, whose outputs are 0 whatever their codes, and dropped.
-        let mut d = zeroed::<f32>(slots);
-        let mut m = zeroed::<f32>(if has_m { slots } else { 0 });
+        let mut d = zeroed::<f16>(slots);
+        let mut m = zeroed::<f16>(if has_m { slots } else { 0 });
         let mut codes = zeroed::<u8>(slots * cb);
         // Row r's GGUF bytes.
         let source = |mut r: usize| -> Option<&[u8]> {
@@ -204,12 +217,12 @@ impl QuantMatrix {
             None
         };
         let group_len = GROUP * bpr;
-        let mut m_chunks: Vec<&mut [f32]> = if has_m { m.chunks_mut(group_len).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        let mut m_chunks: Vec<&mut [f16]> = if has_m { m.chunks_mut(group_len).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
         d.par_chunks_mut(group_len)
             .zip(codes.par_chunks_mut(group_len * cb))
             .zip(m_chunks.par_iter_mut())
             .enumerate()
-            .for_each(|(g, ((d, codes), m))| {
+            .try_for_each(|(g, ((d, codes), m))| {
                 let mut unpacked = [0u8; BLOCK];
                 for r in 0..GROUP {
                     let Some(row) = source(g * GROUP + r) else { continue };
@@ -225,14 +238,15 @@ impl QuantMatrix {
                                 let at = code_position(width, r, 4 * c).0;
                                 block_codes[at..at + 4].copy_from_slice(bytes);
                             }
-                            d[slot] = scale;
+                            d[slot] = to_f16(scale)?;
                             if has_m {
-                                m[slot] = offset;
+                                m[slot] = to_f16(offset)?;
                             }
                         }
                     }
                 }
-            });
+                Ok::<(), String>(())
+            })?;
         drop(m_chunks);
         Ok(Self { format, rows, cols, d, m, codes })
     }
@@ -294,8 +308,8 @@ impl QuantMatrix {
         for (block, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
             let slot = (group * bpr + block) * GROUP;
             let codes = &self.codes[slot * cb..(slot + GROUP) * cb];
-            let d = self.d[slot + lane];
-            let m = if width == CodeWidth::Four { self.m[slot + lane] } else { 0.0 };
+            let d = self.d[slot + lane].to_f32();
+            let m = if width == CodeWidth::Four { self.m[slot + lane].to_f32() } else { 0.0 };
             for (j, o) in dst.iter_mut().enumerate() {
                 let (at, high) = code_position(width, lane, j);
                 *o = match width {
@@ -424,15 +438,21 @@ mod tests {
             let q = qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &candle_core::Device::Cpu).unwrap();
             let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let ours = m.dequantize();
-            if format != WeightFormat::Q6K {
-                assert_eq!(ours, theirs, "{format:?}: repacking is exact");
-                continue;
-            }
-            // Q6_K is requantized to 8 bits per 32 values: within half a step of the block's scale.
+            // Q4_0, Q4_1 and Q8_0 keep their f16 scales: exact. Q4_K's products of two scales
+            // round to f16 (2⁻¹¹ of each term). Q6_K is requantized to 8 bits per 32 values:
+            // within half a step of the block's scale.
+            let (bound, rounding) = match format {
+                WeightFormat::Q4K => (0.0, 1.0 / 512.0),
+                WeightFormat::Q6K => (1.0 / 254.0, 1.0 / 1024.0),
+                _ => {
+                    assert_eq!(ours, theirs, "{format:?}: repacking is exact");
+                    continue;
+                }
+            };
             for (block, (o, t)) in ours.chunks(BLOCK).zip(theirs.chunks(BLOCK)).enumerate() {
                 let amax = t.iter().fold(0f32, |a, v| a.max(v.abs()));
                 for (i, (a, b)) in o.iter().zip(t).enumerate() {
-                    assert!((a - b).abs() <= amax / 254.0 * 1.001 + 1e-9, "Q6K block {block} value {i}: {a} vs {b}");
+                    assert!((a - b).abs() <= amax * (bound + rounding) + 1e-9, "{format:?} block {block} value {i}: {a} vs {b}");
                 }
             }
         }

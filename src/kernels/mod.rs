@@ -1,7 +1,7 @@
 //! Our own quantized CPU kernels, used where candle's are slow (its Q4_1 path is scalar, and its
 //! Q8_0 path leaves most of the machine idle on small models).
 //!
-//! Weights are repacked at load with f32 scales, per block of 32: Q4_0 and Q4_1 become 4-bit
+//! Weights are repacked at load with f16 scales, per block of 32: Q4_0 and Q4_1 become 4-bit
 //! codes with `w = code·d + m` (Q4_0's `m` is `−8d`), Q8_0 becomes bytes biased by 128 with
 //! `w = (code − 128)·d`. Activations are quantized per block to i8 with a scale and their sum,
 //! so a block's product is `d_w·d_x·Σ code·q_x + m_w·d_x·Σ q_x`: integer dot products and one
