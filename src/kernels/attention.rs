@@ -6,6 +6,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::elementwise::exp_in_place;
 use super::Isa;
 
 /// Where one KV head's keys and values sit in a cache laid out `position × stride`.
@@ -17,12 +18,15 @@ pub struct HeadCache<'a> {
     pub stride: usize,
     /// This head's first value within a position.
     pub offset: usize,
+    /// Values per head per position.
+    pub head_dim: usize,
 }
 
-/// For each query head `h` in `queries` (heads of `head_dim` side by side, all reading this KV
+/// For each query head `h` in `queries` (heads of `cache.head_dim` side by side, all reading this KV
 /// head): `out_h = Σ_j softmax_j(scale · q_h·k_j) · v_j` over positions `0..positions`.
 /// `scores` is scratch space of at least `heads × positions` floats.
-pub fn attend(isa: Isa, queries: &[f32], head_dim: usize, cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend(isa: Isa, queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let head_dim = cache.head_dim;
     assert!(head_dim > 0 && queries.len() % head_dim == 0 && out.len() == queries.len(), "attention shapes");
     assert!(scores.len() >= queries.len() / head_dim * positions, "attention scratch");
     let end = positions.checked_sub(1).map_or(0, |last| last * cache.stride + cache.offset + head_dim);
@@ -33,26 +37,29 @@ pub fn attend(isa: Isa, queries: &[f32], head_dim: usize, cache: HeadCache<'_>, 
             debug_assert!(Isa::available().contains(&isa));
             // SAFETY: every SIMD Isa implies AVX2, FMA and F16C (Isa::available checks them);
             // the body is safe code.
-            unsafe { attend_avx2(queries, head_dim, cache, positions, scale, scores, out) }
+            unsafe { attend_avx2(queries, cache, positions, scale, scores, out) }
         }
-        _ => attend_body::<Portable>(queries, head_dim, cache, positions, scale, scores, out),
+        _ => attend_body::<Portable>(queries, cache, positions, scale, scores, out),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(queries: &[f32], head_dim: usize, cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    attend_body::<F16c>(queries, head_dim, cache, positions, scale, scores, out)
+unsafe fn attend_avx2(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    attend_body::<F16c>(queries, cache, positions, scale, scores, out)
 }
 
-/// How cached f16 rows become f32 (a trait rather than a closure so that it inlines).
+/// How cached f16 rows become f32 (a trait rather than a closure so that it inlines), and the
+/// path for the softmax's exponentials.
 trait Widen {
+    const ISA: Isa;
     fn widen(from: &[f16], to: &mut [f32]);
 }
 
 struct Portable;
 
 impl Widen for Portable {
+    const ISA: Isa = Isa::Portable;
     #[inline(always)]
     fn widen(from: &[f16], to: &mut [f32]) {
         from.convert_to_f32_slice(to)
@@ -64,6 +71,7 @@ struct F16c;
 
 #[cfg(target_arch = "x86_64")]
 impl Widen for F16c {
+    const ISA: Isa = Isa::Avx2;
     #[inline(always)]
     fn widen(from: &[f16], to: &mut [f32]) {
         // SAFETY: only instantiated inside attend_avx2, which runs where the CPU has F16C.
@@ -93,15 +101,8 @@ unsafe fn widen_f16c(from: &[f16], to: &mut [f32]) {
 }
 
 #[inline(always)]
-fn attend_body<W: Widen>(
-    queries: &[f32],
-    hd: usize,
-    cache: HeadCache<'_>,
-    positions: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_body<W: Widen>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let hd = cache.head_dim;
     let heads = queries.len() / hd;
     let at = |j: usize| j * cache.stride + cache.offset..j * cache.stride + cache.offset + hd;
     let mut row = vec![0f32; hd];
@@ -113,12 +114,9 @@ fn attend_body<W: Widen>(
     }
     for s in scores[..heads * positions].chunks_exact_mut(positions.max(1)) {
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut total = 0f32;
-        for v in s.iter_mut() {
-            *v = (*v - max).exp();
-            total += *v;
-        }
-        let inv = 1.0 / total;
+        s.iter_mut().for_each(|v| *v -= max);
+        exp_in_place(W::ISA, s);
+        let inv = 1.0 / s.iter().sum::<f32>();
         s.iter_mut().for_each(|v| *v *= inv);
     }
     out.fill(0.0);
@@ -176,8 +174,8 @@ mod tests {
             }
             for isa in Isa::available() {
                 let (mut scores, mut out) = (vec![0f32; heads * positions], vec![0f32; heads * hd]);
-                let cache = HeadCache { keys: &keys, values: &values, stride, offset };
-                attend(isa, &queries, hd, cache, positions, scale, &mut scores, &mut out);
+                let cache = HeadCache { keys: &keys, values: &values, stride, offset, head_dim: hd };
+                attend(isa, &queries, cache, positions, scale, &mut scores, &mut out);
                 for (c, (got, want)) in out.iter().zip(&want).enumerate() {
                     assert!((*got as f64 - want).abs() < 1e-5, "{isa:?} hd {hd} value {c}: {got} vs {want}");
                 }

@@ -15,6 +15,7 @@
 pub mod activations;
 pub mod attention;
 pub mod dot;
+pub mod elementwise;
 pub mod matrix;
 
 pub use activations::QuantizedActivations;

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::Hyper;
 use crate::kernels::attention::{attend, HeadCache};
+use crate::kernels::elementwise::silu_mul;
 use crate::kernels::{Isa, QuantMatrix, QuantizedActivations};
 
 pub(super) struct NativeLayer {
@@ -113,10 +114,6 @@ fn append_f16(to: &mut Vec<f16>, from: &[f32]) {
     to[at..].convert_from_f32_slice(from);
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 impl NativeLlama {
     fn kv_dim(&self) -> usize {
         self.hp.n_kv_heads * self.hp.head_dim
@@ -177,13 +174,11 @@ impl NativeLlama {
 
             rms_norm_rows(&mut h, &x, &layer.ffn_norm, eps);
             let gate_up = layer.gate_up.matmul(&h, n);
-            let act: Vec<f32> = gate_up
-                .chunks_exact(2 * hp.ffn_dim)
-                .flat_map(|row| {
-                    let (g, u) = row.split_at(hp.ffn_dim);
-                    g.iter().zip(u).map(|(g, u)| silu(*g) * u)
-                })
-                .collect();
+            let mut act = vec![0f32; n * hp.ffn_dim];
+            for (row, out) in gate_up.chunks_exact(2 * hp.ffn_dim).zip(act.chunks_exact_mut(hp.ffn_dim)) {
+                let (gate, up) = row.split_at(hp.ffn_dim);
+                silu_mul(Isa::detect(), gate, up, out);
+            }
             let down = layer.down.matmul(&act, n);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
@@ -224,8 +219,8 @@ impl NativeLlama {
             let first_q = r * width + kv_head * group * hd;
             let queries = &qkv[first_q..first_q + group * hd];
             let mut scores = vec![0f32; group * (pos + 1)];
-            let cache = HeadCache { keys, values, stride: kv_dim, offset: kv_head * hd };
-            attend(isa, queries, hd, cache, pos + 1, scale, &mut scores, out);
+            let cache = HeadCache { keys, values, stride: kv_dim, offset: kv_head * hd, head_dim: hd };
+            attend(isa, queries, cache, pos + 1, scale, &mut scores, out);
         };
         // Parallel only when there is enough work to pay for waking threads.
         let work: usize = rows.iter().map(|&(_, pos)| pos + 1).sum::<usize>() * hp.n_heads * hd;
