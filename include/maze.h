@@ -443,6 +443,12 @@ typedef struct maze_generate_params {
    */
   const struct maze_constraint *const *constraints;
   size_t n_constraints;
+  /**
+   * Keep generating past the model's end-of-generation tokens until max_tokens (fixed-length
+   * output, benchmarks); the end tokens stay in the output. A constrained request still stops
+   * where its grammar ends. Default false.
+   */
+  bool ignore_eos;
 } maze_generate_params;
 
 /**

@@ -138,3 +138,19 @@ fn the_native_forward_pass_agrees_with_candles_on_the_real_model() {
     // Where the top two are nearly tied, that noise can swap them, not more.
     assert!(c.worst_relative_gap < 0.08 && c.argmax_in_top3 == c.steps && c.same_argmax + 1 >= c.steps, "{c:?}");
 }
+
+#[test]
+fn ignore_eos_generates_past_the_end_token() {
+    let prompt = Prompt::Chat(vec![ChatMessage::new("user", "Say hi.")]);
+    let greedy = |ignore_eos| GenerateOptions { max_tokens: 60, sampling: SamplingParams::greedy(), ignore_eos, ..Default::default() };
+    let stopped = engine().new_session().generate(&prompt, &greedy(false)).unwrap();
+    assert_eq!(stopped.finish_reason, FinishReason::Stop, "{stopped:?}");
+    assert!(stopped.tokens.len() < 60);
+    let kept_going = engine().new_session().generate(&prompt, &greedy(true)).unwrap();
+    assert_eq!(kept_going.finish_reason, FinishReason::Length);
+    assert_eq!(kept_going.tokens.len(), 60);
+    // The same text up to the end token, which stays in the output, and more after it.
+    let n = stopped.tokens.len();
+    assert_eq!(kept_going.tokens[..n], stopped.tokens[..]);
+    assert!(engine().tokenizer().is_end_of_generation(kept_going.tokens[n]), "{:?}", kept_going.tokens);
+}

@@ -221,6 +221,21 @@ fn cancel_and_timeout_end_remote_generations_promptly() {
 }
 
 /// Raw HTTP to a server: (status, headers+body text).
+#[test]
+fn ignore_eos_crosses_both_protocols() {
+    let prompt = chat("What is the capital of France? Answer in one word.");
+    let short = local_engine().new_session().generate(&prompt, &greedy(40)).unwrap();
+    assert_eq!(short.finish_reason, FinishReason::Stop, "the answer ends before 40 tokens: {short:?}");
+    let opts = GenerateOptions { ignore_eos: true, ..greedy(40) };
+    let local = local_engine().new_session().generate(&prompt, &opts).unwrap();
+    assert_eq!((local.finish_reason, local.stats.generated_tokens), (FinishReason::Length, 40));
+    for protocol in [Protocol::Maze, Protocol::OpenAi] {
+        let r = RemoteEngine::connect(config(protocol)).unwrap().new_session().generate(&prompt, &opts).unwrap();
+        assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Length, 40), "{protocol:?}");
+        assert_eq!(r.text, local.text, "{protocol:?}");
+    }
+}
+
 fn http(url: &str, request: &str) -> (u16, String) {
     let addr = url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).unwrap();

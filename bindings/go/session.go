@@ -50,6 +50,10 @@ type GenerateParams struct {
 	Timeout time.Duration
 	// Logprobs records each generated token's log-probability in Result.Logprobs.
 	Logprobs bool
+	// IgnoreEOS keeps generating past the model's end-of-generation tokens until MaxTokens
+	// (fixed-length output, benchmarks); the end tokens stay in the output. A constrained
+	// request still stops where its grammar ends.
+	IgnoreEOS bool
 }
 
 // DefaultGenerateParams returns the library's defaults: llama.cpp's sampling defaults, 256
@@ -69,6 +73,7 @@ func DefaultGenerateParams() GenerateParams {
 		Seed:              uint64(d.seed),
 		Timeout:           time.Duration(d.timeout_ms) * time.Millisecond,
 		Logprobs:          bool(d.logprobs),
+		IgnoreEOS:         bool(d.ignore_eos),
 	}
 }
 
@@ -337,6 +342,7 @@ func (m *cMemory) generateParams(ctx context.Context, p *GenerateParams) (*C.maz
 	c.presence_penalty = C.float(p.PresencePenalty)
 	c.seed = C.uint64_t(p.Seed)
 	c.logprobs = C.bool(p.Logprobs)
+	c.ignore_eos = C.bool(p.IgnoreEOS)
 	c.stop, c.n_stop = m.strs(p.Stop)
 
 	if p.Timeout < 0 {

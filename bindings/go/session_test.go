@@ -47,6 +47,20 @@ func TestChat(t *testing.T) {
 		t.Errorf("no constraints must mean satisfied: %s", res.ValidationJSON)
 	}
 
+	// IgnoreEOS: the one-word answer's end token no longer stops it; MaxTokens does.
+	long := greedy(48)
+	long.IgnoreEOS = true
+	past, err := newSession(t, sharedEngine(t)).Generate(t.Context(), Request{
+		Messages: []Message{{Role: "user", Content: "What is the capital of France? Answer in one word."}},
+		Params:   long,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if past.FinishReason != FinishLength || len(past.Tokens) != 48 || !strings.HasPrefix(past.Text, res.Text) {
+		t.Errorf("IgnoreEOS: finish %s after %d tokens, text %q", past.FinishReason, len(past.Tokens), past.Text)
+	}
+
 	// The session remembers the conversation: a follow-up reuses the cached prefix.
 	next, err := s.Generate(t.Context(), Request{
 		Messages: []Message{

@@ -40,11 +40,23 @@ pub struct GenerateOptions {
     pub logprobs: bool,
     /// Constraints the output must obey, all at once (see [`crate::constraint`]).
     pub constraints: Vec<Constraint>,
+    /// Keep generating past the model's end-of-generation tokens until `max_tokens` (fixed-length
+    /// output, benchmarks). The end tokens are kept in the output. A constrained request still
+    /// stops where its grammar ends.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), timeout: None, logprobs: false, constraints: Vec::new() }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            timeout: None,
+            logprobs: false,
+            constraints: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -108,6 +120,7 @@ impl Session {
             max_tokens: opts.max_tokens,
             stop: opts.stop.clone(),
             logprobs: opts.logprobs,
+            ignore_eos: opts.ignore_eos,
             constraints,
             control: control.clone(),
             events,

@@ -46,6 +46,8 @@ pub(crate) struct Job {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub logprobs: bool,
+    /// Generate past end-of-generation tokens (ignored when constrained).
+    pub ignore_eos: bool,
     pub constraints: Vec<Arc<CompiledConstraint>>,
     pub control: Arc<Control>,
     pub events: Sender<Event>,
@@ -403,7 +405,7 @@ fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
             };
             let id = a.sampler.sample(choose_from, &seq.tokens);
             a.first_token.get_or_insert_with(Instant::now);
-            if tokenizer.is_end_of_generation(id) {
+            if tokenizer.is_end_of_generation(id) && (constrained || !a.job.ignore_eos) {
                 return Some(Plan::Finished(FinishReason::Stop, None));
             }
             let logprob = a.job.logprobs.then(|| log_prob(logits, id));

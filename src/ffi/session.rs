@@ -72,6 +72,10 @@ pub struct maze_generate_params {
     /// 0). See maze_result_validation_json for how each fared.
     pub constraints: *const *const maze_constraint,
     pub n_constraints: usize,
+    /// Keep generating past the model's end-of-generation tokens until max_tokens (fixed-length
+    /// output, benchmarks); the end tokens stay in the output. A constrained request still stops
+    /// where its grammar ends. Default false.
+    pub ignore_eos: bool,
 }
 
 /// Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
@@ -97,6 +101,7 @@ pub extern "C" fn maze_generate_params_default() -> maze_generate_params {
         logprobs: false,
         constraints: std::ptr::null(),
         n_constraints: 0,
+        ignore_eos: o.ignore_eos,
     }
 }
 
@@ -135,6 +140,7 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
             .map(|(i, &c)| Ok(arg_ref(c, &format!("params.constraints[{i}]"))?.constraints.clone()))
             .collect::<FfiResult<Vec<_>>>()?
             .concat(),
+        ignore_eos: p.ignore_eos,
     })
 }
 

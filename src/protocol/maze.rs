@@ -38,6 +38,8 @@ pub struct GenerateRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub logprobs: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
     /// Server-sent events: `data: {"text": ...}` per piece, then `event: result`.
@@ -53,6 +55,7 @@ impl GenerateRequest {
             stop: opts.stop.clone(),
             timeout_ms: opts.timeout.map(|t| t.as_millis().max(1) as u64),
             logprobs: opts.logprobs,
+            ignore_eos: opts.ignore_eos,
             constraints: opts.constraints.clone(),
             stream,
             ..Self::default()
@@ -81,6 +84,7 @@ impl GenerateRequest {
             timeout: self.timeout_ms.filter(|&ms| ms > 0).map(Duration::from_millis),
             logprobs: self.logprobs,
             constraints: self.constraints,
+            ignore_eos: self.ignore_eos,
         };
         Ok((prompt, opts))
     }

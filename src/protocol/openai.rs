@@ -100,6 +100,9 @@ pub struct CommonFields {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// vLLM's extension: generate past end-of-sequence tokens until the token limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<OneOrMany>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

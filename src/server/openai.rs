@@ -79,6 +79,7 @@ fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOpt
         timeout: None,
         logprobs: false,
         constraints: f.constraints()?,
+        ignore_eos: f.ignore_eos,
     })
 }
 

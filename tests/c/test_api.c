@@ -694,6 +694,21 @@ static void test_chat_and_tokens(maze_engine *engine) {
     CHECK(st == MAZE_STATUS_OK && maze_result_cached_tokens(r) > 10, "second turn cached %u", maze_result_cached_tokens(r));
     maze_result_free(r);
 
+    /* ignore_eos: the model's end token no longer stops generation; max_tokens does. */
+    maze_chat_message hi[] = {{maze_str("user"), maze_str("Say hi.")}};
+    p.max_tokens = 48;
+    r = NULL;
+    st = maze_session_chat(s, hi, 1, &p, NULL, NULL, &r, NULL);
+    if (!tiny) CHECK(st == MAZE_STATUS_OK && maze_result_finish_reason(r) == MAZE_FINISH_REASON_STOP && maze_result_generated_tokens(r) < 48, "a short answer stops at the end token (%u tokens)", maze_result_generated_tokens(r));
+    maze_result_free(r);
+    p.ignore_eos = true;
+    r = NULL;
+    st = maze_session_chat(s, hi, 1, &p, NULL, NULL, &r, NULL);
+    CHECK(st == MAZE_STATUS_OK && maze_result_finish_reason(r) == MAZE_FINISH_REASON_LENGTH && maze_result_generated_tokens(r) == 48, "ignore_eos runs to max_tokens (%u tokens)", maze_result_generated_tokens(r));
+    maze_result_free(r);
+    p.ignore_eos = false;
+    p.max_tokens = 16;
+
     /* From token ids. */
     uint32_t toks[64];
     size_t n = 0;

@@ -543,6 +543,10 @@ pub const GenerateOptions = struct {
     timeout_ms: u32 = 0,
     /// Record each token's log-probability (Result.logprobs).
     logprobs: bool = false,
+    /// Keep generating past the model's end-of-generation tokens until max_tokens (fixed-length
+    /// output, benchmarks); the end tokens stay in the output. A constrained request still stops
+    /// where its grammar ends.
+    ignore_eos: bool = false,
     /// Constraints as values, compiled for this call through the engine's cache.
     constraints: []const Constraint = &.{},
     /// Sets compiled beforehand with Engine.compile.
@@ -710,6 +714,7 @@ pub const Session = struct {
         if (options.seed) |v| params.seed = v;
         params.timeout_ms = options.timeout_ms;
         params.logprobs = options.logprobs;
+        params.ignore_eos = options.ignore_eos;
 
         const stop = try allocator.alloc(String, options.stop.len);
         defer allocator.free(stop);

@@ -87,6 +87,17 @@ test "chat" {
     try testing.expect(r.failure == null);
     try testing.expect(std.mem.indexOf(u8, r.provenance_json, "\"seed\"") != null);
 
+    // ignore_eos: the one-word answer's end token no longer stops it; max_tokens does.
+    var other = try e.session(null);
+    defer other.deinit();
+    var long = greedy(32);
+    long.ignore_eos = true;
+    var past = try other.generate(testing.allocator, .{ .messages = &.{.{ .role = "user", .content = "What is the capital of France? Answer in one word." }} }, long);
+    defer past.deinit();
+    try testing.expectEqual(maze.FinishReason.length, past.finish_reason);
+    try testing.expectEqual(@as(usize, 32), past.tokens.len);
+    try testing.expect(std.mem.startsWith(u8, past.text, r.text));
+
     // The follow-up reuses the cached conversation.
     var next = try s.generate(testing.allocator, .{ .messages = &.{
         .{ .role = "user", .content = "What is the capital of France? Answer in one word." },

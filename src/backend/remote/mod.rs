@@ -398,6 +398,8 @@ impl Inner {
                     frequency_penalty: (s.frequency_penalty != 0.0).then_some(s.frequency_penalty),
                     presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
                     seed: s.seed,
+                    // Sent only when set: vLLM takes it, strict OpenAI servers refuse unknown fields.
+                    ignore_eos: opts.ignore_eos,
                     stop: (!opts.stop.is_empty()).then(|| OneOrMany::Many(opts.stop.clone())),
                     stream: true,
                     stream_options: Some(json!({"include_usage": true})),
