@@ -208,33 +208,41 @@ fn rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `sessions` sessions generating at once on one engine: generated tokens per second of wall
-/// time, from the first request to the last result (short prompts, so decode dominates).
+/// Aggregate speed of `sessions` sessions generating at once on one engine, each exactly
+/// `gen_tokens` tokens (end tokens ignored) from its own 32-token prompt, as medians:
+/// (decode tokens/s from the moment every session has its first token to the last token,
+/// end-to-end tokens/s from the first request to the last result, prefill included).
 fn bench_concurrent(engine: &Engine, base: &[u32], args: &Args, sessions: usize) -> (f64, f64) {
-    let mut rates = Vec::new();
-    let mut totals = Vec::new();
+    let (mut decode, mut end_to_end) = (Vec::new(), Vec::new());
     for run in 0..=args.runs {
         let start = Instant::now();
-        let generated: usize = std::thread::scope(|scope| {
+        // Per session: (generated tokens, its first token, its last token).
+        let spans: Vec<(usize, Instant, Instant)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..sessions)
                 .map(|k| {
-                    // A different 32-token prompt per session: no session copies another's.
+                    // A different prompt per session: no session copies another's.
                     let prompt: Vec<u32> = base.iter().cycle().skip(k).take(32).copied().collect();
                     scope.spawn(move || {
                         let sampling = SamplingParams { temperature: 0.7, seed: Some(k as u64 + 1), ..Default::default() };
-                        let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ..Default::default() };
-                        engine.new_session().generate(&Prompt::Tokens(prompt), &opts).expect("generate").stats.generated_tokens
+                        let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
+                        let asked = Instant::now();
+                        let r = engine.new_session().generate(&Prompt::Tokens(prompt), &opts).expect("generate");
+                        (r.stats.generated_tokens, asked + r.stats.time_to_first_token, asked + r.stats.total_time)
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("session thread")).sum()
+            handles.into_iter().map(|h| h.join().expect("session thread")).collect()
         });
         if run > 0 {
-            rates.push(generated as f64 / start.elapsed().as_secs_f64());
-            totals.push(generated as f64);
+            let all_started = spans.iter().map(|s| s.1).max().expect("sessions");
+            let last = spans.iter().map(|s| s.2).max().expect("sessions");
+            let after_first: usize = spans.iter().map(|s| s.0.saturating_sub(1)).sum();
+            let generated: usize = spans.iter().map(|s| s.0).sum();
+            decode.push(after_first as f64 / (last - all_started).as_secs_f64());
+            end_to_end.push(generated as f64 / (last - start).as_secs_f64());
         }
     }
-    (median(rates), median(totals))
+    (median(decode), median(end_to_end))
 }
 
 /// Time to first token (ms) of a session with a long prompt computed from scratch, and of a
@@ -281,8 +289,8 @@ fn main() {
         let engine = load_or_exit(&config);
         let base = base_prompt(&engine);
         for &n in counts {
-            let (rate, total) = bench_concurrent(&engine, &base, &args, n);
-            println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
+            let (decode, end_to_end) = bench_concurrent(&engine, &base, &args, n);
+            println!("concurrent   {n} sessions: decode {decode:.1} tokens/s aggregate, end to end {end_to_end:.1} (median of {})", args.runs);
         }
         return;
     }
@@ -304,11 +312,12 @@ fn main() {
     loads.remove(0);
     let engine = engine.expect("loaded");
 
-    // A prompt of exactly `prompt_tokens` tokens and up to `gen_tokens` generated tokens (an end
-    // token can stop a run early: the median generated count is reported beside the speed).
+    // A prompt of exactly `prompt_tokens` tokens and exactly `gen_tokens` generated tokens, like
+    // llama-bench's pp and tg tests.
     let base = base_prompt(&engine);
     let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
-    let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling: SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() }, ..Default::default() };
+    let sampling = SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() };
+    let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let mut generated = Vec::new();
@@ -327,8 +336,8 @@ fn main() {
     let concurrent: Vec<(usize, f64, f64)> = [1, 4, 8]
         .into_iter()
         .map(|n| {
-            let (rate, total) = bench_concurrent(&engine, &base, &args, n);
-            (n, rate, total)
+            let (decode, end_to_end) = bench_concurrent(&engine, &base, &args, n);
+            (n, decode, end_to_end)
         })
         .collect();
     let opening: Vec<u32> = base.iter().cycle().take(4 * args.prompt_tokens).copied().collect();
@@ -346,8 +355,8 @@ fn main() {
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
     println!("memory       RSS {rss_before:.0} MiB before load, {rss_loaded:.0} MiB after the first load, {rss_after_runs:.0} MiB after the runs");
-    for (n, rate, total) in &concurrent {
-        println!("concurrent   {n} sessions: {rate:.1} generated tokens/s aggregate ({total:.0} tokens, median of {})", args.runs);
+    for (n, decode, end_to_end) in &concurrent {
+        println!("concurrent   {n} sessions: decode {decode:.1} tokens/s aggregate, end to end {end_to_end:.1} (median of {})", args.runs);
     }
     println!("shared       {}-token opening: first token after {ttft_cold:.1} ms computed, {ttft_shared:.1} ms copied from a live session", opening.len());
     println!("compute      {}", engine.info().compute);
@@ -381,7 +390,7 @@ fn main() {
         let single = concurrent.first().map(|c| c.1).unwrap_or(0.0);
         let concurrency_rows: String = concurrent
             .iter()
-            .map(|(n, rate, total)| format!("| {n} | {rate:.1} | {:.2}× | {total:.0} |\n", rate / single.max(1e-9)))
+            .map(|(n, decode, end_to_end)| format!("| {n} | {decode:.1} | {:.2}× | {end_to_end:.1} |\n", decode / single.max(1e-9)))
             .collect();
         let doc = format!(
             "# Benchmarks\n\n\
@@ -402,10 +411,12 @@ fn main() {
              | resident memory after loading | {rss_loaded:.0} MiB |\n\
              | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n\
              ## Concurrent sessions\n\n\
-             Several sessions generating {gt} tokens each from a different 32-token prompt each (none copies another's prefix) on one engine; the model worker \
-             batches every active session into one forward pass per step. Aggregate = all generated tokens / wall \
-             time from the first request to the last result (prefill included).\n\n\
-             | sessions | aggregate tokens/s | vs 1 session | tokens generated |\n|---|---|---|---|\n{concurrency_rows}\n\
+             Several sessions on one engine, each generating exactly {gt} tokens (`ignore_eos`) from its own \
+             32-token prompt (none copies another's prefix); the model worker batches every active session into \
+             one forward pass per step. Aggregate decode = tokens after each session's first / time from the \
+             moment every session has its first token (all prompts computed) to the last token. End to end = \
+             all generated tokens / time from the first request to the last result (prefill included).\n\n\
+             | sessions | aggregate decode tokens/s | vs 1 session | end to end tokens/s |\n|---|---|---|---|\n{concurrency_rows}\n\
              Target (issue 8): 8 sessions ≥ 3× the single-session aggregate.\n\n\
              ## Shared prompt prefix\n\n\
              A second session whose {ol}-token prompt opens like a live session's copies those keys and values \
