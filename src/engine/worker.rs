@@ -234,18 +234,24 @@ impl Worker {
     fn step_all(&mut self) {
         let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
         let mut budget = PREFILL_CHUNK;
-        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(self.active.len());
-        for active in self.active.iter_mut() {
-            let session = active.job.session;
-            let plan = match self.sequences.get_mut(&session) {
-                Some(seq) => self.pool.install(|| catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, &mut budget)))),
-                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
-            };
-            plans.push(plan.unwrap_or_else(|payload| {
-                self.sequences.remove(&session);
-                Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
-            }));
-        }
+        let (actives, sequences) = (&mut self.active, &mut self.sequences);
+        // One hand-over to the pool for every request's plan (each costs a thread wake-up).
+        let mut plans: Vec<Option<Plan>> = self.pool.install(|| {
+            actives
+                .iter_mut()
+                .map(|active| {
+                    let session = active.job.session;
+                    let planned = match sequences.get_mut(&session) {
+                        Some(seq) => catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, &mut budget))),
+                        None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
+                    };
+                    planned.unwrap_or_else(|payload| {
+                        sequences.remove(&session);
+                        Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
+                    })
+                })
+                .collect()
+        });
 
         let computing: Vec<usize> = (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
         if !computing.is_empty() {
