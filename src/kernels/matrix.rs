@@ -330,15 +330,36 @@ impl QuantMatrix {
 
     /// As [`Self::matmul`], with activations already quantized and the instruction set chosen.
     pub fn matmul_quantized(&self, acts: &QuantizedActivations, isa: Isa) -> Vec<f32> {
+        let mut out = vec![0f32; acts.tokens * self.rows];
+        let mut rows: Vec<&mut [f32]> = if self.rows == 0 { Vec::new() } else { out.chunks_exact_mut(self.rows).collect() };
+        self.matmul_into(acts, isa, &mut rows);
+        out
+    }
+
+    /// As [`Self::matmul_quantized`], writing token t's `rows` outputs into `outs[t]` (each
+    /// exactly `rows` long, anywhere: the side-by-side parts of a wider row, or a vector per
+    /// sequence), so no result is copied afterwards.
+    pub fn matmul_into(&self, acts: &QuantizedActivations, isa: Isa, outs: &mut [&mut [f32]]) {
         assert_eq!(acts.blocks_per_row, self.blocks_per_row(), "input shape");
         let tokens = acts.tokens;
+        assert!(outs.len() == tokens && outs.iter().all(|o| o.len() == self.rows), "output shape");
+        if self.rows == 0 || tokens == 0 {
+            return;
+        }
         // Few, large tasks: each costs a wake-up; enough of them to balance the threads.
         let threads = rayon::current_num_threads().max(1);
         let tile = self.rows.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(GROUP).max(2 * GROUP);
-        // `tile` is a multiple of GROUP, so tiles start on group boundaries.
+        // tiles[i][t]: token t's outputs for rows i·tile.. (`tile` is a multiple of GROUP, so
+        // tiles start on group boundaries).
+        let mut tiles: Vec<Vec<&mut [f32]>> = (0..self.rows.div_ceil(tile)).map(|_| Vec::with_capacity(tokens)).collect();
+        for row in outs.iter_mut() {
+            for (i, part) in row.chunks_mut(tile).enumerate() {
+                tiles[i].push(part);
+            }
+        }
         let per_call = max_tokens_per_call(isa);
-        let tile_rows = |start: usize, out: &mut [f32], stride: usize| {
-            let end = (start + tile).min(self.rows);
+        tiles.into_par_iter().enumerate().for_each(|(i, mut outs)| {
+            let (start, end) = (i * tile, ((i + 1) * tile).min(self.rows));
             let mut lanes = vec![[0f32; GROUP]; per_call];
             for r in (start..end).step_by(GROUP) {
                 let n = (end - r).min(GROUP);
@@ -346,35 +367,12 @@ impl QuantMatrix {
                 for t0 in (0..tokens).step_by(per_call) {
                     let nt = per_call.min(tokens - t0);
                     group_dot(isa, group, acts, t0, &mut lanes[..nt]);
-                    for (k, rows) in lanes[..nt].iter().enumerate() {
-                        let at = (t0 + k) * stride + (r - start);
-                        out[at..at + n].copy_from_slice(&rows[..n]);
+                    for (out, rows) in outs[t0..t0 + nt].iter_mut().zip(&lanes) {
+                        out[r - start..r - start + n].copy_from_slice(&rows[..n]);
                     }
                 }
             }
-        };
-        if tokens == 1 {
-            let mut out = vec![0f32; self.rows];
-            out.par_chunks_mut(tile).enumerate().for_each(|(i, chunk)| tile_rows(i * tile, chunk, 0));
-            return out;
-        }
-        let chunks: Vec<Vec<f32>> = (0..self.rows.div_ceil(tile))
-            .into_par_iter()
-            .map(|i| {
-                let n = tile.min(self.rows - i * tile);
-                let mut local = vec![0f32; n * tokens];
-                tile_rows(i * tile, &mut local, n);
-                local
-            })
-            .collect();
-        let mut out = vec![0f32; tokens * self.rows];
-        for (i, local) in chunks.iter().enumerate() {
-            let n = local.len() / tokens;
-            for t in 0..tokens {
-                out[t * self.rows + i * tile..t * self.rows + i * tile + n].copy_from_slice(&local[t * n..(t + 1) * n]);
-            }
-        }
-        out
+        });
     }
 }
 

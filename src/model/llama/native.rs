@@ -37,12 +37,13 @@ impl SideBySide {
             return only.matmul(x, tokens);
         }
         let acts = QuantizedActivations::quantize(x, self.0[0].cols);
-        let outs: Vec<Vec<f32>> = self.0.iter().map(|m| m.matmul_quantized(&acts, Isa::detect())).collect();
-        let mut joined = Vec::with_capacity(outs.iter().map(Vec::len).sum());
-        for t in 0..tokens {
-            for (m, out) in self.0.iter().zip(&outs) {
-                joined.extend_from_slice(&out[t * m.rows..(t + 1) * m.rows]);
-            }
+        let width: usize = self.0.iter().map(|m| m.rows).sum();
+        let mut joined = vec![0f32; tokens * width];
+        let mut at = 0;
+        for m in &self.0 {
+            let mut outs: Vec<&mut [f32]> = joined.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
+            m.matmul_into(&acts, Isa::detect(), &mut outs);
+            at += m.rows;
         }
         joined
     }
@@ -196,8 +197,10 @@ impl NativeLlama {
             .collect();
         let mut last = vec![0f32; last_rows.len()];
         rms_norm_rows(&mut last, &last_rows, &self.output_norm, eps);
-        let logits = self.output.matmul(&last, batch.len());
-        Some(logits.chunks_exact(self.output.rows).map(<[f32]>::to_vec).collect())
+        let mut logits: Vec<Vec<f32>> = batch.iter().map(|_| vec![0f32; self.output.rows]).collect();
+        let mut outs: Vec<&mut [f32]> = logits.iter_mut().map(Vec::as_mut_slice).collect();
+        self.output.matmul_into(&QuantizedActivations::quantize(&last, dim), Isa::detect(), &mut outs);
+        Some(logits)
     }
 
     /// Causal attention of every row of the batch over its own sequence's cache (which already
