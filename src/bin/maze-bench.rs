@@ -6,6 +6,7 @@
 //!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G]
 //!              [--llama-bench PATH] [--write FILE]
 //!   maze-bench --model MODEL.gguf --sessions-only 1,8   (only the concurrent measure, for profiling)
+//!   maze-bench --model MODEL.gguf --load-only           (only the load time, for profiling)
 
 use std::time::Instant;
 
@@ -22,10 +23,12 @@ struct Args {
     write: Option<String>,
     /// Only the concurrent-sessions measure, with these session counts (for profiling).
     sessions_only: Option<Vec<usize>>,
+    /// Only the load time (for profiling).
+    load_only: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None };
+    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None, load_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -41,6 +44,7 @@ fn parse() -> Result<Args, String> {
                 let list = value()?.split(',').map(|n| n.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
                 a.sessions_only = Some(list.map_err(|e| format!("--sessions-only: {e}"))?);
             }
+            "--load-only" => a.load_only = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -280,7 +284,7 @@ fn load_or_exit(config: &EngineConfig) -> Engine {
 
 fn main() {
     let args = parse().unwrap_or_else(|e| {
-        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE] [--sessions-only N,M,...]");
+        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE] [--sessions-only N,M,...] [--load-only]");
         std::process::exit(2);
     });
     // No retired prefixes: every measured session computes its whole prompt.
@@ -310,6 +314,10 @@ fn main() {
         engine = Some(e);
     }
     loads.remove(0);
+    if args.load_only {
+        println!("load         {:.0} ms (median of {}, page cache warm)", median(loads), args.runs);
+        return;
+    }
     let engine = engine.expect("loaded");
 
     // A prompt of exactly `prompt_tokens` tokens and exactly `gen_tokens` generated tokens, like

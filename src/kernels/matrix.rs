@@ -51,22 +51,24 @@ impl WeightFormat {
         }
     }
 
-    /// Kernel block `k` of GGUF block `b`: its codes into `dst`, and its (d, m).
-    fn unpack(self, b: &[u8], k: usize, dst: &mut [u8]) -> (f32, f32) {
-        let half = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
-        match self {
+    /// Kernel block `k` of GGUF block `b`: its codes into `dst`, and its (d, m) as stored
+    /// (Q4_1's and Q8_0's f16 bits are taken as they are: no conversion).
+    fn unpack(self, b: &[u8], k: usize, dst: &mut [u8]) -> Result<(f16, f16), String> {
+        let raw = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
+        let half = |at: usize| raw(at).to_f32();
+        Ok(match self {
             WeightFormat::Q4_0 => {
                 dst.copy_from_slice(&b[2..18]);
-                (half(0), -8.0 * half(0))
+                (raw(0), to_f16(-8.0 * half(0))?)
             }
             WeightFormat::Q4_1 => {
                 dst.copy_from_slice(&b[4..20]);
-                (half(0), half(2))
+                (raw(0), raw(2))
             }
             // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
             WeightFormat::Q8_0 => {
                 dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80);
-                (half(0), 0.0)
+                (raw(0), f16::ZERO)
             }
             WeightFormat::Q4K => {
                 let (sc, mn) = q4k_scale_min(k, &b[4..16]);
@@ -76,7 +78,7 @@ impl WeightFormat {
                 for (i, c) in dst.iter_mut().enumerate() {
                     *c = code(i) | (code(i + 16) << 4);
                 }
-                (half(0) * sc as f32, -(half(2) * mn as f32))
+                (to_f16(half(0) * sc as f32)?, to_f16(-(half(2) * mn as f32))?)
             }
             WeightFormat::Q6K => {
                 let mut w = [0f32; BLOCK];
@@ -87,9 +89,9 @@ impl WeightFormat {
                 for (c, v) in dst.iter_mut().zip(w) {
                     *c = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
                 }
-                (scale, 0.0)
+                (to_f16(scale)?, f16::ZERO)
             }
-        }
+        })
     }
 }
 
@@ -230,7 +232,7 @@ impl QuantMatrix {
                         for k in 0..format.kernel_blocks() {
                             let block = gguf_block * format.kernel_blocks() + k;
                             let slot = block * GROUP + r;
-                            let (scale, offset) = format.unpack(b, k, &mut unpacked[..cb]);
+                            let (scale, offset) = format.unpack(b, k, &mut unpacked[..cb])?;
                             // Byte i of an unpacked block holds code i (and i + 16, 4-bit);
                             // four consecutive codes stay together.
                             let block_codes = &mut codes[block * GROUP * cb..(block + 1) * GROUP * cb];
@@ -238,9 +240,9 @@ impl QuantMatrix {
                                 let at = code_position(width, r, 4 * c).0;
                                 block_codes[at..at + 4].copy_from_slice(bytes);
                             }
-                            d[slot] = to_f16(scale)?;
+                            d[slot] = scale;
                             if has_m {
-                                m[slot] = to_f16(offset)?;
+                                m[slot] = offset;
                             }
                         }
                     }
