@@ -60,6 +60,28 @@ trait Widen {
     fn scores(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
         scores_by_rows::<Self>(queries, cache, positions, scale, scores)
     }
+
+    /// `out_h = Σ_j weights[h · positions + j] · v_j`.
+    #[inline(always)]
+    fn weighted_values(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+        weighted_values_by_rows::<Self>(weights, cache, positions, out)
+    }
+}
+
+/// [`Widen::weighted_values`] one position at a time, each value row widened once for every head.
+#[inline(always)]
+fn weighted_values_by_rows<W: Widen + ?Sized>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+    let hd = cache.head_dim;
+    let mut row = vec![0f32; hd];
+    out.fill(0.0);
+    for j in 0..positions {
+        let at = j * cache.stride + cache.offset;
+        W::widen(&cache.values[at..at + hd], &mut row);
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            let w = weights[h * positions + j];
+            o.iter_mut().zip(&row).for_each(|(o, v)| *o += w * v);
+        }
+    }
 }
 
 /// [`Widen::scores`] one position at a time, each key widened once for every head.
@@ -106,6 +128,48 @@ impl Widen for F16c {
         // SAFETY: inside attend_avx2 (AVX2, FMA, F16C); attend checked the cache bounds, and the
         // head size is a multiple of eight.
         unsafe { scores_f16c(queries, cache, positions, scale, scores) }
+    }
+
+    #[inline(always)]
+    fn weighted_values(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+        if cache.head_dim % 64 != 0 {
+            return weighted_values_by_rows::<Self>(weights, cache, positions, out);
+        }
+        // SAFETY: inside attend_avx2 (AVX2, FMA, F16C); attend checked the cache bounds, and the
+        // head size is a multiple of 64.
+        unsafe { weighted_values_f16c(weights, cache, positions, out) }
+    }
+}
+
+/// [`Widen::weighted_values`] with the sums in registers: per head and 64 dimensions, eight
+/// accumulators take every position's widened values, instead of a round trip through memory
+/// per position.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `cache` holds `positions` rows; `cache.head_dim` is a multiple of 64.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_values_f16c(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = cache.head_dim;
+    for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+        let w = &weights[h * positions..(h + 1) * positions];
+        for (c, o64) in o.chunks_exact_mut(64).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &wj) in w.iter().enumerate() {
+                let at = j * cache.stride + cache.offset + 64 * c;
+                let v = &cache.values[at..at + 64];
+                let wj = _mm256_set1_ps(wj);
+                for (acc, v8) in acc.iter_mut().zip(v.chunks_exact(8)) {
+                    // SAFETY: eight values; unaligned load.
+                    *acc = _mm256_fmadd_ps(wj, unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v8.as_ptr().cast())) }, *acc);
+                }
+            }
+            for (acc, o8) in acc.iter().zip(o64.chunks_exact_mut(8)) {
+                // SAFETY: eight floats.
+                unsafe { _mm256_storeu_ps(o8.as_mut_ptr(), *acc) };
+            }
+        }
     }
 }
 
@@ -170,9 +234,7 @@ unsafe fn widen_f16c(from: &[f16], to: &mut [f32]) {
 fn attend_body<W: Widen>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let hd = cache.head_dim;
     let heads = queries.len() / hd;
-    let at = |j: usize| j * cache.stride + cache.offset..j * cache.stride + cache.offset + hd;
     W::scores(queries, cache, positions, scale, scores);
-    let mut row = vec![0f32; hd];
     for s in scores[..heads * positions].chunks_exact_mut(positions.max(1)) {
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         s.iter_mut().for_each(|v| *v -= max);
@@ -180,14 +242,7 @@ fn attend_body<W: Widen>(queries: &[f32], cache: HeadCache<'_>, positions: usize
         let inv = 1.0 / s.iter().sum::<f32>();
         s.iter_mut().for_each(|v| *v *= inv);
     }
-    out.fill(0.0);
-    for j in 0..positions {
-        W::widen(&cache.values[at(j)], &mut row);
-        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-            let w = scores[h * positions + j];
-            o.iter_mut().zip(&row).for_each(|(o, v)| *o += w * v);
-        }
-    }
+    W::weighted_values(scores, cache, positions, out);
 }
 
 /// Σ a·b with eight independent sums, so the compiler vectorizes it.
@@ -210,8 +265,9 @@ mod tests {
 
     #[test]
     fn every_path_matches_a_direct_softmax() {
-        // A head size with a tail after the last eight, and one grouped-query group of three.
-        for (hd, heads) in [(64, 3), (12, 2)] {
+        // Head sizes of one and two register blocks and one with a tail after the last eight;
+        // grouped-query groups of three and two.
+        for (hd, heads) in [(64, 3), (12, 2), (128, 2)] {
             let (kv_heads, positions) = (3, 37);
             let stride = hd * kv_heads;
             let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;

@@ -370,7 +370,12 @@ impl QuantMatrix {
                     let nt = per_call.min(tokens - t0);
                     group_dot(isa, group, acts, t0, &mut lanes[..nt]);
                     for (out, rows) in outs[t0..t0 + nt].iter_mut().zip(&lanes) {
-                        out[r - start..r - start + n].copy_from_slice(&rows[..n]);
+                        let out = &mut out[r - start..r - start + n];
+                        // A whole group as one fixed-size move, not a memcpy call.
+                        match <&mut [f32; GROUP]>::try_from(&mut *out) {
+                            Ok(whole) => *whole = *rows,
+                            Err(_) => out.copy_from_slice(&rows[..n]),
+                        }
                     }
                 }
             }
