@@ -10,6 +10,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use super::control::Control;
 use super::text::TextAssembler;
 use crate::constraint::{apply_mask, CompiledConstraint, ConstraintReport, ConstraintStats, Enforcer, Mask};
@@ -233,25 +235,39 @@ impl Worker {
     /// leave between steps.
     fn step_all(&mut self) {
         let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
-        let mut budget = PREFILL_CHUNK;
         let (actives, sequences) = (&mut self.active, &mut self.sequences);
+        let sessions: Vec<SessionId> = actives.iter().map(|a| a.job.session).collect();
         // One hand-over to the pool for every request's plan (each costs a thread wake-up).
-        let mut plans: Vec<Option<Plan>> = self.pool.install(|| {
-            actives
+        let planned: Vec<std::thread::Result<Option<Plan>>> = self.pool.install(|| {
+            let mut owned: HashMap<SessionId, &mut Sequence> = sequences.iter_mut().map(|(id, seq)| (*id, seq)).collect();
+            let mut work: Vec<(&mut Active, Option<&mut Sequence>)> = actives.iter_mut().map(|a| {
+                let seq = owned.remove(&a.job.session);
+                (a, seq)
+            }).collect();
+            let run = |(active, seq): &mut (&mut Active, Option<&mut Sequence>), budget: &mut usize| match seq {
+                Some(seq) => catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, budget))),
+                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
+            };
+            // Prefill chunks share the step's token budget, in order; decoding requests (sampling,
+            // stop checks, streaming) are independent of each other and plan in parallel.
+            let mut budget = PREFILL_CHUNK;
+            let mut out: Vec<Option<std::thread::Result<Option<Plan>>>> = work
                 .iter_mut()
-                .map(|active| {
-                    let session = active.job.session;
-                    let planned = match sequences.get_mut(&session) {
-                        Some(seq) => catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, &mut budget))),
-                        None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
-                    };
-                    planned.unwrap_or_else(|payload| {
-                        sequences.remove(&session);
-                        Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
-                    })
-                })
-                .collect()
+                .map(|w| matches!(w.0.phase, Phase::Prefill { .. }).then(|| run(w, &mut budget)))
+                .collect();
+            work.par_iter_mut().zip(out.par_iter_mut()).filter(|(_, o)| o.is_none()).for_each(|(w, o)| *o = Some(run(w, &mut 0)));
+            out.into_iter().map(|o| o.expect("every request planned")).collect()
         });
+        let mut plans: Vec<Option<Plan>> = planned
+            .into_iter()
+            .zip(sessions)
+            .map(|(planned, session)| {
+                planned.unwrap_or_else(|payload| {
+                    self.sequences.remove(&session);
+                    Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
+                })
+            })
+            .collect();
 
         let computing: Vec<usize> = (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
         if !computing.is_empty() {
