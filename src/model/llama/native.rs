@@ -199,7 +199,7 @@ impl NativeLlama {
         rms_norm_rows(&mut last, &last_rows, &self.output_norm, eps);
         let mut logits: Vec<Vec<f32>> = batch.iter().map(|_| vec![0f32; self.output.rows]).collect();
         let mut outs: Vec<&mut [f32]> = logits.iter_mut().map(Vec::as_mut_slice).collect();
-        self.output.matmul_into(&QuantizedActivations::quantize(&last, dim), Isa::detect(), &mut outs);
+        self.output.matmul_into(&QuantizedActivations::quantize(&last, self.output.cols), Isa::detect(), &mut outs);
         Some(logits)
     }
 
