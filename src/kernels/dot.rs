@@ -192,8 +192,10 @@ mod x86 {
                 for b in 0..bpr {
                     let codes = wc.add(b * CHUNKS * GROUP * CHUNK);
                     // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
-                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES + 64) as *const i8);
+                    // Every cache line of a block: two of 4-bit codes, four of 8-bit ones.
+                    for line in 0..CHUNKS * GROUP * CHUNK / 64 {
+                        _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES + 64 * line) as *const i8);
+                    }
                     _mm_prefetch::<_MM_HINT_T0>(wd.wrapping_add(b * GROUP + PREFETCH_BYTES / 4) as *const i8);
                     let mut sums = [_mm256_setzero_si256(); NT];
                     for c in 0..CHUNKS {
