@@ -275,6 +275,14 @@ fn base_prompt(engine: &Engine) -> Vec<u32> {
     engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize")
 }
 
+fn print_load(ms: f64, runs: usize) {
+    println!("load         {ms:.0} ms (median of {runs}, page cache warm)");
+}
+
+fn print_concurrent(sessions: usize, decode: f64, end_to_end: f64, runs: usize) {
+    println!("concurrent   {sessions} sessions: decode {decode:.1} tokens/s aggregate, end to end {end_to_end:.1} (median of {runs})");
+}
+
 fn load_or_exit(config: &EngineConfig) -> Engine {
     Engine::load(config, None).unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -294,7 +302,7 @@ fn main() {
         let base = base_prompt(&engine);
         for &n in counts {
             let (decode, end_to_end) = bench_concurrent(&engine, &base, &args, n);
-            println!("concurrent   {n} sessions: decode {decode:.1} tokens/s aggregate, end to end {end_to_end:.1} (median of {})", args.runs);
+            print_concurrent(n, decode, end_to_end, args.runs);
         }
         return;
     }
@@ -315,7 +323,7 @@ fn main() {
     }
     loads.remove(0);
     if args.load_only {
-        println!("load         {:.0} ms (median of {}, page cache warm)", median(loads), args.runs);
+        print_load(median(loads), args.runs);
         return;
     }
     let engine = engine.expect("loaded");
@@ -359,12 +367,12 @@ fn main() {
         .unwrap_or_else(|| "unknown CPU".into());
     let model_name = std::path::Path::new(&args.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     println!("model        {model_name}");
-    println!("load         {load_ms:.0} ms (median of {}, page cache warm)", args.runs);
+    print_load(load_ms, args.runs);
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
     println!("memory       RSS {rss_before:.0} MiB before load, {rss_loaded:.0} MiB after the first load, {rss_after_runs:.0} MiB after the runs");
     for (n, decode, end_to_end) in &concurrent {
-        println!("concurrent   {n} sessions: decode {decode:.1} tokens/s aggregate, end to end {end_to_end:.1} (median of {})", args.runs);
+        print_concurrent(*n, *decode, *end_to_end, args.runs);
     }
     println!("shared       {}-token opening: first token after {ttft_cold:.1} ms computed, {ttft_shared:.1} ms copied from a live session", opening.len());
     println!("compute      {}", engine.info().compute);

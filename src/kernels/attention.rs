@@ -1,7 +1,7 @@
 //! Query heads attending over cached keys and values: scores, softmax, weighted sum. The cache
 //! holds f16 (half the memory, and half the bytes every decode step reads: with several long
-//! sessions those reads rival the weights'). The heads of one grouped-query group share a pass
-//! over their KV head, so each cached row is widened once for all of them.
+//! sessions those reads rival the weights'). The heads of one grouped-query group are computed
+//! in one call over their KV head, so its rows come from memory once for all of them.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -22,6 +22,13 @@ pub struct HeadCache<'a> {
     pub head_dim: usize,
 }
 
+impl HeadCache<'_> {
+    /// Where position `j` of this head starts in `keys` and `values`.
+    fn start(&self, j: usize) -> usize {
+        j * self.stride + self.offset
+    }
+}
+
 /// For each query head `h` in `queries` (heads of `cache.head_dim` side by side, all reading this KV
 /// head): `out_h = Σ_j softmax_j(scale · q_h·k_j) · v_j` over positions `0..positions`.
 /// `scores` is scratch space of at least `heads × positions` floats.
@@ -29,7 +36,7 @@ pub fn attend(isa: Isa, queries: &[f32], cache: HeadCache<'_>, positions: usize,
     let head_dim = cache.head_dim;
     assert!(head_dim > 0 && queries.len() % head_dim == 0 && out.len() == queries.len(), "attention shapes");
     assert!(scores.len() >= queries.len() / head_dim * positions, "attention scratch");
-    let end = positions.checked_sub(1).map_or(0, |last| last * cache.stride + cache.offset + head_dim);
+    let end = positions.checked_sub(1).map_or(0, |last| cache.start(last) + head_dim);
     assert!(end <= cache.keys.len().min(cache.values.len()), "attention cache");
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -49,9 +56,10 @@ unsafe fn attend_avx2(queries: &[f32], cache: HeadCache<'_>, positions: usize, s
     attend_body::<F16c>(queries, cache, positions, scale, scores, out)
 }
 
-/// How cached f16 rows become f32 and how scores are computed (a trait rather than closures so
-/// that it inlines), and the path for the softmax's exponentials.
-trait Widen {
+/// One instruction-set path through attention: how cached f16 rows become f32, how scores and
+/// weighted values are computed, and which path the softmax's exponentials take (a trait
+/// rather than closures so that everything inlines into [`attend_avx2`]).
+trait AttendPath {
     const ISA: Isa;
     fn widen(from: &[f16], to: &mut [f32]);
 
@@ -68,14 +76,14 @@ trait Widen {
     }
 }
 
-/// [`Widen::weighted_values`] one position at a time, each value row widened once for every head.
+/// [`AttendPath::weighted_values`] one position at a time, each value row widened once for every head.
 #[inline(always)]
-fn weighted_values_by_rows<W: Widen + ?Sized>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+fn weighted_values_by_rows<W: AttendPath + ?Sized>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
     let hd = cache.head_dim;
     let mut row = vec![0f32; hd];
     out.fill(0.0);
     for j in 0..positions {
-        let at = j * cache.stride + cache.offset;
+        let at = cache.start(j);
         W::widen(&cache.values[at..at + hd], &mut row);
         for (h, o) in out.chunks_exact_mut(hd).enumerate() {
             let w = weights[h * positions + j];
@@ -84,13 +92,13 @@ fn weighted_values_by_rows<W: Widen + ?Sized>(weights: &[f32], cache: HeadCache<
     }
 }
 
-/// [`Widen::scores`] one position at a time, each key widened once for every head.
+/// [`AttendPath::scores`] one position at a time, each key widened once for every head.
 #[inline(always)]
-fn scores_by_rows<W: Widen + ?Sized>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
+fn scores_by_rows<W: AttendPath + ?Sized>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
     let hd = cache.head_dim;
     let mut row = vec![0f32; hd];
     for j in 0..positions {
-        let at = j * cache.stride + cache.offset;
+        let at = cache.start(j);
         W::widen(&cache.keys[at..at + hd], &mut row);
         for (h, q) in queries.chunks_exact(hd).enumerate() {
             scores[h * positions + j] = dot(q, &row) * scale;
@@ -100,7 +108,7 @@ fn scores_by_rows<W: Widen + ?Sized>(queries: &[f32], cache: HeadCache<'_>, posi
 
 struct Portable;
 
-impl Widen for Portable {
+impl AttendPath for Portable {
     const ISA: Isa = Isa::Portable;
     #[inline(always)]
     fn widen(from: &[f16], to: &mut [f32]) {
@@ -112,7 +120,7 @@ impl Widen for Portable {
 struct F16c;
 
 #[cfg(target_arch = "x86_64")]
-impl Widen for F16c {
+impl AttendPath for F16c {
     const ISA: Isa = Isa::Avx2;
     #[inline(always)]
     fn widen(from: &[f16], to: &mut [f32]) {
@@ -141,7 +149,7 @@ impl Widen for F16c {
     }
 }
 
-/// [`Widen::weighted_values`] with the sums in registers: per head and 64 dimensions, eight
+/// [`AttendPath::weighted_values`] with the sums in registers: per head and 64 dimensions, eight
 /// accumulators take every position's widened values, instead of a round trip through memory
 /// per position.
 ///
@@ -157,7 +165,7 @@ unsafe fn weighted_values_f16c(weights: &[f32], cache: HeadCache<'_>, positions:
         for (c, o64) in o.chunks_exact_mut(64).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for (j, &wj) in w.iter().enumerate() {
-                let at = j * cache.stride + cache.offset + 64 * c;
+                let at = cache.start(j) + 64 * c;
                 let v = &cache.values[at..at + 64];
                 let wj = _mm256_set1_ps(wj);
                 for (acc, v8) in acc.iter_mut().zip(v.chunks_exact(8)) {
@@ -173,7 +181,7 @@ unsafe fn weighted_values_f16c(weights: &[f32], cache: HeadCache<'_>, positions:
     }
 }
 
-/// [`Widen::scores`] eight positions at a time: each position's products stay in its own vector
+/// [`AttendPath::scores`] eight positions at a time: each position's products stay in its own vector
 /// and the eight vectors are summed across in one tree of `vhaddps`, instead of one serial
 /// horizontal sum per score.
 ///
@@ -189,7 +197,7 @@ unsafe fn scores_f16c(queries: &[f32], cache: HeadCache<'_>, positions: usize, s
         for (block, out) in out.chunks_mut(8).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for (p, acc) in acc.iter_mut().enumerate().take(out.len()) {
-                let at = (8 * block + p) * cache.stride + cache.offset;
+                let at = cache.start(8 * block + p);
                 let key = &cache.keys[at..at + hd];
                 for (q8, k8) in q.chunks_exact(8).zip(key.chunks_exact(8)) {
                     // SAFETY: eight values each; unaligned loads.
@@ -231,7 +239,7 @@ unsafe fn widen_f16c(from: &[f16], to: &mut [f32]) {
 }
 
 #[inline(always)]
-fn attend_body<W: Widen>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_body<W: AttendPath>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let hd = cache.head_dim;
     let heads = queries.len() / hd;
     W::scores(queries, cache, positions, scale, scores);

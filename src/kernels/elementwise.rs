@@ -65,49 +65,60 @@ pub(super) mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_in_place_avx2(xs: &mut [f32]) {
-        let mut chunks = xs.chunks_exact_mut(8);
-        for c in &mut chunks {
-            // SAFETY: c holds exactly eight values.
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr()))) };
+    /// Eight values from `at` (zeros past the end, so the last few values go through the same
+    /// lanes and a value's result never depends on where it sits).
+    ///
+    /// # Safety
+    /// AVX2; inlines into the `target_feature` functions below.
+    #[inline(always)]
+    unsafe fn load8(xs: &[f32], at: usize) -> __m256 {
+        if let Some(whole) = xs.get(at..at + 8) {
+            // SAFETY: eight floats.
+            return unsafe { _mm256_loadu_ps(whole.as_ptr()) };
         }
-        exp_tail(chunks.into_remainder());
+        let mut lanes = [0f32; 8];
+        let take = (xs.len() - at).min(8);
+        lanes[..take].copy_from_slice(&xs[at..at + take]);
+        // SAFETY: eight floats.
+        unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
     }
 
-    /// The last few values through the same polynomial, so that results never depend on
-    /// where a value sits.
-    #[target_feature(enable = "avx2,fma")]
-    fn exp_tail(xs: &mut [f32]) {
+    /// The first `min(8, len − at)` lanes of `v` into `xs[at..]`.
+    ///
+    /// # Safety
+    /// AVX2; inlines into the `target_feature` functions below.
+    #[inline(always)]
+    unsafe fn store8(xs: &mut [f32], at: usize, v: __m256) {
+        if let Some(whole) = xs.get_mut(at..at + 8) {
+            // SAFETY: eight floats.
+            return unsafe { _mm256_storeu_ps(whole.as_mut_ptr(), v) };
+        }
         let mut lanes = [0f32; 8];
-        lanes[..xs.len()].copy_from_slice(xs);
-        // SAFETY: AVX2 and FMA are enabled here; `lanes` holds eight values.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(_mm256_loadu_ps(lanes.as_ptr()))) };
-        xs.copy_from_slice(&lanes[..xs.len()]);
+        // SAFETY: eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        let take = (xs.len() - at).min(8);
+        xs[at..at + take].copy_from_slice(&lanes[..take]);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_in_place_avx2(xs: &mut [f32]) {
+        for at in (0..xs.len()).step_by(8) {
+            // SAFETY: AVX2 and FMA are enabled here.
+            unsafe { store8(xs, at, exp8(load8(xs, at))) };
+        }
     }
 
     /// # Safety
     /// The CPU must have AVX2 and FMA, and the three slices the same length.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
-        let n = out.len();
-        let mut i = 0;
-        let (mut g8, mut u8) = ([0f32; 8], [0f32; 8]);
-        while i < n {
-            let take = (n - i).min(8);
-            g8[..take].copy_from_slice(&gate[i..i + take]);
-            u8[..take].copy_from_slice(&up[i..i + take]);
-            // SAFETY: eight-value stack arrays; AVX2 and FMA are enabled here.
-            let o = unsafe {
-                let g = _mm256_loadu_ps(g8.as_ptr());
+        for at in (0..out.len()).step_by(8) {
+            // SAFETY: AVX2 and FMA are enabled here; the slices are as long as `out`.
+            unsafe {
+                let g = load8(gate, at);
                 let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-                _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), _mm256_loadu_ps(u8.as_ptr()))
-            };
-            let mut o8 = [0f32; 8];
-            // SAFETY: as above.
-            unsafe { _mm256_storeu_ps(o8.as_mut_ptr(), o) };
-            out[i..i + take].copy_from_slice(&o8[..take]);
-            i += take;
+                store8(out, at, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), load8(up, at)));
+            }
         }
     }
 }

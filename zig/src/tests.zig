@@ -71,12 +71,13 @@ test "tokenize, detokenize and the chat template" {
 }
 
 test "chat" {
+    const question: maze.Message = .{ .role = "user", .content = "What is the capital of France? Answer in one word." };
     const e = try engine();
     var s = try e.session(null);
     defer s.deinit();
     var opts = greedy(32);
     opts.logprobs = true;
-    var r = try s.generate(testing.allocator, .{ .messages = &.{.{ .role = "user", .content = "What is the capital of France? Answer in one word." }} }, opts);
+    var r = try s.generate(testing.allocator, .{ .messages = &.{question} }, opts);
     defer r.deinit();
     try testing.expect(std.mem.indexOf(u8, r.text, "Paris") != null);
     try testing.expectEqual(maze.FinishReason.stop, r.finish_reason);
@@ -92,7 +93,7 @@ test "chat" {
     defer other.deinit();
     var long = greedy(32);
     long.ignore_eos = true;
-    var past = try other.generate(testing.allocator, .{ .messages = &.{.{ .role = "user", .content = "What is the capital of France? Answer in one word." }} }, long);
+    var past = try other.generate(testing.allocator, .{ .messages = &.{question} }, long);
     defer past.deinit();
     try testing.expectEqual(maze.FinishReason.length, past.finish_reason);
     try testing.expectEqual(@as(usize, 32), past.tokens.len);
@@ -100,7 +101,7 @@ test "chat" {
 
     // The follow-up reuses the cached conversation.
     var next = try s.generate(testing.allocator, .{ .messages = &.{
-        .{ .role = "user", .content = "What is the capital of France? Answer in one word." },
+        question,
         .{ .role = "assistant", .content = r.text },
         .{ .role = "user", .content = "And of Italy?" },
     } }, greedy(12));
