@@ -67,10 +67,10 @@ pub struct RowGroup<'a> {
 pub fn max_tokens_per_call(isa: Isa) -> usize {
     match isa {
         Isa::Portable => 1,
-        // 16 vector registers: two expanded chunks, the tokens' integer and float sums.
-        Isa::Avx2 => 4,
-        // AVX-512VL addresses 32 vector registers.
-        Isa::Avx512Vnni => 8,
+        // Eight integer sums and two expanded chunks fill AVX2's 16 registers; the float sums
+        // live in memory, touched once per block. Measured against four per call: 5-8% faster
+        // (Q4_1 and Q8_0, eight tokens).
+        Isa::Avx2 | Isa::Avx512Vnni => 8,
     }
 }
 
@@ -152,6 +152,17 @@ mod x86 {
         }
     }
 
+    /// `$v`, as a value the compiler cannot see into (a macro: the asm needs the caller's AVX
+    /// feature). Integer adds reassociate, so without this LLVM hoists every product of a
+    /// block ahead of the sums and spills them to the stack.
+    macro_rules! in_register {
+        ($v:expr) => {{
+            let mut v: __m256i = $v;
+            std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack, preserves_flags));
+            v
+        }};
+    }
+
     /// Four activation codes from `at`, in every lane.
     #[inline(always)]
     unsafe fn slice(at: *const i8) -> __m256i {
@@ -206,7 +217,7 @@ mod x86 {
                         for k in 0..NT {
                             let $x = xq[k].add(b * BLOCK + c * CHUNK);
                             let $sum = sums[k];
-                            sums[k] = $step;
+                            sums[k] = in_register!($step);
                         }
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * GROUP) as *const __m128i));
