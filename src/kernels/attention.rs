@@ -9,23 +9,20 @@ use half::slice::HalfFloatSliceExt;
 use super::elementwise::exp_in_place;
 use super::Isa;
 
-/// Where one KV head's keys and values sit in a cache laid out `position × stride`.
+/// One KV head's keys and values, `head_dim` per position, positions one after another (read
+/// sequentially: a head's rows interleaved with other heads' are a stride the hardware
+/// prefetcher follows poorly).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadCache<'a> {
     pub keys: &'a [f16],
     pub values: &'a [f16],
-    /// Values per position (all KV heads).
-    pub stride: usize,
-    /// This head's first value within a position.
-    pub offset: usize,
-    /// Values per head per position.
     pub head_dim: usize,
 }
 
 impl HeadCache<'_> {
-    /// Where position `j` of this head starts in `keys` and `values`.
+    /// Where position `j` starts in `keys` and `values`.
     fn start(&self, j: usize) -> usize {
-        j * self.stride + self.offset
+        j * self.head_dim
     }
 }
 
@@ -196,12 +193,18 @@ unsafe fn scores_f16c(queries: &[f32], cache: HeadCache<'_>, positions: usize, s
         let out = &mut scores[h * positions..(h + 1) * positions];
         for (block, out) in out.chunks_mut(8).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
-            for (p, acc) in acc.iter_mut().enumerate().take(out.len()) {
-                let at = cache.start(8 * block + p);
-                let key = &cache.keys[at..at + hd];
-                for (q8, k8) in q.chunks_exact(8).zip(key.chunks_exact(8)) {
-                    // SAFETY: eight values each; unaligned loads.
-                    let (q8, k8) = unsafe { (_mm256_loadu_ps(q8.as_ptr()), _mm256_cvtph_ps(_mm_loadu_si128(k8.as_ptr().cast()))) };
+            let keys: [&[f16]; 8] = std::array::from_fn(|p| {
+                let at = cache.start(8 * block + p.min(out.len() - 1));
+                &cache.keys[at..at + hd]
+            });
+            // Dimensions outer, positions inner: eight independent chains of FMAs rather than
+            // one chain per position waiting on each multiply-add's latency. (A last partial
+            // block repeats its last position; those lanes are dropped.)
+            for (c, q8) in q.chunks_exact(8).enumerate() {
+                // SAFETY: eight values each; unaligned loads.
+                let q8 = unsafe { _mm256_loadu_ps(q8.as_ptr()) };
+                for (acc, key) in acc.iter_mut().zip(keys) {
+                    let k8 = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(key[8 * c..8 * c + 8].as_ptr().cast())) };
                     *acc = _mm256_fmadd_ps(q8, k8, *acc);
                 }
             }
@@ -276,17 +279,15 @@ mod tests {
         // Head sizes of one and two register blocks and one with a tail after the last eight;
         // grouped-query groups of three and two.
         for (hd, heads) in [(64, 3), (12, 2), (128, 2)] {
-            let (kv_heads, positions) = (3, 37);
-            let stride = hd * kv_heads;
+            let positions = 37;
             let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
-            let keys: Vec<f16> = (0..positions * stride).map(|i| f16::from_f32(val(i))).collect();
-            let values: Vec<f16> = (0..positions * stride).map(|i| f16::from_f32(val(i + 13))).collect();
+            let keys: Vec<f16> = (0..positions * hd).map(|i| f16::from_f32(val(i))).collect();
+            let values: Vec<f16> = (0..positions * hd).map(|i| f16::from_f32(val(i + 13))).collect();
             let queries: Vec<f32> = (0..heads * hd).map(|i| val(i + 101)).collect();
-            let offset = hd; // the second KV head
             let scale = 0.125;
             let mut want = vec![0f64; heads * hd];
             for (q, want) in queries.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
-                let at = |j: usize, c: usize| j * stride + offset + c;
+                let at = |j: usize, c: usize| j * hd + c;
                 let logits: Vec<f64> = (0..positions)
                     .map(|j| (0..hd).map(|c| q[c] as f64 * keys[at(j, c)].to_f64()).sum::<f64>() * scale as f64)
                     .collect();
@@ -299,7 +300,7 @@ mod tests {
             }
             for isa in Isa::available() {
                 let (mut scores, mut out) = (vec![0f32; heads * positions], vec![0f32; heads * hd]);
-                let cache = HeadCache { keys: &keys, values: &values, stride, offset, head_dim: hd };
+                let cache = HeadCache { keys: &keys, values: &values, head_dim: hd };
                 attend(isa, &queries, cache, positions, scale, &mut scores, &mut out);
                 for (c, (got, want)) in out.iter().zip(&want).enumerate() {
                     assert!((*got as f64 - want).abs() < 1e-5, "{isa:?} hd {hd} value {c}: {got} vs {want}");

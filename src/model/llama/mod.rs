@@ -436,7 +436,7 @@ impl SequenceCache for NativeCache {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * std::mem::size_of::<half::f16>()).sum()
+        NativeCache::memory_bytes(self)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -451,7 +451,7 @@ impl LanguageModel for Llama {
 
     fn new_cache(&self) -> Box<dyn SequenceCache> {
         match &self.imp {
-            Implementation::Native(m) => Box::new(NativeCache::new(m.hp.n_layers, m.hp.n_kv_heads * m.hp.head_dim)),
+            Implementation::Native(m) => Box::new(NativeCache::new(m.hp.n_layers, m.hp.n_kv_heads, m.hp.head_dim)),
             Implementation::Tensors(m) => Box::new(LlamaCache { layers: vec![None; m.hp.n_layers], len: 0 }),
         }
     }
