@@ -6,7 +6,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::elementwise::exp_in_place;
+use super::elementwise::{dot, exp_in_place};
 use super::Isa;
 
 /// One KV head's keys and values, `head_dim` per position, positions one after another (read
@@ -254,20 +254,6 @@ fn attend_body<W: AttendPath>(queries: &[f32], cache: HeadCache<'_>, positions: 
         s.iter_mut().for_each(|v| *v *= inv);
     }
     W::weighted_values(scores, cache, positions, out);
-}
-
-/// Σ a·b with eight independent sums, so the compiler vectorizes it.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::Hyper;
 use crate::kernels::attention::{attend, HeadCache};
-use crate::kernels::elementwise::silu_mul;
+use crate::kernels::elementwise::{dot, rotate_pairs, silu_mul};
 use crate::kernels::{Isa, QuantMatrix, QuantizedActivations};
 
 pub(super) struct NativeLayer {
@@ -121,7 +121,7 @@ pub struct BatchItem<'a> {
 /// RMS norm of each row of `from` (rows as long as `weight`) into the same row of `out`.
 fn rms_norm_rows(out: &mut [f32], from: &[f32], weight: &[f32], eps: f32) {
     for (out, from) in out.chunks_exact_mut(weight.len()).zip(from.chunks_exact(weight.len())) {
-        let mean = from.iter().map(|v| v * v).sum::<f32>() / from.len() as f32;
+        let mean = dot(from, from) / from.len() as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, v), w) in out.iter_mut().zip(from).zip(weight) {
             *o = v * scale * w;
@@ -146,11 +146,7 @@ impl NativeLlama {
         let half = self.hp.head_dim / 2;
         let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
         for head in x.chunks_exact_mut(self.hp.head_dim) {
-            for i in 0..half {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos[i] - b * sin[i];
-                head[2 * i + 1] = a * sin[i] + b * cos[i];
-            }
+            rotate_pairs(Isa::detect(), head, cos, sin);
         }
     }
 
