@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -43,8 +44,10 @@ const END_OF_GENERATION_TEXTS: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>"
 pub struct Tokenizer {
     /// Splits special-token text in the input into special tokens.
     parsing: tokenizers::Tokenizer,
-    /// Treats special-token text as ordinary text.
-    literal: tokenizers::Tokenizer,
+    /// Treats special-token text as ordinary text. A copy of `parsing` with one flag changed,
+    /// made on first use: copying a 49k-token BPE costs ~15 ms, on the critical path of a
+    /// model's load, and prompts never need it (only untrusted text and forced strings do).
+    literal: OnceLock<tokenizers::Tokenizer>,
     pieces: Vec<Vec<u8>>,
     texts: Vec<String>,
     special: Vec<bool>,
@@ -326,8 +329,6 @@ impl Tokenizer {
     }
 
     fn assemble(parsing: tokenizers::Tokenizer, pieces: Vec<Vec<u8>>, vocab: &Vocab, strip_leading_space: bool) -> Self {
-        let mut literal = parsing.clone();
-        literal.set_encode_special_tokens(true);
         let special: Vec<bool> = vocab.types.iter().map(|&t| t == token_type::CONTROL).collect();
         let special_texts = vocab
             .texts
@@ -338,7 +339,7 @@ impl Tokenizer {
             .collect();
         let mut tok = Self {
             parsing,
-            literal,
+            literal: OnceLock::new(),
             pieces,
             texts: vocab.texts.clone(),
             special,
@@ -424,11 +425,19 @@ impl Tokenizer {
         self.pieces.get(id as usize).map(Vec::as_slice)
     }
 
+    fn literal(&self) -> &tokenizers::Tokenizer {
+        self.literal.get_or_init(|| {
+            let mut literal = self.parsing.clone();
+            literal.set_encode_special_tokens(true);
+            literal
+        })
+    }
+
     /// Encodes text. `add_special` adds BOS/EOS as the model wants them; `parse_special` lets
     /// special-token text in the input (e.g. `<|im_start|>`) become special tokens — leave it off
     /// for untrusted text.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let hf = if parse_special { &self.parsing } else { &self.literal };
+        let hf = if parse_special { &self.parsing } else { self.literal() };
         let starts_special = parse_special && self.special_texts.iter().any(|s| !s.is_empty() && text.starts_with(s.as_str()));
         let text: std::borrow::Cow<str> =
             if self.add_space_prefix && !text.is_empty() && !starts_special { format!(" {text}").into() } else { text.into() };
@@ -447,7 +456,7 @@ impl Tokenizer {
     /// Encodes a piece of text in the middle of a sequence: no BOS/EOS, no SentencePiece dummy
     /// prefix, special-token text kept literal. (Used for strings a grammar forces.)
     pub fn encode_fragment(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.literal.encode_fast(text, false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
+        let enc = self.literal().encode_fast(text, false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
