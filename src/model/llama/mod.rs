@@ -247,7 +247,7 @@ impl Llama {
         } else {
             None
         };
-        let (cos, sin) = rope_tables(head_dim, hp.rope_base, freq_factors.as_deref(), context_length, &device)?;
+        let inverse_frequencies = rope_inverse_frequencies(head_dim, hp.rope_base, freq_factors.as_deref())?;
         let name = file
             .opt_str("general.name")
             .map(str::to_string)
@@ -265,12 +265,12 @@ impl Llama {
         };
         if !opts.tensor_forward && device.is_cpu() {
             if let Some(native) = native_from_file(file, &hp, &names, total, progress)? {
-                let rope = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend);
-                let native = native::NativeLlama { cos: rope(&cos)?, sin: rope(&sin)?, ..native };
+                let native = native::NativeLlama { inverse_frequencies, ..native };
                 let info = info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
                 return Ok(Self { info, imp: Implementation::Native(native) });
             }
         }
+        let (cos, sin) = rope_tables(&inverse_frequencies, context_length, &device)?;
         let mut done = 0u64;
         let mut read = |file: &GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
             let t = file.tensor(name, &device)?;
@@ -601,7 +601,7 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], total: u64, p
     if !progress(1.0) {
         return Err(Error::load_cancelled());
     }
-    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, cos: Vec::new(), sin: Vec::new() }))
+    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, inverse_frequencies: Vec::new() }))
 }
 
 fn qmatmul(t: QTensor) -> Result<QMatMul> {
@@ -694,21 +694,27 @@ fn causal_mask(t: usize, pos: usize, device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(data, (t, kv), device)
 }
 
-fn rope_tables(head_dim: usize, base: f32, factors: Option<&[f32]>, ctx: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+/// RoPE's angle per position for each pair of a head's dimensions.
+fn rope_inverse_frequencies(head_dim: usize, base: f32, factors: Option<&[f32]>) -> Result<Vec<f32>> {
     let half = head_dim / 2;
     if let Some(f) = factors {
         if f.len() != half {
             return Err(Error::model_format(format!("rope_freqs has {} entries, expected {half}", f.len())));
         }
     }
-    let inv_freq: Vec<f32> = (0..half)
+    Ok((0..half)
         .map(|i| {
             let f = 1.0 / base.powf(2.0 * i as f32 / head_dim as f32);
             f / factors.map(|fs| fs[i]).unwrap_or(1.0)
         })
-        .collect();
+        .collect())
+}
+
+/// The candle path's cosine and sine tables, `ctx × head_dim / 2`.
+fn rope_tables(inv_freq: &[f32], ctx: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
     let build = || -> candle_core::Result<(Tensor, Tensor)> {
-        let inv = Tensor::from_vec(inv_freq.clone(), (1, half), device)?;
+        let inv = Tensor::from_vec(inv_freq.to_vec(), (1, half), device)?;
         let positions = Tensor::arange(0u32, ctx as u32, device)?.to_dtype(DType::F32)?.reshape((ctx, 1))?;
         let angles = positions.broadcast_mul(&inv)?;
         Ok((angles.cos()?, angles.sin()?))

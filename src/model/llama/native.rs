@@ -56,9 +56,10 @@ pub(super) struct NativeLlama {
     pub output: Arc<QuantMatrix>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<NativeLayer>,
-    /// RoPE tables, `context_length × head_dim / 2`.
-    pub cos: Vec<f32>,
-    pub sin: Vec<f32>,
+    /// RoPE's angle per position for each pair of a head's dimensions. The cosines and sines
+    /// are computed per step for its rows' positions (a few hundred values), not kept as
+    /// tables for the whole context (2 MiB at 8k positions, and ~10 ms of a model's load).
+    pub inverse_frequencies: Vec<f32>,
 }
 
 /// Keys and values of one sequence: per layer and KV head, `len × head_dim` values each, in f16
@@ -140,11 +141,15 @@ impl NativeLlama {
         self.hp.n_kv_heads * self.hp.head_dim
     }
 
-    /// Rotates the pairs (2i, 2i + 1) of each head in `x` for position `pos` (GGUF's Llama
-    /// rows are permuted for this interleaved form).
-    fn rope(&self, x: &mut [f32], pos: usize) {
-        let half = self.hp.head_dim / 2;
-        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+    /// The cosines and sines of position `pos`'s angles, `head_dim / 2` each (as the candle
+    /// path's tables compute them: the f32 product of position and frequency).
+    fn rope_angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        self.inverse_frequencies.iter().map(|f| (pos as f32 * f).sin_cos()).map(|(s, c)| (c, s)).unzip()
+    }
+
+    /// Rotates the pairs (2i, 2i + 1) of each head in `x` by the angles of one position (GGUF's
+    /// Llama rows are permuted for this interleaved form).
+    fn rope(&self, x: &mut [f32], (cos, sin): &(Vec<f32>, Vec<f32>)) {
         for head in x.chunks_exact_mut(self.hp.head_dim) {
             rotate_pairs(Isa::detect(), head, cos, sin);
         }
@@ -160,6 +165,7 @@ impl NativeLlama {
         let rows: Vec<(usize, usize)> =
             batch.iter().enumerate().flat_map(|(i, b)| (0..b.tokens.len()).map(move |t| (i, b.cache.len + t))).collect();
         let starts: Vec<usize> = batch.iter().map(|b| b.cache.len).collect();
+        let angles: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|&(_, pos)| self.rope_angles(pos)).collect();
 
         let mut x = vec![0f32; n * dim];
         for (row, &id) in x.chunks_exact_mut(dim).zip(batch.iter().flat_map(|b| b.tokens)) {
@@ -177,8 +183,8 @@ impl NativeLlama {
             rms_norm_rows(&mut h, &x, &layer.attn_norm, eps);
             let mut qkv = layer.qkv.matmul(&h, n);
             let width = q_dim + 2 * kv_dim;
-            for (row, &(_, pos)) in qkv.chunks_exact_mut(width).zip(&rows) {
-                self.rope(&mut row[..q_dim + kv_dim], pos);
+            for (row, angles) in qkv.chunks_exact_mut(width).zip(&angles) {
+                self.rope(&mut row[..q_dim + kv_dim], angles);
             }
             for (row, &(i, _)) in qkv.chunks_exact(width).zip(&rows) {
                 let (keys, values) = row[q_dim..].split_at(kv_dim);
