@@ -6,7 +6,7 @@
 //!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G]
 //!              [--llama-bench PATH] [--write FILE]
 //!   maze-bench --model MODEL.gguf --sessions-only 1,8   (only the concurrent measure, for profiling)
-//!   maze-bench --model MODEL.gguf --load-only           (only the load time, for profiling)
+//!   maze-bench --model MODEL.gguf --load-only           (only the load times, for profiling)
 
 use std::time::Instant;
 
@@ -25,10 +25,12 @@ struct Args {
     sessions_only: Option<Vec<usize>>,
     /// Only the load time (for profiling).
     load_only: bool,
+    /// Load once, print the milliseconds and exit (how the fresh-process measure runs itself).
+    one_load: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None, load_only: false };
+    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None, load_only: false, one_load: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -45,6 +47,7 @@ fn parse() -> Result<Args, String> {
                 a.sessions_only = Some(list.map_err(|e| format!("--sessions-only: {e}"))?);
             }
             "--load-only" => a.load_only = true,
+            "--one-load" => a.one_load = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -275,8 +278,27 @@ fn base_prompt(engine: &Engine) -> Vec<u32> {
     engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize")
 }
 
-fn print_load(ms: f64, runs: usize) {
-    println!("load         {ms:.0} ms (median of {runs}, page cache warm)");
+fn print_load(fresh: f64, again: f64, runs: usize) {
+    println!("load         {fresh:.0} ms in a fresh process, {again:.0} ms again in the same process (medians of {runs}, page cache warm)");
+}
+
+/// The load time of a fresh process (what an application pays): this program run `runs` times
+/// with `--one-load`, median.
+fn fresh_process_load(args: &Args) -> f64 {
+    let exe = std::env::current_exe().expect("own path");
+    let times = (0..args.runs)
+        .map(|_| {
+            let out = std::process::Command::new(&exe)
+                .args(["--model", &args.model, "--threads", &args.threads.to_string(), "--one-load"])
+                .output()
+                .expect("run maze-bench --one-load");
+            String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap_or_else(|_| {
+                eprintln!("error: maze-bench --one-load printed {:?}", String::from_utf8_lossy(&out.stderr));
+                std::process::exit(1);
+            })
+        })
+        .collect();
+    median(times)
 }
 
 fn print_concurrent(sessions: usize, decode: f64, end_to_end: f64, runs: usize) {
@@ -297,6 +319,13 @@ fn main() {
     });
     // No retired prefixes: every measured session computes its whole prompt.
     let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), prefix_cache_bytes: Some(0), ..Default::default() };
+    if args.one_load {
+        let t = Instant::now();
+        let engine = load_or_exit(&config);
+        println!("{}", t.elapsed().as_secs_f64() * 1e3);
+        drop(engine);
+        return;
+    }
     if let Some(counts) = &args.sessions_only {
         let engine = load_or_exit(&config);
         let base = base_prompt(&engine);
@@ -307,7 +336,8 @@ fn main() {
         return;
     }
 
-    // Load time: first load warms the page cache; the median of the rest is reported.
+    // Load time: first load warms the page cache; the median of the rest is reported, and the
+    // median of as many fresh processes.
     let rss_before = rss_mib();
     let mut rss_loaded = 0.0;
     let mut loads = Vec::new();
@@ -322,8 +352,9 @@ fn main() {
         engine = Some(e);
     }
     loads.remove(0);
+    let fresh_load_ms = fresh_process_load(&args);
     if args.load_only {
-        print_load(median(loads), args.runs);
+        print_load(fresh_load_ms, median(loads), args.runs);
         return;
     }
     let engine = engine.expect("loaded");
@@ -367,7 +398,7 @@ fn main() {
         .unwrap_or_else(|| "unknown CPU".into());
     let model_name = std::path::Path::new(&args.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     println!("model        {model_name}");
-    print_load(load_ms, args.runs);
+    print_load(fresh_load_ms, load_ms, args.runs);
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
     println!("memory       RSS {rss_before:.0} MiB before load, {rss_loaded:.0} MiB after the first load, {rss_after_runs:.0} MiB after the runs");
@@ -422,7 +453,8 @@ fn main() {
              token, sampling included. llama-bench measures its own pp{pt} and tg{gt} tests.\n\n\
              ## Load and memory\n\n\
              | measure | value |\n|---|---|\n\
-             | load (`Engine::load`, file in the page cache) | {load_ms:.0} ms |\n\
+             | load (`Engine::load`, file in the page cache), first in a fresh process | {fresh_load_ms:.0} ms |\n\
+             | load again in the same process | {load_ms:.0} ms |\n\
              | resident memory before loading | {rss_before:.0} MiB |\n\
              | resident memory after loading | {rss_loaded:.0} MiB |\n\
              | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n\
