@@ -1,4 +1,5 @@
-//! A quantized weight matrix repacked for [`super::dot`], and its parallel matmul.
+//! A quantized weight matrix repacked for [`super::dot`], its parallel matmul, and the
+//! [`WeightSpace`] a model's matrices are repacked into together.
 
 use std::ops::{Deref, Range};
 use std::sync::Arc;

@@ -85,10 +85,6 @@ impl NativeCache {
         Self { layers: vec![vec![HeadRows::default(); n_kv_heads]; n_layers], len: 0, head_dim }
     }
 
-    fn heads(&self) -> impl Iterator<Item = &HeadRows> {
-        self.layers.iter().flatten()
-    }
-
     /// Forgets every position at or after `len` (also repairs a step that stopped halfway,
     /// where early layers hold more positions than `len`).
     pub(super) fn cut(&mut self, len: usize) {
@@ -109,7 +105,7 @@ impl NativeCache {
 
     /// Bytes held, spare capacity included.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.heads().map(|h| (h.keys.capacity() + h.values.capacity()) * std::mem::size_of::<f16>()).sum()
+        self.layers.iter().flatten().map(|h| (h.keys.capacity() + h.values.capacity()) * std::mem::size_of::<f16>()).sum()
     }
 }
 
