@@ -172,9 +172,15 @@ impl GgufFile {
     }
 
     pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
+        Ok(self.str_refs(key)?.into_iter().map(str::to_string).collect())
+    }
+
+    /// A string array's entries, borrowed (a 50k-entry vocabulary's merges need not be copied
+    /// before they are split).
+    pub fn str_refs(&self, key: &str) -> Result<Vec<&str>> {
         self.array(key)?
             .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| self.bad(key, e)))
+            .map(|v| v.to_string().map(String::as_str).map_err(|e| self.bad(key, e)))
             .collect()
     }
 

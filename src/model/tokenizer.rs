@@ -91,8 +91,25 @@ pub fn byte_level_chars() -> [char; 256] {
     map
 }
 
-fn byte_level_decoder() -> HashMap<char, u8> {
-    byte_level_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+/// The inverse of [`byte_level_chars`]: the byte each of its characters stands for, as a table
+/// indexed by code point (all of them are below U+0200) rather than a hash map, since it is
+/// looked up once per character of a 50k-token vocabulary while a model loads.
+struct ByteLevelDecoder(Vec<Option<u8>>);
+
+impl ByteLevelDecoder {
+    fn new() -> Self {
+        let chars = byte_level_chars();
+        let mut table = vec![None; chars.iter().map(|&c| c as usize).max().unwrap_or(0) + 1];
+        for (b, &c) in chars.iter().enumerate() {
+            table[c as usize] = Some(b as u8);
+        }
+        Self(table)
+    }
+
+    /// The bytes `text` stands for, or `None` if a character is not one of the 256.
+    fn bytes(&self, text: &str) -> Option<Vec<u8>> {
+        text.chars().map(|c| self.0.get(c as usize).copied().flatten()).collect()
+    }
 }
 
 fn parse_byte_token(text: &str) -> Option<u8> {
@@ -170,7 +187,7 @@ impl Tokenizer {
     fn byte_level_bpe(file: &GgufFile, vocab: &Vocab) -> Result<Self> {
         let pre = file.opt_str("tokenizer.ggml.pre").unwrap_or("default");
         let merges: Vec<(String, String)> = file
-            .str_array("tokenizer.ggml.merges")?
+            .str_refs("tokenizer.ggml.merges")?
             .into_iter()
             .map(|m| match m.split_once(' ') {
                 Some((a, b)) => Ok((a.to_string(), b.to_string())),
@@ -210,7 +227,7 @@ impl Tokenizer {
         hf.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         hf.add_tokens(&vocab.added_tokens());
 
-        let chars = byte_level_decoder();
+        let chars = ByteLevelDecoder::new();
         let pieces = vocab
             .texts
             .iter()
@@ -219,7 +236,7 @@ impl Tokenizer {
                 if t == token_type::CONTROL || t == token_type::USER_DEFINED {
                     return text.as_bytes().to_vec();
                 }
-                text.chars().map(|c| chars.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.as_bytes().to_vec())
+                chars.bytes(text).unwrap_or_else(|| text.as_bytes().to_vec())
             })
             .collect();
         Ok(Self::assemble(hf, pieces, vocab, false))
@@ -300,7 +317,7 @@ impl Tokenizer {
         let decoder_json = hf.get_decoder().and_then(|d| serde_json::to_string(d).ok()).unwrap_or_default();
         let byte_level = decoder_json.contains("ByteLevel");
         let strip_leading_space = decoder_json.contains("Strip") || decoder_json.contains("\"prepend_scheme\":\"first\"");
-        let chars = byte_level_decoder();
+        let chars = ByteLevelDecoder::new();
         let mut texts = Vec::with_capacity(size);
         let mut types = Vec::with_capacity(size);
         let mut pieces = Vec::with_capacity(size);
@@ -311,7 +328,7 @@ impl Tokenizer {
             } else if let Some(b) = parse_byte_token(&text).filter(|_| !byte_level) {
                 (vec![b], token_type::BYTE)
             } else if byte_level {
-                (text.chars().map(|c| chars.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.as_bytes().to_vec()), 1)
+                (chars.bytes(&text).unwrap_or_else(|| text.as_bytes().to_vec()), 1)
             } else {
                 (text.replace('▁', " ").into_bytes(), 1)
             };
