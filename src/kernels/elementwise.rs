@@ -47,13 +47,15 @@ pub fn rotate_pairs(isa: Isa, x: &mut [f32], cos: &[f32], sin: &[f32]) {
             // SAFETY: every SIMD Isa implies AVX2 and FMA; the lengths agree (asserted).
             unsafe { x86::rotate_pairs_avx2(x, cos, sin) }
         }
-        _ => {
-            for ((pair, c), s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
-                let (a, b) = (pair[0], pair[1]);
-                pair[0] = a * c - b * s;
-                pair[1] = a * s + b * c;
-            }
-        }
+        _ => rotate_pairs_portable(x, cos, sin),
+    }
+}
+
+fn rotate_pairs_portable(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, c), s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
     }
 }
 
@@ -167,11 +169,7 @@ pub(super) mod x86 {
                 _mm256_storeu_ps(x[2 * i..].as_mut_ptr(), r);
             }
         }
-        for ((pair, c), s) in x[2 * whole..].chunks_exact_mut(2).zip(&cos[whole..]).zip(&sin[whole..]) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * c - b * s;
-            pair[1] = a * s + b * c;
-        }
+        super::rotate_pairs_portable(&mut x[2 * whole..], &cos[whole..], &sin[whole..]);
     }
 
     /// # Safety
