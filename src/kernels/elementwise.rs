@@ -18,6 +18,29 @@ pub fn exp_in_place(isa: Isa, xs: &mut [f32]) {
     }
 }
 
+/// `xs = softmax(xs)`: `e^(x − max) / Σ e^(x − max)`, in place. Subtracting the largest value
+/// keeps every exponential ≤ 1 and the largest exactly 1, so the sum never overflows or
+/// vanishes.
+pub fn softmax_in_place(isa: Isa, xs: &mut [f32]) {
+    if xs.is_empty() {
+        return;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            debug_assert!(Isa::available().contains(&isa));
+            // SAFETY: every SIMD Isa implies AVX2 and FMA.
+            unsafe { x86::softmax_avx2(xs) }
+        }
+        _ => {
+            let max = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            xs.iter_mut().for_each(|v| *v = (*v - max).exp());
+            let inv = 1.0 / xs.iter().sum::<f32>();
+            xs.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
 /// `out = silu(gate) · up = gate / (1 + e^−gate) · up`, element by element.
 pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len(), "silu_mul shapes");
@@ -148,6 +171,55 @@ pub(super) mod x86 {
         }
     }
 
+    /// The sum of a vector's eight lanes.
+    ///
+    /// # Safety
+    /// AVX; inlines into the `target_feature` functions below.
+    #[inline(always)]
+    unsafe fn sum_lanes(v: __m256) -> f32 {
+        unsafe {
+            let four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+            _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
+        }
+    }
+
+    /// Three passes over `xs` (it is a row of attention scores, in L1): the maximum, the
+    /// exponentials and their sum, the division. Eight lanes each, the sums in eight
+    /// independent chains; a tail shorter than eight goes through zero-padded lanes that are
+    /// neither stored nor counted.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `xs` is not empty.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_avx2(xs: &mut [f32]) {
+        let whole = xs.len() / 8 * 8;
+        // SAFETY (the whole body): AVX2 and FMA are enabled here; load8 and store8 stay
+        // within `xs`.
+        unsafe {
+            let mut max8 = _mm256_set1_ps(f32::NEG_INFINITY);
+            for at in (0..whole).step_by(8) {
+                max8 = _mm256_max_ps(max8, load8(xs, at));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), max8);
+            let max = lanes.iter().chain(&xs[whole..]).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let (max8, mut sum8) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+            for at in (0..whole).step_by(8) {
+                let e = exp8(_mm256_sub_ps(load8(xs, at), max8));
+                sum8 = _mm256_add_ps(sum8, e);
+                store8(xs, at, e);
+            }
+            if whole < xs.len() {
+                store8(xs, whole, exp8(_mm256_sub_ps(load8(xs, whole), max8)));
+            }
+            let inv = _mm256_set1_ps(1.0 / (sum_lanes(sum8) + xs[whole..].iter().sum::<f32>()));
+            for at in (0..xs.len()).step_by(8) {
+                store8(xs, at, _mm256_mul_ps(load8(xs, at), inv));
+            }
+        }
+    }
+
     /// Four pairs at a time: with each cosine and sine in two adjacent lanes, `x·cos ∓
     /// swapped(x)·sin` is one `vfmaddsub` (subtract in even lanes, add in odd ones).
     ///
@@ -217,6 +289,27 @@ mod tests {
             let mut nan = [f32::NAN];
             exp_in_place(isa, &mut nan);
             assert!(nan[0].is_nan(), "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn softmax_matches_the_formula() {
+        // Lengths around the eight-lane vectors, and rows far below zero (e^x alone would
+        // vanish: only subtracting the maximum keeps them finite).
+        for n in [1, 7, 8, 9, 37] {
+            for offset in [0.0f32, -500.0, 300.0] {
+                let xs: Vec<f32> = (0..n).map(|i| ((i * 7) % 11) as f32 * 0.9 - 4.0 + offset).collect();
+                let max = xs.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+                let total: f64 = xs.iter().map(|&v| (v as f64 - max).exp()).sum();
+                for isa in Isa::available() {
+                    let mut got = xs.clone();
+                    softmax_in_place(isa, &mut got);
+                    for (x, g) in xs.iter().zip(&got) {
+                        let want = (*x as f64 - max).exp() / total;
+                        assert!((*g as f64 - want).abs() <= 2e-6 * want + 1e-9, "{isa:?} n {n} offset {offset}: softmax({x}) = {g}, want {want}");
+                    }
+                }
+            }
         }
     }
 
