@@ -3,41 +3,84 @@
 
 use super::{Isa, BLOCK};
 
-/// Codes `round(v · inv)` of one block (half away from zero, like `f32::round`, which is a libm
-/// call on the baseline x86-64 target; |v·inv| ≤ 127, so no saturation), and their sum.
-fn round_block(x: &[f32; BLOCK], inv: f32, qs: &mut [i8; BLOCK]) -> i32 {
+/// A block's scale `max|v| / 127` and the factor that takes its values to codes: two
+/// independent divisions (`1 / d` would wait on the first).
+#[inline(always)]
+fn scale_and_inverse(amax: f32) -> (f32, f32) {
+    if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// One block's scale `d = max|v| / 127` and codes `round(v / d)` (half away from zero, like
+/// `f32::round`, which is a libm call on the baseline x86-64 target; |v/d| ≤ 127, so no
+/// saturation), and the codes' sum. An all-zero block gets `d = 0` and zero codes.
+fn quantize_block(x: &[f32; BLOCK], qs: &mut [i8; BLOCK]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (d, inv) = scale_and_inverse(amax);
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
         let scaled = v * inv;
         *q = (scaled + 0.5f32.copysign(scaled)) as i8;
         sum += *q as i32;
     }
-    sum
+    (d, sum)
 }
 
-/// [`round_block`] eight lanes at a time, with the same roundings (one multiply, one add of
-/// ±0.5, truncation), so both paths give identical codes.
+/// [`quantize_block`] eight lanes at a time, the block held in four registers, with the same
+/// float operations (so both paths give identical scales and codes): serial code between the
+/// matmuls, where the other threads wait, so it must not be scalar.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn round_block_avx2(x: &[f32; BLOCK], inv: f32, qs: &mut [i8; BLOCK]) -> i32 {
+#[inline]
+fn quantize_block_avx2(x: &[f32; BLOCK], qs: &mut [i8; BLOCK]) -> (f32, i32) {
     use std::arch::x86_64::*;
     let sign = _mm256_set1_ps(-0.0);
-    let half = _mm256_set1_ps(0.5);
-    let inv = _mm256_set1_ps(inv);
     // SAFETY: four unaligned loads within the 32-value array.
-    let ints: [__m256i; 4] = std::array::from_fn(|i| unsafe {
-        let scaled = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), inv);
+    let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+    let abs = |v: __m256| _mm256_andnot_ps(sign, v);
+    let max8 = _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3])));
+    let max4 = _mm_max_ps(_mm256_castps256_ps128(max8), _mm256_extractf128_ps::<1>(max8));
+    let max2 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(max2, _mm_movehdup_ps(max2)));
+    let (d, inv) = scale_and_inverse(amax);
+    let inv = _mm256_set1_ps(inv);
+    let half = _mm256_set1_ps(0.5);
+    let ints: [__m256i; 4] = std::array::from_fn(|i| {
+        let scaled = _mm256_mul_ps(v[i], inv);
         _mm256_cvttps_epi32(_mm256_add_ps(scaled, _mm256_or_ps(half, _mm256_and_ps(scaled, sign))))
     });
     let total = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
-    // SAFETY: a 256-bit vector is eight i32s.
-    let lanes: [i32; 8] = unsafe { std::mem::transmute(total) };
+    let total4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256::<1>(total));
+    let total2 = _mm_add_epi32(total4, _mm_shuffle_epi32::<0b01_00_11_10>(total4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(total2, _mm_shuffle_epi32::<0b00_00_00_01>(total2)));
     // Packing works within 128-bit halves; the permutation puts the four-value runs back in order.
     let packed = _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
     let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     // SAFETY: qs is 32 bytes.
     unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), ordered) };
-    lanes.iter().sum()
+    (d, sum)
+}
+
+/// Every block of `x` into `out` (sized for it) by `block`.
+#[inline(always)]
+fn quantize_blocks(x: &[f32], out: &mut QuantizedActivations, block: impl Fn(&[f32; BLOCK], &mut [i8; BLOCK]) -> (f32, i32)) {
+    let blocks = x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)).zip(out.d.iter_mut().zip(out.s.iter_mut()));
+    for ((chunk, qs), (d, s)) in blocks {
+        let (scale, sum) = block(chunk.try_into().expect("whole blocks"), qs.try_into().expect("whole blocks"));
+        *d = scale;
+        *s = scale * sum as f32;
+    }
+}
+
+/// [`quantize_blocks`] with the AVX2 block inlined: a call per block would wait out each
+/// block's whole latency (two divisions among it) before the next could start.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_blocks_avx2(x: &[f32], out: &mut QuantizedActivations) {
+    quantize_blocks(x, out, |x, qs| quantize_block_avx2(x, qs))
 }
 
 /// `tokens` rows of `cols` activations, quantized. Row `t`, block `b` lives at index
@@ -66,23 +109,14 @@ impl QuantizedActivations {
         let tokens = if cols == 0 { 0 } else { x.len() / cols };
         let n = x.len() / BLOCK;
         let mut out = Self { tokens, blocks_per_row: cols / BLOCK, d: vec![0.0; n], s: vec![0.0; n], qs: vec![0; x.len()] };
-        let blocks = x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)).zip(out.d.iter_mut().zip(out.s.iter_mut()));
-        for ((chunk, qs), (d, s)) in blocks {
-            let chunk: &[f32; BLOCK] = chunk.try_into().expect("whole blocks");
-            let qs: &mut [i8; BLOCK] = qs.try_into().expect("whole blocks");
-            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            *d = amax / 127.0;
-            let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
-            let sum = match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512Vnni => {
-                    debug_assert!(Isa::available().contains(&isa));
-                    // SAFETY: every SIMD Isa implies AVX2; the arrays are whole blocks.
-                    unsafe { round_block_avx2(chunk, inv, qs) }
-                }
-                _ => round_block(chunk, inv, qs),
-            };
-            *s = *d * sum as f32;
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni => {
+                debug_assert!(Isa::available().contains(&isa));
+                // SAFETY: every SIMD Isa implies AVX2.
+                unsafe { quantize_blocks_avx2(x, &mut out) }
+            }
+            _ => quantize_blocks(x, &mut out, quantize_block),
         }
         out
     }
