@@ -244,17 +244,26 @@ pub(super) mod x86 {
         super::rotate_pairs_portable(&mut x[2 * whole..], &cos[whole..], &sin[whole..]);
     }
 
+    /// Whole vectors in a loop of their own, the tail after it: with `load8`'s and `store8`'s
+    /// tail handling inside the loop it ran at 0.84 ns per value, without at 0.62.
+    ///
     /// # Safety
     /// The CPU must have AVX2 and FMA, and the three slices the same length.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
-        for at in (0..out.len()).step_by(8) {
-            // SAFETY: AVX2 and FMA are enabled here; the slices are as long as `out`.
-            unsafe {
-                let g = load8(gate, at);
-                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-                store8(out, at, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), load8(up, at)));
-            }
+        // SAFETY: AVX2 and FMA are enabled here.
+        let silu_mul8 = |g: __m256, u: __m256| unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
+        };
+        let whole = out.len() / 8 * 8;
+        for ((g, u), o) in gate[..whole].chunks_exact(8).zip(up[..whole].chunks_exact(8)).zip(out[..whole].chunks_exact_mut(8)) {
+            // SAFETY: eight floats each; unaligned loads and store.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), silu_mul8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()))) };
+        }
+        if whole < out.len() {
+            // SAFETY: load8 and store8 stay within the slices, which are as long as `out`.
+            unsafe { store8(out, whole, silu_mul8(load8(gate, whole), load8(up, whole))) };
         }
     }
 }
