@@ -32,21 +32,27 @@ pub(super) struct NativeLayer {
 pub(super) struct SideBySide(pub Vec<Arc<QuantMatrix>>);
 
 impl SideBySide {
-    fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
-        if let [only] = self.0.as_slice() {
-            return only.matmul(x, tokens);
-        }
+    /// Each token's outputs of every part, side by side, into `out` (`tokens` rows).
+    fn matmul_to(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
         let acts = QuantizedActivations::quantize(x, self.0[0].cols);
         let width: usize = self.0.iter().map(|m| m.rows).sum();
-        let mut joined = vec![0f32; tokens * width];
+        debug_assert_eq!(out.len(), tokens * width);
         let mut at = 0;
         for m in &self.0 {
-            let mut outs: Vec<&mut [f32]> = joined.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
+            let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
             m.matmul_into(&acts, Isa::detect(), &mut outs);
             at += m.rows;
         }
-        joined
     }
+}
+
+/// `m`'s outputs for `tokens` rows of `x` into `out`, a buffer the caller reuses: every
+/// layer's outputs have the same shape, and a fresh zeroed vector per matmul cost a serial
+/// memset and a malloc/free pair each (a few percent of a batched step).
+fn matmul_to(m: &QuantMatrix, x: &[f32], tokens: usize, out: &mut [f32]) {
+    let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(m.rows).collect();
+    debug_assert_eq!(outs.len(), tokens);
+    m.matmul_into(&QuantizedActivations::quantize(x, m.cols), Isa::detect(), &mut outs);
 }
 
 pub(super) struct NativeLlama {
@@ -169,6 +175,9 @@ impl NativeLlama {
         }
         let mut h = vec![0f32; n * dim];
         let eps = hp.rms_eps as f32;
+        let width = q_dim + 2 * kv_dim;
+        let (mut qkv, mut o) = (vec![0f32; n * width], vec![0f32; n * dim]);
+        let (mut gate_up, mut act) = (vec![0f32; n * 2 * hp.ffn_dim], vec![0f32; n * hp.ffn_dim]);
         for (l, layer) in self.layers.iter().enumerate() {
             if interrupt() {
                 for (b, &start) in batch.iter_mut().zip(&starts) {
@@ -177,8 +186,7 @@ impl NativeLlama {
                 return None;
             }
             rms_norm_rows(&mut h, &x, &layer.attn_norm, eps);
-            let mut qkv = layer.qkv.matmul(&h, n);
-            let width = q_dim + 2 * kv_dim;
+            layer.qkv.matmul_to(&h, n, &mut qkv);
             for (row, angles) in qkv.chunks_exact_mut(width).zip(&angles) {
                 self.rope(&mut row[..q_dim + kv_dim], angles);
             }
@@ -190,18 +198,17 @@ impl NativeLlama {
                 }
             }
             let attn = self.attention(l, batch, &rows, &qkv);
-            let o = layer.wo.matmul(&attn, n);
+            matmul_to(&layer.wo, &attn, n, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             rms_norm_rows(&mut h, &x, &layer.ffn_norm, eps);
-            let gate_up = layer.gate_up.matmul(&h, n);
-            let mut act = vec![0f32; n * hp.ffn_dim];
+            layer.gate_up.matmul_to(&h, n, &mut gate_up);
             for (row, out) in gate_up.chunks_exact(2 * hp.ffn_dim).zip(act.chunks_exact_mut(hp.ffn_dim)) {
                 let (gate, up) = row.split_at(hp.ffn_dim);
                 silu_mul(Isa::detect(), gate, up, out);
             }
-            let down = layer.down.matmul(&act, n);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            matmul_to(&layer.down, &act, n, &mut o);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         for b in batch.iter_mut() {
             b.cache.len += b.tokens.len();
