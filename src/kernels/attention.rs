@@ -193,24 +193,31 @@ const PREFETCH_ROWS: usize = 8;
 unsafe fn weighted_values_run<const NH: usize, const NC: usize>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let hd = cache.head_dim;
+    assert!(weights.len() >= NH * positions && cache.values.len() >= positions * hd && out.len() >= NH * hd && hd % (8 * NC) == 0);
+    // Raw pointers in the loop: it is a few instructions per row, and slice bounds checks
+    // were a third of them.
+    let (values, weights) = (cache.values.as_ptr(), weights.as_ptr());
     for part in (0..hd).step_by(8 * NC) {
         let mut acc = [[_mm256_setzero_ps(); NC]; NH];
+        let mut row = values.wrapping_add(part);
         for j in 0..positions {
-            let at = cache.start(j) + part;
-            let row = &cache.values[at..at + 8 * NC];
-            // A pass reads part of each row, a stride the hardware prefetcher follows poorly.
-            let ahead = cache.values.as_ptr().wrapping_add(cache.start(j + PREFETCH_ROWS));
-            for line in (0..hd).step_by(32) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+            // A pass reads part of each row, a stride the hardware prefetcher follows poorly:
+            // ask for this pass's part of a row further on (one line, or two for 64 values).
+            let ahead = row.wrapping_add(PREFETCH_ROWS * hd);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            if 16 * NC > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(32).cast());
             }
-            let w: [__m256; NH] = std::array::from_fn(|h| _mm256_set1_ps(weights[h * positions + j]));
-            for (c, v8) in row.chunks_exact(8).enumerate() {
-                // SAFETY: eight values; unaligned load.
-                let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v8.as_ptr().cast())) };
+            // SAFETY (this loop): `weights` holds NH rows of `positions`, `row` points at
+            // 8·NC values of row j (part + 8·NC ≤ hd), all asserted above.
+            let w: [__m256; NH] = std::array::from_fn(|h| _mm256_set1_ps(unsafe { *weights.add(h * positions + j) }));
+            for c in 0..NC {
+                let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c).cast())) };
                 for h in 0..NH {
                     acc[h][c] = _mm256_fmadd_ps(w[h], v, acc[h][c]);
                 }
             }
+            row = row.wrapping_add(hd);
         }
         for (h, acc) in acc.iter().enumerate() {
             for (c, acc) in acc.iter().enumerate() {
@@ -257,18 +264,19 @@ unsafe fn scores_f16c(queries: &[f32], cache: HeadCache<'_>, positions: usize, s
 unsafe fn scores_run<const NH: usize, const NP: usize>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
     use std::arch::x86_64::*;
     let hd = cache.head_dim;
+    assert!(queries.len() >= NH * hd && cache.keys.len() >= positions * hd && scores.len() >= NH * positions && hd % 8 == 0);
+    // Raw pointers in the loop, as in weighted_values_run.
+    let (keys, queries) = (cache.keys.as_ptr(), queries.as_ptr());
     for first in (0..positions).step_by(NP) {
         let count = (positions - first).min(NP);
-        let keys: [&[f16]; NP] = std::array::from_fn(|p| {
-            let at = cache.start(first + p.min(count - 1));
-            &cache.keys[at..at + hd]
-        });
+        let rows: [*const f16; NP] = std::array::from_fn(|p| keys.wrapping_add(cache.start(first + p.min(count - 1))));
         let mut acc = [[_mm256_setzero_ps(); NP]; NH];
         for c in (0..hd).step_by(8) {
-            // SAFETY: eight values each; unaligned loads.
-            let q: [__m256; NH] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(queries[h * hd + c..h * hd + c + 8].as_ptr()) });
-            for (p, key) in keys.iter().enumerate() {
-                let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(key[c..c + 8].as_ptr().cast())) };
+            // SAFETY (this loop): eight values each, within the NH query heads and the rows
+            // first..first + count (asserted above); unaligned loads.
+            let q: [__m256; NH] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(queries.add(h * hd + c)) });
+            for (p, row) in rows.iter().enumerate() {
+                let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(c).cast())) };
                 for h in 0..NH {
                     acc[h][p] = _mm256_fmadd_ps(q[h], k, acc[h][p]);
                 }
@@ -282,12 +290,19 @@ unsafe fn scores_run<const NH: usize, const NP: usize>(queries: &[f32], cache: H
                 let v: [__m256; 4] = std::array::from_fn(|i| acc.get(quad + i).copied().unwrap_or(_mm256_setzero_ps()));
                 let both = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
                 let sums = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(both), _mm256_extractf128_ps::<1>(both)), _mm_set1_ps(scale));
-                let mut lanes = [0f32; 4];
-                // SAFETY: four floats.
-                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums) };
-                let take = (count - quad).min(4);
                 let at = h * positions + first + quad;
-                scores[at..at + take].copy_from_slice(&lanes[..take]);
+                match scores.get_mut(at..at + 4) {
+                    // SAFETY: four floats.
+                    Some(four) if count - quad >= 4 => unsafe { _mm_storeu_ps(four.as_mut_ptr(), sums) },
+                    _ => {
+                        let mut lanes = [0f32; 4];
+                        // SAFETY: four floats.
+                        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums) };
+                        for (i, lane) in lanes.iter().take(count - quad).enumerate() {
+                            scores[at + i] = *lane;
+                        }
+                    }
+                }
             }
         }
     }
