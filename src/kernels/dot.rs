@@ -254,17 +254,9 @@ mod x86 {
             _mm256_add_epi16(_mm256_maddubs_epi16(w.0, slice(x)), _mm256_maddubs_epi16(w.1, slice(x.add(16))))
         ),
         ints |s| _mm256_madd_epi16(s, _mm256_set1_epi16(1)));
-    kernel!(four_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Four, Offset::M,
-        expand |p| {
-            let packed = _mm256_loadu_si256(p as *const __m256i);
-            let low = _mm256_set1_epi8(0x0F);
-            (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
-        },
-        step |w, x, sum| _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sum, w.0, slice(x)), w.1, slice(x.add(16))),
-        ints |s| s);
     // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
     // with the sign trick, |w| × sign(x, w), widening every product to i32, and needs no
-    // offset. VNNI multiplies the unsigned codes exactly and takes 128·Σx back out per block.
+    // offset.
     kernel!(eight_avx2, "avx2,fma,f16c", CodeWidth::Eight, Offset::None,
         expand |p| {
             let signed = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128));
@@ -275,10 +267,72 @@ mod x86 {
             _mm256_madd_epi16(_mm256_maddubs_epi16(w.0, _mm256_sign_epi8(slice(x), w.1)), _mm256_set1_epi16(1))
         ),
         ints |s| s);
-    kernel!(eight_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", CodeWidth::Eight, Offset::Bias128,
-        expand |p| _mm256_loadu_si256(p as *const __m256i),
-        step |w, x, sum| _mm256_dpbusd_epi32(sum, w, slice(x)),
-        ints |s| s);
+    /// The VNNI kernels, 4-bit and 8-bit, built around `$dpbusd` (u8 × i8 products summed in
+    /// fours into i32 lanes): `_mm256_dpbusd_epi32` in the library, and in the tests an exact
+    /// AVX2 emulation of it, so that everything else in them (the layouts, the offsets, the
+    /// 128 bias of 8-bit codes) is tested on machines without AVX-512.
+    macro_rules! vnni_kernels {
+        ($four:ident, $eight:ident, $features:literal, $dpbusd:path) => {
+            kernel!($four, $features, CodeWidth::Four, Offset::M,
+                expand |p| {
+                    let packed = _mm256_loadu_si256(p as *const __m256i);
+                    let low = _mm256_set1_epi8(0x0F);
+                    (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
+                },
+                step |w, x, sum| $dpbusd($dpbusd(sum, w.0, slice(x)), w.1, slice(x.add(16))),
+                ints |s| s);
+            // VNNI multiplies the unsigned 8-bit codes exactly and takes 128·Σx back out per
+            // block.
+            kernel!($eight, $features, CodeWidth::Eight, Offset::Bias128,
+                expand |p| _mm256_loadu_si256(p as *const __m256i),
+                step |w, x, sum| $dpbusd(sum, w, slice(x)),
+                ints |s| s);
+        };
+    }
+    vnni_kernels!(four_vnni, eight_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", _mm256_dpbusd_epi32);
+    #[cfg(test)]
+    vnni_kernels!(four_vnni_emulated, eight_vnni_emulated, "avx2,fma,f16c", dpbusd_avx2);
+
+    /// `_mm256_dpbusd_epi32` with AVX2 only, exactly: bytes widened to 16 bits (`u` zero-,
+    /// `s` sign-extended), even and odd bytes multiplied and paired by `vpmaddwd`, so each i32
+    /// lane gains `Σ u[4j + i]·s[4j + i]` over its four bytes.
+    #[cfg(test)]
+    #[inline(always)]
+    unsafe fn dpbusd_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe {
+            let u_even = _mm256_and_si256(u, _mm256_set1_epi16(0x00FF));
+            let u_odd = _mm256_srli_epi16::<8>(u);
+            let s_even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(s));
+            let s_odd = _mm256_srai_epi16::<8>(s);
+            _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(u_even, s_even), _mm256_madd_epi16(u_odd, s_odd)))
+        }
+    }
+
+    /// The VNNI kernels' logic on AVX2 (see [`vnni_kernels`]), for the tests.
+    #[cfg(test)]
+    pub(super) unsafe fn group_dot_vnni_emulated(w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+        macro_rules! go {
+            ($nt:literal) => {
+                match w.width {
+                    CodeWidth::Four => four_vnni_emulated::<$nt>(w, a, t0, out),
+                    CodeWidth::Eight => eight_vnni_emulated::<$nt>(w, a, t0, out),
+                }
+            };
+        }
+        // SAFETY: the caller's.
+        unsafe {
+            match out.len() {
+                1 => go!(1),
+                2 => go!(2),
+                3 => go!(3),
+                4 => go!(4),
+                5 => go!(5),
+                6 => go!(6),
+                7 => go!(7),
+                _ => go!(8),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -319,16 +373,16 @@ mod tests {
                         o
                     })
                     .collect();
-                for isa in Isa::available() {
-                    for nt in 1..=max_tokens_per_call(isa) {
+                for (path, most, dot) in paths() {
+                    for nt in 1..=most {
                         for t0 in 0..=TOKENS - nt {
                             let mut got = vec![[0.0; GROUP]; nt];
-                            group_dot(isa, w, &a, t0, &mut got);
+                            dot(w, &a, t0, &mut got);
                             for (k, row) in got.iter().enumerate() {
                                 for r in 0..GROUP {
                                     let want = want[t0 + k][r];
                                     let tol = 1e-4 * want.abs().max(1.0);
-                                    assert!((want - row[r]).abs() <= tol, "{isa:?} {width:?} blocks {blocks} nt {nt} t {} r {r}: {want} vs {}", t0 + k, row[r]);
+                                    assert!((want - row[r]).abs() <= tol, "{path} {width:?} blocks {blocks} nt {nt} t {} r {r}: {want} vs {}", t0 + k, row[r]);
                                 }
                             }
                         }
@@ -336,6 +390,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A kernel under test: eight rows times tokens from `t0`, as [`group_dot`].
+    type Dot = Box<dyn Fn(RowGroup<'_>, &QuantizedActivations, usize, &mut [[f32; GROUP]])>;
+
+    /// Every path [`group_dot`] can take here, plus (on x86 with AVX2) the VNNI kernels run on
+    /// an AVX2 emulation of `vpdpbusd`, which this machine may not have.
+    fn paths() -> Vec<(&'static str, usize, Dot)> {
+        let mut out: Vec<(&'static str, usize, Dot)> = Isa::available()
+            .into_iter()
+            .map(|isa| (isa.name(), max_tokens_per_call(isa), Box::new(move |w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, o: &mut [[f32; GROUP]]| group_dot(isa, w, a, t0, o)) as Dot))
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        if Isa::available().contains(&Isa::Avx2) {
+            let emulated = |w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, o: &mut [[f32; GROUP]]| {
+                assert!(a.blocks_per_row == w.blocks && t0 + o.len() <= a.tokens && (1..=8).contains(&o.len()));
+                // SAFETY: the CPU has AVX2, FMA and F16C; the shapes are checked above and by
+                // the callers' cases.
+                unsafe { x86::group_dot_vnni_emulated(w, a, t0, o) }
+            };
+            out.push(("avx512vnni emulated on avx2", max_tokens_per_call(Isa::Avx512Vnni), Box::new(emulated)));
+        }
+        out
     }
 
     #[test]
@@ -352,12 +429,12 @@ mod tests {
                 CodeWidth::Four => 15.0,
                 CodeWidth::Eight => byte as f32 - 128.0,
             };
-            for isa in Isa::available() {
+            for (path, _, dot) in paths() {
                 for t in 0..2 {
                     let mut got = [[0.0; GROUP]];
-                    group_dot(isa, w, &a, t, &mut got);
+                    dot(w, &a, t, &mut got);
                     let want = weight * 127.0 * (n / GROUP * BLOCK) as f32 * a.d[t * blocks] * if t == 0 { 1.0 } else { -1.0 };
-                    assert!(got[0].iter().all(|&g| (g - want).abs() <= 1e-3 * want.abs()), "{isa:?} {width:?} {byte:#x} t {t}: {:?} vs {want}", got[0]);
+                    assert!(got[0].iter().all(|&g| (g - want).abs() <= 1e-3 * want.abs()), "{path} {width:?} {byte:#x} t {t}: {:?} vs {want}", got[0]);
                 }
             }
         }
