@@ -129,6 +129,22 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// `$go!(NT)` with the kernels' token count `$tokens` (1 to 8) as a constant.
+    macro_rules! for_token_count {
+        ($tokens:expr, $go:ident) => {
+            match $tokens {
+                1 => $go!(1),
+                2 => $go!(2),
+                3 => $go!(3),
+                4 => $go!(4),
+                5 => $go!(5),
+                6 => $go!(6),
+                7 => $go!(7),
+                _ => $go!(8),
+            }
+        };
+    }
+
     pub(super) unsafe fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
         macro_rules! go {
             ($nt:literal) => {
@@ -140,16 +156,7 @@ mod x86 {
                 }
             };
         }
-        match out.len() {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            _ => go!(8),
-        }
+        for_token_count!(out.len(), go)
     }
 
     /// `$v`, as a value the compiler cannot see into (a macro: the asm needs the caller's AVX
@@ -320,18 +327,7 @@ mod x86 {
             };
         }
         // SAFETY: the caller's.
-        unsafe {
-            match out.len() {
-                1 => go!(1),
-                2 => go!(2),
-                3 => go!(3),
-                4 => go!(4),
-                5 => go!(5),
-                6 => go!(6),
-                7 => go!(7),
-                _ => go!(8),
-            }
-        }
+        unsafe { for_token_count!(out.len(), go) }
     }
 }
 
