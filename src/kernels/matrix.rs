@@ -275,6 +275,7 @@ impl WeightSpace {
         let block_bytes = format.gguf_block_bytes();
         let bpr = cols / BLOCK;
         let gguf_row_bytes = cols / (BLOCK * format.kernel_blocks()) * block_bytes;
+        let part_rows: usize = parts.iter().map(|p| p.1).sum();
         for (p, (bytes, n)) in parts.iter().enumerate() {
             if bytes.len() != n * gguf_row_bytes {
                 return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), n * gguf_row_bytes));
@@ -283,8 +284,8 @@ impl WeightSpace {
                 return Err(format!("stacked part {p} has {n} rows, not a multiple of {GROUP}"));
             }
         }
-        if parts.iter().map(|p| p.1).sum::<usize>() != rows {
-            return Err(format!("the parts have {} rows, expected {rows}", parts.iter().map(|p| p.1).sum::<usize>()));
+        if part_rows != rows {
+            return Err(format!("the parts have {part_rows} rows, expected {rows}"));
         }
         let width = format.width();
         let cb = width.bytes_per_block();

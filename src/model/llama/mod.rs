@@ -264,8 +264,7 @@ impl Llama {
             compute,
         };
         if !opts.tensor_forward && device.is_cpu() {
-            if let Some(native) = native_from_file(file, &hp, &names, total, progress)? {
-                let native = native::NativeLlama { inverse_frequencies, ..native };
+            if let Some(native) = native_from_file(file, &hp, &names, &inverse_frequencies, total, progress)? {
                 let info = info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
                 return Ok(Self { info, imp: Implementation::Native(native) });
             }
@@ -515,7 +514,7 @@ impl LanguageModel for Llama {
 /// often store V in Q6_K), with no intermediate tensors. `None` (nothing read) when some matrix
 /// is in a format our kernels do not take: those run on candle. RoPE tables are left empty for
 /// the caller.
-fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
+fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequencies: &[f32], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
     let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
     let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
@@ -601,7 +600,7 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], total: u64, p
     if !progress(1.0) {
         return Err(Error::load_cancelled());
     }
-    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, inverse_frequencies: Vec::new() }))
+    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, inverse_frequencies: inverse_frequencies.to_vec() }))
 }
 
 fn qmatmul(t: QTensor) -> Result<QMatMul> {
@@ -620,7 +619,6 @@ fn weight_format(dtype: GgmlDType) -> Option<WeightFormat> {
     }
 }
 
-/// The matrix repacked for our kernels, when it is on the CPU in a format they take.
 /// The matrices of a model to repack, with their GGUF bytes.
 #[derive(Default)]
 struct MatrixPlan<'a> {
@@ -663,6 +661,7 @@ impl<'a> MatrixPlan<'a> {
     }
 }
 
+/// The matrix repacked for our kernels, when it is on the CPU in a format they take.
 fn own_matrix(t: &QTensor) -> Result<Option<QuantMatrix>> {
     let Some(format) = weight_format(t.dtype()) else { return Ok(None) };
     match (t.device().is_cpu(), t.shape().dims()) {

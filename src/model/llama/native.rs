@@ -34,25 +34,24 @@ pub(super) struct SideBySide(pub Vec<Arc<QuantMatrix>>);
 impl SideBySide {
     /// Each token's outputs of every part, side by side, into `out` (`tokens` rows).
     fn matmul_to(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
-        let acts = QuantizedActivations::quantize(x, self.0[0].cols);
-        let width: usize = self.0.iter().map(|m| m.rows).sum();
-        debug_assert_eq!(out.len(), tokens * width);
-        let mut at = 0;
-        for m in &self.0 {
-            let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
-            m.matmul_into(&acts, Isa::detect(), &mut outs);
-            at += m.rows;
-        }
+        matmul_to(&self.0, x, tokens, out)
     }
 }
 
-/// `m`'s outputs for `tokens` rows of `x` into `out`, a buffer the caller reuses: every
-/// layer's outputs have the same shape, and a fresh zeroed vector per matmul cost a serial
-/// memset and a malloc/free pair each (a few percent of a batched step).
-fn matmul_to(m: &QuantMatrix, x: &[f32], tokens: usize, out: &mut [f32]) {
-    let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(m.rows).collect();
-    debug_assert_eq!(outs.len(), tokens);
-    m.matmul_into(&QuantizedActivations::quantize(x, m.cols), Isa::detect(), &mut outs);
+/// The outputs of `parts` (matrices with the same input) for `tokens` rows of `x`, each
+/// token's side by side, into `out`: a buffer the caller reuses, since every layer's outputs
+/// have the same shape and a fresh zeroed vector per matmul cost a serial memset and a
+/// malloc/free pair each (a few percent of a batched step).
+fn matmul_to(parts: &[Arc<QuantMatrix>], x: &[f32], tokens: usize, out: &mut [f32]) {
+    let acts = QuantizedActivations::quantize(x, parts[0].cols);
+    let width: usize = parts.iter().map(|m| m.rows).sum();
+    debug_assert_eq!(out.len(), tokens * width);
+    let mut at = 0;
+    for m in parts {
+        let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
+        m.matmul_into(&acts, Isa::detect(), &mut outs);
+        at += m.rows;
+    }
 }
 
 pub(super) struct NativeLlama {
@@ -198,7 +197,7 @@ impl NativeLlama {
                 }
             }
             let attn = self.attention(l, batch, &rows, &qkv);
-            matmul_to(&layer.wo, &attn, n, &mut o);
+            matmul_to(std::slice::from_ref(&layer.wo), &attn, n, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             rms_norm_rows(&mut h, &x, &layer.ffn_norm, eps);
@@ -207,7 +206,7 @@ impl NativeLlama {
                 let (gate, up) = row.split_at(hp.ffn_dim);
                 silu_mul(Isa::detect(), gate, up, out);
             }
-            matmul_to(&layer.down, &act, n, &mut o);
+            matmul_to(std::slice::from_ref(&layer.down), &act, n, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         for b in batch.iter_mut() {
