@@ -19,8 +19,8 @@ pub mod backend;
 pub mod constraint;
 pub mod engine;
 pub mod error;
-pub mod kernels;
 pub mod ffi;
+pub mod kernels;
 pub mod model;
 pub mod protocol;
 pub mod result;
@@ -30,7 +30,9 @@ pub mod server;
 pub mod testing;
 
 pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport};
-pub use engine::{ComputeDevice, Engine, EngineConfig, GenerateOptions, Prompt, Session, DEFAULT_PREFIX_CACHE_BYTES};
+pub use engine::{
+    ComputeDevice, Engine, EngineConfig, GenerateOptions, Prompt, Session, DEFAULT_PREFIX_CACHE_BYTES,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use model::chat::ChatMessage;
 pub use result::{FinishReason, GenerationResult, GenerationStats};

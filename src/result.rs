@@ -111,7 +111,10 @@ pub struct AppliedConstraint {
 
 impl AppliedConstraint {
     pub fn list(constraints: &[crate::constraint::Constraint]) -> Vec<Self> {
-        constraints.iter().map(|c| Self { name: c.name.clone(), kind: c.kind.label(), priority: c.priority }).collect()
+        constraints
+            .iter()
+            .map(|c| Self { name: c.name.clone(), kind: c.kind.label(), priority: c.priority })
+            .collect()
     }
 }
 

@@ -39,11 +39,35 @@ pub struct TinyModel {
 
 impl Default for TinyModel {
     fn default() -> Self {
-        let merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("Ġwor", "l"), ("Ġworl", "d")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        Self { dim: 64, n_heads: 4, n_kv_heads: 2, ffn_dim: 128, n_layers: 2, context_length: 256, seed: 7, chat_template: Some(CHATML_TEMPLATE.into()), merges, architecture: "llama".into(), tokenizer_metadata: true, weight_dtype: GgmlDType::Q8_0, dtype_overrides: Vec::new() }
+        let merges = [
+            ("h", "e"),
+            ("l", "l"),
+            ("he", "ll"),
+            ("hell", "o"),
+            ("Ġ", "w"),
+            ("o", "r"),
+            ("Ġw", "or"),
+            ("Ġwor", "l"),
+            ("Ġworl", "d"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        Self {
+            dim: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            ffn_dim: 128,
+            n_layers: 2,
+            context_length: 256,
+            seed: 7,
+            chat_template: Some(CHATML_TEMPLATE.into()),
+            merges,
+            architecture: "llama".into(),
+            tokenizer_metadata: true,
+            weight_dtype: GgmlDType::Q8_0,
+            dtype_overrides: Vec::new(),
+        }
     }
 }
 
@@ -69,12 +93,18 @@ impl TinyModel {
         let n_vocab = vocab.len();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let dev = Device::Cpu;
-        let dtype_of = |name: &str| self.dtype_overrides.iter().find(|(n, _)| n == name).map_or(self.weight_dtype, |o| o.1);
-        let mut random_as = |name: &str, rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
-            let data: Vec<f32> = (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
-            QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
+        let dtype_of = |name: &str| {
+            self.dtype_overrides.iter().find(|(n, _)| n == name).map_or(self.weight_dtype, |o| o.1)
         };
-        let ones = |n: usize| -> candle_core::Result<QTensor> { QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev)?, GgmlDType::F32) };
+        let mut random_as =
+            |name: &str, rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
+                let data: Vec<f32> =
+                    (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
+                QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
+            };
+        let ones = |n: usize| -> candle_core::Result<QTensor> {
+            QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev)?, GgmlDType::F32)
+        };
         let head_dim = self.dim / self.n_heads;
         let kv_dim = self.n_kv_heads * head_dim;
         let mut tensors: Vec<(String, QTensor)> = vec![
@@ -88,13 +118,24 @@ impl TinyModel {
             tensors.push((format!("blk.{i}.attn_q.weight"), random_as("attn_q", self.dim, self.dim, s)?));
             tensors.push((format!("blk.{i}.attn_k.weight"), random_as("attn_k", kv_dim, self.dim, s)?));
             tensors.push((format!("blk.{i}.attn_v.weight"), random_as("attn_v", kv_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_output.weight"), random_as("attn_output", self.dim, self.dim, s)?));
+            tensors.push((
+                format!("blk.{i}.attn_output.weight"),
+                random_as("attn_output", self.dim, self.dim, s)?,
+            ));
             tensors.push((format!("blk.{i}.ffn_norm.weight"), ones(self.dim)?));
-            tensors.push((format!("blk.{i}.ffn_gate.weight"), random_as("ffn_gate", self.ffn_dim, self.dim, s)?));
+            tensors.push((
+                format!("blk.{i}.ffn_gate.weight"),
+                random_as("ffn_gate", self.ffn_dim, self.dim, s)?,
+            ));
             tensors.push((format!("blk.{i}.ffn_up.weight"), random_as("ffn_up", self.ffn_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.ffn_down.weight"), random_as("ffn_down", self.dim, self.ffn_dim, 1.0 / (self.ffn_dim as f32).sqrt())?));
+            tensors.push((
+                format!("blk.{i}.ffn_down.weight"),
+                random_as("ffn_down", self.dim, self.ffn_dim, 1.0 / (self.ffn_dim as f32).sqrt())?,
+            ));
         }
-        let types: Vec<Value> = (0..n_vocab).map(|i| Value::I32(if i >= n_vocab - SPECIAL_TOKENS.len() { 3 } else { 1 })).collect();
+        let types: Vec<Value> = (0..n_vocab)
+            .map(|i| Value::I32(if i >= n_vocab - SPECIAL_TOKENS.len() { 3 } else { 1 }))
+            .collect();
         let mut metadata: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String(self.architecture.clone())),
             ("general.name".into(), Value::String("tiny-random-llama".into())),
@@ -110,9 +151,15 @@ impl TinyModel {
         let tokenizer: Vec<(String, Value)> = vec![
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
             ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
-            ("tokenizer.ggml.tokens".into(), Value::Array(vocab.iter().map(|t| Value::String(t.clone())).collect())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(vocab.iter().map(|t| Value::String(t.clone())).collect()),
+            ),
             ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-            ("tokenizer.ggml.merges".into(), Value::Array(self.merges.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect())),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(self.merges.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
+            ),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(self.special_id("<|im_start|>"))),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(self.special_id("<|im_end|>"))),
             ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
@@ -156,7 +203,12 @@ pub struct ForwardComparison {
 }
 
 /// Runs `prompt` (in two chunks) then `steps` one token at a time through both models.
-pub fn compare_forward(a: &dyn crate::model::LanguageModel, b: &dyn crate::model::LanguageModel, prompt: &[u32], steps: &[u32]) -> crate::Result<ForwardComparison> {
+pub fn compare_forward(
+    a: &dyn crate::model::LanguageModel,
+    b: &dyn crate::model::LanguageModel,
+    prompt: &[u32],
+    steps: &[u32],
+) -> crate::Result<ForwardComparison> {
     let (mut ca, mut cb) = (a.new_cache(), b.new_cache());
     let never = || false;
     let split = prompt.len() / 2;

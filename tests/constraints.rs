@@ -13,42 +13,123 @@ fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let path = std::env::var_os("MAZE_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/maze/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/maze/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         });
-        Engine::load(&EngineConfig { model_path: path, threads: 2, seed: Some(3), context_length: 2048, ..Default::default() }, None).expect("default model loads")
+        Engine::load(
+            &EngineConfig {
+                model_path: path,
+                threads: 2,
+                seed: Some(3),
+                context_length: 2048,
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("default model loads")
     })
 }
 
 fn constrained(prompt: &str, constraints: Vec<Constraint>, max_tokens: usize) -> GenerationResult {
-    let opts = GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), constraints, ..Default::default() };
-    engine().new_session().generate(&Prompt::Chat(vec![ChatMessage::new("user", prompt)]), &opts).expect("generation starts")
+    let opts =
+        GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), constraints, ..Default::default() };
+    engine()
+        .new_session()
+        .generate(&Prompt::Chat(vec![ChatMessage::new("user", prompt)]), &opts)
+        .expect("generation starts")
 }
 
 fn schemas() -> Vec<(&'static str, Value)> {
     vec![
-        ("person", json!({"type":"object","properties":{"name":{"type":"string","maxLength":30},"age":{"type":"integer","minimum":0,"maximum":120}},"required":["name","age"],"additionalProperties":false})),
-        ("todo_list", json!({"type":"object","properties":{"items":{"type":"array","minItems":2,"maxItems":4,"items":{"type":"object","properties":{"task":{"type":"string","maxLength":25},"done":{"type":"boolean"}},"required":["task","done"],"additionalProperties":false}}},"required":["items"],"additionalProperties":false})),
-        ("enum_status", json!({"type":"object","properties":{"status":{"enum":["active","inactive","pending"]},"code":{"type":"integer","minimum":100,"maximum":599}},"required":["status","code"],"additionalProperties":false})),
-        ("ref_address", json!({"$defs":{"address":{"type":"object","properties":{"street":{"type":"string","maxLength":30},"city":{"type":"string","maxLength":20},"zip":{"type":"string","pattern":"^[0-9]{5}$"}},"required":["street","city","zip"],"additionalProperties":false}},"type":"object","properties":{"home":{"$ref":"#/$defs/address"},"work":{"$ref":"#/$defs/address"}},"required":["home","work"],"additionalProperties":false})),
-        ("any_of_shape", json!({"type":"object","properties":{"shape":{"anyOf":[{"type":"object","properties":{"kind":{"const":"circle"},"radius":{"type":"integer","minimum":0,"maximum":100}},"required":["kind","radius"],"additionalProperties":false},{"type":"object","properties":{"kind":{"const":"square"},"side":{"type":"integer","minimum":0,"maximum":100}},"required":["kind","side"],"additionalProperties":false}]}},"required":["shape"],"additionalProperties":false})),
-        ("date_format", json!({"type":"object","properties":{"event":{"type":"string","maxLength":30},"date":{"type":"string","format":"date"}},"required":["event","date"],"additionalProperties":false})),
-        ("email_format", json!({"type":"object","properties":{"user":{"type":"string","maxLength":20},"email":{"type":"string","format":"email","maxLength":40}},"required":["user","email"],"additionalProperties":false})),
-        ("number_bounds", json!({"type":"object","properties":{"temperature":{"type":"number","minimum":-50,"maximum":60},"humidity":{"type":"integer","minimum":0,"maximum":100}},"required":["temperature","humidity"],"additionalProperties":false})),
-        ("nested_config", json!({"type":"object","properties":{"server":{"type":"object","properties":{"host":{"type":"string","maxLength":30},"port":{"type":"integer","minimum":1,"maximum":65535},"tls":{"type":"object","properties":{"enabled":{"type":"boolean"},"version":{"enum":["1.2","1.3"]}},"required":["enabled","version"],"additionalProperties":false}},"required":["host","port","tls"],"additionalProperties":false}},"required":["server"],"additionalProperties":false})),
-        ("string_array", json!({"type":"object","properties":{"tags":{"type":"array","items":{"type":"string","maxLength":12},"minItems":1,"maxItems":5}},"required":["tags"],"additionalProperties":false})),
-        ("product", json!({"type":"object","properties":{"sku":{"type":"string","pattern":"^[A-Z]{3}-[0-9]{4}$"},"price":{"type":"number","minimum":0,"maximum":10000},"currency":{"enum":["USD","EUR","GBP"]},"in_stock":{"type":"boolean"}},"required":["sku","price","currency","in_stock"],"additionalProperties":false})),
-        ("optional_fields", json!({"type":"object","properties":{"title":{"type":"string","maxLength":40},"subtitle":{"type":"string","maxLength":40}},"required":["title"],"additionalProperties":false})),
-        ("nullable", json!({"type":"object","properties":{"middle_name":{"type":["string","null"],"maxLength":20},"nickname":{"anyOf":[{"type":"string","maxLength":15},{"type":"null"}]}},"required":["middle_name","nickname"],"additionalProperties":false})),
-        ("matrix", json!({"type":"object","properties":{"rows":{"type":"array","minItems":2,"maxItems":2,"items":{"type":"array","minItems":2,"maxItems":2,"items":{"type":"integer","minimum":0,"maximum":9}}}},"required":["rows"],"additionalProperties":false})),
-        ("tool_call", json!({"type":"object","properties":{"tool":{"enum":["search","calculator","weather"]},"arguments":{"type":"object","properties":{"query":{"type":"string","maxLength":40}},"required":["query"],"additionalProperties":false}},"required":["tool","arguments"],"additionalProperties":false})),
-        ("sentiment", json!({"type":"object","properties":{"label":{"enum":["positive","negative","neutral"]},"confidence":{"type":"number","minimum":0,"maximum":1}},"required":["label","confidence"],"additionalProperties":false})),
+        (
+            "person",
+            json!({"type":"object","properties":{"name":{"type":"string","maxLength":30},"age":{"type":"integer","minimum":0,"maximum":120}},"required":["name","age"],"additionalProperties":false}),
+        ),
+        (
+            "todo_list",
+            json!({"type":"object","properties":{"items":{"type":"array","minItems":2,"maxItems":4,"items":{"type":"object","properties":{"task":{"type":"string","maxLength":25},"done":{"type":"boolean"}},"required":["task","done"],"additionalProperties":false}}},"required":["items"],"additionalProperties":false}),
+        ),
+        (
+            "enum_status",
+            json!({"type":"object","properties":{"status":{"enum":["active","inactive","pending"]},"code":{"type":"integer","minimum":100,"maximum":599}},"required":["status","code"],"additionalProperties":false}),
+        ),
+        (
+            "ref_address",
+            json!({"$defs":{"address":{"type":"object","properties":{"street":{"type":"string","maxLength":30},"city":{"type":"string","maxLength":20},"zip":{"type":"string","pattern":"^[0-9]{5}$"}},"required":["street","city","zip"],"additionalProperties":false}},"type":"object","properties":{"home":{"$ref":"#/$defs/address"},"work":{"$ref":"#/$defs/address"}},"required":["home","work"],"additionalProperties":false}),
+        ),
+        (
+            "any_of_shape",
+            json!({"type":"object","properties":{"shape":{"anyOf":[{"type":"object","properties":{"kind":{"const":"circle"},"radius":{"type":"integer","minimum":0,"maximum":100}},"required":["kind","radius"],"additionalProperties":false},{"type":"object","properties":{"kind":{"const":"square"},"side":{"type":"integer","minimum":0,"maximum":100}},"required":["kind","side"],"additionalProperties":false}]}},"required":["shape"],"additionalProperties":false}),
+        ),
+        (
+            "date_format",
+            json!({"type":"object","properties":{"event":{"type":"string","maxLength":30},"date":{"type":"string","format":"date"}},"required":["event","date"],"additionalProperties":false}),
+        ),
+        (
+            "email_format",
+            json!({"type":"object","properties":{"user":{"type":"string","maxLength":20},"email":{"type":"string","format":"email","maxLength":40}},"required":["user","email"],"additionalProperties":false}),
+        ),
+        (
+            "number_bounds",
+            json!({"type":"object","properties":{"temperature":{"type":"number","minimum":-50,"maximum":60},"humidity":{"type":"integer","minimum":0,"maximum":100}},"required":["temperature","humidity"],"additionalProperties":false}),
+        ),
+        (
+            "nested_config",
+            json!({"type":"object","properties":{"server":{"type":"object","properties":{"host":{"type":"string","maxLength":30},"port":{"type":"integer","minimum":1,"maximum":65535},"tls":{"type":"object","properties":{"enabled":{"type":"boolean"},"version":{"enum":["1.2","1.3"]}},"required":["enabled","version"],"additionalProperties":false}},"required":["host","port","tls"],"additionalProperties":false}},"required":["server"],"additionalProperties":false}),
+        ),
+        (
+            "string_array",
+            json!({"type":"object","properties":{"tags":{"type":"array","items":{"type":"string","maxLength":12},"minItems":1,"maxItems":5}},"required":["tags"],"additionalProperties":false}),
+        ),
+        (
+            "product",
+            json!({"type":"object","properties":{"sku":{"type":"string","pattern":"^[A-Z]{3}-[0-9]{4}$"},"price":{"type":"number","minimum":0,"maximum":10000},"currency":{"enum":["USD","EUR","GBP"]},"in_stock":{"type":"boolean"}},"required":["sku","price","currency","in_stock"],"additionalProperties":false}),
+        ),
+        (
+            "optional_fields",
+            json!({"type":"object","properties":{"title":{"type":"string","maxLength":40},"subtitle":{"type":"string","maxLength":40}},"required":["title"],"additionalProperties":false}),
+        ),
+        (
+            "nullable",
+            json!({"type":"object","properties":{"middle_name":{"type":["string","null"],"maxLength":20},"nickname":{"anyOf":[{"type":"string","maxLength":15},{"type":"null"}]}},"required":["middle_name","nickname"],"additionalProperties":false}),
+        ),
+        (
+            "matrix",
+            json!({"type":"object","properties":{"rows":{"type":"array","minItems":2,"maxItems":2,"items":{"type":"array","minItems":2,"maxItems":2,"items":{"type":"integer","minimum":0,"maximum":9}}}},"required":["rows"],"additionalProperties":false}),
+        ),
+        (
+            "tool_call",
+            json!({"type":"object","properties":{"tool":{"enum":["search","calculator","weather"]},"arguments":{"type":"object","properties":{"query":{"type":"string","maxLength":40}},"required":["query"],"additionalProperties":false}},"required":["tool","arguments"],"additionalProperties":false}),
+        ),
+        (
+            "sentiment",
+            json!({"type":"object","properties":{"label":{"enum":["positive","negative","neutral"]},"confidence":{"type":"number","minimum":0,"maximum":1}},"required":["label","confidence"],"additionalProperties":false}),
+        ),
         // Recursion through $ref, bounded by the data: each level may only hold a smaller value.
-        ("ref_recursive_tree", json!({"$defs":{"leaf":{"type":"object","properties":{"value":{"const":0}},"required":["value"],"additionalProperties":false},"node":{"type":"object","properties":{"value":{"const":1},"child":{"$ref":"#/$defs/leaf"}},"required":["value","child"],"additionalProperties":false}},"type":"object","properties":{"root":{"$ref":"#/$defs/node"}},"required":["root"],"additionalProperties":false})),
-        ("uuid_and_time", json!({"type":"object","properties":{"id":{"type":"string","format":"uuid"},"at":{"type":"string","format":"time"}},"required":["id","at"],"additionalProperties":false})),
-        ("top_level_array", json!({"type":"array","items":{"type":"integer","minimum":1,"maximum":10},"minItems":3,"maxItems":3})),
-        ("const_and_int_enum", json!({"type":"object","properties":{"version":{"const":2},"level":{"enum":[1,2,3]}},"required":["version","level"],"additionalProperties":false})),
-        ("book_catalog", json!({"type":"object","properties":{"books":{"type":"array","minItems":1,"maxItems":2,"items":{"type":"object","properties":{"title":{"type":"string","maxLength":30},"year":{"type":"integer","minimum":1450,"maximum":2030},"authors":{"type":"array","minItems":1,"maxItems":2,"items":{"type":"string","maxLength":25}}},"required":["title","year","authors"],"additionalProperties":false}}},"required":["books"],"additionalProperties":false})),
-        ("all_of", json!({"allOf":[{"type":"object","properties":{"a":{"type":"integer","minimum":0,"maximum":9}},"required":["a"]},{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"boolean"}},"required":["b"],"additionalProperties":false}]})),
+        (
+            "ref_recursive_tree",
+            json!({"$defs":{"leaf":{"type":"object","properties":{"value":{"const":0}},"required":["value"],"additionalProperties":false},"node":{"type":"object","properties":{"value":{"const":1},"child":{"$ref":"#/$defs/leaf"}},"required":["value","child"],"additionalProperties":false}},"type":"object","properties":{"root":{"$ref":"#/$defs/node"}},"required":["root"],"additionalProperties":false}),
+        ),
+        (
+            "uuid_and_time",
+            json!({"type":"object","properties":{"id":{"type":"string","format":"uuid"},"at":{"type":"string","format":"time"}},"required":["id","at"],"additionalProperties":false}),
+        ),
+        (
+            "top_level_array",
+            json!({"type":"array","items":{"type":"integer","minimum":1,"maximum":10},"minItems":3,"maxItems":3}),
+        ),
+        (
+            "const_and_int_enum",
+            json!({"type":"object","properties":{"version":{"const":2},"level":{"enum":[1,2,3]}},"required":["version","level"],"additionalProperties":false}),
+        ),
+        (
+            "book_catalog",
+            json!({"type":"object","properties":{"books":{"type":"array","minItems":1,"maxItems":2,"items":{"type":"object","properties":{"title":{"type":"string","maxLength":30},"year":{"type":"integer","minimum":1450,"maximum":2030},"authors":{"type":"array","minItems":1,"maxItems":2,"items":{"type":"string","maxLength":25}}},"required":["title","year","authors"],"additionalProperties":false}}},"required":["books"],"additionalProperties":false}),
+        ),
+        (
+            "all_of",
+            json!({"allOf":[{"type":"object","properties":{"a":{"type":"integer","minimum":0,"maximum":9}},"required":["a"]},{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"boolean"}},"required":["b"],"additionalProperties":false}]}),
+        ),
     ]
 }
 
@@ -58,14 +139,25 @@ fn json_schemas_of_real_world_shape_are_obeyed() {
     assert!(list.len() >= 20);
     let mut failures = Vec::new();
     for (name, schema) in list {
-        let r = constrained(&format!("Produce a {} record as JSON.", name.replace('_', " ")), vec![Constraint::json_schema(name, schema.clone())], 300);
+        let r = constrained(
+            &format!("Produce a {} record as JSON.", name.replace('_', " ")),
+            vec![Constraint::json_schema(name, schema.clone())],
+            300,
+        );
         let parsed: Result<Value, _> = serde_json::from_str(&r.text);
         let ok = match &parsed {
-            Ok(v) => jsonschema::validator_for(&schema).expect("schema compiles in the validator").is_valid(v),
+            Ok(v) => {
+                jsonschema::validator_for(&schema).expect("schema compiles in the validator").is_valid(v)
+            }
             Err(_) => false,
         };
         if !ok || r.finish_reason != FinishReason::Stop || !r.constraints_satisfied() {
-            failures.push(format!("{name}: finish {:?}, valid {ok}, validation {}, text {}", r.finish_reason, r.validation_json(), r.text));
+            failures.push(format!(
+                "{name}: finish {:?}, valid {ok}, validation {}, text {}",
+                r.finish_reason,
+                r.validation_json(),
+                r.text
+            ));
         }
         let stats = r.constraint_stats.expect("stats under constraints");
         assert!(stats.masks_computed > 0 && stats.mean_mask_time_us > 0.0);
@@ -76,7 +168,11 @@ fn json_schemas_of_real_world_shape_are_obeyed() {
 #[test]
 fn regex_lark_choice_and_token_masks_are_obeyed() {
     let r = constrained("What is 6 times 7?", vec![Constraint::regex("number", "[0-9]{1,4}")], 20);
-    assert!(r.text.len() <= 4 && r.text.chars().all(|c| c.is_ascii_digit()) && !r.text.is_empty(), "{}", r.text);
+    assert!(
+        r.text.len() <= 4 && r.text.chars().all(|c| c.is_ascii_digit()) && !r.text.is_empty(),
+        "{}",
+        r.text
+    );
     assert!(r.constraints_satisfied(), "{}", r.validation_json());
 
     // Every pattern must hold: digits only, and starting with 4.
@@ -88,7 +184,10 @@ fn regex_lark_choice_and_token_masks_are_obeyed() {
 ANSWER: "yes" | "no""#;
     let r = constrained("Is the sky blue?", vec![Constraint::lark("yesno", grammar)], 20);
     assert!(r.text == "The answer is yes." || r.text == "The answer is no.", "{}", r.text);
-    assert!(r.stats.generated_tokens > 0 && r.constraint_stats.unwrap().forced_tokens > 0, "the fixed prefix is forced, not sampled");
+    assert!(
+        r.stats.generated_tokens > 0 && r.constraint_stats.unwrap().forced_tokens > 0,
+        "the fixed prefix is forced, not sampled"
+    );
 
     let r = constrained("Pick a color.", vec![Constraint::choice("color", ["red", "green", "blue"])], 10);
     assert!(["red", "green", "blue"].contains(&r.text.as_str()), "{}", r.text);
@@ -115,7 +214,12 @@ fn conflicts_relax_the_lowest_priority_and_say_so() {
     assert_ne!(by_name("digits").outcome, ConstraintOutcome::Relaxed);
     assert!(!r.constraints_satisfied());
     let provenance = r.provenance_json();
-    assert!(provenance.contains("\"letters\"") && provenance.contains("\"digits\"") && provenance.contains("\"seed\""), "{provenance}");
+    assert!(
+        provenance.contains("\"letters\"")
+            && provenance.contains("\"digits\"")
+            && provenance.contains("\"seed\""),
+        "{provenance}"
+    );
 }
 
 #[test]
@@ -136,11 +240,17 @@ fn bad_constraints_fail_at_compile_time_naming_the_part() {
     let e = compile(Constraint::lark("g", "start: foo bar baz"));
     assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
     assert!(e.message().contains("'g'"), "{e}");
-    let e = compile(Constraint::json_schema("s", json!({"type": "object", "properties": {"a": {"type": "strin"}}})));
+    let e = compile(Constraint::json_schema(
+        "s",
+        json!({"type": "object", "properties": {"a": {"type": "strin"}}}),
+    ));
     assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
     assert!(e.message().contains("strin"), "{e}");
     let e = compile(Constraint::json_schema("u", json!({"type": "array", "uniqueItems": true})));
-    assert!(e.message().contains("uniqueItems") && e.message().contains("'u'"), "unsupported keyword is named: {e}");
+    assert!(
+        e.message().contains("uniqueItems") && e.message().contains("'u'"),
+        "unsupported keyword is named: {e}"
+    );
     let e = compile(Constraint::json_schema("s", json!(42)));
     assert!(e.message().contains("object or a boolean"), "{e}");
     let e = compile(Constraint::token_mask("m", vec![1, 999_999], vec![]));
@@ -155,7 +265,14 @@ fn bad_constraints_fail_at_compile_time_naming_the_part() {
 
 #[test]
 fn the_compile_cache_hits_counts_and_evicts() {
-    let e = Engine::load(&EngineConfig { model_path: std::env::var_os("MAZE_MODEL").map(PathBuf::from).unwrap_or_default(), constraint_cache_limit: 2, ..Default::default() }, None);
+    let e = Engine::load(
+        &EngineConfig {
+            model_path: std::env::var_os("MAZE_MODEL").map(PathBuf::from).unwrap_or_default(),
+            constraint_cache_limit: 2,
+            ..Default::default()
+        },
+        None,
+    );
     let Ok(e) = e else { return }; // MAZE_MODEL unset: covered by the shared engine tests
     let c1 = Constraint::regex("a", "[a-z]+");
     let first = e.compile_constraint(&c1).unwrap();

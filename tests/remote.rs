@@ -11,7 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use maze::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
-use maze::{ChatMessage, Constraint, ConstraintOutcome, Engine, EngineConfig, ErrorKind, FinishReason, GenerateOptions, Prompt, SamplingParams};
+use maze::{
+    ChatMessage, Constraint, ConstraintOutcome, Engine, EngineConfig, ErrorKind, FinishReason,
+    GenerateOptions, Prompt, SamplingParams,
+};
 use serde_json::json;
 
 fn model_path() -> String {
@@ -38,7 +41,11 @@ impl Server {
             .expect("maze-server starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in '{line}'")).to_string();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in '{line}'"))
+            .to_string();
         Server { child, url }
     }
 }
@@ -59,7 +66,13 @@ fn shared_server() -> &'static Server {
 
 fn local_engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::load(&EngineConfig { model_path: model_path().into(), threads: 1, ..Default::default() }, None).unwrap())
+    ENGINE.get_or_init(|| {
+        Engine::load(
+            &EngineConfig { model_path: model_path().into(), threads: 1, ..Default::default() },
+            None,
+        )
+        .unwrap()
+    })
 }
 
 fn config(protocol: Protocol) -> RemoteConfig {
@@ -114,9 +127,13 @@ fn maze_protocol_enforces_every_constraint_kind() {
 
     // Token masks travel too (the server knows its token ids).
     let tokenizer = local_engine().tokenizer();
-    let mut digits: Vec<u32> = (0..10).map(|d| tokenizer.encode(&d.to_string(), false, false).unwrap()[0]).collect();
+    let mut digits: Vec<u32> =
+        (0..10).map(|d| tokenizer.encode(&d.to_string(), false, false).unwrap()[0]).collect();
     digits.push(2);
-    let opts = GenerateOptions { constraints: vec![Constraint::token_mask("digits", digits.clone(), vec![])], ..greedy(6) };
+    let opts = GenerateOptions {
+        constraints: vec![Constraint::token_mask("digits", digits.clone(), vec![])],
+        ..greedy(6)
+    };
     let r = session.generate(&chat("Write a word."), &opts).unwrap();
     assert!(!r.text.is_empty() && r.text.chars().all(|c| c.is_ascii_digit()), "{:?}", r.text);
     assert!(r.tokens.iter().all(|t| digits.contains(t)));
@@ -150,7 +167,8 @@ fn openai_protocol_chat_completions_and_structured_outputs() {
     let r = session.generate(&chat("Is water wet? Answer as JSON."), &opts).unwrap();
     assert!(serde_json::from_str::<serde_json::Value>(&r.text).unwrap()["ok"].is_boolean(), "{}", r.text);
     assert!(r.constraints_satisfied() && r.validation[0].name == "answer", "{}", r.validation_json());
-    let opts = GenerateOptions { constraints: vec![Constraint::regex("year", "(19|20)[0-9]{2}")], ..greedy(8) };
+    let opts =
+        GenerateOptions { constraints: vec![Constraint::regex("year", "(19|20)[0-9]{2}")], ..greedy(8) };
     let r = session.generate(&Prompt::Text("The year the war ended:".into()), &opts).unwrap();
     assert!(r.text.len() == 4 && r.text.chars().all(|c| c.is_ascii_digit()), "{:?}", r.text);
 
@@ -230,7 +248,8 @@ fn ignore_eos_crosses_both_protocols() {
     let local = local_engine().new_session().generate(&prompt, &opts).unwrap();
     assert_eq!((local.finish_reason, local.stats.generated_tokens), (FinishReason::Length, 40));
     for protocol in [Protocol::Maze, Protocol::OpenAi] {
-        let r = RemoteEngine::connect(config(protocol)).unwrap().new_session().generate(&prompt, &opts).unwrap();
+        let r =
+            RemoteEngine::connect(config(protocol)).unwrap().new_session().generate(&prompt, &opts).unwrap();
         assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Length, 40), "{protocol:?}");
         assert_eq!(r.text, local.text, "{protocol:?}");
     }
@@ -262,7 +281,8 @@ fn server_limits_errors_and_metrics() {
     // Malformed and unknown: 400 / 404 with messages.
     let (status, text) = http(&server.url, &post("/maze/v1/generate", "", "{\"prompt\": 5}"));
     assert_eq!(status, 400, "{text}");
-    let (status, text) = http(&server.url, &post("/maze/v1/generate", "", "{\"prompt\": \"a\", \"bogus\": 1}"));
+    let (status, text) =
+        http(&server.url, &post("/maze/v1/generate", "", "{\"prompt\": \"a\", \"bogus\": 1}"));
     assert!(status == 400 && text.contains("bogus"), "{text}");
     let (status, _) = http(&server.url, "GET /nope HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 404);
@@ -270,22 +290,38 @@ fn server_limits_errors_and_metrics() {
     // One generation at a time: a second one meanwhile gets 429 with Retry-After.
     let busy = {
         let url = server.url.clone();
-        thread::spawn(move || http(&url, &post("/maze/v1/generate", "", "{\"prompt\": \"The history of Rome\", \"max_tokens\": 400, \"sampling\": {\"temperature\": 0}}")))
+        thread::spawn(move || {
+            http(&url, &post("/maze/v1/generate", "", "{\"prompt\": \"The history of Rome\", \"max_tokens\": 400, \"sampling\": {\"temperature\": 0}}"))
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !http(&server.url, "GET /metrics HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n").1.contains("maze_generations_running 1") {
+    while !http(&server.url, "GET /metrics HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n")
+        .1
+        .contains("maze_generations_running 1")
+    {
         assert!(Instant::now() < deadline, "the long generation never started");
         thread::sleep(Duration::from_millis(10));
     }
-    let (status, refused) = http(&server.url, &post("/v1/completions", "", "{\"prompt\": \"Hi\", \"max_tokens\": 1}"));
+    let (status, refused) =
+        http(&server.url, &post("/v1/completions", "", "{\"prompt\": \"Hi\", \"max_tokens\": 1}"));
     assert_eq!(status, 429, "{refused}");
-    assert!(refused.to_ascii_lowercase().contains("retry-after: 1") && refused.contains("limit of 1"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1") && refused.contains("limit of 1"),
+        "{refused}"
+    );
     assert_eq!(busy.join().unwrap().0, 200);
 
-    let (status, metrics) = http(&server.url, "GET /metrics HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n");
+    let (status, metrics) =
+        http(&server.url, "GET /metrics HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
-    assert!(metrics.contains("maze_http_responses_total{route=\"/maze/v1/generate\",status=\"413\"} 1"), "{metrics}");
-    assert!(metrics.contains("status=\"429\"") && metrics.contains("maze_generated_tokens_total"), "{metrics}");
+    assert!(
+        metrics.contains("maze_http_responses_total{route=\"/maze/v1/generate\",status=\"413\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("status=\"429\"") && metrics.contains("maze_generated_tokens_total"),
+        "{metrics}"
+    );
 }
 
 // ------------------------------------------------------------------------------ fault injection
@@ -328,7 +364,9 @@ fn fault_server(fault: Fault) -> (String, Arc<AtomicUsize>) {
                 }
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let good = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {\"choices\":[{\"index\":0,\"text\":\"Hello\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"text\":\" world\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
-                let status = |code: &str, extra: &str| format!("HTTP/1.1 {code}\r\nContent-Type: application/json\r\n{extra}Content-Length: 27\r\nConnection: close\r\n\r\n{{\"error\":{{\"message\":\"no\"}}}}");
+                let status = |code: &str, extra: &str| {
+                    format!("HTTP/1.1 {code}\r\nContent-Type: application/json\r\n{extra}Content-Length: 27\r\nConnection: close\r\n\r\n{{\"error\":{{\"message\":\"no\"}}}}")
+                };
                 let reply = match (fault, n) {
                     (Fault::Always500, _) => status("500 Internal Server Error", ""),
                     (Fault::TwoFailuresThenOk, 0 | 1) => status("503 Service Unavailable", ""),
@@ -455,14 +493,28 @@ fn a_stream_closed_midway_keeps_the_text() {
 
 #[test]
 fn config_from_environment_variables() {
-    let vars = |pairs: &'static [(&'static str, &'static str)]| move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    };
     assert!(RemoteConfig::from_vars(vars(&[])).is_none());
-    let c = RemoteConfig::from_vars(vars(&[("MAZE_ENDPOINT", "http://h:1/v1"), ("MAZE_API_KEY", "k"), ("MAZE_MODEL", "m"), ("MAZE_PROTOCOL", "maze"), ("MAZE_RETRIES", "5"), ("MAZE_TIMEOUT_MS", "1500")]))
-        .unwrap()
-        .unwrap();
-    assert_eq!((c.endpoint.as_str(), c.api_key.as_deref(), c.model.as_deref(), c.protocol, c.max_retries), ("http://h:1/v1", Some("k"), Some("m"), Protocol::Maze, 5));
+    let c = RemoteConfig::from_vars(vars(&[
+        ("MAZE_ENDPOINT", "http://h:1/v1"),
+        ("MAZE_API_KEY", "k"),
+        ("MAZE_MODEL", "m"),
+        ("MAZE_PROTOCOL", "maze"),
+        ("MAZE_RETRIES", "5"),
+        ("MAZE_TIMEOUT_MS", "1500"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (c.endpoint.as_str(), c.api_key.as_deref(), c.model.as_deref(), c.protocol, c.max_retries),
+        ("http://h:1/v1", Some("k"), Some("m"), Protocol::Maze, 5)
+    );
     assert_eq!(c.request_timeout, Some(Duration::from_millis(1500)));
-    let err = RemoteConfig::from_vars(vars(&[("MAZE_ENDPOINT", "http://h"), ("MAZE_PROTOCOL", "grpc")])).unwrap().unwrap_err();
+    let err = RemoteConfig::from_vars(vars(&[("MAZE_ENDPOINT", "http://h"), ("MAZE_PROTOCOL", "grpc")]))
+        .unwrap()
+        .unwrap_err();
     assert!(err.message().contains("grpc"));
 }
 
@@ -497,23 +549,42 @@ mod c_abi {
             let mut engine = null_mut();
             let mut err = null_mut();
             assert_eq!(maze_engine_new(null(), &params, &mut engine, &mut err), maze_status::Ok);
-            assert_eq!(CStr::from_ptr(maze_engine_model_name(engine)).to_str().unwrap(), local_engine().info().name);
+            assert_eq!(
+                CStr::from_ptr(maze_engine_model_name(engine)).to_str().unwrap(),
+                local_engine().info().name
+            );
             assert_eq!(CStr::from_ptr(maze_engine_architecture(engine)).to_str().unwrap(), "remote");
             assert_eq!(maze_engine_health(engine, &mut err), maze_status::Ok);
             let mut buf = [0 as std::ffi::c_char; 256];
             let mut len = 0usize;
-            assert_eq!(maze_engine_list_models(engine, buf.as_mut_ptr(), buf.len(), &mut len, &mut err), maze_status::Ok);
-            let names: Vec<String> = serde_json::from_str(CStr::from_ptr(buf.as_ptr()).to_str().unwrap()).unwrap();
+            assert_eq!(
+                maze_engine_list_models(engine, buf.as_mut_ptr(), buf.len(), &mut len, &mut err),
+                maze_status::Ok
+            );
+            let names: Vec<String> =
+                serde_json::from_str(CStr::from_ptr(buf.as_ptr()).to_str().unwrap()).unwrap();
             assert_eq!(names, vec![local_engine().info().name.clone()]);
 
             // No local tokenizer: a clear refusal.
             let mut n = 0usize;
-            assert_eq!(maze_tokenize(engine, c"hi".as_ptr(), 2, false, false, null_mut(), 0, &mut n, &mut err), maze_status::Unsupported);
+            assert_eq!(
+                maze_tokenize(engine, c"hi".as_ptr(), 2, false, false, null_mut(), 0, &mut n, &mut err),
+                maze_status::Unsupported
+            );
             assert!(message(err).contains("remote"));
 
             let json = r#"{"name": "yesno", "choice": ["yes", "no"]}"#;
             let mut constraint: *mut maze_constraint = null_mut();
-            assert_eq!(maze_constraint_from_json(engine, json.as_ptr() as *const _, json.len(), &mut constraint, &mut err), maze_status::Ok);
+            assert_eq!(
+                maze_constraint_from_json(
+                    engine,
+                    json.as_ptr() as *const _,
+                    json.len(),
+                    &mut constraint,
+                    &mut err
+                ),
+                maze_status::Ok
+            );
             let mut session = null_mut();
             assert_eq!(maze_session_new(engine, &mut session, &mut err), maze_status::Ok);
             let mut gp = maze_generate_params_default();
@@ -524,8 +595,22 @@ mod c_abi {
             gp.n_constraints = 1;
             let prompt = "Is the sky blue? Answer:";
             let mut result = null_mut();
-            let status = maze_session_generate(session, prompt.as_ptr() as *const _, prompt.len(), &gp, None, null_mut(), &mut result, &mut err);
-            assert_eq!(status, maze_status::Ok, "{}", if status == maze_status::Ok { String::new() } else { message(err) });
+            let status = maze_session_generate(
+                session,
+                prompt.as_ptr() as *const _,
+                prompt.len(),
+                &gp,
+                None,
+                null_mut(),
+                &mut result,
+                &mut err,
+            );
+            assert_eq!(
+                status,
+                maze_status::Ok,
+                "{}",
+                if status == maze_status::Ok { String::new() } else { message(err) }
+            );
             let text = CStr::from_ptr(maze_result_text(result, null_mut())).to_str().unwrap().to_string();
             assert!(text == "yes" || text == "no", "{text}");
             assert!(maze_result_constraints_satisfied(result));
@@ -538,7 +623,10 @@ mod c_abi {
             // unset in the test environment).
             if std::env::var_os("MAZE_ENDPOINT").is_none() {
                 let params = maze_engine_params_default();
-                assert_eq!(maze_engine_new(null(), &params, &mut engine, &mut err), maze_status::NullArgument);
+                assert_eq!(
+                    maze_engine_new(null(), &params, &mut engine, &mut err),
+                    maze_status::NullArgument
+                );
                 assert_eq!(maze_error_status(err), maze_status::NullArgument);
                 assert!(message(err).contains("MAZE_ENDPOINT"));
             }

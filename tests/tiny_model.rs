@@ -19,7 +19,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("maze-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "maze-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -41,7 +45,16 @@ fn write_tiny(dir: &TempDir, model: &TinyModel) -> PathBuf {
 }
 
 fn load(path: &Path) -> Result<Engine> {
-    Engine::load(&EngineConfig { model_path: path.to_path_buf(), threads: 1, seed: Some(5), context_length: 1024, ..Default::default() }, None)
+    Engine::load(
+        &EngineConfig {
+            model_path: path.to_path_buf(),
+            threads: 1,
+            seed: Some(5),
+            context_length: 1024,
+            ..Default::default()
+        },
+        None,
+    )
 }
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
@@ -71,7 +84,8 @@ fn progress_is_monotonic_and_can_abort() {
         seen.push(p);
         true
     };
-    Engine::load(&EngineConfig { model_path: path.clone(), ..Default::default() }, Some(&mut record)).unwrap();
+    Engine::load(&EngineConfig { model_path: path.clone(), ..Default::default() }, Some(&mut record))
+        .unwrap();
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert_eq!(seen.first(), Some(&0.0));
     assert_eq!(seen.last(), Some(&1.0));
@@ -80,7 +94,9 @@ fn progress_is_monotonic_and_can_abort() {
         calls += 1;
         p < 0.5
     };
-    let err = Engine::load(&EngineConfig { model_path: path, ..Default::default() }, Some(&mut abort_midway)).err().unwrap();
+    let err = Engine::load(&EngineConfig { model_path: path, ..Default::default() }, Some(&mut abort_midway))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
     assert!(calls > 1);
 }
@@ -126,7 +142,11 @@ fn chat_without_a_template_is_a_template_error() {
     let dir = TempDir::new("notemplate");
     let engine = load(&write_tiny(&dir, &TinyModel { chat_template: None, ..Default::default() })).unwrap();
     assert!(!engine.has_chat_template());
-    let err = engine.new_session().generate(&Prompt::Chat(vec![ChatMessage::new("user", "hi")]), &greedy(4)).err().unwrap();
+    let err = engine
+        .new_session()
+        .generate(&Prompt::Chat(vec![ChatMessage::new("user", "hi")]), &greedy(4))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Template);
     assert!(err.message().contains("no chat template"), "{err}");
     // Text prompts still work.
@@ -136,7 +156,10 @@ fn chat_without_a_template_is_a_template_error() {
 #[test]
 fn broken_chat_templates_name_the_problem() {
     let dir = TempDir::new("badtemplate");
-    let bad_syntax = TinyModel { chat_template: Some("{% for m in messages %}{{ m.content }".into()), ..Default::default() };
+    let bad_syntax = TinyModel {
+        chat_template: Some("{% for m in messages %}{{ m.content }".into()),
+        ..Default::default()
+    };
     let err = load(&write_tiny(&dir, &bad_syntax)).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Template);
     assert!(err.message().contains("does not compile"), "{err}");
@@ -158,7 +181,13 @@ fn byte_level_tokenizer_round_trips_everything() {
     let dir = TempDir::new("tok");
     let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
     let tok = engine.tokenizer();
-    for text in ["hello world", "  hello\n\n\tworld  ", "🦀 crab, 你好, ça va, Привет", "<|im_start|>user\nhi<|im_end|>", "\u{0}nul and \u{7f}"] {
+    for text in [
+        "hello world",
+        "  hello\n\n\tworld  ",
+        "🦀 crab, 你好, ça va, Привет",
+        "<|im_start|>user\nhi<|im_end|>",
+        "\u{0}nul and \u{7f}",
+    ] {
         let ids = tok.encode(text, false, true).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), text);
     }
@@ -175,12 +204,15 @@ fn byte_level_tokenizer_round_trips_everything() {
 fn tokenizer_json_beside_the_model_or_explicit() {
     let tiny = TinyModel::default();
     // Build the same tokenizer as a Hugging Face tokenizer.json.
-    let vocab: tokenizers::models::bpe::Vocab = tiny.vocab().iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let bpe = tokenizers::models::bpe::BPE::builder().vocab_and_merges(vocab, tiny.merges.clone()).build().unwrap();
+    let vocab: tokenizers::models::bpe::Vocab =
+        tiny.vocab().iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe =
+        tokenizers::models::bpe::BPE::builder().vocab_and_merges(vocab, tiny.merges.clone()).build().unwrap();
     let mut hf = tokenizers::Tokenizer::new(bpe);
     hf.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, false, true)));
     hf.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-    let specials: Vec<_> = maze::testing::SPECIAL_TOKENS.iter().map(|s| tokenizers::AddedToken::from(*s, true)).collect();
+    let specials: Vec<_> =
+        maze::testing::SPECIAL_TOKENS.iter().map(|s| tokenizers::AddedToken::from(*s, true)).collect();
     hf.add_special_tokens(&specials);
 
     let dir = TempDir::new("json");
@@ -202,7 +234,11 @@ fn tokenizer_json_beside_the_model_or_explicit() {
     // Explicit path overrides, also for a GGUF that has metadata.
     let other = TempDir::new("json2");
     let with_md = write_tiny(&other, &TinyModel::default());
-    let cfg = EngineConfig { model_path: with_md, tokenizer_path: Some(dir.path("tokenizer.json")), ..Default::default() };
+    let cfg = EngineConfig {
+        model_path: with_md,
+        tokenizer_path: Some(dir.path("tokenizer.json")),
+        ..Default::default()
+    };
     let engine = Engine::load(&cfg, None).unwrap();
     assert_eq!(engine.tokenizer().encode(text, false, true).unwrap(), ids);
 }
@@ -215,7 +251,10 @@ fn spm_metadata() -> Vec<(&'static str, Value)> {
         tokens.push(format!("<0x{b:02X}>"));
         types.push(6);
     }
-    for piece in ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "▁wor", "ld", "▁world"] {
+    for piece in [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "he", "ll", "llo", "hello", "▁hello", "▁w", "or",
+        "▁wor", "ld", "▁world",
+    ] {
         tokens.push(piece.into());
         types.push(1);
     }
@@ -271,7 +310,12 @@ fn unknown_tokenizer_types_are_refused_by_name() {
 fn a_gpu_without_cuda_support_is_refused_by_name() {
     let dir = TempDir::new("gpu");
     let path = write_tiny(&dir, &TinyModel::default());
-    let err = Engine::load(&EngineConfig { model_path: path, device: ComputeDevice::Cuda(0), ..Default::default() }, None).err().expect("no CUDA in this build");
+    let err = Engine::load(
+        &EngineConfig { model_path: path, device: ComputeDevice::Cuda(0), ..Default::default() },
+        None,
+    )
+    .err()
+    .expect("no CUDA in this build");
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(err.message().contains("--features cuda"), "{err}");
 }
@@ -281,7 +325,14 @@ fn sessions_share_prompt_prefixes_live_and_after_close() {
     let dir = TempDir::new("prefix");
     let path = write_tiny(&dir, &TinyModel::default());
     let engine = load(&path).unwrap();
-    let config = |budget| EngineConfig { model_path: path.clone(), threads: 1, seed: Some(5), context_length: 1024, prefix_cache_bytes: Some(budget), ..Default::default() };
+    let config = |budget| EngineConfig {
+        model_path: path.clone(),
+        threads: 1,
+        seed: Some(5),
+        context_length: 1024,
+        prefix_cache_bytes: Some(budget),
+        ..Default::default()
+    };
     let no_retired = Engine::load(&config(0), None).unwrap();
     let vocab = engine.info().vocab_size as u32;
     let system: Vec<u32> = (0..48).map(|i| 3 + (i * 7) % (vocab - 3)).collect();
@@ -351,7 +402,9 @@ fn sessions_run_concurrently_from_many_threads() {
             let engine = engine.clone();
             std::thread::spawn(move || {
                 let s = engine.new_session();
-                (0..3).map(|_| s.generate(&Prompt::Text("hello".into()), &greedy(20)).unwrap().tokens).collect::<Vec<_>>()
+                (0..3)
+                    .map(|_| s.generate(&Prompt::Text("hello".into()), &greedy(20)).unwrap().tokens)
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -377,7 +430,11 @@ fn cancel_and_timeout_from_outside() {
     });
     let r = session.generate(&Prompt::Text("hello".into()), &greedy(0)).unwrap();
     canceller.join().unwrap();
-    assert!(matches!(r.finish_reason, FinishReason::Cancelled | FinishReason::Length), "{:?}", r.finish_reason);
+    assert!(
+        matches!(r.finish_reason, FinishReason::Cancelled | FinishReason::Length),
+        "{:?}",
+        r.finish_reason
+    );
 
     let opts = GenerateOptions { timeout: Some(Duration::from_millis(1)), ..greedy(0) };
     let r = session.generate(&Prompt::Text("hello ".repeat(100)), &opts).unwrap();
@@ -415,7 +472,12 @@ impl LanguageModel for PanickyModel {
     fn new_cache(&self) -> Box<dyn SequenceCache> {
         Box::new(CountCache(0))
     }
-    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, _: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut dyn SequenceCache,
+        _: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
         assert!(!tokens.contains(&0), "token 0 is poison");
         std::thread::sleep(self.delay);
         let cache = cache.as_any_mut().downcast_mut::<CountCache>().unwrap();
@@ -441,7 +503,14 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
         embedding_length: 0,
         compute: "test".into(),
     };
-    let engine = Engine::from_parts(Arc::new(PanickyModel { info, delay: Duration::from_millis(2) }), tokenizer, None, 1, Some(1)).unwrap();
+    let engine = Engine::from_parts(
+        Arc::new(PanickyModel { info, delay: Duration::from_millis(2) }),
+        tokenizer,
+        None,
+        1,
+        Some(1),
+    )
+    .unwrap();
     let s = engine.new_session();
     let r = s.generate(&Prompt::Tokens(vec![5, 0, 7]), &greedy(3)).unwrap();
     assert_eq!(r.finish_reason, FinishReason::Error);
@@ -461,7 +530,9 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
     let good = healthy
         .generate_streaming(&Prompt::Tokens(vec![5, 6]), &greedy(40), |_| {
             if bad.is_none() {
-                bad = Some(std::thread::scope(|scope| scope.spawn(|| poisoned.generate(&Prompt::Tokens(vec![0]), &greedy(3))).join().unwrap()));
+                bad = Some(std::thread::scope(|scope| {
+                    scope.spawn(|| poisoned.generate(&Prompt::Tokens(vec![0]), &greedy(3))).join().unwrap()
+                }));
             }
             true
         })
@@ -473,7 +544,13 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
 }
 
 fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {
-    let opts = maze::model::LoadOptions { model_path: path, tokenizer_path: None, context_length: 0, device: candle_core::Device::Cpu, tensor_forward };
+    let opts = maze::model::LoadOptions {
+        model_path: path,
+        tokenizer_path: None,
+        context_length: 0,
+        device: candle_core::Device::Cpu,
+        tensor_forward,
+    };
     maze::model::load(&opts, &mut |_| true).unwrap().model
 }
 
@@ -486,7 +563,8 @@ fn native_and_tensor_forward_passes_agree() {
     assert!(native.info().compute.starts_with("cpu native"), "{}", native.info().compute);
     assert!(tensors.info().compute.starts_with("candle tensors"), "{}", tensors.info().compute);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % 250) as u32).collect();
-    let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42, 7, 250]).unwrap();
+    let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42, 7, 250])
+        .unwrap();
     assert!(c.worst_relative_gap < 1e-4 && c.same_argmax == c.steps, "{c:?}");
 }
 
@@ -496,32 +574,54 @@ fn k_quant_models_run_on_the_native_path() {
     // paths can round a key to a neighbouring f16 in one cache and not the other (measured
     // 0.5% at the logits of this random model); Q6_K is requantized to 8 bits per 32 values
     // (measured 0.8%).
-    for (dtype, bound) in [(candle_core::quantized::GgmlDType::Q4K, 0.015), (candle_core::quantized::GgmlDType::Q6K, 0.03)] {
+    for (dtype, bound) in
+        [(candle_core::quantized::GgmlDType::Q4K, 0.015), (candle_core::quantized::GgmlDType::Q6K, 0.03)]
+    {
         let dir = TempDir::new("kquant");
-        let path = write_tiny(&dir, &TinyModel { dim: 256, ffn_dim: 512, n_heads: 4, n_kv_heads: 2, weight_dtype: dtype, ..Default::default() });
+        let path = write_tiny(
+            &dir,
+            &TinyModel {
+                dim: 256,
+                ffn_dim: 512,
+                n_heads: 4,
+                n_kv_heads: 2,
+                weight_dtype: dtype,
+                ..Default::default()
+            },
+        );
         let (native, tensors) = (load_model(&path, false), load_model(&path, true));
         assert!(native.info().compute.starts_with("cpu native"), "{dtype:?}: {}", native.info().compute);
         let prompt: Vec<u32> = (0..24).map(|i| (i * 11 % 250) as u32).collect();
-        let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
+        let c =
+            maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
         assert!(c.worst_relative_gap < bound && c.same_argmax == c.steps, "{dtype:?}: {c:?}");
     }
 }
 
 #[test]
 fn mixed_format_layers_run_on_the_native_path() {
-    use candle_core::quantized::GgmlDType::{Q4_0, Q4K, Q6K, Q8_0};
+    use candle_core::quantized::GgmlDType::{Q4K, Q4_0, Q6K, Q8_0};
     // Q4_K_M's mix (V and down in Q6_K, so Q/K/V cannot be one stack), and a 4-bit K between
     // 8-bit Q and V.
     let q4_k_m = vec![("attn_v".to_string(), Q6K), ("ffn_down".to_string(), Q6K)];
     let odd_k = vec![("attn_k".to_string(), Q4_0), ("ffn_up".to_string(), Q4_0)];
     for (base, overrides) in [(Q4K, q4_k_m), (Q8_0, odd_k)] {
         let dir = TempDir::new("mixed");
-        let model = TinyModel { dim: 256, ffn_dim: 512, n_heads: 4, n_kv_heads: 2, weight_dtype: base, dtype_overrides: overrides.clone(), ..Default::default() };
+        let model = TinyModel {
+            dim: 256,
+            ffn_dim: 512,
+            n_heads: 4,
+            n_kv_heads: 2,
+            weight_dtype: base,
+            dtype_overrides: overrides.clone(),
+            ..Default::default()
+        };
         let path = write_tiny(&dir, &model);
         let (native, tensors) = (load_model(&path, false), load_model(&path, true));
         assert!(native.info().compute.starts_with("cpu native"), "{overrides:?}: {}", native.info().compute);
         let prompt: Vec<u32> = (0..24).map(|i| (i * 13 % 250) as u32).collect();
-        let c = maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
+        let c =
+            maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
         assert!(c.worst_relative_gap < 0.03 && c.same_argmax == c.steps, "{overrides:?}: {c:?}");
     }
 }
@@ -549,8 +649,11 @@ fn a_batch_computes_exactly_what_its_items_compute_alone() {
         alone.push(model.forward(p, c.as_mut(), &never).unwrap());
         caches.push(c2);
     }
-    let mut items: Vec<maze::model::BatchStep<'_>> =
-        prompts.iter().zip(caches.iter_mut()).map(|(p, c)| maze::model::BatchStep { tokens: p, cache: c.as_mut() }).collect();
+    let mut items: Vec<maze::model::BatchStep<'_>> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, c)| maze::model::BatchStep { tokens: p, cache: c.as_mut() })
+        .collect();
     let batched = model.forward_batch(&mut items, &never);
     for (i, (b, a)) in batched.into_iter().zip(&alone).enumerate() {
         assert_eq!(&b.unwrap(), a, "item {i}");
@@ -561,7 +664,10 @@ fn a_batch_computes_exactly_what_its_items_compute_alone() {
     // An item that cannot run (out-of-vocabulary token) fails alone; the others still run.
     let mut ok = model.new_cache();
     let mut bad = model.new_cache();
-    let mut items = vec![maze::model::BatchStep { tokens: &[5], cache: ok.as_mut() }, maze::model::BatchStep { tokens: &[100_000], cache: bad.as_mut() }];
+    let mut items = vec![
+        maze::model::BatchStep { tokens: &[5], cache: ok.as_mut() },
+        maze::model::BatchStep { tokens: &[100_000], cache: bad.as_mut() },
+    ];
     let out = model.forward_batch(&mut items, &never);
     assert!(out[0].is_ok());
     assert_eq!(out[1].as_ref().unwrap_err().kind(), ErrorKind::InvalidArgument);

@@ -30,7 +30,18 @@ struct Args {
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { model: String::new(), runs: 5, threads: 2, prompt_tokens: 128, gen_tokens: 128, llama_bench: None, write: None, sessions_only: None, load_only: false, one_load: false };
+    let mut a = Args {
+        model: String::new(),
+        runs: 5,
+        threads: 2,
+        prompt_tokens: 128,
+        gen_tokens: 128,
+        llama_bench: None,
+        write: None,
+        sessions_only: None,
+        load_only: false,
+        one_load: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -38,12 +49,15 @@ fn parse() -> Result<Args, String> {
             "--model" => a.model = value()?,
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
-            "--prompt-tokens" => a.prompt_tokens = value()?.parse().map_err(|e| format!("--prompt-tokens: {e}"))?,
+            "--prompt-tokens" => {
+                a.prompt_tokens = value()?.parse().map_err(|e| format!("--prompt-tokens: {e}"))?
+            }
             "--gen-tokens" => a.gen_tokens = value()?.parse().map_err(|e| format!("--gen-tokens: {e}"))?,
             "--write" => a.write = Some(value()?),
             "--llama-bench" => a.llama_bench = Some(value()?),
             "--sessions-only" => {
-                let list = value()?.split(',').map(|n| n.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
+                let list =
+                    value()?.split(',').map(|n| n.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
                 a.sessions_only = Some(list.map_err(|e| format!("--sessions-only: {e}"))?);
             }
             "--load-only" => a.load_only = true,
@@ -91,18 +105,34 @@ struct ConstraintNumbers {
 /// medians of its samples.
 fn llama_cpp(path: &str, args: &Args) -> Result<(f64, f64), String> {
     let out = std::process::Command::new(path)
-        .args(["-m", &args.model, "-t", &args.threads.to_string(), "-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
+        .args([
+            "-m",
+            &args.model,
+            "-t",
+            &args.threads.to_string(),
+            "-p",
+            &args.prompt_tokens.to_string(),
+            "-n",
+            &args.gen_tokens.to_string(),
+        ])
         .args(["-r", &args.runs.max(1).to_string(), "-o", "json"])
         .output()
         .map_err(|e| format!("cannot run {path}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{path} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")));
+        return Err(format!(
+            "{path} failed: {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        ));
     }
-    let tests: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| format!("llama-bench output: {e}"))?;
+    let tests: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("llama-bench output: {e}"))?;
     let rate = |prefill: bool| -> Result<f64, String> {
         tests
             .iter()
-            .find(|t| (t["n_prompt"].as_u64().unwrap_or(0) > 0) == prefill && (t["n_gen"].as_u64().unwrap_or(0) > 0) != prefill)
+            .find(|t| {
+                (t["n_prompt"].as_u64().unwrap_or(0) > 0) == prefill
+                    && (t["n_gen"].as_u64().unwrap_or(0) > 0) != prefill
+            })
             .and_then(|t| t["samples_ts"].as_array())
             .map(|v| median(v.iter().filter_map(|x| x.as_f64()).collect()))
             .ok_or_else(|| "llama-bench output lacks a result".to_string())
@@ -113,7 +143,10 @@ fn llama_cpp(path: &str, args: &Args) -> Result<(f64, f64), String> {
 /// A catalog of 40 products; `bounded` adds string length bounds and a pattern.
 fn catalog_schema(bounded: bool) -> serde_json::Value {
     let (sku, name) = if bounded {
-        (json!({"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}), json!({"type": "string", "maxLength": 24}))
+        (
+            json!({"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}),
+            json!({"type": "string", "maxLength": 24}),
+        )
     } else {
         (json!({"type": "string"}), json!({"type": "string"}))
     };
@@ -129,7 +162,12 @@ fn catalog_schema(bounded: bool) -> serde_json::Value {
 }
 
 /// Constraint costs on a structured schema long enough that generation runs to max_tokens.
-fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args, schema: serde_json::Value) -> ConstraintNumbers {
+fn bench_constraints(
+    engine: &Engine,
+    prompt: &[u32],
+    args: &Args,
+    schema: serde_json::Value,
+) -> ConstraintNumbers {
     let constraint = Constraint::json_schema("catalog", schema);
     // The first compilation also builds the token trie and parser factory (once per engine).
     let t = Instant::now();
@@ -160,7 +198,8 @@ fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args, schema: serde
         logprobs: true,
         ..Default::default()
     };
-    let (mut mean, mut p50, mut p99, mut forced, mut generated, mut decode) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut mean, mut p50, mut p99, mut forced, mut generated, mut decode) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut replay = Vec::new();
     for run in 0..=args.runs {
         let r = engine.new_session().generate(&Prompt::Tokens(prompt.to_vec()), &opts).expect("generate");
@@ -169,8 +208,13 @@ fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args, schema: serde
         }
         // Replay the output through a fresh enforcer, one mask per token, nothing else running:
         // the mask's own cost, free of contention with the overlapped forward pass.
-        let compiled = std::sync::Arc::new(engine.compile_constraint(&opts.constraints[0]).expect("compiles"));
-        let mut enforcer = maze::constraint::Enforcer::new(vec![compiled], engine.info().vocab_size, engine.tokenizer().end_of_generation().to_vec());
+        let compiled =
+            std::sync::Arc::new(engine.compile_constraint(&opts.constraints[0]).expect("compiles"));
+        let mut enforcer = maze::constraint::Enforcer::new(
+            vec![compiled],
+            engine.info().vocab_size,
+            engine.tokenizer().end_of_generation().to_vec(),
+        );
         let logprobs = r.logprobs.clone().expect("requested");
         for (&t, lp) in r.tokens.iter().zip(logprobs) {
             // Only where the decode loop computes a mask: before each sampled token.
@@ -210,7 +254,11 @@ fn bench_constraints(engine: &Engine, prompt: &[u32], args: &Args, schema: serde
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
 }
@@ -230,11 +278,25 @@ fn bench_concurrent(engine: &Engine, base: &[u32], args: &Args, sessions: usize)
                     // A different prompt per session: no session copies another's.
                     let prompt: Vec<u32> = base.iter().cycle().skip(k).take(32).copied().collect();
                     scope.spawn(move || {
-                        let sampling = SamplingParams { temperature: 0.7, seed: Some(k as u64 + 1), ..Default::default() };
-                        let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
+                        let sampling = SamplingParams {
+                            temperature: 0.7,
+                            seed: Some(k as u64 + 1),
+                            ..Default::default()
+                        };
+                        let opts = GenerateOptions {
+                            max_tokens: args.gen_tokens,
+                            sampling,
+                            ignore_eos: true,
+                            ..Default::default()
+                        };
                         let asked = Instant::now();
-                        let r = engine.new_session().generate(&Prompt::Tokens(prompt), &opts).expect("generate");
-                        (r.stats.generated_tokens, asked + r.stats.time_to_first_token, asked + r.stats.total_time)
+                        let r =
+                            engine.new_session().generate(&Prompt::Tokens(prompt), &opts).expect("generate");
+                        (
+                            r.stats.generated_tokens,
+                            asked + r.stats.time_to_first_token,
+                            asked + r.stats.total_time,
+                        )
                     })
                 })
                 .collect();
@@ -275,7 +337,10 @@ fn bench_shared_prefix(engine: &Engine, opening: &[u32], args: &Args) -> (f64, f
 
 /// The sentence every measured prompt repeats or rotates.
 fn base_prompt(engine: &Engine) -> Vec<u32> {
-    engine.tokenizer().encode("The history of computing is long and full of remarkable people. ", false, false).expect("tokenize")
+    engine
+        .tokenizer()
+        .encode("The history of computing is long and full of remarkable people. ", false, false)
+        .expect("tokenize")
 }
 
 fn print_load(fresh: f64, again: f64, runs: usize) {
@@ -318,7 +383,13 @@ fn main() {
         std::process::exit(2);
     });
     // No retired prefixes: every measured session computes its whole prompt.
-    let config = EngineConfig { model_path: args.model.clone().into(), threads: args.threads, seed: Some(1), prefix_cache_bytes: Some(0), ..Default::default() };
+    let config = EngineConfig {
+        model_path: args.model.clone().into(),
+        threads: args.threads,
+        seed: Some(1),
+        prefix_cache_bytes: Some(0),
+        ..Default::default()
+    };
     if args.one_load {
         let t = Instant::now();
         let engine = load_or_exit(&config);
@@ -364,7 +435,8 @@ fn main() {
     let base = base_prompt(&engine);
     let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
     let sampling = SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() };
-    let opts = GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
+    let opts =
+        GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let mut generated = Vec::new();
@@ -394,9 +466,16 @@ fn main() {
     let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, &args));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let model_name = std::path::Path::new(&args.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_name = std::path::Path::new(&args.model)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     println!("model        {model_name}");
     print_load(fresh_load_ms, load_ms, args.runs);
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
@@ -408,12 +487,28 @@ fn main() {
     println!("shared       {}-token opening: first token after {ttft_cold:.1} ms computed, {ttft_shared:.1} ms copied from a live session", opening.len());
     println!("compute      {}", engine.info().compute);
     println!("constraint   first compile {:.0} ms (builds the token trie), cold compile {:.0} µs, cache hit p50 {:.2} µs / p99 {:.2} µs", cn.first_compile_ms, cn.cold_us, cn.hit_p50_us, cn.hit_p99_us);
-    println!("mask         mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs per sampled token (replayed, warm caches)", cn.replay_mean_us, cn.replay_p50_us, cn.replay_p99_us);
-    println!("mask in loop mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs wall (overlapping the forward pass)", cn.mask_mean_us, cn.mask_p50_us, cn.mask_p99_us);
-    println!("constrained  {:.1} tokens/s ({:.0} generated, {:.0} forced) = {:.2}x unconstrained", cn.decode, cn.generated, cn.forced, cn.decode / tg);
+    println!(
+        "mask         mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs per sampled token (replayed, warm caches)",
+        cn.replay_mean_us, cn.replay_p50_us, cn.replay_p99_us
+    );
+    println!(
+        "mask in loop mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs wall (overlapping the forward pass)",
+        cn.mask_mean_us, cn.mask_p50_us, cn.mask_p99_us
+    );
+    println!(
+        "constrained  {:.1} tokens/s ({:.0} generated, {:.0} forced) = {:.2}x unconstrained",
+        cn.decode,
+        cn.generated,
+        cn.forced,
+        cn.decode / tg
+    );
     println!("unbounded    mask mean {:.1} µs replayed, {:.1} µs in loop (same schema without string length bounds)", unbounded.replay_mean_us, unbounded.mask_mean_us);
     match &llama {
-        Some(Ok((lpp, ltg))) => println!("llama.cpp    prefill {lpp:.1} tokens/s, decode {ltg:.1} tokens/s -> Maze {:.2}x / {:.2}x", pp / lpp, tg / ltg),
+        Some(Ok((lpp, ltg))) => println!(
+            "llama.cpp    prefill {lpp:.1} tokens/s, decode {ltg:.1} tokens/s -> Maze {:.2}x / {:.2}x",
+            pp / lpp,
+            tg / ltg
+        ),
         Some(Err(e)) => println!("llama.cpp    not measured: {e}"),
         None => println!("llama.cpp    not measured (pass --llama-bench PATH; make bench builds it)"),
     }
@@ -437,7 +532,9 @@ fn main() {
         let single = concurrent.first().map(|c| c.1).unwrap_or(0.0);
         let concurrency_rows: String = concurrent
             .iter()
-            .map(|(n, decode, end_to_end)| format!("| {n} | {decode:.1} | {:.2}× | {end_to_end:.1} |\n", decode / single.max(1e-9)))
+            .map(|(n, decode, end_to_end)| {
+                format!("| {n} | {decode:.1} | {:.2}× | {end_to_end:.1} |\n", decode / single.max(1e-9))
+            })
             .collect();
         let doc = format!(
             "# Benchmarks\n\n\

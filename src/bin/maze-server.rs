@@ -30,7 +30,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let mut engine_config = EngineConfig::default();
-    let mut config = ServerConfig { api_key: std::env::var("MAZE_SERVER_API_KEY").ok().filter(|k| !k.is_empty()), ..ServerConfig::default() };
+    let mut config = ServerConfig {
+        api_key: std::env::var("MAZE_SERVER_API_KEY").ok().filter(|k| !k.is_empty()),
+        ..ServerConfig::default()
+    };
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid address");
     let mut stop_on_stdin_eof = false;
     let mut args = std::env::args().skip(1);
@@ -59,9 +62,14 @@ fn run() -> Result<(), String> {
     if engine_config.model_path.as_os_str().is_empty() {
         return Err(format!("--model is required\n{USAGE}"));
     }
-    let engine = Engine::load(&engine_config, None).map_err(|e| format!("loading {}: {e}", engine_config.model_path.display()))?;
+    let engine = Engine::load(&engine_config, None)
+        .map_err(|e| format!("loading {}: {e}", engine_config.model_path.display()))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     // `engine` stays owned here, outside the runtime: the engine's own runtime must not be
     // dropped from inside an async context.
     let served = engine.clone();
@@ -70,7 +78,9 @@ fn run() -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         println!("maze-server listening on http://{local} (model {})", served.info().name);
         let _ = std::io::stdout().flush();
-        server::serve(served, config, listener, shutdown_signal(stop_on_stdin_eof)).await.map_err(|e| e.to_string())
+        server::serve(served, config, listener, shutdown_signal(stop_on_stdin_eof))
+            .await
+            .map_err(|e| e.to_string())
     })?;
     // A thread blocked reading stdin must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -83,7 +93,9 @@ async fn shutdown_signal(stop_on_stdin_eof: bool) {
         if !stop_on_stdin_eof {
             return std::future::pending().await;
         }
-        let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())).await;
+        let _ =
+            tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()))
+                .await;
     };
     tokio::select! {
         _ = signals() => {}

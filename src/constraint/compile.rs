@@ -110,7 +110,8 @@ impl Compiler {
                         None => format!("\u{ff}<pad_{id}>").into_bytes(),
                     })
                     .collect();
-                let env: TokEnv = Arc::new(MazeTokEnv { trie: TokTrie::from(&info, &words), tokenizer: tok.clone() });
+                let env: TokEnv =
+                    Arc::new(MazeTokEnv { trie: TokTrie::from(&info, &words), tokenizer: tok.clone() });
                 let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
                 factory.quiet();
                 Ok(factory)
@@ -133,7 +134,12 @@ impl Compiler {
         let key = self.key(c);
         if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(CompiledConstraint { constraint: c.clone(), program, compile_time: start.elapsed(), cache_hit: true });
+            return Ok(CompiledConstraint {
+                constraint: c.clone(),
+                program,
+                compile_time: start.elapsed(),
+                cache_hit: true,
+            });
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let program = Arc::new(self.build(c)?);
@@ -141,11 +147,20 @@ impl Compiler {
         if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(CompiledConstraint { constraint: c.clone(), program, compile_time: start.elapsed(), cache_hit: false })
+        Ok(CompiledConstraint {
+            constraint: c.clone(),
+            program,
+            compile_time: start.elapsed(),
+            cache_hit: false,
+        })
     }
 
     fn build(&self, c: &Constraint) -> Result<Program> {
-        let what = if c.name.is_empty() { format!("{} constraint", c.kind.label()) } else { format!("constraint '{}' ({})", c.name, c.kind.label()) };
+        let what = if c.name.is_empty() {
+            format!("{} constraint", c.kind.label())
+        } else {
+            format!("constraint '{}' ({})", c.name, c.kind.label())
+        };
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
         let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
             let factory = self.factory()?;
@@ -166,7 +181,8 @@ impl Compiler {
                 // Compact JSON unless the schema says otherwise: free whitespace only costs tokens.
                 let mut schema = schema.clone();
                 if let Some(obj) = schema.as_object_mut() {
-                    obj.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+                    obj.entry("x-guidance")
+                        .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
                 }
                 Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_json_schema(schema), "")?]))
             }
@@ -191,17 +207,24 @@ impl Compiler {
                 if options.is_empty() {
                     return Err(bad("no options given".into()));
                 }
-                let alternatives: Vec<String> = options.iter().map(|o| serde_json::to_string(o).expect("strings serialize")).collect();
+                let alternatives: Vec<String> =
+                    options.iter().map(|o| serde_json::to_string(o).expect("strings serialize")).collect();
                 let grammar = format!("start: {}", alternatives.join(" | "));
                 Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_lark(grammar), "")?]))
             }
             ConstraintKind::TokenMask { allowed, forbidden } => {
                 for (list, ids) in [("allowed", allowed), ("forbidden", forbidden)] {
                     if let Some(bad_id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-                        return Err(bad(format!("{list} token id {bad_id} is outside the vocabulary (size {})", self.vocab_size)));
+                        return Err(bad(format!(
+                            "{list} token id {bad_id} is outside the vocabulary (size {})",
+                            self.vocab_size
+                        )));
                     }
                 }
-                Ok(Program::Mask { allowed: (!allowed.is_empty()).then(|| allowed.clone()), forbidden: forbidden.clone() })
+                Ok(Program::Mask {
+                    allowed: (!allowed.is_empty()).then(|| allowed.clone()),
+                    forbidden: forbidden.clone(),
+                })
             }
         }
     }
@@ -224,7 +247,8 @@ impl Compiler {
 
     /// Changes the cache limit, evicting the least recently used entries beyond it.
     pub fn set_limit(&self, limit: usize) -> Result<()> {
-        let limit = NonZeroUsize::new(limit).ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
+        let limit = NonZeroUsize::new(limit)
+            .ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let before = cache.len();
         cache.resize(limit);

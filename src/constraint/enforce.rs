@@ -86,13 +86,25 @@ impl Enforcer {
             .into_iter()
             .map(|c| {
                 let matchers = match &*c.program {
-                    Program::Grammars(parsers) => parsers.iter().map(|p| Matcher::new(Ok(p.clone()))).collect(),
+                    Program::Grammars(parsers) => {
+                        parsers.iter().map(|p| Matcher::new(Ok(p.clone()))).collect()
+                    }
                     Program::Mask { .. } => Vec::new(),
                 };
                 Slot { compiled: c, matchers, relaxed: None }
             })
             .collect();
-        Self { slots, vocab_size, end_tokens, mask_time: Duration::ZERO, mask_times_us: Vec::new(), masks: 0, forced: 0, compile_time, tokens: 0 }
+        Self {
+            slots,
+            vocab_size,
+            end_tokens,
+            mask_time: Duration::ZERO,
+            mask_times_us: Vec::new(),
+            masks: 0,
+            forced: 0,
+            compile_time,
+            tokens: 0,
+        }
     }
 
     fn active(&self) -> impl Iterator<Item = &Slot> {
@@ -126,7 +138,10 @@ impl Enforcer {
                 for matcher in &mut slot.matchers {
                     let m = matcher.compute_mask_or_eos().map_err(|e| grammar_error(&slot.compiled, e))?;
                     if m.len() != vocab {
-                        return Err(Error::new(ErrorKind::Internal, format!("constraint mask has {} entries, the model {vocab}", m.len())));
+                        return Err(Error::new(
+                            ErrorKind::Internal,
+                            format!("constraint mask has {} entries, the model {vocab}", m.len()),
+                        ));
                     }
                     match combined.as_mut() {
                         Some(c) => c.and(&m),
@@ -157,7 +172,8 @@ impl Enforcer {
 
     fn compute_mask_inner(&mut self) -> Result<Mask> {
         loop {
-            let active: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].relaxed.is_none()).collect();
+            let active: Vec<usize> =
+                (0..self.slots.len()).filter(|&i| self.slots[i].relaxed.is_none()).collect();
             let mut masks = Vec::with_capacity(active.len());
             for &i in &active {
                 masks.push((i, self.slot_mask(i)?));
@@ -170,12 +186,26 @@ impl Enforcer {
                 return Ok(combined);
             }
             if active.len() <= 1 {
-                let name = active.first().map(|&i| self.slots[i].compiled.constraint.name.clone()).unwrap_or_default();
-                return Err(Error::new(ErrorKind::InvalidConstraint, format!("constraint '{name}' allows no token at position {}", self.tokens)));
+                let name = active
+                    .first()
+                    .map(|&i| self.slots[i].compiled.constraint.name.clone())
+                    .unwrap_or_default();
+                return Err(Error::new(
+                    ErrorKind::InvalidConstraint,
+                    format!("constraint '{name}' allows no token at position {}", self.tokens),
+                ));
             }
             // Lowest priority first; among equals, the one added last.
-            let victim = *active.iter().rev().min_by_key(|&&i| self.slots[i].compiled.constraint.priority).expect("non-empty");
-            let others: Vec<String> = active.iter().filter(|&&i| i != victim).map(|&i| format!("'{}'", self.slots[i].compiled.constraint.name)).collect();
+            let victim = *active
+                .iter()
+                .rev()
+                .min_by_key(|&&i| self.slots[i].compiled.constraint.priority)
+                .expect("non-empty");
+            let others: Vec<String> = active
+                .iter()
+                .filter(|&&i| i != victim)
+                .map(|&i| format!("'{}'", self.slots[i].compiled.constraint.name))
+                .collect();
             self.slots[victim].relaxed = Some(format!(
                 "at generated token {} no token satisfied it together with {}; relaxed as the lowest priority",
                 self.tokens,
@@ -199,7 +229,9 @@ impl Enforcer {
     /// forced strings would need to agree); mask constraints still filter them. The tokens are
     /// already committed when returned.
     pub fn take_forced(&mut self) -> Vec<u32> {
-        let grammars: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].relaxed.is_none() && self.slots[i].is_grammar()).collect();
+        let grammars: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].relaxed.is_none() && self.slots[i].is_grammar())
+            .collect();
         let [only] = grammars[..] else { return Vec::new() };
         if self.slots[only].matchers.len() != 1 {
             return Vec::new();
@@ -210,8 +242,10 @@ impl Enforcer {
             if self.end_tokens.contains(&t) {
                 break;
             }
-            let others: Vec<usize> = (0..self.slots.len()).filter(|&i| i != only && self.slots[i].relaxed.is_none()).collect();
-            let masks_ok = others.into_iter().all(|i| self.slot_mask(i).map(|m| m.is_allowed(t)).unwrap_or(false));
+            let others: Vec<usize> =
+                (0..self.slots.len()).filter(|&i| i != only && self.slots[i].relaxed.is_none()).collect();
+            let masks_ok =
+                others.into_iter().all(|i| self.slot_mask(i).map(|m| m.is_allowed(t)).unwrap_or(false));
             if !masks_ok || self.commit(t).is_err() {
                 break;
             }
@@ -251,12 +285,18 @@ impl Enforcer {
     pub fn stats(&self) -> ConstraintStats {
         let mut sorted = self.mask_times_us.clone();
         sorted.sort_by(f32::total_cmp);
-        let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64;
+        let pct = |p: f64| {
+            sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64
+        };
         ConstraintStats {
             p50_mask_time_us: pct(0.5),
             p99_mask_time_us: pct(0.99),
             compile_time_us: self.compile_time.as_secs_f64() * 1e6,
-            mean_mask_time_us: if self.masks > 0 { self.mask_time.as_secs_f64() * 1e6 / self.masks as f64 } else { 0.0 },
+            mean_mask_time_us: if self.masks > 0 {
+                self.mask_time.as_secs_f64() * 1e6 / self.masks as f64
+            } else {
+                0.0
+            },
             masks_computed: self.masks,
             forced_tokens: self.forced,
         }
@@ -264,7 +304,10 @@ impl Enforcer {
 }
 
 fn grammar_error(c: &CompiledConstraint, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::InvalidConstraint, format!("constraint '{}' ({}): {e}", c.constraint.name, c.constraint.kind.label()))
+    Error::new(
+        ErrorKind::InvalidConstraint,
+        format!("constraint '{}' ({}): {e}", c.constraint.name, c.constraint.kind.label()),
+    )
 }
 
 /// Sets every logit outside `mask` to -inf.

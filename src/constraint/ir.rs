@@ -85,7 +85,8 @@ impl Constraint {
     /// `{"regex": ["[0-9]+"]}`, `{"token_mask": {"forbidden": [13]}}`, `{"choice": ["yes", "no"]}`.
     /// A JSON array gives several constraints.
     pub fn list_from_json(text: &str) -> Result<Vec<Self>> {
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::invalid_argument(format!("constraint JSON does not parse: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_argument(format!("constraint JSON does not parse: {e}")))?;
         let items = match value {
             Value::Array(items) => items,
             single => vec![single],
@@ -210,14 +211,20 @@ mod tests {
         let a = Constraint::json_schema("a", json!({"type": "object", "required": ["x"]}));
         let b = Constraint::json_schema("b", json!({"required": ["x"], "type": "object"}));
         assert_eq!(a.canonical_kind(), b.canonical_kind());
-        assert_ne!(a.canonical_kind(), Constraint::json_schema("a", json!({"type": "array"})).canonical_kind());
+        assert_ne!(
+            a.canonical_kind(),
+            Constraint::json_schema("a", json!({"type": "array"})).canonical_kind()
+        );
         let hash = |c: &Constraint| {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             c.hash_canonical(&mut h);
             h.digest()
         };
         assert_eq!(hash(&a), hash(&b));
-        assert_ne!(hash(&a), hash(&Constraint::json_schema("a", json!({"type": "object", "required": ["y"]}))));
+        assert_ne!(
+            hash(&a),
+            hash(&Constraint::json_schema("a", json!({"type": "object", "required": ["y"]})))
+        );
         assert_ne!(hash(&Constraint::regex("r", "ab")), hash(&Constraint::choice("r", ["ab"])));
         assert_ne!(
             hash(&Constraint::new("r", 0, ConstraintKind::Regex(vec!["a".into(), "b".into()]))),

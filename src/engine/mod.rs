@@ -123,11 +123,25 @@ impl Engine {
             progress,
         )?;
         let prefix_cache = config.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES);
-        Self::start(loaded.model, loaded.tokenizer, loaded.chat_template, threads, config.seed, config.constraint_cache_limit, prefix_cache)
+        Self::start(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.chat_template,
+            threads,
+            config.seed,
+            config.constraint_cache_limit,
+            prefix_cache,
+        )
     }
 
     /// Starts an engine over an already-built model (custom architectures, tests).
-    pub fn from_parts(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, chat_template: Option<Arc<ChatTemplate>>, threads: usize, seed: Option<u64>) -> Result<Self> {
+    pub fn from_parts(
+        model: Arc<dyn LanguageModel>,
+        tokenizer: Arc<Tokenizer>,
+        chat_template: Option<Arc<ChatTemplate>>,
+        threads: usize,
+        seed: Option<u64>,
+    ) -> Result<Self> {
         Self::start(model, tokenizer, chat_template, threads.max(1), seed, 0, DEFAULT_PREFIX_CACHE_BYTES)
     }
 
@@ -140,7 +154,9 @@ impl Engine {
         cache_limit: usize,
         prefix_cache_bytes: usize,
     ) -> Result<Self> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"));
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"))
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("maze-compute-{i}"))
@@ -153,7 +169,11 @@ impl Engine {
             .build()
             .map_err(|e| internal("runtime", &e))?;
         let info = model.info().clone();
-        let compiler = Compiler::new(tokenizer.clone(), info.vocab_size, if cache_limit == 0 { DEFAULT_CACHE_LIMIT } else { cache_limit });
+        let compiler = Compiler::new(
+            tokenizer.clone(),
+            info.vocab_size,
+            if cache_limit == 0 { DEFAULT_CACHE_LIMIT } else { cache_limit },
+        );
         let (sender, receiver) = std::sync::mpsc::channel();
         let worker = Worker::new(model, tokenizer.clone(), pool, prefix_cache_bytes);
         let handle = std::thread::Builder::new()
@@ -249,7 +269,13 @@ impl EngineInner {
 
     fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::new(ErrorKind::Template, format!("model '{}' has no chat template (tokenizer.chat_template); use a text prompt", self.info.name))
+            Error::new(
+                ErrorKind::Template,
+                format!(
+                    "model '{}' has no chat template (tokenizer.chat_template); use a text prompt",
+                    self.info.name
+                ),
+            )
         })?;
         template.render(messages, add_generation_prompt)
     }
@@ -258,15 +284,24 @@ impl EngineInner {
         let tokens = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(text, true, true)?,
             Prompt::Tokens(ids) => {
-                if let Some((i, bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.info.vocab_size) {
-                    return Err(Error::invalid_argument(format!("prompt token {i} has id {bad}, outside the vocabulary (size {})", self.info.vocab_size)));
+                if let Some((i, bad)) =
+                    ids.iter().enumerate().find(|(_, &id)| id as usize >= self.info.vocab_size)
+                {
+                    return Err(Error::invalid_argument(format!(
+                        "prompt token {i} has id {bad}, outside the vocabulary (size {})",
+                        self.info.vocab_size
+                    )));
                 }
                 ids.clone()
             }
             Prompt::Chat(messages) => {
                 let text = self.render_chat(messages, true)?;
                 // Templates that write the BOS text themselves must not get a second BOS.
-                let bos_in_text = self.tokenizer.bos().and_then(|b| self.tokenizer.token_text(b)).is_some_and(|b| !b.is_empty() && text.starts_with(b));
+                let bos_in_text = self
+                    .tokenizer
+                    .bos()
+                    .and_then(|b| self.tokenizer.token_text(b))
+                    .is_some_and(|b| !b.is_empty() && text.starts_with(b));
                 self.tokenizer.encode(&text, !bos_in_text, true)?
             }
         };

@@ -88,21 +88,39 @@ impl Session {
     ///
     /// `Err` only when the request could not start (bad options, prompt too long, busy); a
     /// failure during generation is reported in the result's `finish_reason` and `error`.
-    pub fn generate_streaming(&self, prompt: &Prompt, opts: &GenerateOptions, mut on_text: impl FnMut(&str) -> bool) -> Result<GenerationResult> {
+    pub fn generate_streaming(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
         let submitted = Instant::now();
-        let created_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         opts.sampling.validate()?;
-        let constraints = opts.constraints.iter().map(|c| self.engine.compiler.compile(c).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+        let constraints = opts
+            .constraints
+            .iter()
+            .map(|c| self.engine.compiler.compile(c).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
         let prompt = self.engine.prompt_tokens(prompt)?;
         let ctx = self.engine.info.context_length;
         if prompt.len() >= ctx {
             return Err(Error::new(
                 ErrorKind::ContextOverflow,
-                format!("the prompt is {} tokens but the context holds {ctx} (one more is needed to generate)", prompt.len()),
+                format!(
+                    "the prompt is {} tokens but the context holds {ctx} (one more is needed to generate)",
+                    prompt.len()
+                ),
             ));
         }
         if self.busy.swap(true, Ordering::AcqRel) {
-            return Err(Error::new(ErrorKind::Busy, "this session is already generating; use another session or wait"));
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "this session is already generating; use another session or wait",
+            ));
         }
         let _busy = BusyGuard(&self.busy);
 
@@ -169,9 +187,12 @@ impl Session {
         let Outcome { finish, stats, error, mut validation, constraint_stats } = outcome;
         let finish = if stopped_by_caller {
             // The caller cut the text: grammar constraints cannot vouch for it any more.
-            for report in validation.iter_mut().filter(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied && r.kind != "token_mask") {
+            for report in validation.iter_mut().filter(|r| {
+                r.outcome == crate::constraint::ConstraintOutcome::Satisfied && r.kind != "token_mask"
+            }) {
                 report.outcome = crate::constraint::ConstraintOutcome::Violated;
-                report.reason = Some("the streaming callback stopped generation before the output was complete".into());
+                report.reason =
+                    Some("the streaming callback stopped generation before the output was complete".into());
             }
             FinishReason::Cancelled
         } else {
@@ -188,7 +209,17 @@ impl Session {
             max_tokens: opts.max_tokens,
             stop: opts.stop.clone(),
         };
-        Ok(GenerationResult { text, tokens, logprobs, finish_reason: finish, stats, error, validation, constraint_stats, provenance })
+        Ok(GenerationResult {
+            text,
+            tokens,
+            logprobs,
+            finish_reason: finish,
+            stats,
+            error,
+            validation,
+            constraint_stats,
+            provenance,
+        })
     }
 
     /// Stops the running generation, if any (prefill included). Safe from any thread; a no-op

@@ -21,7 +21,11 @@ pub struct Delta {
 
 impl TextAssembler {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), partial: Vec::new(), held: String::new() }
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            partial: Vec::new(),
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Delta {
@@ -56,12 +60,7 @@ impl TextAssembler {
             return Delta { text: std::mem::take(&mut self.held), stopped: true };
         }
         // Keep the longest tail that is a proper prefix of some stop sequence.
-        let keep = self
-            .stops
-            .iter()
-            .map(|s| longest_suffix_prefix(&self.held, s))
-            .max()
-            .unwrap_or(0);
+        let keep = self.stops.iter().map(|s| longest_suffix_prefix(&self.held, s)).max().unwrap_or(0);
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_string();
         self.held.drain(..cut);
@@ -72,7 +71,13 @@ impl TextAssembler {
 /// Length of the longest suffix of `text` that is a proper prefix of `stop`, on char boundaries.
 fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = text.len().min(stop.len().saturating_sub(1));
-    (1..=max).rev().find(|&n| text.is_char_boundary(text.len() - n) && stop.as_bytes().starts_with(&text.as_bytes()[text.len() - n..])).unwrap_or(0)
+    (1..=max)
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop.as_bytes().starts_with(&text.as_bytes()[text.len() - n..])
+        })
+        .unwrap_or(0)
 }
 
 /// How many leading bytes form complete characters. Invalid bytes count as complete (they become

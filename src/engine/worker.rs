@@ -57,9 +57,15 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum Event {
-    Token { id: u32, logprob: Option<f32>, text: String },
+    Token {
+        id: u32,
+        logprob: Option<f32>,
+        text: String,
+    },
     /// Text released at the end without a token of its own (held-back bytes).
-    Tail { text: String },
+    Tail {
+        text: String,
+    },
     Done(Box<Outcome>),
 }
 
@@ -79,9 +85,14 @@ struct Sequence {
 }
 
 enum Phase {
-    Prefill { next: usize },
+    Prefill {
+        next: usize,
+    },
     /// Logits for the next token and, under constraints, the mask computed alongside them.
-    Decode { logits: Vec<f32>, mask: Option<Result<Mask, Error>> },
+    Decode {
+        logits: Vec<f32>,
+        mask: Option<Result<Mask, Error>>,
+    },
 }
 
 struct Active {
@@ -134,7 +145,12 @@ fn shared_prefix(seq: &Sequence, prompt: &[u32]) -> usize {
 }
 
 impl Worker {
-    pub fn new(model: Arc<dyn LanguageModel>, tokenizer: Arc<Tokenizer>, pool: rayon::ThreadPool, prefix_cache_bytes: usize) -> Self {
+    pub fn new(
+        model: Arc<dyn LanguageModel>,
+        tokenizer: Arc<Tokenizer>,
+        pool: rayon::ThreadPool,
+        prefix_cache_bytes: usize,
+    ) -> Self {
         let prefixes = PrefixCache { retired: VecDeque::new(), budget_bytes: prefix_cache_bytes };
         Self { model, tokenizer, pool, sequences: HashMap::new(), active: Vec::new(), prefixes }
     }
@@ -174,7 +190,8 @@ impl Worker {
     fn start(&mut self, job: Box<Job>) {
         // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
         let usable = job.prompt.len().saturating_sub(1);
-        let own = self.sequences.get(&job.session).map_or(0, |seq| shared_prefix(seq, &job.prompt)).min(usable);
+        let own =
+            self.sequences.get(&job.session).map_or(0, |seq| shared_prefix(seq, &job.prompt)).min(usable);
         let keep = match self.borrow_prefix(job.session, &job.prompt[..usable], own) {
             Some(borrowed) => {
                 let keep = borrowed.tokens.len();
@@ -186,14 +203,22 @@ impl Worker {
             None => own,
         };
         let model = &self.model;
-        let seq = self.sequences.entry(job.session).or_insert_with(|| Sequence { cache: model.new_cache(), tokens: Vec::new() });
+        let seq = self
+            .sequences
+            .entry(job.session)
+            .or_insert_with(|| Sequence { cache: model.new_cache(), tokens: Vec::new() });
         seq.cache.truncate(keep);
         seq.tokens.truncate(seq.cache.len());
         let cached = seq.tokens.len();
         let sampler = Sampler::new(job.sampling.clone(), job.seed);
         let text = TextAssembler::new(job.stop.clone());
-        let enforcer = (!job.constraints.is_empty())
-            .then(|| Enforcer::new(job.constraints.clone(), self.model.info().vocab_size, self.tokenizer.end_of_generation().to_vec()));
+        let enforcer = (!job.constraints.is_empty()).then(|| {
+            Enforcer::new(
+                job.constraints.clone(),
+                self.model.info().vocab_size,
+                self.tokenizer.end_of_generation().to_vec(),
+            )
+        });
         self.active.push(Active {
             phase: Phase::Prefill { next: cached },
             job,
@@ -239,13 +264,20 @@ impl Worker {
         let sessions: Vec<SessionId> = actives.iter().map(|a| a.job.session).collect();
         // One hand-over to the pool for every request's plan (each costs a thread wake-up).
         let planned: Vec<std::thread::Result<Option<Plan>>> = self.pool.install(|| {
-            let mut owned: HashMap<SessionId, &mut Sequence> = sequences.iter_mut().map(|(id, seq)| (*id, seq)).collect();
-            let mut work: Vec<(&mut Active, Option<&mut Sequence>)> = actives.iter_mut().map(|a| {
-                let seq = owned.remove(&a.job.session);
-                (a, seq)
-            }).collect();
-            let run = |(active, seq): &mut (&mut Active, Option<&mut Sequence>), budget: &mut usize| match seq {
-                Some(seq) => catch_unwind(AssertUnwindSafe(|| plan(model.as_ref(), tokenizer.as_ref(), active, seq, budget))),
+            let mut owned: HashMap<SessionId, &mut Sequence> =
+                sequences.iter_mut().map(|(id, seq)| (*id, seq)).collect();
+            let mut work: Vec<(&mut Active, Option<&mut Sequence>)> = actives
+                .iter_mut()
+                .map(|a| {
+                    let seq = owned.remove(&a.job.session);
+                    (a, seq)
+                })
+                .collect();
+            let run = |(active, seq): &mut (&mut Active, Option<&mut Sequence>), budget: &mut usize| match seq
+            {
+                Some(seq) => catch_unwind(AssertUnwindSafe(|| {
+                    plan(model.as_ref(), tokenizer.as_ref(), active, seq, budget)
+                })),
                 None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
             };
             // Prefill chunks share the step's token budget, in order; decoding requests (sampling,
@@ -255,7 +287,10 @@ impl Worker {
                 .iter_mut()
                 .map(|w| matches!(w.0.phase, Phase::Prefill { .. }).then(|| run(w, &mut budget)))
                 .collect();
-            work.par_iter_mut().zip(out.par_iter_mut()).filter(|(_, o)| o.is_none()).for_each(|(w, o)| *o = Some(run(w, &mut 0)));
+            work.par_iter_mut()
+                .zip(out.par_iter_mut())
+                .filter(|(_, o)| o.is_none())
+                .for_each(|(w, o)| *o = Some(run(w, &mut 0)));
             out.into_iter().map(|o| o.expect("every request planned")).collect()
         });
         let mut plans: Vec<Option<Plan>> = planned
@@ -269,14 +304,19 @@ impl Worker {
             })
             .collect();
 
-        let computing: Vec<usize> = (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
+        let computing: Vec<usize> =
+            (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
         if !computing.is_empty() {
             let results = self.compute(&computing, &plans);
             for (&i, result) in computing.iter().zip(results) {
                 let session = self.active[i].job.session;
-                let Some(Plan::Compute { tokens, after, .. }) = plans[i].take() else { unreachable!("filtered above") };
+                let Some(Plan::Compute { tokens, after, .. }) = plans[i].take() else {
+                    unreachable!("filtered above")
+                };
                 plans[i] = match (result, self.sequences.get_mut(&session)) {
-                    (Ok((logits, mask)), Some(seq)) => apply(&mut self.active[i], seq, tokens, after, logits, mask),
+                    (Ok((logits, mask)), Some(seq)) => {
+                        apply(&mut self.active[i], seq, tokens, after, logits, mask)
+                    }
                     (Err(e), Some(seq)) => failed(&self.active[i], seq, e),
                     (Err(e), None) => Some(Plan::Finished(FinishReason::Error, Some(e))),
                     (Ok(_), None) => Some(Plan::Finished(FinishReason::Error, Some(state_gone()))),
@@ -293,17 +333,32 @@ impl Worker {
 
     /// The forward pass for the planned requests `which`, as one batch, with the masks of the
     /// constrained ones computed at the same time (a mask depends only on committed tokens).
-    fn compute(&mut self, which: &[usize], plans: &[Option<Plan>]) -> Vec<Result<(Vec<f32>, Option<Result<Mask, Error>>), Error>> {
+    fn compute(
+        &mut self,
+        which: &[usize],
+        plans: &[Option<Plan>],
+    ) -> Vec<Result<(Vec<f32>, Option<Result<Mask, Error>>), Error>> {
         let model = self.model.clone();
-        let tokens: Vec<&[u32]> = which.iter().map(|&i| match &plans[i] { Some(Plan::Compute { tokens, .. }) => tokens.as_slice(), _ => &[] }).collect();
+        let tokens: Vec<&[u32]> = which
+            .iter()
+            .map(|&i| match &plans[i] {
+                Some(Plan::Compute { tokens, .. }) => tokens.as_slice(),
+                _ => &[],
+            })
+            .collect();
         // Positions (in `which`) whose next mask is computed alongside the forward pass.
         let mask_owners: Vec<usize> = (0..which.len())
             .filter(|&k| matches!(&plans[which[k]], Some(Plan::Compute { after, constrained: true, .. }) if after.wants_logits()))
             .collect();
         // Each sequence leaves the map for the step (sessions run one request at a time, so
         // they are distinct) and comes back after it.
-        let mut seqs: Vec<(SessionId, Sequence)> =
-            which.iter().filter_map(|&i| { let id = self.active[i].job.session; self.sequences.remove(&id).map(|s| (id, s)) }).collect();
+        let mut seqs: Vec<(SessionId, Sequence)> = which
+            .iter()
+            .filter_map(|&i| {
+                let id = self.active[i].job.session;
+                self.sequences.remove(&id).map(|s| (id, s))
+            })
+            .collect();
         if seqs.len() != which.len() {
             self.sequences.extend(seqs);
             return which.iter().map(|_| Err(state_gone())).collect();
@@ -325,12 +380,19 @@ impl Worker {
             rayon::join(
                 || {
                     catch_unwind(AssertUnwindSafe(|| {
-                        let mut steps: Vec<BatchStep<'_>> =
-                            seqs.iter_mut().zip(&tokens).map(|((_, s), t)| BatchStep { tokens: t, cache: s.cache.as_mut() }).collect();
+                        let mut steps: Vec<BatchStep<'_>> = seqs
+                            .iter_mut()
+                            .zip(&tokens)
+                            .map(|((_, s), t)| BatchStep { tokens: t, cache: s.cache.as_mut() })
+                            .collect();
                         model.forward_batch(&mut steps, &interrupt)
                     }))
                 },
-                || catch_unwind(AssertUnwindSafe(|| enforcers.into_iter().map(|e| e.compute_mask()).collect::<Vec<_>>())),
+                || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        enforcers.into_iter().map(|e| e.compute_mask()).collect::<Vec<_>>()
+                    }))
+                },
             )
         });
         let batch = match batch {
@@ -345,10 +407,18 @@ impl Worker {
                     .map(|((((_, s), &len), t), control)| {
                         s.cache.truncate(len);
                         if s.cache.len() != len {
-                            return Err(Error::new(ErrorKind::Panic, "the model panicked and this session's cache could not be repaired"));
+                            return Err(Error::new(
+                                ErrorKind::Panic,
+                                "the model panicked and this session's cache could not be repaired",
+                            ));
                         }
                         let interrupt = || control.is_stopped();
-                        self.pool.install(|| catch_unwind(AssertUnwindSafe(|| model.forward(t, s.cache.as_mut(), &interrupt))))
+                        self.pool
+                            .install(|| {
+                                catch_unwind(AssertUnwindSafe(|| {
+                                    model.forward(t, s.cache.as_mut(), &interrupt)
+                                }))
+                            })
                             .unwrap_or_else(|payload| {
                                 s.cache.truncate(len);
                                 Err(Error::from_panic(payload.as_ref()))
@@ -395,7 +465,13 @@ impl After {
 }
 
 /// Plans one request's step. `None`: nothing this step (the prefill budget is spent).
-fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &mut Sequence, budget: &mut usize) -> Option<Plan> {
+fn plan(
+    model: &dyn LanguageModel,
+    tokenizer: &Tokenizer,
+    a: &mut Active,
+    seq: &mut Sequence,
+    budget: &mut usize,
+) -> Option<Plan> {
     if let Some(reason) = a.job.control.stop_reason() {
         return Some(Plan::Finished(reason, None));
     }
@@ -408,7 +484,11 @@ fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
             }
             *budget -= take;
             let end = *next + take;
-            Some(Plan::Compute { tokens: a.job.prompt[*next..end].to_vec(), after: After::Prefill { end, last: end == a.job.prompt.len() }, constrained })
+            Some(Plan::Compute {
+                tokens: a.job.prompt[*next..end].to_vec(),
+                after: After::Prefill { end, last: end == a.job.prompt.len() },
+                constrained,
+            })
         }
         Phase::Decode { logits, mask } => {
             let masked;
@@ -450,7 +530,9 @@ fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
                 if delta.stopped {
                     return Some(Plan::Finished(FinishReason::StopSequence, None));
                 }
-                if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens) || seq.cache.len() + i + 1 >= model.info().context_length {
+                if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens)
+                    || seq.cache.len() + i + 1 >= model.info().context_length
+                {
                     return Some(Plan::Finished(FinishReason::Length, None));
                 }
             }
@@ -463,7 +545,14 @@ fn plan(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &
 }
 
 /// Takes a computed step's logits (and next mask). `None`: the request goes on.
-fn apply(a: &mut Active, seq: &mut Sequence, tokens: Vec<u32>, after: After, logits: Vec<f32>, mask: Option<Result<Mask, Error>>) -> Option<Plan> {
+fn apply(
+    a: &mut Active,
+    seq: &mut Sequence,
+    tokens: Vec<u32>,
+    after: After,
+    logits: Vec<f32>,
+    mask: Option<Result<Mask, Error>>,
+) -> Option<Plan> {
     seq.tokens.extend_from_slice(&tokens);
     match after {
         After::Prefill { end, last: false } => a.phase = Phase::Prefill { next: end },
@@ -500,18 +589,31 @@ fn finish(mut a: Active, reason: FinishReason, error: Option<Error>) {
         generated_tokens: a.generated,
         time_to_first_token: a.first_token.map(|t| t.duration_since(a.job.submitted)).unwrap_or_default(),
         total_time: now.duration_since(a.job.submitted),
-        prefill_tokens_per_second: if prefill_secs > 0.0 && a.first_token.is_some() { computed as f64 / prefill_secs } else { 0.0 },
-        decode_tokens_per_second: if a.generated > 1 && decode_secs > 0.0 { (a.generated - 1) as f64 / decode_secs } else { 0.0 },
+        prefill_tokens_per_second: if prefill_secs > 0.0 && a.first_token.is_some() {
+            computed as f64 / prefill_secs
+        } else {
+            0.0
+        },
+        decode_tokens_per_second: if a.generated > 1 && decode_secs > 0.0 {
+            (a.generated - 1) as f64 / decode_secs
+        } else {
+            0.0
+        },
     };
     let (validation, constraint_stats) = match a.enforcer.as_mut() {
         Some(e) => (e.reports(reason.as_str(), reason == FinishReason::Stop), Some(e.stats())),
         None => (Vec::new(), None),
     };
-    let _ = a.job.events.send(Event::Done(Box::new(Outcome { finish: reason, stats, error, validation, constraint_stats })));
+    let _ = a.job.events.send(Event::Done(Box::new(Outcome {
+        finish: reason,
+        stats,
+        error,
+        validation,
+        constraint_stats,
+    })));
 }
 
 /// Used by the session to turn a worker failure into an error for the caller.
 pub(crate) fn worker_gone() -> Error {
     Error::new(ErrorKind::Internal, "the model worker has stopped")
 }
-

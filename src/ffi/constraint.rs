@@ -4,7 +4,10 @@
 use std::ffi::c_char;
 
 use super::engine::{maze_engine, Backend};
-use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult};
+use super::{
+    arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string,
+    read_params, write_out, FfiError, FfiResult,
+};
 use crate::constraint::{Constraint, ConstraintKind};
 
 /// Constraint kinds, for maze_constraint_desc.kind.
@@ -79,13 +82,21 @@ pub extern "C" fn maze_constraint_desc_default() -> maze_constraint_desc {
 unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
     let name = d.name.to_str("desc.name")?.to_string();
     let items = || -> FfiResult<Vec<String>> {
-        arg_slice(d.items, d.n_items, "desc.items")?.iter().enumerate().map(|(i, s)| Ok(s.to_str(&format!("desc.items[{i}]"))?.to_string())).collect()
+        arg_slice(d.items, d.n_items, "desc.items")?
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Ok(s.to_str(&format!("desc.items[{i}]"))?.to_string()))
+            .collect()
     };
     let kind = match d.kind {
         0 => {
             let text = d.text.to_str("desc.text")?;
-            let schema = serde_json::from_str(text)
-                .map_err(|e| FfiError::new(maze_status::InvalidConstraint, format!("constraint '{name}': desc.text is not valid JSON: {e}")))?;
+            let schema = serde_json::from_str(text).map_err(|e| {
+                FfiError::new(
+                    maze_status::InvalidConstraint,
+                    format!("constraint '{name}': desc.text is not valid JSON: {e}"),
+                )
+            })?;
             ConstraintKind::JsonSchema(schema)
         }
         1 => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
@@ -95,12 +106,21 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
             forbidden: arg_slice(d.forbidden_tokens, d.n_forbidden_tokens, "desc.forbidden_tokens")?.to_vec(),
         },
         4 => ConstraintKind::Choice(items()?),
-        other => return Err(FfiError::new(maze_status::InvalidArgument, format!("desc.kind {other} is not a maze_constraint_kind"))),
+        other => {
+            return Err(FfiError::new(
+                maze_status::InvalidArgument,
+                format!("desc.kind {other} is not a maze_constraint_kind"),
+            ))
+        }
     };
     Ok(Constraint { name, priority: d.priority, kind })
 }
 
-unsafe fn finish(engine: &maze_engine, constraints: Vec<Constraint>, out: *mut *mut maze_constraint) -> FfiResult<()> {
+unsafe fn finish(
+    engine: &maze_engine,
+    constraints: Vec<Constraint>,
+    out: *mut *mut maze_constraint,
+) -> FfiResult<()> {
     for c in &constraints {
         // A remote server compiles (and checks) constraints itself.
         if let Backend::Local(local) = &engine.backend {
@@ -145,9 +165,13 @@ pub unsafe extern "C" fn maze_constraint_from_json(
         let engine = arg_ref(engine, "engine")?;
         let text = arg_str(json, json_len, "json")?;
         arg_out(out_constraint, "out_constraint")?;
-        let constraints = Constraint::list_from_json(text).map_err(|e| FfiError::new(maze_status::InvalidConstraint, e.message()))?;
+        let constraints = Constraint::list_from_json(text)
+            .map_err(|e| FfiError::new(maze_status::InvalidConstraint, e.message()))?;
         if constraints.is_empty() {
-            return Err(FfiError::new(maze_status::InvalidConstraint, "the JSON holds no constraint (empty array)"));
+            return Err(FfiError::new(
+                maze_status::InvalidConstraint,
+                "the JSON holds no constraint (empty array)",
+            ));
         }
         finish(engine, constraints, out_constraint)
     })
@@ -182,18 +206,31 @@ pub struct maze_constraint_cache_stats {
 
 /// Reads the engine's constraint compile-cache counters into `*out`.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_constraint_cache_stats(engine: *const maze_engine, out: *mut maze_constraint_cache_stats, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_constraint_cache_stats(
+    engine: *const maze_engine,
+    out: *mut maze_constraint_cache_stats,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         let s = engine.local("the constraint cache")?.constraint_cache_stats();
-        let stats = maze_constraint_cache_stats { size: s.size as u64, limit: s.limit as u64, hits: s.hits, misses: s.misses, evictions: s.evictions };
+        let stats = maze_constraint_cache_stats {
+            size: s.size as u64,
+            limit: s.limit as u64,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+        };
         write_out(out, stats, "out")
     })
 }
 
 /// Empties the constraint compile cache (counters keep counting).
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_constraint_cache_clear(engine: *const maze_engine, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_constraint_cache_clear(
+    engine: *const maze_engine,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         arg_ref(engine, "engine")?.local("the constraint cache")?.clear_constraint_cache();
         Ok(())
@@ -202,9 +239,15 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_clear(engine: *const maze_
 
 /// Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(engine: *const maze_engine, limit: u64, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(
+    engine: *const maze_engine,
+    limit: u64,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
-        arg_ref(engine, "engine")?.local("the constraint cache")?.set_constraint_cache_limit(limit as usize)?;
+        arg_ref(engine, "engine")?
+            .local("the constraint cache")?
+            .set_constraint_cache_limit(limit as usize)?;
         Ok(())
     })
 }

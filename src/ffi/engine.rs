@@ -3,7 +3,10 @@
 use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
-use super::{arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use super::{
+    arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status,
+    maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM,
+};
 use crate::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
 use crate::error::{Error, ErrorKind};
 use crate::model::chat::ChatMessage;
@@ -29,7 +32,11 @@ impl maze_engine {
     pub(crate) fn local(&self, what: &str) -> FfiResult<&Engine> {
         match &self.backend {
             Backend::Local(engine) => Ok(engine),
-            Backend::Remote(remote) => Err(Error::new(ErrorKind::Unsupported, format!("{what} needs a local model; this engine is remote ({})", remote.info().endpoint)).into()),
+            Backend::Remote(remote) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{what} needs a local model; this engine is remote ({})", remote.info().endpoint),
+            )
+            .into()),
         }
     }
 }
@@ -120,23 +127,37 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
 
 /// The remote configuration: from params.endpoint, else from the MAZE_* environment variables.
 unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<RemoteConfig> {
-    let optional = |ptr: *const c_char, arg: &str| -> FfiResult<Option<String>> { if ptr.is_null() { Ok(None) } else { Ok(Some(arg_cstr(ptr, arg)?.to_string())) } };
+    let optional = |ptr: *const c_char, arg: &str| -> FfiResult<Option<String>> {
+        if ptr.is_null() {
+            Ok(None)
+        } else {
+            Ok(Some(arg_cstr(ptr, arg)?.to_string()))
+        }
+    };
     if let Some(endpoint) = optional(p.endpoint, "params.endpoint")? {
         let protocol = match p.protocol {
             0 => Protocol::OpenAi,
             1 => Protocol::Maze,
-            other => return Err(FfiError::new(maze_status::InvalidArgument, format!("params.protocol {other} is not a maze_protocol"))),
+            other => {
+                return Err(FfiError::new(
+                    maze_status::InvalidArgument,
+                    format!("params.protocol {other} is not a maze_protocol"),
+                ))
+            }
         };
         let mut config = RemoteConfig::new(endpoint, protocol);
         config.api_key = optional(p.api_key, "params.api_key")?;
         config.model = optional(p.remote_model, "params.remote_model")?;
         config.max_retries = p.max_retries;
-        config.request_timeout = (p.request_timeout_ms > 0).then(|| std::time::Duration::from_millis(p.request_timeout_ms as u64));
+        config.request_timeout =
+            (p.request_timeout_ms > 0).then(|| std::time::Duration::from_millis(p.request_timeout_ms as u64));
         return Ok(config);
     }
     match RemoteConfig::from_env() {
         Some(config) => Ok(config?),
-        None => Err(FfiError::null("model_path (NULL selects a remote server, but neither params.endpoint nor MAZE_ENDPOINT is set)")),
+        None => Err(FfiError::null(
+            "model_path (NULL selects a remote server, but neither params.endpoint nor MAZE_ENDPOINT is set)",
+        )),
     }
 }
 
@@ -151,18 +172,28 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<RemoteConfig> {
 /// (server unreachable), among others. A remote engine has no local tokenizer: tokenize,
 /// detokenize, the chat template and the constraint cache fail with MAZE_STATUS_UNSUPPORTED.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *const maze_engine_params, out_engine: *mut *mut maze_engine, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_new(
+    model_path: *const c_char,
+    params: *const maze_engine_params,
+    out_engine: *mut *mut maze_engine,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         arg_out(out_engine, "out_engine")?;
         let p = read_params(params, maze_engine_params_default(), "params")?;
         if model_path.is_null() {
             let remote = RemoteEngine::connect(remote_config(&p)?)?;
             let name = CString::new(remote.info().model.replace('\0', "")).unwrap_or_default();
-            let engine = maze_engine { backend: Backend::Remote(remote), name, architecture: c"remote".into() };
+            let engine =
+                maze_engine { backend: Backend::Remote(remote), name, architecture: c"remote".into() };
             return write_out(out_engine, Box::into_raw(Box::new(engine)), "out_engine");
         }
         let path = arg_cstr(model_path, "model_path")?;
-        let tokenizer_path = if p.tokenizer_path.is_null() { None } else { Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?)) };
+        let tokenizer_path = if p.tokenizer_path.is_null() {
+            None
+        } else {
+            Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?))
+        };
         let config = EngineConfig {
             model_path: PathBuf::from(path),
             tokenizer_path,
@@ -174,7 +205,12 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
             device: match p.gpu_device {
                 -1 => ComputeDevice::Cpu,
                 n if n >= 0 => ComputeDevice::Cuda(n as usize),
-                n => return Err(FfiError::new(maze_status::InvalidArgument, format!("params.gpu_device {n} is neither -1 (CPU) nor a CUDA device number"))),
+                n => {
+                    return Err(FfiError::new(
+                        maze_status::InvalidArgument,
+                        format!("params.gpu_device {n} is neither -1 (CPU) nor a CUDA device number"),
+                    ))
+                }
             },
         };
         let (callback, userdata) = (p.progress_callback, p.progress_userdata);
@@ -185,7 +221,11 @@ pub unsafe extern "C" fn maze_engine_new(model_path: *const c_char, params: *con
         let engine = Engine::load(&config, Some(&mut progress))?;
         let name = CString::new(engine.info().name.replace('\0', "")).unwrap_or_default();
         let architecture = CString::new(engine.info().architecture.replace('\0', "")).unwrap_or_default();
-        write_out(out_engine, Box::into_raw(Box::new(maze_engine { backend: Backend::Local(engine), name, architecture })), "out_engine")
+        write_out(
+            out_engine,
+            Box::into_raw(Box::new(maze_engine { backend: Backend::Local(engine), name, architecture })),
+            "out_engine",
+        )
     })
 }
 
@@ -211,7 +251,9 @@ pub unsafe extern "C" fn maze_engine_model_name(engine: *const maze_engine) -> *
 /// lives; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_architecture(engine: *const maze_engine) -> *const c_char {
-    ffi_infallible!(c"".as_ptr(), { engine.as_ref().map(|e| e.architecture.as_ptr()).unwrap_or(c"".as_ptr()) })
+    ffi_infallible!(c"".as_ptr(), {
+        engine.as_ref().map(|e| e.architecture.as_ptr()).unwrap_or(c"".as_ptr())
+    })
 }
 
 /// The local engine behind a handle; None for NULL or a remote engine.
@@ -250,13 +292,20 @@ pub unsafe extern "C" fn maze_engine_has_chat_template(engine: *const maze_engin
 /// The end-of-sequence token id, or -1 when the model declares none (or engine is NULL or remote).
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_eos_token(engine: *const maze_engine) -> i64 {
-    ffi_infallible!(-1, { local_engine(engine).and_then(|e| e.tokenizer().eos()).map(i64::from).unwrap_or(-1) })
+    ffi_infallible!(-1, {
+        local_engine(engine).and_then(|e| e.tokenizer().eos()).map(i64::from).unwrap_or(-1)
+    })
 }
 
 /// Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL or remote.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_token_is_end_of_generation(engine: *const maze_engine, token: u32) -> bool {
-    ffi_infallible!(false, { local_engine(engine).map(|e| e.tokenizer().is_end_of_generation(token)).unwrap_or(false) })
+pub unsafe extern "C" fn maze_engine_token_is_end_of_generation(
+    engine: *const maze_engine,
+    token: u32,
+) -> bool {
+    ffi_infallible!(false, {
+        local_engine(engine).map(|e| e.tokenizer().is_end_of_generation(token)).unwrap_or(false)
+    })
 }
 
 /// Writes `needed` into `*out_len` and fails with MAZE_STATUS_BUFFER_TOO_SMALL when `capacity`
@@ -264,7 +313,10 @@ pub unsafe extern "C" fn maze_engine_token_is_end_of_generation(engine: *const m
 unsafe fn check_capacity(needed: usize, capacity: usize, out_len: *mut usize, what: &str) -> FfiResult<()> {
     if needed > capacity {
         out_len.write(needed);
-        return Err(FfiError::new(maze_status::BufferTooSmall, format!("{what} needs {needed} but the buffer holds {capacity}")));
+        return Err(FfiError::new(
+            maze_status::BufferTooSmall,
+            format!("{what} needs {needed} but the buffer holds {capacity}"),
+        ));
     }
     Ok(())
 }
@@ -330,7 +382,13 @@ pub unsafe extern "C" fn maze_detokenize(
 }
 
 /// Copies bytes + NUL into a caller buffer, with the BUFFER_TOO_SMALL protocol.
-pub(crate) unsafe fn write_text(bytes: &[u8], buf: *mut c_char, capacity: usize, out_len: *mut usize, what: &str) -> FfiResult<()> {
+pub(crate) unsafe fn write_text(
+    bytes: &[u8],
+    buf: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+    what: &str,
+) -> FfiResult<()> {
     if bytes.len() >= capacity {
         out_len.write(bytes.len());
         return Err(FfiError::new(
@@ -354,14 +412,25 @@ pub struct maze_chat_message {
     pub content: maze_string,
 }
 
-pub(crate) unsafe fn read_messages(messages: *const maze_chat_message, n: usize) -> FfiResult<Vec<ChatMessage>> {
+pub(crate) unsafe fn read_messages(
+    messages: *const maze_chat_message,
+    n: usize,
+) -> FfiResult<Vec<ChatMessage>> {
     if n == 0 {
-        return Err(FfiError::new(maze_status::InvalidArgument, "a chat needs at least one message (n_messages is 0)"));
+        return Err(FfiError::new(
+            maze_status::InvalidArgument,
+            "a chat needs at least one message (n_messages is 0)",
+        ));
     }
     arg_slice(messages, n, "messages")?
         .iter()
         .enumerate()
-        .map(|(i, m)| Ok(ChatMessage::new(m.role.to_str(&format!("messages[{i}].role"))?, m.content.to_str(&format!("messages[{i}].content"))?)))
+        .map(|(i, m)| {
+            Ok(ChatMessage::new(
+                m.role.to_str(&format!("messages[{i}].role"))?,
+                m.content.to_str(&format!("messages[{i}].content"))?,
+            ))
+        })
         .collect()
 }
 
@@ -393,7 +462,10 @@ pub unsafe extern "C" fn maze_chat_apply_template(
 /// engine, asks the server (its health route, or the model list of an OpenAI-compatible server)
 /// and fails with MAZE_STATUS_BACKEND (unreachable, HTTP error) naming the problem.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_health(engine: *const maze_engine, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_health(
+    engine: *const maze_engine,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         match &arg_ref(engine, "engine")?.backend {
             Backend::Local(_) => Ok(()),
@@ -406,7 +478,13 @@ pub unsafe extern "C" fn maze_engine_health(engine: *const maze_engine, error: *
 /// with the buffer protocol of maze_detokenize. A local engine lists its model; a remote one
 /// asks the server.
 #[no_mangle]
-pub unsafe extern "C" fn maze_engine_list_models(engine: *const maze_engine, buf: *mut c_char, capacity: usize, out_len: *mut usize, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_engine_list_models(
+    engine: *const maze_engine,
+    buf: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         arg_out(out_len, "out_len")?;

@@ -26,7 +26,9 @@ pub(crate) fn report(out: *mut *mut maze_error, e: FfiError) -> maze_status {
 /// Status of an error; MAZE_STATUS_NULL_ARGUMENT for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_error_status(error: *const maze_error) -> maze_status {
-    ffi_infallible!(maze_status::Panic, { error.as_ref().map(|e| e.status).unwrap_or(maze_status::NullArgument) })
+    ffi_infallible!(maze_status::Panic, {
+        error.as_ref().map(|e| e.status).unwrap_or(maze_status::NullArgument)
+    })
 }
 
 /// Message of an error (UTF-8, NUL-terminated), valid until maze_error_free. "" for NULL.

@@ -10,11 +10,11 @@
 #![allow(clippy::missing_safety_doc)]
 
 // Declared in the order the header presents them.
-pub mod error;
-pub mod engine;
 pub mod constraint;
-pub mod session;
+pub mod engine;
+pub mod error;
 pub mod result;
+pub mod session;
 
 use std::ffi::{c_char, CStr};
 
@@ -122,10 +122,15 @@ pub(crate) type FfiResult<T> = Result<T, FfiError>;
 macro_rules! ffi_call {
     ($error:expr, $body:block) => {{
         let error_out: *mut *mut $crate::ffi::maze_error = $error;
-        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| -> $crate::ffi::FfiResult<()> { $body })) {
+        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| -> $crate::ffi::FfiResult<()> {
+            $body
+        })) {
             Ok(Ok(())) => $crate::ffi::maze_status::Ok,
             Ok(Err(e)) => $crate::ffi::error::report(error_out, e),
-            Err(payload) => $crate::ffi::error::report(error_out, $crate::error::Error::from_panic(payload.as_ref()).into()),
+            Err(payload) => $crate::ffi::error::report(
+                error_out,
+                $crate::error::Error::from_panic(payload.as_ref()).into(),
+            ),
         }
     }};
 }
@@ -152,7 +157,10 @@ pub(crate) unsafe fn arg_ref<'a, T>(p: *const T, arg: &str) -> FfiResult<&'a T> 
 pub(crate) unsafe fn arg_str<'a>(p: *const c_char, len: usize, arg: &str) -> FfiResult<&'a str> {
     let bytes = arg_slice(p as *const u8, len, arg)?;
     std::str::from_utf8(bytes).map_err(|e| {
-        FfiError::new(maze_status::InvalidUtf8, format!("argument '{arg}' is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        FfiError::new(
+            maze_status::InvalidUtf8,
+            format!("argument '{arg}' is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
     })
 }
 
@@ -162,7 +170,10 @@ pub(crate) unsafe fn arg_cstr<'a>(p: *const c_char, arg: &str) -> FfiResult<&'a 
         return Err(FfiError::null(arg));
     }
     CStr::from_ptr(p).to_str().map_err(|e| {
-        FfiError::new(maze_status::InvalidUtf8, format!("argument '{arg}' is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        FfiError::new(
+            maze_status::InvalidUtf8,
+            format!("argument '{arg}' is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
     })
 }
 

@@ -51,7 +51,8 @@ impl maze_result {
     pub(crate) fn new(result: GenerationResult) -> Self {
         let mut text = result.text.as_bytes().to_vec();
         text.push(0);
-        let error_message = result.error.as_ref().map(|e| CString::new(e.message().replace('\0', "")).unwrap_or_default());
+        let error_message =
+            result.error.as_ref().map(|e| CString::new(e.message().replace('\0', "")).unwrap_or_default());
         let validation_json = CString::new(result.validation_json()).unwrap_or_default();
         let provenance_json = CString::new(result.provenance_json()).unwrap_or_default();
         Self { result, text, error_message, validation_json, provenance_json }
@@ -88,7 +89,11 @@ pub unsafe extern "C" fn maze_result_tokens(result: *const maze_result, n: *mut 
         if !n.is_null() {
             n.write(tokens.len());
         }
-        if tokens.is_empty() { std::ptr::null() } else { tokens.as_ptr() }
+        if tokens.is_empty() {
+            std::ptr::null()
+        } else {
+            tokens.as_ptr()
+        }
     })
 }
 
@@ -101,7 +106,11 @@ pub unsafe extern "C" fn maze_result_logprobs(result: *const maze_result, n: *mu
         if !n.is_null() {
             n.write(lps.len());
         }
-        if lps.is_empty() { std::ptr::null() } else { lps.as_ptr() }
+        if lps.is_empty() {
+            std::ptr::null()
+        } else {
+            lps.as_ptr()
+        }
     })
 }
 
@@ -130,13 +139,22 @@ pub extern "C" fn maze_finish_reason_name(reason: i32) -> *const c_char {
 /// Status of a midway failure (finish reason MAZE_FINISH_ERROR); MAZE_STATUS_OK otherwise.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_error_status(result: *const maze_result) -> maze_status {
-    getter!(result, maze_status::NullArgument, |r| r.result.error.as_ref().map(|e| e.kind().into()).unwrap_or(maze_status::Ok))
+    getter!(result, maze_status::NullArgument, |r| r
+        .result
+        .error
+        .as_ref()
+        .map(|e| e.kind().into())
+        .unwrap_or(maze_status::Ok))
 }
 
 /// Message of a midway failure; NULL when there was none.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_error_message(result: *const maze_result) -> *const c_char {
-    getter!(result, std::ptr::null(), |r| r.error_message.as_ref().map(|m| m.as_ptr()).unwrap_or(std::ptr::null()))
+    getter!(result, std::ptr::null(), |r| r
+        .error_message
+        .as_ref()
+        .map(|m| m.as_ptr())
+        .unwrap_or(std::ptr::null()))
 }
 
 /// Tokens in the prompt (reused from the cache or computed).

@@ -6,7 +6,10 @@ use std::time::Duration;
 use super::constraint::maze_constraint;
 use super::engine::{maze_chat_message, maze_engine, read_messages, Backend};
 use super::result::maze_result;
-use super::{arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM};
+use super::{
+    arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string,
+    read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM,
+};
 use crate::backend::remote::RemoteSession;
 use crate::engine::{GenerateOptions, Prompt, Session};
 use crate::error::{Error, ErrorKind};
@@ -31,7 +34,8 @@ enum SessionBackend {
 /// sessions; a generate call on the same session from inside it fails with MAZE_STATUS_BUSY.
 /// Return false to stop generating: the result then finishes with MAZE_FINISH_CANCELLED and
 /// holds exactly the text delivered so far.
-pub type maze_stream_callback = Option<unsafe extern "C" fn(text: *const c_char, len: usize, userdata: *mut c_void) -> bool>;
+pub type maze_stream_callback =
+    Option<unsafe extern "C" fn(text: *const c_char, len: usize, userdata: *mut c_void) -> bool>;
 
 /// Generation settings. Initialise with maze_generate_params_default(), then change fields.
 #[repr(C)]
@@ -113,7 +117,10 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
         .map(|(i, s)| {
             let text = s.to_str(&format!("params.stop[{i}]"))?;
             if text.is_empty() {
-                return Err(FfiError::new(maze_status::InvalidArgument, format!("params.stop[{i}] is empty")));
+                return Err(FfiError::new(
+                    maze_status::InvalidArgument,
+                    format!("params.stop[{i}] is empty"),
+                ));
             }
             Ok(text.to_string())
         })
@@ -146,7 +153,11 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
 
 /// Opens a session on an engine. Free it with maze_session_free.
 #[no_mangle]
-pub unsafe extern "C" fn maze_session_new(engine: *const maze_engine, out_session: *mut *mut maze_session, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_session_new(
+    engine: *const maze_engine,
+    out_session: *mut *mut maze_session,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         let engine = arg_ref(engine, "engine")?;
         arg_out(out_session, "out_session")?;
@@ -216,7 +227,16 @@ pub unsafe extern "C" fn maze_session_generate(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, { run(session, || Ok(Prompt::Text(arg_str(prompt, prompt_len, "prompt")?.to_string())), params, callback, userdata, out_result) })
+    ffi_call!(error, {
+        run(
+            session,
+            || Ok(Prompt::Text(arg_str(prompt, prompt_len, "prompt")?.to_string())),
+            params,
+            callback,
+            userdata,
+            out_result,
+        )
+    })
 }
 
 /// Like maze_session_generate, from token ids used as they are (no BOS added).
@@ -231,7 +251,16 @@ pub unsafe extern "C" fn maze_session_generate_tokens(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, { run(session, || Ok(Prompt::Tokens(arg_slice(tokens, n_tokens, "tokens")?.to_vec())), params, callback, userdata, out_result) })
+    ffi_call!(error, {
+        run(
+            session,
+            || Ok(Prompt::Tokens(arg_slice(tokens, n_tokens, "tokens")?.to_vec())),
+            params,
+            callback,
+            userdata,
+            out_result,
+        )
+    })
 }
 
 /// Like maze_session_generate, from chat messages rendered with the model's chat template and
@@ -247,7 +276,16 @@ pub unsafe extern "C" fn maze_session_chat(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, { run(session, || Ok(Prompt::Chat(read_messages(messages, n_messages)?)), params, callback, userdata, out_result) })
+    ffi_call!(error, {
+        run(
+            session,
+            || Ok(Prompt::Chat(read_messages(messages, n_messages)?)),
+            params,
+            callback,
+            userdata,
+            out_result,
+        )
+    })
 }
 
 /// Stops the session's running generation (prefill included) from any thread. The generate call
@@ -273,11 +311,18 @@ pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> ma
 /// none). The forgotten keys and values may still serve other sessions' identical prompt
 /// prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
 #[no_mangle]
-pub unsafe extern "C" fn maze_session_reset(session: *const maze_session, error: *mut *mut maze_error) -> maze_status {
+pub unsafe extern "C" fn maze_session_reset(
+    session: *const maze_session,
+    error: *mut *mut maze_error,
+) -> maze_status {
     ffi_call!(error, {
         match &arg_ref(session, "session")?.session {
             SessionBackend::Local(s) => s.reset()?,
-            SessionBackend::Remote(s) if s.is_busy() => return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating").into()),
+            SessionBackend::Remote(s) if s.is_busy() => {
+                return Err(
+                    Error::new(ErrorKind::Busy, "cannot reset a session while it is generating").into()
+                )
+            }
             SessionBackend::Remote(_) => {}
         }
         Ok(())

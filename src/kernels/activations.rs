@@ -57,7 +57,8 @@ fn quantize_block_avx2(x: &[f32; BLOCK], qs: &mut [i8; BLOCK]) -> (f32, i32) {
     let total2 = _mm_add_epi32(total4, _mm_shuffle_epi32::<0b01_00_11_10>(total4));
     let sum = _mm_cvtsi128_si32(_mm_add_epi32(total2, _mm_shuffle_epi32::<0b00_00_00_01>(total2)));
     // Packing works within 128-bit halves; the permutation puts the four-value runs back in order.
-    let packed = _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
+    let packed =
+        _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
     let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     // SAFETY: qs is 32 bytes.
     unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), ordered) };
@@ -66,10 +67,16 @@ fn quantize_block_avx2(x: &[f32; BLOCK], qs: &mut [i8; BLOCK]) -> (f32, i32) {
 
 /// Every block of `x` into `out` (sized for it) by `block`.
 #[inline(always)]
-fn quantize_blocks(x: &[f32], out: &mut QuantizedActivations, block: impl Fn(&[f32; BLOCK], &mut [i8; BLOCK]) -> (f32, i32)) {
-    let blocks = x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)).zip(out.d.iter_mut().zip(out.s.iter_mut()));
+fn quantize_blocks(
+    x: &[f32],
+    out: &mut QuantizedActivations,
+    block: impl Fn(&[f32; BLOCK], &mut [i8; BLOCK]) -> (f32, i32),
+) {
+    let blocks =
+        x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)).zip(out.d.iter_mut().zip(out.s.iter_mut()));
     for ((chunk, qs), (d, s)) in blocks {
-        let (scale, sum) = block(chunk.try_into().expect("whole blocks"), qs.try_into().expect("whole blocks"));
+        let (scale, sum) =
+            block(chunk.try_into().expect("whole blocks"), qs.try_into().expect("whole blocks"));
         *d = scale;
         *s = scale * sum as f32;
     }
@@ -108,7 +115,13 @@ impl QuantizedActivations {
         assert!(cols % BLOCK == 0 && x.len() % cols.max(1) == 0, "activation shape");
         let tokens = if cols == 0 { 0 } else { x.len() / cols };
         let n = x.len() / BLOCK;
-        let mut out = Self { tokens, blocks_per_row: cols / BLOCK, d: vec![0.0; n], s: vec![0.0; n], qs: vec![0; x.len()] };
+        let mut out = Self {
+            tokens,
+            blocks_per_row: cols / BLOCK,
+            d: vec![0.0; n],
+            s: vec![0.0; n],
+            qs: vec![0; x.len()],
+        };
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512Vnni => {
@@ -148,7 +161,8 @@ mod tests {
     fn every_path_gives_the_same_codes() {
         // Random values, values landing exactly on .5 after scaling (127·k/254 of the block's
         // largest), a zero block and a one-hot block.
-        let mut x: Vec<f32> = (0..32 * 40).map(|i| (((i * 7919 + 13) % 2001) as f32 - 1000.0) * 0.003).collect();
+        let mut x: Vec<f32> =
+            (0..32 * 40).map(|i| (((i * 7919 + 13) % 2001) as f32 - 1000.0) * 0.003).collect();
         for (i, v) in x[..32].iter_mut().enumerate() {
             *v = if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 };
         }

@@ -29,7 +29,15 @@ impl HeadCache<'_> {
 /// For each query head `h` in `queries` (heads of `cache.head_dim` side by side, all reading this KV
 /// head): `out_h = Σ_j softmax_j(scale · q_h·k_j) · v_j` over positions `0..positions`.
 /// `scores` is scratch space of at least `heads × positions` floats.
-pub fn attend(isa: Isa, queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend(
+    isa: Isa,
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let head_dim = cache.head_dim;
     assert!(head_dim > 0 && queries.len() % head_dim == 0 && out.len() == queries.len(), "attention shapes");
     assert!(scores.len() >= queries.len() / head_dim * positions, "attention scratch");
@@ -49,7 +57,14 @@ pub fn attend(isa: Isa, queries: &[f32], cache: HeadCache<'_>, positions: usize,
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+unsafe fn attend_avx2(
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     attend_body::<F16c>(queries, cache, positions, scale, scores, out)
 }
 
@@ -75,7 +90,12 @@ trait AttendPath {
 
 /// [`AttendPath::weighted_values`] one position at a time, each value row widened once for every head.
 #[inline(always)]
-fn weighted_values_by_rows<W: AttendPath + ?Sized>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+fn weighted_values_by_rows<W: AttendPath + ?Sized>(
+    weights: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    out: &mut [f32],
+) {
     let hd = cache.head_dim;
     let mut row = vec![0f32; hd];
     out.fill(0.0);
@@ -91,7 +111,13 @@ fn weighted_values_by_rows<W: AttendPath + ?Sized>(weights: &[f32], cache: HeadC
 
 /// [`AttendPath::scores`] one position at a time, each key widened once for every head.
 #[inline(always)]
-fn scores_by_rows<W: AttendPath + ?Sized>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
+fn scores_by_rows<W: AttendPath + ?Sized>(
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let hd = cache.head_dim;
     let mut row = vec![0f32; hd];
     for j in 0..positions {
@@ -167,7 +193,8 @@ fn head_runs(heads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 unsafe fn weighted_values_f16c(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
     let hd = cache.head_dim;
     for run in head_runs(out.len() / hd) {
-        let (weights, out) = (&weights[run.start * positions..run.end * positions], &mut out[run.start * hd..run.end * hd]);
+        let (weights, out) =
+            (&weights[run.start * positions..run.end * positions], &mut out[run.start * hd..run.end * hd]);
         // SAFETY: as for this function; the run's slices hold its heads.
         unsafe {
             match run.len() {
@@ -190,10 +217,20 @@ const PREFETCH_ROWS: usize = 8;
 /// As [`weighted_values_f16c`]; `8·NC` divides 64.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn weighted_values_run<const NH: usize, const NC: usize>(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
+unsafe fn weighted_values_run<const NH: usize, const NC: usize>(
+    weights: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let hd = cache.head_dim;
-    assert!(weights.len() >= NH * positions && cache.values.len() >= positions * hd && out.len() >= NH * hd && hd % (8 * NC) == 0);
+    assert!(
+        weights.len() >= NH * positions
+            && cache.values.len() >= positions * hd
+            && out.len() >= NH * hd
+            && hd % (8 * NC) == 0
+    );
     // Raw pointers in the loop: it is a few instructions per row, and slice bounds checks
     // were a third of them.
     let (values, weights) = (cache.values.as_ptr(), weights.as_ptr());
@@ -210,7 +247,8 @@ unsafe fn weighted_values_run<const NH: usize, const NC: usize>(weights: &[f32],
             }
             // SAFETY (this loop): `weights` holds NH rows of `positions`, `row` points at
             // 8·NC values of row j (part + 8·NC ≤ hd), all asserted above.
-            let w: [__m256; NH] = std::array::from_fn(|h| _mm256_set1_ps(unsafe { *weights.add(h * positions + j) }));
+            let w: [__m256; NH] =
+                std::array::from_fn(|h| _mm256_set1_ps(unsafe { *weights.add(h * positions + j) }));
             for c in 0..NC {
                 let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c).cast())) };
                 for h in 0..NH {
@@ -239,10 +277,17 @@ unsafe fn weighted_values_run<const NH: usize, const NC: usize>(weights: &[f32],
 /// AVX2, FMA and F16C; `cache` holds `positions` rows; `cache.head_dim` is a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn scores_f16c(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
+unsafe fn scores_f16c(
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let hd = cache.head_dim;
     for run in head_runs(queries.len() / hd) {
-        let (queries, scores) = (&queries[run.start * hd..run.end * hd], &mut scores[run.start * positions..run.end * positions]);
+        let (queries, scores) =
+            (&queries[run.start * hd..run.end * hd], &mut scores[run.start * positions..run.end * positions]);
         // SAFETY: as for this function; the run's slices hold its heads.
         unsafe {
             match run.len() {
@@ -261,20 +306,33 @@ unsafe fn scores_f16c(queries: &[f32], cache: HeadCache<'_>, positions: usize, s
 /// As [`scores_f16c`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn scores_run<const NH: usize, const NP: usize>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
+unsafe fn scores_run<const NH: usize, const NP: usize>(
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let hd = cache.head_dim;
-    assert!(queries.len() >= NH * hd && cache.keys.len() >= positions * hd && scores.len() >= NH * positions && hd % 8 == 0);
+    assert!(
+        queries.len() >= NH * hd
+            && cache.keys.len() >= positions * hd
+            && scores.len() >= NH * positions
+            && hd % 8 == 0
+    );
     // Raw pointers in the loop, as in weighted_values_run.
     let (keys, queries) = (cache.keys.as_ptr(), queries.as_ptr());
     for first in (0..positions).step_by(NP) {
         let count = (positions - first).min(NP);
-        let rows: [*const f16; NP] = std::array::from_fn(|p| keys.wrapping_add(cache.start(first + p.min(count - 1))));
+        let rows: [*const f16; NP] =
+            std::array::from_fn(|p| keys.wrapping_add(cache.start(first + p.min(count - 1))));
         let mut acc = [[_mm256_setzero_ps(); NP]; NH];
         for c in (0..hd).step_by(8) {
             // SAFETY (this loop): eight values each, within the NH query heads and the rows
             // first..first + count (asserted above); unaligned loads.
-            let q: [__m256; NH] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(queries.add(h * hd + c)) });
+            let q: [__m256; NH] =
+                std::array::from_fn(|h| unsafe { _mm256_loadu_ps(queries.add(h * hd + c)) });
             for (p, row) in rows.iter().enumerate() {
                 let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(c).cast())) };
                 for h in 0..NH {
@@ -287,9 +345,13 @@ unsafe fn scores_run<const NH: usize, const NP: usize>(queries: &[f32], cache: H
                 // Four positions' partial sums (zeros past NP), each 128-bit half of `both`
                 // holding four of every position's eight lanes summed; adding the halves
                 // finishes them.
-                let v: [__m256; 4] = std::array::from_fn(|i| acc.get(quad + i).copied().unwrap_or(_mm256_setzero_ps()));
+                let v: [__m256; 4] =
+                    std::array::from_fn(|i| acc.get(quad + i).copied().unwrap_or(_mm256_setzero_ps()));
                 let both = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-                let sums = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(both), _mm256_extractf128_ps::<1>(both)), _mm_set1_ps(scale));
+                let sums = _mm_mul_ps(
+                    _mm_add_ps(_mm256_castps256_ps128(both), _mm256_extractf128_ps::<1>(both)),
+                    _mm_set1_ps(scale),
+                );
                 let at = h * positions + first + quad;
                 match scores.get_mut(at..at + 4) {
                     // SAFETY: four floats.
@@ -330,7 +392,14 @@ unsafe fn widen_f16c(from: &[f16], to: &mut [f32]) {
 }
 
 #[inline(always)]
-fn attend_body<W: AttendPath>(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_body<W: AttendPath>(
+    queries: &[f32],
+    cache: HeadCache<'_>,
+    positions: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = cache.head_dim;
     let heads = queries.len() / hd;
     W::scores(queries, cache, positions, scale, scores);
@@ -360,7 +429,9 @@ mod tests {
             for (q, want) in queries.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
                 let at = |j: usize, c: usize| j * hd + c;
                 let logits: Vec<f64> = (0..positions)
-                    .map(|j| (0..hd).map(|c| q[c] as f64 * keys[at(j, c)].to_f64()).sum::<f64>() * scale as f64)
+                    .map(|j| {
+                        (0..hd).map(|c| q[c] as f64 * keys[at(j, c)].to_f64()).sum::<f64>() * scale as f64
+                    })
                     .collect();
                 let max = logits.iter().cloned().fold(f64::MIN, f64::max);
                 let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -374,7 +445,10 @@ mod tests {
                 let cache = HeadCache { keys: &keys, values: &values, head_dim: hd };
                 attend(isa, &queries, cache, positions, scale, &mut scores, &mut out);
                 for (c, (got, want)) in out.iter().zip(&want).enumerate() {
-                    assert!((*got as f64 - want).abs() < 1e-5, "{isa:?} hd {hd} heads {heads} positions {positions} value {c}: {got} vs {want}");
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-5,
+                        "{isa:?} hd {hd} heads {heads} positions {positions} value {c}: {got} vs {want}"
+                    );
                 }
             }
         }

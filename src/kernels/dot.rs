@@ -79,10 +79,17 @@ pub fn max_tokens_per_call(isa: Isa) -> usize {
 pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
     let n = GROUP * w.blocks;
     let nt = out.len();
-    assert!((1..=max_tokens_per_call(isa)).contains(&nt), "1 to {} tokens per call", max_tokens_per_call(isa));
+    assert!(
+        (1..=max_tokens_per_call(isa)).contains(&nt),
+        "1 to {} tokens per call",
+        max_tokens_per_call(isa)
+    );
     assert!(a.blocks_per_row == w.blocks && t0 + nt <= a.tokens, "activation shape");
     let m_len = if w.width == CodeWidth::Four { n } else { 0 };
-    assert!(w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(), "weight shape");
+    assert!(
+        w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(),
+        "weight shape"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
@@ -145,7 +152,13 @@ mod x86 {
         };
     }
 
-    pub(super) unsafe fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+    pub(super) unsafe fn group_dot(
+        isa: Isa,
+        w: RowGroup<'_>,
+        a: &QuantizedActivations,
+        t0: usize,
+        out: &mut [[f32; GROUP]],
+    ) {
         macro_rules! go {
             ($nt:literal) => {
                 match (w.width, isa == Isa::Avx512Vnni) {
@@ -199,7 +212,12 @@ mod x86 {
          step |$w:ident, $x:ident, $sum:ident| $step:expr,
          ints |$s:ident| $ints:expr) => {
             #[target_feature(enable = $features)]
-            unsafe fn $name<const NT: usize>(w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+            unsafe fn $name<const NT: usize>(
+                w: RowGroup<'_>,
+                a: &QuantizedActivations,
+                t0: usize,
+                out: &mut [[f32; GROUP]],
+            ) {
                 const CHUNKS: usize = $width.bytes_per_block() / CHUNK;
                 let bpr = w.blocks;
                 let (wd, wm, wc) = (w.d.as_ptr(), w.m.as_ptr(), w.codes.as_ptr());
@@ -212,7 +230,9 @@ mod x86 {
                     // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
                     // Every cache line of a block: two of 4-bit codes, four of 8-bit ones.
                     for line in 0..CHUNKS * GROUP * CHUNK / 64 {
-                        _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_BYTES + 64 * line) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            codes.wrapping_add(PREFETCH_BYTES + 64 * line) as *const i8
+                        );
                     }
                     _mm_prefetch::<_MM_HINT_T0>(wd.wrapping_add(b * GROUP + PREFETCH_BYTES / 4) as *const i8);
                     let mut sums = [_mm256_setzero_si256(); NT];
@@ -228,15 +248,23 @@ mod x86 {
                         }
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * GROUP) as *const __m128i));
-                    let wm8 = if $offset == Offset::M { _mm256_cvtph_ps(_mm_loadu_si128(wm.add(b * GROUP) as *const __m128i)) } else { dw };
+                    let wm8 = if $offset == Offset::M {
+                        _mm256_cvtph_ps(_mm_loadu_si128(wm.add(b * GROUP) as *const __m128i))
+                    } else {
+                        dw
+                    };
                     for k in 0..NT {
                         let $s = sums[k];
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*ad[k].add(b)));
                         acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($ints), scale, acc[k]);
                         match $offset {
                             Offset::None => {}
-                            Offset::M => acc[k] = _mm256_fmadd_ps(wm8, _mm256_set1_ps(*as_[k].add(b)), acc[k]),
-                            Offset::Bias128 => acc[k] = _mm256_fmadd_ps(dw, _mm256_set1_ps(-128.0 * *as_[k].add(b)), acc[k]),
+                            Offset::M => {
+                                acc[k] = _mm256_fmadd_ps(wm8, _mm256_set1_ps(*as_[k].add(b)), acc[k])
+                            }
+                            Offset::Bias128 => {
+                                acc[k] = _mm256_fmadd_ps(dw, _mm256_set1_ps(-128.0 * *as_[k].add(b)), acc[k])
+                            }
                         }
                     }
                 }
@@ -250,53 +278,92 @@ mod x86 {
     // 4-bit: a chunk's low nibbles pair with activations 4c..4c+4, its high nibbles with
     // 16+4c..16+4c+4. AVX2 sums u8 × i8 pairs to i16: a block's eight products per lane are at
     // most 8·2·15·127 = 30480, so they add up in i16 and widen once per block.
-    kernel!(four_avx2, "avx2,fma,f16c", CodeWidth::Four, Offset::M,
-        expand |p| {
+    kernel!(
+        four_avx2,
+        "avx2,fma,f16c",
+        CodeWidth::Four,
+        Offset::M,
+        expand | p | {
             let packed = _mm256_loadu_si256(p as *const __m256i);
             let low = _mm256_set1_epi8(0x0F);
             (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
         },
-        step |w, x, sum| _mm256_add_epi16(
+        step | w,
+        x,
+        sum | _mm256_add_epi16(
             sum,
-            _mm256_add_epi16(_mm256_maddubs_epi16(w.0, slice(x)), _mm256_maddubs_epi16(w.1, slice(x.add(16))))
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(w.0, slice(x)),
+                _mm256_maddubs_epi16(w.1, slice(x.add(16)))
+            )
         ),
-        ints |s| _mm256_madd_epi16(s, _mm256_set1_epi16(1)));
+        ints | s | _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+    );
     // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
     // with the sign trick, |w| × sign(x, w), widening every product to i32, and needs no
     // offset.
-    kernel!(eight_avx2, "avx2,fma,f16c", CodeWidth::Eight, Offset::None,
-        expand |p| {
+    kernel!(
+        eight_avx2,
+        "avx2,fma,f16c",
+        CodeWidth::Eight,
+        Offset::None,
+        expand | p | {
             let signed = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128));
             (_mm256_sign_epi8(signed, signed), signed)
         },
-        step |w, x, sum| _mm256_add_epi32(
+        step | w,
+        x,
+        sum | _mm256_add_epi32(
             sum,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(w.0, _mm256_sign_epi8(slice(x), w.1)), _mm256_set1_epi16(1))
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(w.0, _mm256_sign_epi8(slice(x), w.1)),
+                _mm256_set1_epi16(1)
+            )
         ),
-        ints |s| s);
+        ints | s | s
+    );
     /// The VNNI kernels, 4-bit and 8-bit, built around `$dpbusd` (u8 × i8 products summed in
     /// fours into i32 lanes): `_mm256_dpbusd_epi32` in the library, and in the tests an exact
     /// AVX2 emulation of it, so that everything else in them (the layouts, the offsets, the
     /// 128 bias of 8-bit codes) is tested on machines without AVX-512.
     macro_rules! vnni_kernels {
         ($four:ident, $eight:ident, $features:literal, $dpbusd:path) => {
-            kernel!($four, $features, CodeWidth::Four, Offset::M,
-                expand |p| {
+            kernel!(
+                $four,
+                $features,
+                CodeWidth::Four,
+                Offset::M,
+                expand | p | {
                     let packed = _mm256_loadu_si256(p as *const __m256i);
                     let low = _mm256_set1_epi8(0x0F);
                     (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
                 },
-                step |w, x, sum| $dpbusd($dpbusd(sum, w.0, slice(x)), w.1, slice(x.add(16))),
-                ints |s| s);
+                step | w,
+                x,
+                sum | $dpbusd($dpbusd(sum, w.0, slice(x)), w.1, slice(x.add(16))),
+                ints | s | s
+            );
             // VNNI multiplies the unsigned 8-bit codes exactly and takes 128·Σx back out per
             // block.
-            kernel!($eight, $features, CodeWidth::Eight, Offset::Bias128,
-                expand |p| _mm256_loadu_si256(p as *const __m256i),
-                step |w, x, sum| $dpbusd(sum, w, slice(x)),
-                ints |s| s);
+            kernel!(
+                $eight,
+                $features,
+                CodeWidth::Eight,
+                Offset::Bias128,
+                expand | p | _mm256_loadu_si256(p as *const __m256i),
+                step | w,
+                x,
+                sum | $dpbusd(sum, w, slice(x)),
+                ints | s | s
+            );
         };
     }
-    vnni_kernels!(four_vnni, eight_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", _mm256_dpbusd_epi32);
+    vnni_kernels!(
+        four_vnni,
+        eight_vnni,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+        _mm256_dpbusd_epi32
+    );
     #[cfg(test)]
     vnni_kernels!(four_vnni_emulated, eight_vnni_emulated, "avx2,fma,f16c", dpbusd_avx2);
 
@@ -311,13 +378,21 @@ mod x86 {
             let u_odd = _mm256_srli_epi16::<8>(u);
             let s_even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(s));
             let s_odd = _mm256_srai_epi16::<8>(s);
-            _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(u_even, s_even), _mm256_madd_epi16(u_odd, s_odd)))
+            _mm256_add_epi32(
+                acc,
+                _mm256_add_epi32(_mm256_madd_epi16(u_even, s_even), _mm256_madd_epi16(u_odd, s_odd)),
+            )
         }
     }
 
     /// The VNNI kernels' logic on AVX2 (see [`vnni_kernels`]), for the tests.
     #[cfg(test)]
-    pub(super) unsafe fn group_dot_vnni_emulated(w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, out: &mut [[f32; GROUP]]) {
+    pub(super) unsafe fn group_dot_vnni_emulated(
+        w: RowGroup<'_>,
+        a: &QuantizedActivations,
+        t0: usize,
+        out: &mut [[f32; GROUP]],
+    ) {
         macro_rules! go {
             ($nt:literal) => {
                 match w.width {
@@ -339,11 +414,19 @@ mod tests {
 
     const TOKENS: usize = 11;
 
-    fn case(width: CodeWidth, blocks: usize, seed: u64) -> (Vec<f16>, Vec<f16>, Vec<u8>, QuantizedActivations) {
+    fn case(
+        width: CodeWidth,
+        blocks: usize,
+        seed: u64,
+    ) -> (Vec<f16>, Vec<f16>, Vec<u8>, QuantizedActivations) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = GROUP * blocks;
         let d = (0..n).map(|_| f16::from_f32(rng.random_range(0.001..0.05))).collect();
-        let m = if width == CodeWidth::Four { (0..n).map(|_| f16::from_f32(rng.random_range(-0.4..0.0))).collect() } else { vec![] };
+        let m = if width == CodeWidth::Four {
+            (0..n).map(|_| f16::from_f32(rng.random_range(-0.4..0.0))).collect()
+        } else {
+            vec![]
+        };
         let codes = (0..n * width.bytes_per_block()).map(|_| rng.random::<u8>()).collect();
         // Eleven tokens, including extreme activations (codes of ±127) and two whose codes are
         // all +127 and all −127 (the largest sums a lane can reach).
@@ -378,7 +461,12 @@ mod tests {
                                 for r in 0..GROUP {
                                     let want = want[t0 + k][r];
                                     let tol = 1e-4 * want.abs().max(1.0);
-                                    assert!((want - row[r]).abs() <= tol, "{path} {width:?} blocks {blocks} nt {nt} t {} r {r}: {want} vs {}", t0 + k, row[r]);
+                                    assert!(
+                                        (want - row[r]).abs() <= tol,
+                                        "{path} {width:?} blocks {blocks} nt {nt} t {} r {r}: {want} vs {}",
+                                        t0 + k,
+                                        row[r]
+                                    );
                                 }
                             }
                         }
@@ -396,17 +484,34 @@ mod tests {
     fn paths() -> Vec<(&'static str, usize, Dot)> {
         let mut out: Vec<(&'static str, usize, Dot)> = Isa::available()
             .into_iter()
-            .map(|isa| (isa.name(), max_tokens_per_call(isa), Box::new(move |w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, o: &mut [[f32; GROUP]]| group_dot(isa, w, a, t0, o)) as Dot))
+            .map(|isa| {
+                (
+                    isa.name(),
+                    max_tokens_per_call(isa),
+                    Box::new(
+                        move |w: RowGroup<'_>,
+                              a: &QuantizedActivations,
+                              t0: usize,
+                              o: &mut [[f32; GROUP]]| group_dot(isa, w, a, t0, o),
+                    ) as Dot,
+                )
+            })
             .collect();
         #[cfg(target_arch = "x86_64")]
         if Isa::available().contains(&Isa::Avx2) {
             let emulated = |w: RowGroup<'_>, a: &QuantizedActivations, t0: usize, o: &mut [[f32; GROUP]]| {
-                assert!(a.blocks_per_row == w.blocks && t0 + o.len() <= a.tokens && (1..=8).contains(&o.len()));
+                assert!(
+                    a.blocks_per_row == w.blocks && t0 + o.len() <= a.tokens && (1..=8).contains(&o.len())
+                );
                 // SAFETY: the CPU has AVX2, FMA and F16C; the shapes are checked above and by
                 // the callers' cases.
                 unsafe { x86::group_dot_vnni_emulated(w, a, t0, o) }
             };
-            out.push(("avx512vnni emulated on avx2", max_tokens_per_call(Isa::Avx512Vnni), Box::new(emulated)));
+            out.push((
+                "avx512vnni emulated on avx2",
+                max_tokens_per_call(Isa::Avx512Vnni),
+                Box::new(emulated),
+            ));
         }
         out
     }
@@ -417,9 +522,13 @@ mod tests {
         for (width, byte) in [(CodeWidth::Four, 0xFFu8), (CodeWidth::Eight, 0xFF), (CodeWidth::Eight, 0x01)] {
             let blocks = 4;
             let n = GROUP * blocks;
-            let (d, m) = (vec![f16::ONE; n], if width == CodeWidth::Four { vec![f16::ZERO; n] } else { vec![] });
+            let (d, m) =
+                (vec![f16::ONE; n], if width == CodeWidth::Four { vec![f16::ZERO; n] } else { vec![] });
             let codes = vec![byte; n * width.bytes_per_block()];
-            let a = QuantizedActivations::quantize(&[[1.0f32; BLOCK * 4], [-1.0; BLOCK * 4]].concat(), blocks * BLOCK);
+            let a = QuantizedActivations::quantize(
+                &[[1.0f32; BLOCK * 4], [-1.0; BLOCK * 4]].concat(),
+                blocks * BLOCK,
+            );
             let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
             let weight = match width {
                 CodeWidth::Four => 15.0,
@@ -429,8 +538,16 @@ mod tests {
                 for t in 0..2 {
                     let mut got = [[0.0; GROUP]];
                     dot(w, &a, t, &mut got);
-                    let want = weight * 127.0 * (n / GROUP * BLOCK) as f32 * a.d[t * blocks] * if t == 0 { 1.0 } else { -1.0 };
-                    assert!(got[0].iter().all(|&g| (g - want).abs() <= 1e-3 * want.abs()), "{path} {width:?} {byte:#x} t {t}: {:?} vs {want}", got[0]);
+                    let want = weight
+                        * 127.0
+                        * (n / GROUP * BLOCK) as f32
+                        * a.d[t * blocks]
+                        * if t == 0 { 1.0 } else { -1.0 };
+                    assert!(
+                        got[0].iter().all(|&g| (g - want).abs() <= 1e-3 * want.abs()),
+                        "{path} {width:?} {byte:#x} t {t}: {:?} vs {want}",
+                        got[0]
+                    );
                 }
             }
         }

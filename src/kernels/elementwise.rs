@@ -114,7 +114,10 @@ pub(super) mod x86 {
         unsafe {
             let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
             let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3)), _mm256_set1_ps(88.3));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                x,
+                _mm256_set1_ps(std::f32::consts::LOG2_E),
+            ));
             // ln 2 in two parts, so that n·ln2 subtracts without rounding error.
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
@@ -123,7 +126,10 @@ pub(super) mod x86 {
                 p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
             }
             let er = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
-            let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+            let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            )));
             _mm256_or_ps(_mm256_mul_ps(er, two_n), nan)
         }
     }
@@ -257,9 +263,18 @@ pub(super) mod x86 {
             _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
         };
         let whole = out.len() / 8 * 8;
-        for ((g, u), o) in gate[..whole].chunks_exact(8).zip(up[..whole].chunks_exact(8)).zip(out[..whole].chunks_exact_mut(8)) {
+        for ((g, u), o) in gate[..whole]
+            .chunks_exact(8)
+            .zip(up[..whole].chunks_exact(8))
+            .zip(out[..whole].chunks_exact_mut(8))
+        {
             // SAFETY: eight floats each; unaligned loads and store.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), silu_mul8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()))) };
+            unsafe {
+                _mm256_storeu_ps(
+                    o.as_mut_ptr(),
+                    silu_mul8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())),
+                )
+            };
         }
         if whole < out.len() {
             // SAFETY: load8 and store8 stay within the slices, which are as long as `out`.
@@ -315,7 +330,10 @@ mod tests {
                     softmax_in_place(isa, &mut got);
                     for (x, g) in xs.iter().zip(&got) {
                         let want = (*x as f64 - max).exp() / total;
-                        assert!((*g as f64 - want).abs() <= 2e-6 * want + 1e-9, "{isa:?} n {n} offset {offset}: softmax({x}) = {g}, want {want}");
+                        assert!(
+                            (*g as f64 - want).abs() <= 2e-6 * want + 1e-9,
+                            "{isa:?} n {n} offset {offset}: softmax({x}) = {g}, want {want}"
+                        );
                     }
                 }
             }
@@ -336,7 +354,11 @@ mod tests {
                 let (p, q) = (x[2 * i] as f64, x[2 * i + 1] as f64);
                 let want = [p * a.cos() - q * a.sin(), p * a.sin() + q * a.cos()];
                 for k in 0..2 {
-                    assert!((got[2 * i + k] as f64 - want[k]).abs() < 1e-5, "{isa:?} pair {i}: {:?} vs {want:?}", &got[2 * i..2 * i + 2]);
+                    assert!(
+                        (got[2 * i + k] as f64 - want[k]).abs() < 1e-5,
+                        "{isa:?} pair {i}: {:?} vs {want:?}",
+                        &got[2 * i..2 * i + 2]
+                    );
                 }
             }
         }
@@ -361,7 +383,10 @@ mod tests {
             silu_mul(isa, &gate, &up, &mut out);
             for ((g, u), o) in gate.iter().zip(&up).zip(&out) {
                 let want = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
-                assert!((*o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30, "{isa:?} silu({g})·{u} = {o}, want {want}");
+                assert!(
+                    (*o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                    "{isa:?} silu({g})·{u} = {o}, want {want}"
+                );
             }
         }
     }

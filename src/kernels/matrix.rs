@@ -167,7 +167,9 @@ fn advise_huge_pages(start: usize, len: usize) {
         if end >= first + HUGE {
             // SAFETY: advice on whole pages inside one allocation; MADV_HUGEPAGE changes how
             // they are backed, never their contents. A refusal (THP off) changes nothing.
-            unsafe { libc::madvise(first as *mut libc::c_void, (end - first) / HUGE * HUGE, libc::MADV_HUGEPAGE) };
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, (end - first) / HUGE * HUGE, libc::MADV_HUGEPAGE)
+            };
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -255,7 +257,10 @@ impl WeightSpace {
         for shape in &shapes {
             let per_gguf_block = BLOCK * shape.format.kernel_blocks();
             if shape.cols == 0 || shape.cols % per_gguf_block != 0 {
-                return Err(format!("{:?} row length {} is not a multiple of {per_gguf_block}", shape.format, shape.cols));
+                return Err(format!(
+                    "{:?} row length {} is not a multiple of {per_gguf_block}",
+                    shape.format, shape.cols
+                ));
             }
             starts.push(end);
             for (e, len) in end.iter_mut().zip(shape.lens()) {
@@ -263,7 +268,14 @@ impl WeightSpace {
             }
         }
         let filled = vec![false; shapes.len()];
-        Ok(Self { shapes, starts, filled, d: zeroed_halves(end[0]), m: zeroed_halves(end[1]), codes: zeroed_bytes(end[2]) })
+        Ok(Self {
+            shapes,
+            starts,
+            filled,
+            d: zeroed_halves(end[0]),
+            m: zeroed_halves(end[1]),
+            codes: zeroed_bytes(end[2]),
+        })
     }
 
     /// Repacks matrix `i` from GGUF bytes: `parts` are row-major matrices (whole GGUF blocks
@@ -278,7 +290,11 @@ impl WeightSpace {
         let part_rows: usize = parts.iter().map(|p| p.1).sum();
         for (p, (bytes, n)) in parts.iter().enumerate() {
             if bytes.len() != n * gguf_row_bytes {
-                return Err(format!("{format:?} data is {} bytes, expected {}", bytes.len(), n * gguf_row_bytes));
+                return Err(format!(
+                    "{format:?} data is {} bytes, expected {}",
+                    bytes.len(),
+                    n * gguf_row_bytes
+                ));
             }
             if p + 1 < parts.len() && n % GROUP != 0 {
                 return Err(format!("stacked part {p} has {n} rows, not a multiple of {GROUP}"));
@@ -291,7 +307,8 @@ impl WeightSpace {
         let cb = width.bytes_per_block();
         let has_m = width == CodeWidth::Four;
         let ([d0, m0, c0], [dn, mn, cn]) = (self.starts[i], self.shapes[i].lens());
-        let (d, m, codes) = (&mut self.d[d0..d0 + dn], &mut self.m[m0..m0 + mn], &mut self.codes[c0..c0 + cn]);
+        let (d, m, codes) =
+            (&mut self.d[d0..d0 + dn], &mut self.m[m0..m0 + mn], &mut self.codes[c0..c0 + cn]);
         // Row r's GGUF bytes.
         let source = |mut r: usize| -> Option<&[u8]> {
             for (bytes, n) in parts {
@@ -304,7 +321,11 @@ impl WeightSpace {
         };
         let group_len = GROUP * bpr;
         let groups = dn / group_len.max(1);
-        let mut m_chunks: Vec<&mut [f16]> = if has_m { m.chunks_mut(group_len).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        let mut m_chunks: Vec<&mut [f16]> = if has_m {
+            m.chunks_mut(group_len).collect()
+        } else {
+            (0..groups).map(|_| &mut [][..]).collect()
+        };
         d.par_chunks_mut(group_len)
             .zip(codes.par_chunks_mut(group_len * cb))
             .zip(m_chunks.par_iter_mut())
@@ -340,7 +361,10 @@ impl WeightSpace {
 
     /// The matrices, in the order of their shapes. Every one must have been filled.
     pub fn finish(self) -> Vec<QuantMatrix> {
-        assert!(self.filled.iter().all(|&f| f), "every matrix of a WeightSpace is filled before it is finished");
+        assert!(
+            self.filled.iter().all(|&f| f),
+            "every matrix of a WeightSpace is filled before it is finished"
+        );
         let (d, m, codes) = (Arc::new(self.d), Arc::new(self.m), Arc::new(self.codes));
         self.shapes
             .iter()
@@ -362,14 +386,23 @@ impl WeightSpace {
 
 impl QuantMatrix {
     /// From GGUF bytes (row-major, whole GGUF blocks per row).
-    pub fn from_gguf_bytes(format: WeightFormat, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+    pub fn from_gguf_bytes(
+        format: WeightFormat,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, String> {
         Self::from_gguf_parts(format, &[(bytes, rows)], cols)
     }
 
     /// Several GGUF matrices of the same format and width, their rows one after another in one
     /// matrix (see [`WeightSpace::fill`]). A model's loader puts all its matrices in one
     /// [`WeightSpace`] instead.
-    pub fn from_gguf_parts(format: WeightFormat, parts: &[(&[u8], usize)], cols: usize) -> Result<Self, String> {
+    pub fn from_gguf_parts(
+        format: WeightFormat,
+        parts: &[(&[u8], usize)],
+        cols: usize,
+    ) -> Result<Self, String> {
         let rows = parts.iter().map(|p| p.1).sum();
         let mut space = WeightSpace::new(vec![MatrixShape { format, rows, cols }])?;
         space.fill(0, parts)?;
@@ -382,7 +415,9 @@ impl QuantMatrix {
     pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
         let first = parts.first()?;
         let (_, whole) = parts.split_last()?;
-        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) || whole.iter().any(|p| p.rows % GROUP != 0) {
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols)
+            || whole.iter().any(|p| p.rows % GROUP != 0)
+        {
             return None;
         }
         // Groups never straddle parts (only the last may end in a padded group), so the
@@ -456,7 +491,8 @@ impl QuantMatrix {
     /// As [`Self::matmul`], with activations already quantized and the instruction set chosen.
     pub fn matmul_quantized(&self, acts: &QuantizedActivations, isa: Isa) -> Vec<f32> {
         let mut out = vec![0f32; acts.tokens * self.rows];
-        let mut rows: Vec<&mut [f32]> = if self.rows == 0 { Vec::new() } else { out.chunks_exact_mut(self.rows).collect() };
+        let mut rows: Vec<&mut [f32]> =
+            if self.rows == 0 { Vec::new() } else { out.chunks_exact_mut(self.rows).collect() };
         self.matmul_into(acts, isa, &mut rows);
         out
     }
@@ -476,7 +512,8 @@ impl QuantMatrix {
         let tile = self.rows.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(GROUP).max(2 * GROUP);
         // tiles[i][t]: token t's outputs for rows i·tile.. (`tile` is a multiple of GROUP, so
         // tiles start on group boundaries).
-        let mut tiles: Vec<Vec<&mut [f32]>> = (0..self.rows.div_ceil(tile)).map(|_| Vec::with_capacity(tokens)).collect();
+        let mut tiles: Vec<Vec<&mut [f32]>> =
+            (0..self.rows.div_ceil(tile)).map(|_| Vec::with_capacity(tokens)).collect();
         for row in outs.iter_mut() {
             for (i, part) in row.chunks_mut(tile).enumerate() {
                 tiles[i].push(part);
@@ -516,7 +553,8 @@ mod tests {
     fn random_gguf(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut bytes = Vec::new();
-        let scale = |rng: &mut ChaCha8Rng, lo: f32, hi: f32| f16::from_f32(rng.random_range(lo..hi)).to_le_bytes();
+        let scale =
+            |rng: &mut ChaCha8Rng, lo: f32, hi: f32| f16::from_f32(rng.random_range(lo..hi)).to_le_bytes();
         if format == WeightFormat::Q4K {
             for _ in 0..rows * cols / 256 {
                 bytes.extend_from_slice(&scale(&mut rng, 0.0005, 0.003));
@@ -564,7 +602,13 @@ mod tests {
             let bytes = random_gguf(format, rows, cols, 1);
             let m = QuantMatrix::from_gguf_bytes(format, &bytes, rows, cols).unwrap();
             let q = qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &candle_core::Device::Cpu).unwrap();
-            let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let theirs = q
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let ours = m.dequantize();
             // Q4_0, Q4_1 and Q8_0 keep their f16 scales: exact. Q4_K's products of two scales
             // round to f16 (2⁻¹¹ of each term). Q6_K is requantized to 8 bits per 32 values:
@@ -580,7 +624,10 @@ mod tests {
             for (block, (o, t)) in ours.chunks(BLOCK).zip(theirs.chunks(BLOCK)).enumerate() {
                 let amax = t.iter().fold(0f32, |a, v| a.max(v.abs()));
                 for (i, (a, b)) in o.iter().zip(t).enumerate() {
-                    assert!((a - b).abs() <= amax * (bound + rounding) + 1e-9, "{format:?} block {block} value {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= amax * (bound + rounding) + 1e-9,
+                        "{format:?} block {block} value {i}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -600,7 +647,8 @@ mod tests {
         for (format, _) in FORMATS {
             let narrow = if format.kernel_blocks() > 1 { 512 } else { 576 };
             for (rows, cols, tokens) in [(70, 1536, 11), (37, narrow, 1)] {
-                let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols).unwrap();
+                let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols)
+                    .unwrap();
                 let x = random_x(tokens * cols, 5);
                 let w = m.dequantize();
                 let acts = QuantizedActivations::quantize(&x, cols);
@@ -611,8 +659,12 @@ mod tests {
                             let exact: f32 = (0..cols).map(|c| x[t * cols + c] * w[r * cols + c]).sum();
                             let got = out[t * rows + r];
                             // Activation quantization to 8 bits: error well under 1% of the row's scale.
-                            let scale: f32 = (0..cols).map(|c| (x[t * cols + c] * w[r * cols + c]).abs()).sum();
-                            assert!((exact - got).abs() <= 0.01 * scale, "{format:?} {isa:?} t {t} r {r}: {exact} vs {got}");
+                            let scale: f32 =
+                                (0..cols).map(|c| (x[t * cols + c] * w[r * cols + c]).abs()).sum();
+                            assert!(
+                                (exact - got).abs() <= 0.01 * scale,
+                                "{format:?} {isa:?} t {t} r {r}: {exact} vs {got}"
+                            );
                         }
                     }
                 }
@@ -641,11 +693,26 @@ mod tests {
         let (ab, bb) = (random_gguf(f, 8, 64, 1), random_gguf(f, 4, 64, 2));
         let direct = QuantMatrix::from_gguf_parts(f, &[(&ab, 8), (&bb, 4)], 64).unwrap();
         assert_eq!(direct.dequantize(), s.dequantize());
-        assert!(QuantMatrix::from_gguf_parts(f, &[(&random_gguf(f, 3, 64, 4), 3), (&bb, 4)], 64).is_err(), "a 3-row part would straddle groups");
+        assert!(
+            QuantMatrix::from_gguf_parts(f, &[(&random_gguf(f, 3, 64, 4), 3), (&bb, 4)], 64).is_err(),
+            "a 3-row part would straddle groups"
+        );
         let odd = QuantMatrix::from_gguf_bytes(f, &random_gguf(f, 3, 64, 4), 3, 64).unwrap();
-        assert!(QuantMatrix::stack(&[&odd, &a]).is_none(), "a 3-row part before another would straddle groups");
-        assert_eq!(QuantMatrix::stack(&[&a, &odd]).unwrap().dequantize(), [a.dequantize(), odd.dequantize()].concat());
-        let q8 = QuantMatrix::from_gguf_bytes(WeightFormat::Q8_0, &random_gguf(WeightFormat::Q8_0, 4, 64, 5), 4, 64).unwrap();
+        assert!(
+            QuantMatrix::stack(&[&odd, &a]).is_none(),
+            "a 3-row part before another would straddle groups"
+        );
+        assert_eq!(
+            QuantMatrix::stack(&[&a, &odd]).unwrap().dequantize(),
+            [a.dequantize(), odd.dequantize()].concat()
+        );
+        let q8 = QuantMatrix::from_gguf_bytes(
+            WeightFormat::Q8_0,
+            &random_gguf(WeightFormat::Q8_0, 4, 64, 5),
+            4,
+            64,
+        )
+        .unwrap();
         assert!(QuantMatrix::stack(&[&a, &q8]).is_none());
     }
 
@@ -682,7 +749,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "every matrix of a WeightSpace is filled")]
     fn an_unfilled_matrix_is_a_bug() {
-        let space = WeightSpace::new(vec![MatrixShape { format: WeightFormat::Q8_0, rows: 1, cols: 32 }]).unwrap();
+        let space =
+            WeightSpace::new(vec![MatrixShape { format: WeightFormat::Q8_0, rows: 1, cols: 32 }]).unwrap();
         space.finish();
     }
 

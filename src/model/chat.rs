@@ -45,8 +45,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(JinjaKind::InvalidOperation, msg))
         });
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| Error::new(ErrorKind::Template, format!("the model's chat template does not compile: {}", describe(&e))))?;
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| {
+            Error::new(
+                ErrorKind::Template,
+                format!("the model's chat template does not compile: {}", describe(&e)),
+            )
+        })?;
         let token = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or("").to_string();
         Ok(Self { env, bos_token: token(tokenizer.bos()), eos_token: token(tokenizer.eos()) })
     }
@@ -57,14 +61,22 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(Error::invalid_argument("a chat needs at least one message"));
         }
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
-        .map_err(|e| Error::new(ErrorKind::Template, format!("the chat template refused the messages: {}", describe(&e))))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Template,
+                format!("the chat template refused the messages: {}", describe(&e)),
+            )
+        })
     }
 }
 

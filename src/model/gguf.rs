@@ -62,7 +62,11 @@ impl GgufFile {
         let map = Arc::new(map);
         // The header (a vocabulary of ~50k strings) parses from memory, not through read calls.
         let content = gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone()))).map_err(|e| {
-            Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {}", path.display(), candle_message(&e)))
+            Error::model_format(format!(
+                "'{}' has a corrupt or truncated GGUF header: {}",
+                path.display(),
+                candle_message(&e)
+            ))
         })?;
         let this = Self { path: path.to_path_buf(), content, file_len, map };
         this.check_tensor_extents()?;
@@ -141,7 +145,9 @@ impl GgufFile {
             V::I32(x) => *x as i128,
             V::U64(x) => *x as i128,
             V::I64(x) => *x as i128,
-            other => return Err(self.bad(key, format!("expected an integer, found {:?}", other.value_type()))),
+            other => {
+                return Err(self.bad(key, format!("expected an integer, found {:?}", other.value_type())))
+            }
         };
         u64::try_from(n).map_err(|_| self.bad(key, format!("negative value {n}")))
     }
@@ -201,7 +207,9 @@ impl GgufFile {
     /// the page cache (no read into a buffer, no intermediate tensor). A missing tensor is a
     /// format error that names it.
     pub fn tensor_range(&self, name: &str) -> Result<Range<usize>> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display())))?;
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
+            Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display()))
+        })?;
         // In bounds: check_tensor_extents verified every tensor at open.
         let start = (self.content.tensor_data_offset + info.offset) as usize;
         Ok(start..start + self.tensor_bytes(name) as usize)
@@ -215,14 +223,15 @@ impl GgufFile {
     /// Reads one tensor. A missing tensor is a format error that names it.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         if !self.has_tensor(name) {
-            return Err(Error::model_format(format!(
-                "'{}' lacks the tensor '{name}'",
-                self.path.display()
-            )));
+            return Err(Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display())));
         }
         // A cursor of its own per read: the file can be shared between threads while loading.
         self.content.tensor(&mut Cursor::new(Mapped(self.map.clone())), name, device).map_err(|e| {
-            Error::model_format(format!("'{}': cannot read tensor '{name}': {}", self.path.display(), candle_message(&e)))
+            Error::model_format(format!(
+                "'{}': cannot read tensor '{name}': {}",
+                self.path.display(),
+                candle_message(&e)
+            ))
         })
     }
 }

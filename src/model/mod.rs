@@ -69,14 +69,23 @@ pub trait LanguageModel: Send + Sync {
     ///
     /// `interrupt` is polled during the computation; when it returns true the call stops early,
     /// leaves `cache` as it was and fails with [`ErrorKind::Cancelled`].
-    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>>;
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut dyn SequenceCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>>;
 
     /// Several sequences at once, one result per item, in order. A batched implementation reads
     /// the weights once for all items; this default runs them one after another.
     ///
     /// `interrupt` stops the whole batch; callers batch only sequences that may be stopped
     /// together, or poll per sequence between calls.
-    fn forward_batch(&self, items: &mut [BatchStep<'_>], interrupt: &dyn Fn() -> bool) -> Vec<Result<Vec<f32>>> {
+    fn forward_batch(
+        &self,
+        items: &mut [BatchStep<'_>],
+        interrupt: &dyn Fn() -> bool,
+    ) -> Vec<Result<Vec<f32>>> {
         items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect()
     }
 }
@@ -142,14 +151,21 @@ pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedMode
         let file = &file;
         let from_metadata = from_gguf.then(|| scope.spawn(move || Tokenizer::from_gguf(file)));
         let model: Result<Arc<dyn LanguageModel>> = match architecture.as_str() {
-            "llama" => llama::Llama::load(file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>),
+            "llama" => {
+                llama::Llama::load(file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>)
+            }
             other => Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("'{}': architecture '{other}' is not supported (supported: llama)", opts.model_path.display()),
+                format!(
+                    "'{}': architecture '{other}' is not supported (supported: llama)",
+                    opts.model_path.display()
+                ),
             )),
         };
         let tokenizer = match (from_metadata, other_tokenizer) {
-            (Some(handle), _) => handle.join().unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref()))),
+            (Some(handle), _) => {
+                handle.join().unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())))
+            }
             (None, Some(t)) => Ok(t),
             (None, None) => Err(Error::new(ErrorKind::Internal, "no tokenizer source")),
         };

@@ -29,8 +29,21 @@ mod token_type {
     pub(super) const BYTE: i32 = 6;
 }
 
-const GPT2_REGEX_FREE_PRES: &[&str] = &["default", "gpt2", "gpt-2", "phi-2", "olmo", "jais", "stablelm2", "poro-chat", "viking", "bloom", "gpt3-finnish"];
-const DIGIT_SPLIT_PRES: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+const GPT2_REGEX_FREE_PRES: &[&str] = &[
+    "default",
+    "gpt2",
+    "gpt-2",
+    "phi-2",
+    "olmo",
+    "jais",
+    "stablelm2",
+    "poro-chat",
+    "viking",
+    "bloom",
+    "gpt3-finnish",
+];
+const DIGIT_SPLIT_PRES: &[&str] =
+    &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
 const LLAMA3_PRES: &[&str] = &["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "pixtral", "dbrx"];
 const QWEN2_PRES: &[&str] = &["qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan"];
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -38,7 +51,8 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 /// Token texts that end a generation when the model has them as control tokens (as llama.cpp's
 /// end-of-generation set), in addition to the declared EOS/EOT ids.
-const END_OF_GENERATION_TEXTS: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "</s>"];
+const END_OF_GENERATION_TEXTS: &[&str] =
+    &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "</s>"];
 
 /// A loaded tokenizer. Immutable and shareable across threads.
 pub struct Tokenizer {
@@ -66,7 +80,11 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("bos", &self.bos).field("eos", &self.eos).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
     }
 }
 
@@ -191,13 +209,16 @@ impl Tokenizer {
             .into_iter()
             .map(|m| match m.split_once(' ') {
                 Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                None => Err(Error::model_format(format!("'{}': malformed merge '{m}'", file.path().display()))),
+                None => {
+                    Err(Error::model_format(format!("'{}': malformed merge '{m}'", file.path().display())))
+                }
             })
             .collect::<Result<_>>()?;
         let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, regex));
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
             Ok(PreTokenizerWrapper::Split(
-                Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?,
+                Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(tok_err)?,
             ))
         };
         let (pre_tokenizer, ignore_merges) = if DIGIT_SPLIT_PRES.contains(&pre) {
@@ -278,19 +299,26 @@ impl Tokenizer {
             .map(|id| id as usize)
             .or_else(|| vocab.types.iter().position(|&t| t == token_type::UNKNOWN))
             .and_then(|id| vocab.texts.get(id).cloned());
-        let mut builder = BPE::builder().vocab_and_merges(map.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges).byte_fallback(true).fuse_unk(true);
+        let mut builder = BPE::builder()
+            .vocab_and_merges(map.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
         if let Some(unk) = unk {
             builder = builder.unk_token(unk);
         }
-        let bpe = builder
-            .build()
-            .map_err(|e| tok_err(format!("'{}': cannot build the SentencePiece model: {e}", file.path().display())))?;
+        let bpe = builder.build().map_err(|e| {
+            tok_err(format!("'{}': cannot build the SentencePiece model: {e}", file.path().display()))
+        })?;
         let add_space_prefix = file.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
         // The dummy prefix is added in `encode`: HF's Metaspace skips it when the text already
         // starts with a space, which would lose that space on the way back.
         let mut hf = tokenizers::Tokenizer::new(bpe);
         hf.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Never, false)));
-        hf.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new('▁', PrependScheme::Never, false)));
+        hf.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new(
+            '▁',
+            PrependScheme::Never,
+            false,
+        )));
         hf.add_tokens(&vocab.added_tokens());
 
         let pieces = vocab
@@ -298,8 +326,12 @@ impl Tokenizer {
             .iter()
             .zip(&vocab.types)
             .map(|(text, &t)| match t {
-                token_type::BYTE => parse_byte_token(text).map(|b| vec![b]).unwrap_or_else(|| text.as_bytes().to_vec()),
-                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => text.as_bytes().to_vec(),
+                token_type::BYTE => {
+                    parse_byte_token(text).map(|b| vec![b]).unwrap_or_else(|| text.as_bytes().to_vec())
+                }
+                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => {
+                    text.as_bytes().to_vec()
+                }
                 _ => text.replace('▁', " ").into_bytes(),
             })
             .collect();
@@ -316,7 +348,8 @@ impl Tokenizer {
         let added = hf.get_added_vocabulary().get_added_tokens_decoder().clone();
         let decoder_json = hf.get_decoder().and_then(|d| serde_json::to_string(d).ok()).unwrap_or_default();
         let byte_level = decoder_json.contains("ByteLevel");
-        let strip_leading_space = decoder_json.contains("Strip") || decoder_json.contains("\"prepend_scheme\":\"first\"");
+        let strip_leading_space =
+            decoder_json.contains("Strip") || decoder_json.contains("\"prepend_scheme\":\"first\"");
         let chars = ByteLevelDecoder::new();
         let mut texts = Vec::with_capacity(size);
         let mut types = Vec::with_capacity(size);
@@ -324,7 +357,10 @@ impl Tokenizer {
         for id in 0..size as u32 {
             let text = hf.id_to_token(id).unwrap_or_default();
             let (piece, ty) = if let Some(tok) = added.get(&id) {
-                (tok.content.as_bytes().to_vec(), if tok.special { token_type::CONTROL } else { token_type::USER_DEFINED })
+                (
+                    tok.content.as_bytes().to_vec(),
+                    if tok.special { token_type::CONTROL } else { token_type::USER_DEFINED },
+                )
             } else if let Some(b) = parse_byte_token(&text).filter(|_| !byte_level) {
                 (vec![b], token_type::BYTE)
             } else if byte_level {
@@ -339,13 +375,21 @@ impl Tokenizer {
         let vocab = Vocab { texts, types };
         let mut tok = Self::assemble(hf, pieces, &vocab, strip_leading_space);
         // tokenizer.json does not say which token is BOS/EOS; guess from the usual names.
-        tok.bos = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"].iter().find_map(|t| tok.token_id(t));
-        tok.eos = ["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>"].iter().find_map(|t| tok.token_id(t));
+        tok.bos =
+            ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"].iter().find_map(|t| tok.token_id(t));
+        tok.eos = ["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>"]
+            .iter()
+            .find_map(|t| tok.token_id(t));
         tok.rebuild_end_of_generation(&[]);
         Ok(tok)
     }
 
-    fn assemble(parsing: tokenizers::Tokenizer, pieces: Vec<Vec<u8>>, vocab: &Vocab, strip_leading_space: bool) -> Self {
+    fn assemble(
+        parsing: tokenizers::Tokenizer,
+        pieces: Vec<Vec<u8>>,
+        vocab: &Vocab,
+        strip_leading_space: bool,
+    ) -> Self {
         let special: Vec<bool> = vocab.types.iter().map(|&t| t == token_type::CONTROL).collect();
         let special_texts = vocab
             .texts
@@ -386,7 +430,10 @@ impl Tokenizer {
         let kind = file.opt_str("tokenizer.ggml.model").unwrap_or("");
         self.add_bos = file.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(kind == "llama");
         self.add_eos = file.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
-        let extra: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].iter().filter_map(|k| id(k)).collect();
+        let extra: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
         self.rebuild_end_of_generation(&extra);
     }
 
@@ -455,10 +502,16 @@ impl Tokenizer {
     /// for untrusted text.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let hf = if parse_special { &self.parsing } else { self.literal() };
-        let starts_special = parse_special && self.special_texts.iter().any(|s| !s.is_empty() && text.starts_with(s.as_str()));
-        let text: std::borrow::Cow<str> =
-            if self.add_space_prefix && !text.is_empty() && !starts_special { format!(" {text}").into() } else { text.into() };
-        let enc = hf.encode_fast(text.as_ref(), false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
+        let starts_special =
+            parse_special && self.special_texts.iter().any(|s| !s.is_empty() && text.starts_with(s.as_str()));
+        let text: std::borrow::Cow<str> = if self.add_space_prefix && !text.is_empty() && !starts_special {
+            format!(" {text}").into()
+        } else {
+            text.into()
+        };
+        let enc = hf
+            .encode_fast(text.as_ref(), false)
+            .map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 2);
         if add_special && self.add_bos {
             ids.extend(self.bos);
@@ -473,7 +526,10 @@ impl Tokenizer {
     /// Encodes a piece of text in the middle of a sequence: no BOS/EOS, no SentencePiece dummy
     /// prefix, special-token text kept literal. (Used for strings a grammar forces.)
     pub fn encode_fragment(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.literal().encode_fast(text, false).map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
+        let enc = self
+            .literal()
+            .encode_fast(text, false)
+            .map_err(|e| tok_err(format!("cannot tokenize the input: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -495,7 +551,10 @@ impl Tokenizer {
         let mut out = Vec::with_capacity(ids.len() * 4);
         for (i, &id) in ids.iter().enumerate() {
             let piece = self.piece(id).ok_or_else(|| {
-                Error::invalid_argument(format!("token id {id} at position {i} is out of range (vocabulary size {})", self.vocab_size()))
+                Error::invalid_argument(format!(
+                    "token id {id} at position {i} is out of range (vocabulary size {})",
+                    self.vocab_size()
+                ))
             })?;
             let first_text_piece = i == 0 || (i == 1 && Some(ids[0]) == self.bos);
             if self.strip_leading_space && first_text_piece && !self.is_special(id) {
@@ -509,7 +568,11 @@ impl Tokenizer {
 
     /// Decodes ids to text; an incomplete trailing character is an error, as is invalid UTF-8.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        String::from_utf8(self.decode_bytes(ids)?)
-            .map_err(|e| Error::new(ErrorKind::InvalidUtf8, format!("the tokens do not decode to valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())))
+        String::from_utf8(self.decode_bytes(ids)?).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidUtf8,
+                format!("the tokens do not decode to valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
+            )
+        })
     }
 }

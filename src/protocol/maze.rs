@@ -74,8 +74,16 @@ impl GenerateRequest {
             (Some(text), None, None) => Prompt::Text(text),
             (None, Some(messages), None) => Prompt::Chat(messages),
             (None, None, Some(tokens)) => Prompt::Tokens(tokens),
-            (None, None, None) => return Err(Error::invalid_argument("the request has no input: set prompt, messages or tokens")),
-            _ => return Err(Error::invalid_argument("the request has several inputs: set only one of prompt, messages or tokens")),
+            (None, None, None) => {
+                return Err(Error::invalid_argument(
+                    "the request has no input: set prompt, messages or tokens",
+                ))
+            }
+            _ => {
+                return Err(Error::invalid_argument(
+                    "the request has several inputs: set only one of prompt, messages or tokens",
+                ))
+            }
         };
         let opts = GenerateOptions {
             max_tokens: self.max_tokens.unwrap_or(GenerateOptions::default().max_tokens),
@@ -186,7 +194,13 @@ impl GenerateResponse {
                 constraints: r
                     .validation
                     .iter()
-                    .map(|v| WireReport { name: v.name.clone(), kind: v.kind.to_string(), priority: v.priority, outcome: v.outcome, reason: v.reason.clone() })
+                    .map(|v| WireReport {
+                        name: v.name.clone(),
+                        kind: v.kind.to_string(),
+                        priority: v.priority,
+                        outcome: v.outcome,
+                        reason: v.reason.clone(),
+                    })
                     .collect(),
                 stats: r.constraint_stats,
             },
@@ -220,7 +234,13 @@ impl GenerateResponse {
                 .validation
                 .constraints
                 .into_iter()
-                .map(|v| ConstraintReport { name: v.name, kind: static_kind(&v.kind), priority: v.priority, outcome: v.outcome, reason: v.reason })
+                .map(|v| ConstraintReport {
+                    name: v.name,
+                    kind: static_kind(&v.kind),
+                    priority: v.priority,
+                    outcome: v.outcome,
+                    reason: v.reason,
+                })
                 .collect(),
             constraint_stats: self.validation.stats,
             provenance: Provenance {
@@ -239,7 +259,10 @@ impl GenerateResponse {
 
 /// Constraint kind names are a closed set; anything else from a server is reported as unknown.
 fn static_kind(kind: &str) -> &'static str {
-    ["json_schema", "lark", "regex", "token_mask", "choice"].into_iter().find(|k| *k == kind).unwrap_or("unknown")
+    ["json_schema", "lark", "regex", "token_mask", "choice"]
+        .into_iter()
+        .find(|k| *k == kind)
+        .unwrap_or("unknown")
 }
 
 /// One piece of streamed text (`data:` of an unnamed server-sent event).

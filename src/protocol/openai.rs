@@ -29,9 +29,14 @@ impl Content {
             Content::Text(t) => Ok(t.clone()),
             Content::Parts(parts) => parts
                 .iter()
-                .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => Ok(t),
-                    (kind, _) => Err(Error::new(ErrorKind::Unsupported, format!("message content part of type {kind:?} is not supported (text only)"))),
+                .map(|p| {
+                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => Ok(t),
+                        (kind, _) => Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("message content part of type {kind:?} is not supported (text only)"),
+                        )),
+                    }
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(|t| t.concat()),
@@ -137,7 +142,10 @@ pub struct CompletionRequest {
 
 impl ChatRequest {
     pub fn chat_messages(&self) -> Result<Vec<ChatMessage>> {
-        self.messages.iter().map(|m| Ok(ChatMessage { role: m.role.clone(), content: m.content.text()? })).collect()
+        self.messages
+            .iter()
+            .map(|m| Ok(ChatMessage { role: m.role.clone(), content: m.content.text()? }))
+            .collect()
     }
 }
 
@@ -145,7 +153,10 @@ impl CompletionRequest {
     pub fn prompt_text(&self) -> Result<String> {
         match self.prompt.clone().into_vec().as_slice() {
             [one] => Ok(one.clone()),
-            other => Err(Error::new(ErrorKind::Unsupported, format!("prompt must be one string; got {} prompts", other.len()))),
+            other => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("prompt must be one string; got {} prompts", other.len()),
+            )),
         }
     }
 }
@@ -167,7 +178,11 @@ impl CommonFields {
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false)
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     }
 
     /// The constraints these fields ask for: `response_format` and `structured_outputs`.
@@ -176,20 +191,36 @@ impl CommonFields {
         if let Some(format) = &self.response_format {
             match format.get("type").and_then(Value::as_str) {
                 Some("text") | None => {}
-                Some("json_object") => out.push(Constraint::json_schema("json_object", json!({"type": "object"}))),
+                Some("json_object") => {
+                    out.push(Constraint::json_schema("json_object", json!({"type": "object"})))
+                }
                 Some("json_schema") => {
-                    let spec = format.get("json_schema").ok_or_else(|| Error::invalid_argument("response_format json_schema lacks the json_schema object"))?;
-                    let schema = spec.get("schema").cloned().ok_or_else(|| Error::invalid_argument("response_format.json_schema lacks schema"))?;
+                    let spec = format.get("json_schema").ok_or_else(|| {
+                        Error::invalid_argument("response_format json_schema lacks the json_schema object")
+                    })?;
+                    let schema = spec
+                        .get("schema")
+                        .cloned()
+                        .ok_or_else(|| Error::invalid_argument("response_format.json_schema lacks schema"))?;
                     let name = spec.get("name").and_then(Value::as_str).unwrap_or("response_format");
                     out.push(Constraint::json_schema(name, schema));
                 }
-                Some(other) => return Err(Error::invalid_argument(format!("response_format type '{other}' is not one of text, json_object, json_schema"))),
+                Some(other) => {
+                    return Err(Error::invalid_argument(format!(
+                        "response_format type '{other}' is not one of text, json_object, json_schema"
+                    )))
+                }
             }
         }
         if let Some(s) = &self.structured_outputs {
             if let Some(schema) = &s.json {
                 let schema = match schema {
-                    Value::String(text) => serde_json::from_str(text).map_err(|e| Error::new(ErrorKind::InvalidConstraint, format!("structured_outputs.json is not JSON: {e}")))?,
+                    Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                        Error::new(
+                            ErrorKind::InvalidConstraint,
+                            format!("structured_outputs.json is not JSON: {e}"),
+                        )
+                    })?,
                     v => v.clone(),
                 };
                 out.push(Constraint::json_schema("structured_outputs.json", schema));

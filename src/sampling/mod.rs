@@ -54,16 +54,29 @@ impl SamplingParams {
 
     /// Checks every field; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(Error::invalid_argument(what.to_string())) };
-        check(self.temperature.is_finite() && self.temperature >= 0.0, &format!("temperature must be a finite number >= 0, got {}", self.temperature))?;
-        check(self.top_p > 0.0 && self.top_p <= 1.0, &format!("top_p must be in (0, 1], got {}", self.top_p))?;
+        let check =
+            |ok: bool, what: &str| if ok { Ok(()) } else { Err(Error::invalid_argument(what.to_string())) };
+        check(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            &format!("temperature must be a finite number >= 0, got {}", self.temperature),
+        )?;
+        check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            &format!("top_p must be in (0, 1], got {}", self.top_p),
+        )?;
         check((0.0..=1.0).contains(&self.min_p), &format!("min_p must be in [0, 1], got {}", self.min_p))?;
         check(
             self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0,
             &format!("repetition_penalty must be a finite number > 0, got {}", self.repetition_penalty),
         )?;
-        check(self.frequency_penalty.is_finite(), &format!("frequency_penalty must be finite, got {}", self.frequency_penalty))?;
-        check(self.presence_penalty.is_finite(), &format!("presence_penalty must be finite, got {}", self.presence_penalty))?;
+        check(
+            self.frequency_penalty.is_finite(),
+            &format!("frequency_penalty must be finite, got {}", self.frequency_penalty),
+        )?;
+        check(
+            self.presence_penalty.is_finite(),
+            &format!("presence_penalty must be finite, got {}", self.presence_penalty),
+        )?;
         Ok(())
     }
 }
@@ -102,7 +115,12 @@ impl Sampler {
         let mut cands = if self.params.top_k > 0 && self.params.top_k < adjusted.len() {
             top_k(adjusted, self.params.top_k)
         } else {
-            let mut all: Vec<(u32, f32)> = adjusted.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+            let mut all: Vec<(u32, f32)> = adjusted
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
             all.sort_unstable_by(desc);
             all
         };
@@ -152,7 +170,11 @@ impl Sampler {
 
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
-        let window = if p.penalty_last_n == 0 { history } else { &history[history.len().saturating_sub(p.penalty_last_n)..] };
+        let window = if p.penalty_last_n == 0 {
+            history
+        } else {
+            &history[history.len().saturating_sub(p.penalty_last_n)..]
+        };
         self.counts.clear();
         self.counts.resize(logits.len(), 0);
         for &t in window {
@@ -222,7 +244,8 @@ mod tests {
         l[7] = f32::NAN;
         l[100] = f32::INFINITY;
         l[101] = f32::NEG_INFINITY;
-        let mut all: Vec<(u32, f32)> = l.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+        let mut all: Vec<(u32, f32)> =
+            l.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for k in [1, 2, 40, 333, 4998, 4999] {
             assert_eq!(top_k(&l, k), all[..k.min(all.len())].to_vec(), "k {k}");
@@ -266,7 +289,8 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
-        let params = SamplingParams { temperature: 5.0, top_k: 1, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let params =
+            SamplingParams { temperature: 5.0, top_k: 1, top_p: 1.0, min_p: 0.0, ..Default::default() };
         let mut s = Sampler::new(params, 7);
         for _ in 0..50 {
             assert_eq!(s.sample(&logits(), &[]), 1);
@@ -276,7 +300,8 @@ mod tests {
     #[test]
     fn top_p_restricts_to_nucleus() {
         // p(1) ≈ 0.39, p(4) ≈ 0.35: top_p 0.5 keeps exactly those two.
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..Default::default() };
+        let params =
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..Default::default() };
         let mut s = Sampler::new(params, 3);
         let seen: std::collections::HashSet<u32> = (0..300).map(|_| s.sample(&logits(), &[])).collect();
         assert_eq!(seen, [1, 4].into_iter().collect());
@@ -285,7 +310,8 @@ mod tests {
     #[test]
     fn min_p_drops_unlikely_tokens() {
         // relative to p(1): p(2)/p(1) = e^-1 ≈ 0.37, p(0) ≈ 0.14, p(3) ≈ 0.08.
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.3, ..Default::default() };
+        let params =
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.3, ..Default::default() };
         let mut s = Sampler::new(params, 3);
         let seen: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&logits(), &[])).collect();
         assert_eq!(seen, [1, 2, 4].into_iter().collect());
@@ -293,7 +319,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_different_seed_differs() {
-        let params = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let params =
+            SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
         let draw = |seed| {
             let mut s = Sampler::new(params.clone(), seed);
             (0..64).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()

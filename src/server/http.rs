@@ -72,17 +72,32 @@ impl IntoResponse for ApiError {
 }
 
 pub(crate) async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidArgument, format!("no route {} {}", req.method(), req.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorKind::InvalidArgument,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
 }
 
 /// Checks the API key (health checks are open) and counts every response by route and status.
-pub(crate) async fn authorize_and_count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+pub(crate) async fn authorize_and_count(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let open = route == "/health" || route == crate::protocol::maze::HEALTH_PATH;
     let response = match &state.config.api_key {
-        Some(key) if !open && !has_key(req.headers(), key) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, ErrorKind::InvalidArgument, "missing or wrong API key (send Authorization: Bearer KEY)").into_response()
-        }
+        Some(key) if !open && !has_key(req.headers(), key) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::InvalidArgument,
+            "missing or wrong API key (send Authorization: Bearer KEY)",
+        )
+        .into_response(),
         _ => next.run(req).await,
     };
     state.metrics.count_response(&route, response.status().as_u16());
@@ -90,10 +105,15 @@ pub(crate) async fn authorize_and_count(State(state): State<Arc<AppState>>, req:
 }
 
 fn has_key(headers: &HeaderMap, key: &str) -> bool {
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let plain = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     // Constant-time comparison: the key must not leak through timing.
-    let matches = |given: &str| given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let matches = |given: &str| {
+        given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    };
     bearer.is_some_and(matches) || plain.is_some_and(matches)
 }
 
@@ -101,10 +121,20 @@ fn has_key(headers: &HeaderMap, key: &str) -> bool {
 pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE { "request body is larger than the server's limit".to_string() } else { rejection.body_text() };
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the server's limit".to_string()
+        } else {
+            rejection.body_text()
+        };
         ApiError::new(status, ErrorKind::InvalidArgument, message)
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidArgument, format!("request body is not valid: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidArgument,
+            format!("request body is not valid: {e}"),
+        )
+    })
 }
 
 /// A slot of the concurrency limit, held for the whole generation (streams included).
@@ -122,7 +152,11 @@ impl Drop for Slot {
 pub(crate) fn take_slot(state: &Arc<AppState>) -> Result<Slot, ApiError> {
     let permit = state.slots.clone().try_acquire_owned().map_err(|_| ApiError {
         retry_after: Some(1),
-        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::Busy, format!("the server is at its limit of {} concurrent generations", state.config.max_concurrent))
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Busy,
+            format!("the server is at its limit of {} concurrent generations", state.config.max_concurrent),
+        )
     })?;
     state.metrics.generation_started();
     Ok(Slot { _permit: permit, state: state.clone() })
@@ -144,13 +178,22 @@ impl Drop for CancelOnDrop {
 }
 
 /// Runs a whole generation on a fresh session.
-pub(crate) async fn generate(state: &Arc<AppState>, prompt: Prompt, opts: GenerateOptions) -> Result<GenerationResult, ApiError> {
+pub(crate) async fn generate(
+    state: &Arc<AppState>,
+    prompt: Prompt,
+    opts: GenerateOptions,
+) -> Result<GenerationResult, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
     let mut cancel = CancelOnDrop { session: session.clone(), armed: true };
-    let result = tokio::task::spawn_blocking(move || session.generate(&prompt, &opts))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("generation task failed: {e}")))??;
+    let result =
+        tokio::task::spawn_blocking(move || session.generate(&prompt, &opts)).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::Internal,
+                format!("generation task failed: {e}"),
+            )
+        })??;
     cancel.armed = false;
     state.metrics.count_tokens(&result);
     drop(slot);
@@ -166,13 +209,18 @@ pub(crate) enum Piece {
 /// Starts a streamed generation. Errors before the first token come back as an HTTP error;
 /// after that the pieces arrive in order and `Done` ends the stream. Dropping the stream
 /// (client gone) cancels the generation.
-pub(crate) async fn generate_stream(state: &Arc<AppState>, prompt: Prompt, opts: GenerateOptions) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
+pub(crate) async fn generate_stream(
+    state: &Arc<AppState>,
+    prompt: Prompt,
+    opts: GenerateOptions,
+) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let result = session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
+        let result =
+            session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
@@ -196,7 +244,10 @@ pub(crate) fn json_event<T: serde::Serialize>(value: &T) -> Event {
 }
 
 /// `POST /maze/v1/generate`.
-pub(crate) async fn maze_generate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn maze_generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: GenerateRequest = parse_body(body)?;
     let stream = request.stream;
     let (prompt, opts) = request.into_call()?;

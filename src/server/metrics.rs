@@ -17,7 +17,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub(crate) fn count_response(&self, route: &str, status: u16) {
-        *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry((route.to_string(), status)).or_default() += 1;
+        *self
+            .responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route.to_string(), status))
+            .or_default() += 1;
     }
 
     pub(crate) fn generation_started(&self) {
@@ -38,16 +43,48 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP maze_http_responses_total HTTP responses by route and status.\n# TYPE maze_http_responses_total counter\n");
         for ((route, status), n) in self.responses.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("maze_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
+            out.push_str(&format!(
+                "maze_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
+            ));
         }
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         };
-        gauge(&mut out, "maze_generations_running", "gauge", "Generations in progress.", self.generations_running.load(Ordering::Relaxed));
-        gauge(&mut out, "maze_generations_total", "counter", "Generations started.", self.generations_total.load(Ordering::Relaxed));
-        gauge(&mut out, "maze_prompt_tokens_total", "counter", "Prompt tokens of finished generations.", self.prompt_tokens.load(Ordering::Relaxed));
-        gauge(&mut out, "maze_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed));
-        gauge(&mut out, "maze_concurrency_limit", "gauge", "Generations allowed at once.", max_concurrent as u64);
+        gauge(
+            &mut out,
+            "maze_generations_running",
+            "gauge",
+            "Generations in progress.",
+            self.generations_running.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "maze_generations_total",
+            "counter",
+            "Generations started.",
+            self.generations_total.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "maze_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of finished generations.",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "maze_generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            self.generated_tokens.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "maze_concurrency_limit",
+            "gauge",
+            "Generations allowed at once.",
+            max_concurrent as u64,
+        );
         gauge(&mut out, "maze_concurrency_free", "gauge", "Free generation slots.", free_slots as u64);
         out
     }

@@ -50,7 +50,12 @@ pub(crate) struct AppState {
 
 /// The routes of the server, for `axum::serve` or tests.
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
-    let state = Arc::new(AppState { slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))), metrics: Metrics::default(), engine, config });
+    let state = Arc::new(AppState {
+        slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+        metrics: Metrics::default(),
+        engine,
+        config,
+    });
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/health", get(health))
@@ -68,7 +73,12 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
 }
 
 /// Serves until `shutdown` completes; requests in flight are allowed to finish.
-pub async fn serve(engine: Engine, config: ServerConfig, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    engine: Engine,
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(engine, config)).with_graceful_shutdown(shutdown).await
 }
 
@@ -78,7 +88,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> axum::Json<proto::Health> {
-    axum::Json(proto::Health { status: "ok".into(), model: state.engine.info().name.clone(), version: crate::VERSION.into() })
+    axum::Json(proto::Health {
+        status: "ok".into(),
+        model: state.engine.info().name.clone(),
+        version: crate::VERSION.into(),
+    })
 }
 
 async fn maze_models(State(state): State<Arc<AppState>>) -> axum::Json<proto::Models> {

@@ -34,14 +34,20 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> axum::Json<Val
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: ChatRequest = parse_body(body)?;
     let prompt = Prompt::Chat(request.chat_messages()?);
     respond(&state, &request.common, prompt, Kind::Chat).await
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_body(body)?;
     let prompt = Prompt::Text(request.prompt_text()?);
     respond(&state, &request.common, prompt, Kind::Completion).await
@@ -58,7 +64,11 @@ fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOpt
     f.check_supported()?;
     let served = &state.engine.info().name;
     if let Some(model) = f.model.as_deref().filter(|m| !m.is_empty() && *m != served.as_str()) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorKind::InvalidArgument, format!("model '{model}' is not served here; this server serves '{served}'")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::InvalidArgument,
+            format!("model '{model}' is not served here; this server serves '{served}'"),
+        ));
     }
     let default_max = if kind == Kind::Completion { 16 } else { 0 };
     let sampling = SamplingParams {
@@ -107,7 +117,12 @@ fn maze_extension(r: &GenerationResult) -> Value {
     })
 }
 
-async fn respond(state: &Arc<AppState>, fields: &CommonFields, prompt: Prompt, kind: Kind) -> Result<Response, ApiError> {
+async fn respond(
+    state: &Arc<AppState>,
+    fields: &CommonFields,
+    prompt: Prompt,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let opts = options(state, fields, kind)?;
     let id = response_id(kind);
     let created = unix_seconds();
@@ -119,8 +134,12 @@ async fn respond(state: &Arc<AppState>, fields: &CommonFields, prompt: Prompt, k
             return Err(ApiError::from(e.clone()));
         }
         let choice = match kind {
-            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish_reason(r.finish_reason), "logprobs": null}),
-            Kind::Completion => json!({"index": 0, "text": r.text, "finish_reason": finish_reason(r.finish_reason), "logprobs": null}),
+            Kind::Chat => {
+                json!({"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish_reason(r.finish_reason), "logprobs": null})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": r.text, "finish_reason": finish_reason(r.finish_reason), "logprobs": null})
+            }
         };
         let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
         return Ok(axum::Json(json!({
@@ -135,13 +154,16 @@ async fn respond(state: &Arc<AppState>, fields: &CommonFields, prompt: Prompt, k
     let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
     let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
         let choices = if choice.is_null() { json!([]) } else { json!([choice]) };
-        let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+        let mut c =
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
         if let Some((key, value)) = extra {
             c[key] = value;
         }
         json_event(&c)
     };
-    let opening = (kind == Kind::Chat).then(|| chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None));
+    let opening = (kind == Kind::Chat).then(|| {
+        chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None)
+    });
     let events = pieces.flat_map(move |piece| {
         let events: Vec<Event> = match piece {
             Piece::Text(text) => vec![chunk(

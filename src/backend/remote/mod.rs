@@ -25,7 +25,9 @@ use crate::constraint::{ConstraintOutcome, ConstraintReport};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::maze::{self as proto, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
-use crate::protocol::openai::{self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany};
+use crate::protocol::openai::{
+    self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany,
+};
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 pub use sse::{SseEvent, SseParser};
 
@@ -43,7 +45,9 @@ impl Protocol {
         match name.to_ascii_lowercase().as_str() {
             "openai" | "" => Ok(Self::OpenAi),
             "maze" => Ok(Self::Maze),
-            other => Err(Error::invalid_argument(format!("unknown protocol '{other}': use 'openai' or 'maze'"))),
+            other => {
+                Err(Error::invalid_argument(format!("unknown protocol '{other}': use 'openai' or 'maze'")))
+            }
         }
     }
 }
@@ -98,12 +102,18 @@ impl RemoteConfig {
             config.api_key = var("MAZE_API_KEY");
             config.model = var("MAZE_MODEL");
             let number = |name: &str| -> Result<Option<u64>> {
-                var(name).map(|v| v.parse::<u64>().map_err(|_| Error::invalid_argument(format!("{name}='{v}' is not a number")))).transpose()
+                var(name)
+                    .map(|v| {
+                        v.parse::<u64>()
+                            .map_err(|_| Error::invalid_argument(format!("{name}='{v}' is not a number")))
+                    })
+                    .transpose()
             };
             if let Some(n) = number("MAZE_RETRIES")? {
                 config.max_retries = n.min(100) as u32;
             }
-            config.request_timeout = number("MAZE_TIMEOUT_MS")?.filter(|&ms| ms > 0).map(Duration::from_millis);
+            config.request_timeout =
+                number("MAZE_TIMEOUT_MS")?.filter(|&ms| ms > 0).map(Duration::from_millis);
             Ok(config)
         };
         Some(build())
@@ -112,9 +122,14 @@ impl RemoteConfig {
     fn base_url(&self) -> Result<String> {
         let trimmed = self.endpoint.trim().trim_end_matches('/');
         let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-        let url = reqwest::Url::parse(base).map_err(|e| Error::invalid_argument(format!("endpoint '{}' is not a URL: {e}", self.endpoint)))?;
+        let url = reqwest::Url::parse(base).map_err(|e| {
+            Error::invalid_argument(format!("endpoint '{}' is not a URL: {e}", self.endpoint))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid_argument(format!("endpoint '{}' must be http:// or https://", self.endpoint)));
+            return Err(Error::invalid_argument(format!(
+                "endpoint '{}' must be http:// or https://",
+                self.endpoint
+            )));
         }
         Ok(base.to_string())
     }
@@ -149,7 +164,9 @@ impl RemoteEngine {
         let base = config.base_url()?;
         let mut headers = HeaderMap::new();
         if let Some(key) = &config.api_key {
-            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::invalid_argument("the API key contains characters not allowed in an HTTP header"))?;
+            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                Error::invalid_argument("the API key contains characters not allowed in an HTTP header")
+            })?;
             headers.insert(AUTHORIZATION, value);
         }
         let client = reqwest::Client::builder()
@@ -168,16 +185,26 @@ impl RemoteEngine {
         let models = inner.models()?;
         inner.model = match (&inner.config.model, inner.config.protocol) {
             (Some(name), Protocol::OpenAi) if !models.contains(name) => {
-                return Err(Error::invalid_argument(format!("the server at {} does not serve model '{name}' (it serves {})", inner.base, models.join(", "))));
+                return Err(Error::invalid_argument(format!(
+                    "the server at {} does not serve model '{name}' (it serves {})",
+                    inner.base,
+                    models.join(", ")
+                )));
             }
             (Some(name), _) => name.clone(),
-            (None, _) => models.into_iter().next().ok_or_else(|| Error::new(ErrorKind::Backend, format!("the server at {} lists no model", inner.base)))?,
+            (None, _) => models.into_iter().next().ok_or_else(|| {
+                Error::new(ErrorKind::Backend, format!("the server at {} lists no model", inner.base))
+            })?,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
 
     pub fn info(&self) -> RemoteInfo {
-        RemoteInfo { endpoint: self.inner.base.clone(), model: self.inner.model.clone(), protocol: self.inner.config.protocol }
+        RemoteInfo {
+            endpoint: self.inner.base.clone(),
+            model: self.inner.model.clone(),
+            protocol: self.inner.config.protocol,
+        }
     }
 
     /// Asks the server whether it is up: the Maze protocol's health route, or the model list
@@ -213,7 +240,12 @@ impl RemoteSession {
     }
 
     /// Generates, calling `on_text` with each piece on this thread; returning false cancels.
-    pub fn generate_streaming(&self, prompt: &Prompt, opts: &GenerateOptions, mut on_text: impl FnMut(&str) -> bool) -> Result<GenerationResult> {
+    pub fn generate_streaming(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
         opts.sampling.validate()?;
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(Error::new(ErrorKind::Busy, "the session is already generating"));
@@ -245,7 +277,11 @@ enum Interrupt {
 }
 
 /// Waits for `future` unless the request is cancelled or its deadline passes.
-async fn interruptible<T>(future: impl std::future::Future<Output = T>, cancel: &mut watch::Receiver<bool>, deadline: Option<Instant>) -> std::result::Result<T, Interrupt> {
+async fn interruptible<T>(
+    future: impl std::future::Future<Output = T>,
+    cancel: &mut watch::Receiver<bool>,
+    deadline: Option<Instant>,
+) -> std::result::Result<T, Interrupt> {
     let sleep = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -272,11 +308,24 @@ impl Inner {
 
     fn models(&self) -> Result<Vec<String>> {
         match self.config.protocol {
-            Protocol::Maze => Ok(self.get_json::<proto::Models>(proto::MODELS_PATH)?.models.into_iter().map(|m| m.name).collect()),
+            Protocol::Maze => Ok(self
+                .get_json::<proto::Models>(proto::MODELS_PATH)?
+                .models
+                .into_iter()
+                .map(|m| m.name)
+                .collect()),
             Protocol::OpenAi => {
                 let list: Value = self.get_json(oai::MODELS_PATH)?;
-                let data = list.get("data").and_then(Value::as_array).ok_or_else(|| Error::new(ErrorKind::Backend, format!("{}: no 'data' list in the model list", self.url(oai::MODELS_PATH))))?;
-                Ok(data.iter().filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+                let data = list.get("data").and_then(Value::as_array).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Backend,
+                        format!("{}: no 'data' list in the model list", self.url(oai::MODELS_PATH)),
+                    )
+                })?;
+                Ok(data
+                    .iter()
+                    .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
+                    .collect())
             }
         }
     }
@@ -287,16 +336,33 @@ impl Inner {
             let deadline = self.config.request_timeout.map(|t| Instant::now() + t);
             let response = match self.send(|| self.client.get(self.url(path)), &mut never, deadline).await {
                 Ok(r) => r?,
-                Err(_) => return Err(Error::new(ErrorKind::Backend, format!("{} did not answer in time", self.url(path)))),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Backend,
+                        format!("{} did not answer in time", self.url(path)),
+                    ))
+                }
             };
-            let bytes = response.bytes().await.map_err(|e| Error::new(ErrorKind::Backend, format!("{}: reading the response: {e}", self.url(path))))?;
-            serde_json::from_slice(&bytes).map_err(|e| Error::new(ErrorKind::Backend, format!("{}: invalid response ({e}): {}", self.url(path), preview(&bytes))))
+            let bytes = response.bytes().await.map_err(|e| {
+                Error::new(ErrorKind::Backend, format!("{}: reading the response: {e}", self.url(path)))
+            })?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!("{}: invalid response ({e}): {}", self.url(path), preview(&bytes)),
+                )
+            })
         })
     }
 
     /// Sends with retries: connect errors, 429 and 5xx are retried with backoff; a success or
     /// any other status ends the loop (other statuses become the server's error).
-    async fn send(&self, request: impl Fn() -> reqwest::RequestBuilder, cancel: &mut watch::Receiver<bool>, deadline: Option<Instant>) -> std::result::Result<Result<reqwest::Response>, Interrupt> {
+    async fn send(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        cancel: &mut watch::Receiver<bool>,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<Result<reqwest::Response>, Interrupt> {
         let mut attempt = 0u32;
         loop {
             let outcome = interruptible(request().send(), cancel, deadline).await?;
@@ -306,13 +372,23 @@ impl Inner {
                     retry_after(&response).unwrap_or_else(|| self.backoff(attempt))
                 }
                 Ok(response) => {
-                    let retried = if attempt > 0 { format!(" after {attempt} retries") } else { String::new() };
+                    let retried =
+                        if attempt > 0 { format!(" after {attempt} retries") } else { String::new() };
                     return Ok(Err(error_from_response(response, &retried).await));
                 }
-                Err(e) if (e.is_connect() || e.is_request()) && attempt < self.config.max_retries => self.backoff(attempt),
+                Err(e) if (e.is_connect() || e.is_request()) && attempt < self.config.max_retries => {
+                    self.backoff(attempt)
+                }
                 Err(e) => {
                     let url = e.url().map(|u| u.to_string()).unwrap_or_default();
-                    return Ok(Err(Error::new(ErrorKind::Backend, format!("cannot reach {url}: {}{}", error_chain(&e), if attempt > 0 { format!(" ({} attempts)", attempt + 1) } else { String::new() }))));
+                    return Ok(Err(Error::new(
+                        ErrorKind::Backend,
+                        format!(
+                            "cannot reach {url}: {}{}",
+                            error_chain(&e),
+                            if attempt > 0 { format!(" ({} attempts)", attempt + 1) } else { String::new() }
+                        ),
+                    )));
                 }
             };
             // Past the deadline the wait ends in Interrupt::Timeout.
@@ -323,24 +399,40 @@ impl Inner {
 
     /// Exponential backoff with jitter: half the doubled delay, plus a random part of the other half.
     fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self.config.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.config.max_backoff);
+        let doubled =
+            self.config.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.config.max_backoff);
         doubled / 2 + doubled.mul_f64(rand::random::<f64>() / 2.0)
     }
 
-    async fn generate(&self, prompt: &Prompt, opts: &GenerateOptions, mut cancel: watch::Receiver<bool>, on_text: &mut dyn FnMut(&str) -> bool) -> Result<GenerationResult> {
+    async fn generate(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut cancel: watch::Receiver<bool>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
         let started = Instant::now();
         let deadline = opts.timeout.or(self.config.request_timeout).map(|t| started + t);
         let (path, body) = self.request_body(prompt, opts)?;
         let url = self.url(path);
-        let mut run = Run { started, first_token: None, text: String::new(), pieces: 0, stopped_by_caller: false };
+        let mut run =
+            Run { started, first_token: None, text: String::new(), pieces: 0, stopped_by_caller: false };
 
         let response = match self.send(|| self.client.post(&url).json(&body), &mut cancel, deadline).await {
             Ok(response) => response?,
             Err(interrupt) => return Ok(run.interrupted(interrupt, opts, &self.model)),
         };
-        if !response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream")) {
+        if !response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+        {
             let bytes = response.bytes().await.unwrap_or_default();
-            return Err(Error::new(ErrorKind::Backend, format!("{url}: expected an event stream, got: {}", preview(&bytes))));
+            return Err(Error::new(
+                ErrorKind::Backend,
+                format!("{url}: expected an event stream, got: {}", preview(&bytes)),
+            ));
         }
         let mut body_stream = response.bytes_stream();
         let mut parser = SseParser::new(16 << 20);
@@ -352,8 +444,20 @@ impl Inner {
             };
             let bytes = match chunk {
                 Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return run.failed(format!("{url}: the connection failed mid-stream: {}", error_chain(&e)), opts, &self.model),
-                None => return run.failed(format!("{url}: the server closed the stream before the end of generation"), opts, &self.model),
+                Some(Err(e)) => {
+                    return run.failed(
+                        format!("{url}: the connection failed mid-stream: {}", error_chain(&e)),
+                        opts,
+                        &self.model,
+                    )
+                }
+                None => {
+                    return run.failed(
+                        format!("{url}: the server closed the stream before the end of generation"),
+                        opts,
+                        &self.model,
+                    )
+                }
             };
             let events = match parser.push(&bytes) {
                 Ok(events) => events,
@@ -384,7 +488,10 @@ impl Inner {
     /// The route and body of a request; refuses what the protocol cannot carry.
     fn request_body(&self, prompt: &Prompt, opts: &GenerateOptions) -> Result<(&'static str, Value)> {
         match self.config.protocol {
-            Protocol::Maze => Ok((proto::GENERATE_PATH, serde_json::to_value(GenerateRequest::new(prompt, opts, true)).expect("serializable"))),
+            Protocol::Maze => Ok((
+                proto::GENERATE_PATH,
+                serde_json::to_value(GenerateRequest::new(prompt, opts, true)).expect("serializable"),
+            )),
             Protocol::OpenAi => {
                 let s = &opts.sampling;
                 let mut common = CommonFields {
@@ -406,7 +513,10 @@ impl Inner {
                     ..CommonFields::default()
                 };
                 if opts.logprobs {
-                    return Err(Error::new(ErrorKind::Unsupported, "logprobs are not supported over the OpenAI-compatible API; use the Maze protocol"));
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "logprobs are not supported over the OpenAI-compatible API; use the Maze protocol",
+                    ));
                 }
                 let chat = matches!(prompt, Prompt::Chat(_));
                 common.set_constraints(&opts.constraints, chat)?;
@@ -440,7 +550,10 @@ async fn error_from_response(response: reqwest::Response, retried: &str) -> Erro
     let url = response.url().to_string();
     let bytes = response.bytes().await.unwrap_or_default();
     if let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes) {
-        return Error::new(body.error.status, format!("{} (HTTP {} from {url}{retried})", body.error.message, status.as_u16()));
+        return Error::new(
+            body.error.status,
+            format!("{} (HTTP {} from {url}{retried})", body.error.message, status.as_u16()),
+        );
     }
     let message = serde_json::from_slice::<Value>(&bytes)
         .ok()
@@ -507,14 +620,23 @@ impl Run {
     }
 
     fn maze_event(&mut self, event: SseEvent, opts: &GenerateOptions) -> Result<Step> {
-        let invalid = |e: serde_json::Error| Error::new(ErrorKind::Backend, format!("invalid event from the server ({e}): {}", preview(event.data.as_bytes())));
+        let invalid = |e: serde_json::Error| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("invalid event from the server ({e}): {}", preview(event.data.as_bytes())),
+            )
+        };
         match event.event.as_deref() {
-            None | Some("message") => Ok(self.piece(serde_json::from_str::<TextEvent>(&event.data).map_err(invalid)?.text)),
+            None | Some("message") => {
+                Ok(self.piece(serde_json::from_str::<TextEvent>(&event.data).map_err(invalid)?.text))
+            }
             Some("result") => {
                 let response: GenerateResponse = serde_json::from_str(&event.data).map_err(invalid)?;
                 Ok(Step::Done(Box::new(response.into_result(opts))))
             }
-            Some("error") => Err(serde_json::from_str::<ErrorBody>(&event.data).map_err(invalid)?.error.into()),
+            Some("error") => {
+                Err(serde_json::from_str::<ErrorBody>(&event.data).map_err(invalid)?.error.into())
+            }
             Some(_) => Ok(Step::Continue),
         }
     }
@@ -523,7 +645,12 @@ impl Run {
         if event.data.trim() == "[DONE]" {
             return Ok(Step::OpenAiDone);
         }
-        let chunk: Value = serde_json::from_str(&event.data).map_err(|e| Error::new(ErrorKind::Backend, format!("invalid chunk from the server ({e}): {}", preview(event.data.as_bytes()))))?;
+        let chunk: Value = serde_json::from_str(&event.data).map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("invalid chunk from the server ({e}): {}", preview(event.data.as_bytes())),
+            )
+        })?;
         if let Some(error) = chunk.get("error") {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error");
             return Err(Error::new(ErrorKind::Backend, format!("the server reported: {message}")));
@@ -538,7 +665,10 @@ impl Run {
         if let Some(reason) = choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
             end.finish_reason = Some(reason.to_string());
         }
-        let text = choice.and_then(|c| c.pointer("/delta/content").or_else(|| c.get("text"))).and_then(Value::as_str).unwrap_or("");
+        let text = choice
+            .and_then(|c| c.pointer("/delta/content").or_else(|| c.get("text")))
+            .and_then(Value::as_str)
+            .unwrap_or("");
         Ok(if text.is_empty() { Step::Continue } else { self.piece(text.to_string()) })
     }
 
@@ -553,12 +683,24 @@ impl Run {
             time_to_first_token: ttft,
             total_time: total,
             prefill_tokens_per_second: 0.0,
-            decode_tokens_per_second: if decode > 0.0 && generated > 1 { (generated - 1) as f64 / decode } else { 0.0 },
+            decode_tokens_per_second: if decode > 0.0 && generated > 1 {
+                (generated - 1) as f64 / decode
+            } else {
+                0.0
+            },
         }
     }
 
     /// A result built here (the server sent no final result): the text received so far.
-    fn local_result(&self, finish: FinishReason, error: Option<Error>, validation: Vec<ConstraintReport>, stats: GenerationStats, opts: &GenerateOptions, model: &str) -> GenerationResult {
+    fn local_result(
+        &self,
+        finish: FinishReason,
+        error: Option<Error>,
+        validation: Vec<ConstraintReport>,
+        stats: GenerationStats,
+        opts: &GenerateOptions,
+        model: &str,
+    ) -> GenerationResult {
         let seed = opts.sampling.seed.unwrap_or_default();
         GenerationResult {
             text: self.text.clone(),
@@ -572,7 +714,10 @@ impl Run {
             provenance: Provenance {
                 model: model.to_string(),
                 architecture: "remote".into(),
-                created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
+                created_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or_default(),
                 constraints: AppliedConstraint::list(&opts.constraints),
                 sampling: opts.sampling.clone(),
                 seed,
@@ -584,16 +729,37 @@ impl Run {
 
     /// Constraint reports for text that stopped before the end: no constraint vouches for it.
     fn cut_reports(opts: &GenerateOptions, why: &str) -> Vec<ConstraintReport> {
-        opts.constraints.iter().map(|c| ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome: ConstraintOutcome::Violated, reason: Some(why.to_string()) }).collect()
+        opts.constraints
+            .iter()
+            .map(|c| ConstraintReport {
+                name: c.name.clone(),
+                kind: c.kind.label(),
+                priority: c.priority,
+                outcome: ConstraintOutcome::Violated,
+                reason: Some(why.to_string()),
+            })
+            .collect()
     }
 
     fn interrupted(&self, why: Interrupt, opts: &GenerateOptions, model: &str) -> GenerationResult {
         let (finish, reason) = match why {
-            Interrupt::Cancelled if self.stopped_by_caller => (FinishReason::Cancelled, "the streaming callback stopped generation before the output was complete"),
+            Interrupt::Cancelled if self.stopped_by_caller => (
+                FinishReason::Cancelled,
+                "the streaming callback stopped generation before the output was complete",
+            ),
             Interrupt::Cancelled => (FinishReason::Cancelled, "cancelled before the output was complete"),
-            Interrupt::Timeout => (FinishReason::Timeout, "the timeout passed before the output was complete"),
+            Interrupt::Timeout => {
+                (FinishReason::Timeout, "the timeout passed before the output was complete")
+            }
         };
-        self.local_result(finish, None, Self::cut_reports(opts, reason), self.stats(0, self.pieces), opts, model)
+        self.local_result(
+            finish,
+            None,
+            Self::cut_reports(opts, reason),
+            self.stats(0, self.pieces),
+            opts,
+            model,
+        )
     }
 
     fn failed(&self, message: String, opts: &GenerateOptions, model: &str) -> Result<GenerationResult> {
@@ -601,7 +767,14 @@ impl Run {
             return Err(Error::new(ErrorKind::Backend, message));
         }
         let reports = Self::cut_reports(opts, "the connection failed before the output was complete");
-        Ok(self.local_result(FinishReason::Error, Some(Error::new(ErrorKind::Backend, message)), reports, self.stats(0, self.pieces), opts, model))
+        Ok(self.local_result(
+            FinishReason::Error,
+            Some(Error::new(ErrorKind::Backend, message)),
+            reports,
+            self.stats(0, self.pieces),
+            opts,
+            model,
+        ))
     }
 
     /// The end of an OpenAI stream. A Maze server's `maze` extension gives the exact finish
@@ -610,14 +783,28 @@ impl Run {
     fn openai_result(&self, end: OpenAiEnd, opts: &GenerateOptions, model: &str) -> GenerationResult {
         let maze_finish = end.maze.as_ref().and_then(|m| m.get("finish_reason")).and_then(Value::as_str);
         let finish = oai::parse_finish_reason(end.finish_reason.as_deref(), maze_finish);
-        let usage = |key: &str| end.usage.as_ref().and_then(|u| u.get(key)).and_then(Value::as_u64).map(|n| n as usize);
-        let stats = self.stats(usage("prompt_tokens").unwrap_or(0), usage("completion_tokens").unwrap_or(self.pieces));
-        let validation = match end.maze.as_ref().and_then(|m| m.pointer("/validation/constraints")).and_then(|v| serde_json::from_value::<Vec<proto::WireReport>>(v.clone()).ok()) {
+        let usage = |key: &str| {
+            end.usage.as_ref().and_then(|u| u.get(key)).and_then(Value::as_u64).map(|n| n as usize)
+        };
+        let stats = self
+            .stats(usage("prompt_tokens").unwrap_or(0), usage("completion_tokens").unwrap_or(self.pieces));
+        let validation = match end
+            .maze
+            .as_ref()
+            .and_then(|m| m.pointer("/validation/constraints"))
+            .and_then(|v| serde_json::from_value::<Vec<proto::WireReport>>(v.clone()).ok())
+        {
             Some(reports) => opts
                 .constraints
                 .iter()
                 .zip(reports)
-                .map(|(c, r)| ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome: r.outcome, reason: r.reason })
+                .map(|(c, r)| ConstraintReport {
+                    name: c.name.clone(),
+                    kind: c.kind.label(),
+                    priority: c.priority,
+                    outcome: r.outcome,
+                    reason: r.reason,
+                })
                 .collect(),
             None => opts
                 .constraints
@@ -628,7 +815,13 @@ impl Run {
                     } else {
                         (ConstraintOutcome::Violated, "the server stopped before the output was complete")
                     };
-                    ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome, reason: Some(reason.into()) }
+                    ConstraintReport {
+                        name: c.name.clone(),
+                        kind: c.kind.label(),
+                        priority: c.priority,
+                        outcome,
+                        reason: Some(reason.into()),
+                    }
                 })
                 .collect(),
         };

@@ -27,13 +27,20 @@ impl SseParser {
         let mut events = Vec::new();
         while let Some((end, sep)) = find_blank_line(&self.buf) {
             let block: Vec<u8> = self.buf.drain(..end + sep).collect();
-            let text = std::str::from_utf8(&block[..end]).map_err(|e| Error::new(ErrorKind::Backend, format!("the event stream is not UTF-8: {e}")))?;
+            let text = std::str::from_utf8(&block[..end])
+                .map_err(|e| Error::new(ErrorKind::Backend, format!("the event stream is not UTF-8: {e}")))?;
             if let Some(event) = parse_block(text) {
                 events.push(event);
             }
         }
         if self.buf.len() > self.max_event_bytes {
-            return Err(Error::new(ErrorKind::Backend, format!("the server sent {} bytes without ending an event: not an event stream", self.buf.len())));
+            return Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the server sent {} bytes without ending an event: not an event stream",
+                    self.buf.len()
+                ),
+            ));
         }
         Ok(events)
     }
@@ -63,7 +70,8 @@ fn parse_block(block: &str) -> Option<SseEvent> {
         if line.starts_with(':') {
             continue; // comment, e.g. keep-alive
         }
-        let (field, value) = line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
+        let (field, value) =
+            line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
         match field {
             "event" => event = Some(value.to_string()),
             "data" => match &mut data {
@@ -87,7 +95,9 @@ mod tests {
     fn events_split_across_chunks_and_line_endings() {
         let mut p = SseParser::new(1 << 20);
         assert!(p.push(b"data: {\"te").unwrap().is_empty());
-        let events = p.push(b"xt\": 1}\n\n: keep-alive\n\nevent: result\r\ndata: a\r\ndata: b\r\n\r\ndata: [DONE]\n\n").unwrap();
+        let events = p
+            .push(b"xt\": 1}\n\n: keep-alive\n\nevent: result\r\ndata: a\r\ndata: b\r\n\r\ndata: [DONE]\n\n")
+            .unwrap();
         assert_eq!(
             events,
             vec![

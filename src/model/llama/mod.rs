@@ -56,7 +56,10 @@ enum Projections {
 
 impl Projections {
     fn new(parts: Vec<Linear>) -> Self {
-        let own: Vec<&QuantMatrix> = parts.iter().filter_map(|p| if let Linear::Own(m) = p { Some(m.as_ref()) } else { None }).collect();
+        let own: Vec<&QuantMatrix> = parts
+            .iter()
+            .filter_map(|p| if let Linear::Own(m) = p { Some(m.as_ref()) } else { None })
+            .collect();
         if own.len() == parts.len() {
             if let Some(stacked) = QuantMatrix::stack(&own) {
                 return Self::Stacked(Arc::new(stacked), own.iter().map(|m| m.rows).collect());
@@ -156,7 +159,11 @@ impl SequenceCache for LlamaCache {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.layers.iter().flatten().map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -203,7 +210,8 @@ impl Llama {
                 file.path().display()
             )));
         }
-        let head_dim = file.opt_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(dim / n_heads);
+        let head_dim =
+            file.opt_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(dim / n_heads);
         let rope_dim = file.opt_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
         if rope_dim != head_dim || head_dim % 2 != 0 {
             return Err(Error::new(
@@ -237,21 +245,34 @@ impl Llama {
             names.push("output.weight".into());
         }
         for i in 0..hp.n_layers {
-            for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+            for t in [
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
                 names.push(format!("blk.{i}.{t}.weight"));
             }
         }
         // Llama 3.1-style frequency factors, when the file carries them.
         let freq_factors = if file.has_tensor("rope_freqs.weight") {
-            Some(dequant(file.tensor("rope_freqs.weight", &device)?, &device)?.to_vec1::<f32>().map_err(Error::backend)?)
+            Some(
+                dequant(file.tensor("rope_freqs.weight", &device)?, &device)?
+                    .to_vec1::<f32>()
+                    .map_err(Error::backend)?,
+            )
         } else {
             None
         };
         let inverse_frequencies = rope_inverse_frequencies(head_dim, hp.rope_base, freq_factors.as_deref())?;
-        let name = file
-            .opt_str("general.name")
-            .map(str::to_string)
-            .unwrap_or_else(|| file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let name = file.opt_str("general.name").map(str::to_string).unwrap_or_else(|| {
+            file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        });
         let total: u64 = names.iter().map(|n| file.tensor_bytes(n)).sum::<u64>().max(1);
         let info = |vocab_size: usize, compute: String| ModelInfo {
             architecture: arch.to_string(),
@@ -264,8 +285,10 @@ impl Llama {
             compute,
         };
         if !opts.tensor_forward && device.is_cpu() {
-            if let Some(native) = native_from_file(file, &hp, &names, &inverse_frequencies, total, progress)? {
-                let info = info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
+            if let Some(native) = native_from_file(file, &hp, &names, &inverse_frequencies, total, progress)?
+            {
+                let info =
+                    info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
                 return Ok(Self { info, imp: Implementation::Native(native) });
             }
         }
@@ -337,11 +360,20 @@ impl Llama {
 }
 
 impl TensorLlama {
-    fn attention(&self, layer: &Layer, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, pos: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        pos: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hp = &self.hp;
         let qkv = layer.qkv.forward(x)?;
-        let heads = |y: &Tensor, n: usize| -> candle_core::Result<Tensor> { y.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous() };
+        let heads = |y: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, n, hp.head_dim))?.transpose(1, 2)?.contiguous()
+        };
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         // GGUF stores Llama's Q/K rows permuted for the interleaved rotation.
@@ -369,7 +401,12 @@ impl TensorLlama {
     }
 
     /// `Ok(None)` when interrupted.
-    fn forward_inner(&self, tokens: &[u32], cache: &mut LlamaCache, interrupt: &dyn Fn() -> bool) -> candle_core::Result<Option<Vec<f32>>> {
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut LlamaCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         let t = tokens.len();
         let pos = cache.len;
         let ids = Tensor::new(tokens, &self.device)?;
@@ -401,11 +438,18 @@ impl Llama {
         if cached + tokens.len() > self.info.context_length {
             return Err(Error::new(
                 ErrorKind::ContextOverflow,
-                format!("{cached} cached + {} new tokens exceed the context length {}", tokens.len(), self.info.context_length),
+                format!(
+                    "{cached} cached + {} new tokens exceed the context length {}",
+                    tokens.len(),
+                    self.info.context_length
+                ),
             ));
         }
         if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
-            return Err(Error::invalid_argument(format!("token id {bad} is out of range (vocabulary size {})", self.info.vocab_size)));
+            return Err(Error::invalid_argument(format!(
+                "token id {bad} is out of range (vocabulary size {})",
+                self.info.vocab_size
+            )));
         }
         Ok(())
     }
@@ -450,12 +494,19 @@ impl LanguageModel for Llama {
 
     fn new_cache(&self) -> Box<dyn SequenceCache> {
         match &self.imp {
-            Implementation::Native(m) => Box::new(NativeCache::new(m.hp.n_layers, m.hp.n_kv_heads, m.hp.head_dim)),
+            Implementation::Native(m) => {
+                Box::new(NativeCache::new(m.hp.n_layers, m.hp.n_kv_heads, m.hp.head_dim))
+            }
             Implementation::Tensors(m) => Box::new(LlamaCache { layers: vec![None; m.hp.n_layers], len: 0 }),
         }
     }
 
-    fn forward(&self, tokens: &[u32], cache: &mut dyn SequenceCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut dyn SequenceCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
         self.check(tokens, cache.len())?;
         match &self.imp {
             Implementation::Native(m) => {
@@ -482,7 +533,11 @@ impl LanguageModel for Llama {
         }
     }
 
-    fn forward_batch(&self, items: &mut [BatchStep<'_>], interrupt: &dyn Fn() -> bool) -> Vec<Result<Vec<f32>>> {
+    fn forward_batch(
+        &self,
+        items: &mut [BatchStep<'_>],
+        interrupt: &dyn Fn() -> bool,
+    ) -> Vec<Result<Vec<f32>>> {
         let Implementation::Native(m) = &self.imp else {
             return items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect();
         };
@@ -505,7 +560,14 @@ impl LanguageModel for Llama {
             Some(l) => l.into_iter(),
             None => return results.into_iter().map(|r| r.unwrap_or_else(|| Err(interrupted()))).collect(),
         };
-        results.into_iter().map(|r| r.unwrap_or_else(|| logits.next().ok_or_else(|| Error::new(ErrorKind::Internal, "batch lost a row")))).collect()
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    logits.next().ok_or_else(|| Error::new(ErrorKind::Internal, "batch lost a row"))
+                })
+            })
+            .collect()
     }
 }
 
@@ -514,13 +576,22 @@ impl LanguageModel for Llama {
 /// often store V in Q6_K), with no intermediate tensors. `None` (nothing read) when some matrix
 /// is in a format our kernels do not take: those run on candle. RoPE tables are left empty for
 /// the caller.
-fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequencies: &[f32], total: u64, progress: Progress<'_>) -> Result<Option<native::NativeLlama>> {
+fn native_from_file(
+    file: &GgufFile,
+    hp: &Hyper,
+    names: &[String],
+    inverse_frequencies: &[f32],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Option<native::NativeLlama>> {
     let format = |file: &GgufFile, name: &str| file.tensor_layout(name).and_then(|l| weight_format(l.0));
     let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
     let output_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
     let mut usable = format(file, "token_embd.weight").is_some() && format(file, output_name).is_some();
     for i in 0..hp.n_layers {
-        usable &= ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].iter().all(|t| format(file, &format!("blk.{i}.{t}.weight")).is_some());
+        usable &= ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+            .iter()
+            .all(|t| format(file, &format!("blk.{i}.{t}.weight")).is_some());
     }
     if !usable {
         return Ok(None);
@@ -534,14 +605,24 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequ
         };
         if !ok {
             let want = rows.map(|r| format!("[{r}, {cols}]")).unwrap_or_else(|| format!("[vocab, {cols}]"));
-            return Err(Error::model_format(format!("'{}': tensor '{name}' has shape {dims:?}, expected {want}", file.path().display())));
+            return Err(Error::model_format(format!(
+                "'{}': tensor '{name}' has shape {dims:?}, expected {want}",
+                file.path().display()
+            )));
         }
         Ok(&data[file.tensor_range(name)?])
     };
     let floats = |file: &GgufFile, name: &str, len: usize| -> Result<Vec<f32>> {
-        let v = dequant(file.tensor(name, &Device::Cpu)?, &Device::Cpu)?.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(Error::backend)?;
+        let v = dequant(file.tensor(name, &Device::Cpu)?, &Device::Cpu)?
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(Error::backend)?;
         if v.len() != len {
-            return Err(Error::model_format(format!("'{}': tensor '{name}' has {} values, expected {len}", file.path().display(), v.len())));
+            return Err(Error::model_format(format!(
+                "'{}': tensor '{name}' has {} values, expected {len}",
+                file.path().display(),
+                v.len()
+            )));
         }
         Ok(v)
     };
@@ -551,7 +632,8 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequ
     let dim = hp.dim;
     let embd = check(file, "token_embd.weight", None, dim)?;
     let embd_format = format(file, "token_embd.weight").expect("checked");
-    let vocab = embd.len() / (dim / (crate::kernels::BLOCK * embd_format.kernel_blocks()) * embd_format.gguf_block_bytes());
+    let vocab = embd.len()
+        / (dim / (crate::kernels::BLOCK * embd_format.kernel_blocks()) * embd_format.gguf_block_bytes());
     let embeddings = plan.add(embd_format, &[(embd, vocab)], dim);
     let output = if output_name == "output.weight" {
         let output_format = format(file, output_name).expect("checked");
@@ -573,18 +655,34 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequ
     for i in 0..hp.n_layers {
         let n = |t: &str| format!("blk.{i}.{t}.weight");
         let [fq, fk, fv, fo, fg, fu, fd] =
-            ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map(|t| format(file, &n(t)).expect("checked"));
-        let (q, k, v) = (check(file, &n("attn_q"), Some(q_dim), dim)?, check(file, &n("attn_k"), Some(kv_dim), dim)?, check(file, &n("attn_v"), Some(kv_dim), dim)?);
+            ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+                .map(|t| format(file, &n(t)).expect("checked"));
+        let (q, k, v) = (
+            check(file, &n("attn_q"), Some(q_dim), dim)?,
+            check(file, &n("attn_k"), Some(kv_dim), dim)?,
+            check(file, &n("attn_v"), Some(kv_dim), dim)?,
+        );
         let qkv = plan.side_by_side(&[(fq, q, q_dim), (fk, k, kv_dim), (fv, v, kv_dim)], dim);
         let wo = plan.add(fo, &[(check(file, &n("attn_output"), Some(dim), q_dim)?, dim)], q_dim);
-        let (g, u) = (check(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?, check(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?);
+        let (g, u) = (
+            check(file, &n("ffn_gate"), Some(hp.ffn_dim), dim)?,
+            check(file, &n("ffn_up"), Some(hp.ffn_dim), dim)?,
+        );
         let gate_up = plan.side_by_side(&[(fg, g, hp.ffn_dim), (fu, u, hp.ffn_dim)], dim);
         let down = plan.add(fd, &[(check(file, &n("ffn_down"), Some(dim), hp.ffn_dim)?, dim)], hp.ffn_dim);
-        layer_plans.push(LayerPlan { attn_norm: floats(file, &n("attn_norm"), dim)?, qkv, wo, ffn_norm: floats(file, &n("ffn_norm"), dim)?, gate_up, down });
+        layer_plans.push(LayerPlan {
+            attn_norm: floats(file, &n("attn_norm"), dim)?,
+            qkv,
+            wo,
+            ffn_norm: floats(file, &n("ffn_norm"), dim)?,
+            gate_up,
+            down,
+        });
     }
     debug_assert!(names.iter().all(|n| file.has_tensor(n) || n == "output.weight"));
     let matrices = plan.repack(total, progress)?;
-    let side_by_side = |indices: Vec<usize>| native::SideBySide(indices.into_iter().map(|i| matrices[i].clone()).collect());
+    let side_by_side =
+        |indices: Vec<usize>| native::SideBySide(indices.into_iter().map(|i| matrices[i].clone()).collect());
     let (embeddings, output) = (matrices[embeddings].clone(), matrices[output].clone());
     let layers = layer_plans
         .into_iter()
@@ -600,7 +698,14 @@ fn native_from_file(file: &GgufFile, hp: &Hyper, names: &[String], inverse_frequ
     if !progress(1.0) {
         return Err(Error::load_cancelled());
     }
-    Ok(Some(native::NativeLlama { hp: hp.clone(), embeddings, output, output_norm, layers, inverse_frequencies: inverse_frequencies.to_vec() }))
+    Ok(Some(native::NativeLlama {
+        hp: hp.clone(),
+        embeddings,
+        output,
+        output_norm,
+        layers,
+        inverse_frequencies: inverse_frequencies.to_vec(),
+    }))
 }
 
 fn qmatmul(t: QTensor) -> Result<QMatMul> {
@@ -720,4 +825,3 @@ fn rope_tables(inv_freq: &[f32], ctx: usize, device: &Device) -> Result<(Tensor,
     };
     build().map_err(Error::backend)
 }
-

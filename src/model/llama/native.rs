@@ -48,7 +48,8 @@ fn matmul_to(parts: &[Arc<QuantMatrix>], x: &[f32], tokens: usize, out: &mut [f3
     debug_assert_eq!(out.len(), tokens * width);
     let mut at = 0;
     for m in parts {
-        let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
+        let mut outs: Vec<&mut [f32]> =
+            out.chunks_exact_mut(width).map(|row| &mut row[at..at + m.rows]).collect();
         m.matmul_into(&acts, Isa::detect(), &mut outs);
         at += m.rows;
     }
@@ -110,7 +111,11 @@ impl NativeCache {
 
     /// Bytes held, spare capacity included.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.layers.iter().flatten().map(|h| (h.keys.capacity() + h.values.capacity()) * std::mem::size_of::<f16>()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|h| (h.keys.capacity() + h.values.capacity()) * std::mem::size_of::<f16>())
+            .sum()
     }
 }
 
@@ -158,13 +163,20 @@ impl NativeLlama {
 
     /// Appends each item's tokens to its cache and returns the logits of each item's last token.
     /// `None` when `interrupt` fired; every cache is then as it was.
-    pub(super) fn forward_batch(&self, batch: &mut [BatchItem<'_>], interrupt: &dyn Fn() -> bool) -> Option<Vec<Vec<f32>>> {
+    pub(super) fn forward_batch(
+        &self,
+        batch: &mut [BatchItem<'_>],
+        interrupt: &dyn Fn() -> bool,
+    ) -> Option<Vec<Vec<f32>>> {
         let hp = &self.hp;
         let (dim, kv_dim, q_dim) = (hp.dim, self.kv_dim(), hp.n_heads * hp.head_dim);
         let n: usize = batch.iter().map(|b| b.tokens.len()).sum();
         // (item, position) of every row of the batch.
-        let rows: Vec<(usize, usize)> =
-            batch.iter().enumerate().flat_map(|(i, b)| (0..b.tokens.len()).map(move |t| (i, b.cache.len + t))).collect();
+        let rows: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| (0..b.tokens.len()).map(move |t| (i, b.cache.len + t)))
+            .collect();
         let starts: Vec<usize> = batch.iter().map(|b| b.cache.len).collect();
         let angles: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|&(_, pos)| self.rope_angles(pos)).collect();
 
@@ -191,7 +203,11 @@ impl NativeLlama {
             }
             for (row, &(i, _)) in qkv.chunks_exact(width).zip(&rows) {
                 let (keys, values) = row[q_dim..].split_at(kv_dim);
-                for ((head, k), v) in batch[i].cache.layers[l].iter_mut().zip(keys.chunks_exact(hp.head_dim)).zip(values.chunks_exact(hp.head_dim)) {
+                for ((head, k), v) in batch[i].cache.layers[l]
+                    .iter_mut()
+                    .zip(keys.chunks_exact(hp.head_dim))
+                    .zip(values.chunks_exact(hp.head_dim))
+                {
                     append_f16(&mut head.keys, k);
                     append_f16(&mut head.values, v);
                 }
@@ -225,7 +241,11 @@ impl NativeLlama {
         rms_norm_rows(&mut last, &last_rows, &self.output_norm, eps);
         let mut logits: Vec<Vec<f32>> = batch.iter().map(|_| vec![0f32; self.output.rows]).collect();
         let mut outs: Vec<&mut [f32]> = logits.iter_mut().map(Vec::as_mut_slice).collect();
-        self.output.matmul_into(&QuantizedActivations::quantize(&last, self.output.cols), Isa::detect(), &mut outs);
+        self.output.matmul_into(
+            &QuantizedActivations::quantize(&last, self.output.cols),
+            Isa::detect(),
+            &mut outs,
+        );
         Some(logits)
     }
 
