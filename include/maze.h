@@ -219,6 +219,66 @@ typedef struct maze_result maze_result;
 typedef struct maze_session maze_session;
 
 /**
+ * Text as passed across the ABI: a pointer and a length in bytes (UTF-8, no NUL needed).
+ * `data` may be NULL when `len` is 0.
+ */
+typedef struct maze_string {
+  const char *data;
+  size_t len;
+} maze_string;
+
+/**
+ * Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
+ * its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
+ */
+typedef struct maze_constraint_desc {
+  /**
+   * sizeof(maze_constraint_desc), set by maze_constraint_desc_default().
+   */
+  uint32_t struct_size;
+  /**
+   * A maze_constraint_kind value.
+   */
+  uint32_t kind;
+  /**
+   * When constraints conflict, the lowest priority is relaxed first. Default 0.
+   */
+  int32_t priority;
+  /**
+   * Reserved, keep 0.
+   */
+  uint32_t reserved;
+  /**
+   * Name reported in validation (may be empty).
+   */
+  struct maze_string name;
+  /**
+   * JSON schema or Lark grammar text.
+   */
+  struct maze_string text;
+  /**
+   * Regex patterns or choice strings.
+   */
+  const struct maze_string *items;
+  size_t n_items;
+  const uint32_t *allowed_tokens;
+  size_t n_allowed_tokens;
+  const uint32_t *forbidden_tokens;
+  size_t n_forbidden_tokens;
+} maze_constraint_desc;
+
+/**
+ * Constraint compile-cache counters.
+ */
+typedef struct maze_constraint_cache_stats {
+  uint64_t size;
+  uint64_t limit;
+  uint64_t hits;
+  uint64_t misses;
+  uint64_t evictions;
+} maze_constraint_cache_stats;
+
+/**
  * Loading progress: `progress` in [0, 1]. Runs on the thread that called maze_engine_new; it
  * must not call maze_engine_* on the engine being loaded. Return false to abort the load
  * (maze_engine_new then fails with MAZE_STATUS_CANCELLED).
@@ -306,15 +366,6 @@ typedef struct maze_engine_params {
 } maze_engine_params;
 
 /**
- * Text as passed across the ABI: a pointer and a length in bytes (UTF-8, no NUL needed).
- * `data` may be NULL when `len` is 0.
- */
-typedef struct maze_string {
-  const char *data;
-  size_t len;
-} maze_string;
-
-/**
  * One chat message. Roles are those the model's template knows: usually "system", "user",
  * "assistant".
  */
@@ -322,57 +373,6 @@ typedef struct maze_chat_message {
   struct maze_string role;
   struct maze_string content;
 } maze_chat_message;
-
-/**
- * Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
- * its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
- */
-typedef struct maze_constraint_desc {
-  /**
-   * sizeof(maze_constraint_desc), set by maze_constraint_desc_default().
-   */
-  uint32_t struct_size;
-  /**
-   * A maze_constraint_kind value.
-   */
-  uint32_t kind;
-  /**
-   * When constraints conflict, the lowest priority is relaxed first. Default 0.
-   */
-  int32_t priority;
-  /**
-   * Reserved, keep 0.
-   */
-  uint32_t reserved;
-  /**
-   * Name reported in validation (may be empty).
-   */
-  struct maze_string name;
-  /**
-   * JSON schema or Lark grammar text.
-   */
-  struct maze_string text;
-  /**
-   * Regex patterns or choice strings.
-   */
-  const struct maze_string *items;
-  size_t n_items;
-  const uint32_t *allowed_tokens;
-  size_t n_allowed_tokens;
-  const uint32_t *forbidden_tokens;
-  size_t n_forbidden_tokens;
-} maze_constraint_desc;
-
-/**
- * Constraint compile-cache counters.
- */
-typedef struct maze_constraint_cache_stats {
-  uint64_t size;
-  uint64_t limit;
-  uint64_t hits;
-  uint64_t misses;
-  uint64_t evictions;
-} maze_constraint_cache_stats;
 
 /**
  * Generation settings. Initialise with maze_generate_params_default(), then change fields.
@@ -485,19 +485,61 @@ uint32_t maze_abi_version(void);
 const char *maze_status_name(int32_t status);
 
 /**
- * Status of an error; MAZE_STATUS_NULL_ARGUMENT for NULL.
+ * A descriptor with everything empty (kind JSON schema, priority 0).
  */
-enum maze_status maze_error_status(const struct maze_error *error);
+struct maze_constraint_desc maze_constraint_desc_default(void);
 
 /**
- * Message of an error (UTF-8, NUL-terminated), valid until maze_error_free. "" for NULL.
+ * Builds and compiles a constraint from a descriptor. Fails with
+ * MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
+ * part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
  */
-const char *maze_error_message(const struct maze_error *error);
+enum maze_status maze_constraint_new(const struct maze_engine *engine,
+                                     const struct maze_constraint_desc *desc,
+                                     struct maze_constraint **out_constraint,
+                                     struct maze_error **error);
 
 /**
- * Frees an error. NULL is a no-op.
+ * Builds and compiles constraints from JSON (`json_len` bytes): one object such as
+ * `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
+ * `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
+ * `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
  */
-void maze_error_free(struct maze_error *error);
+enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
+                                           const char *json,
+                                           size_t json_len,
+                                           struct maze_constraint **out_constraint,
+                                           struct maze_error **error);
+
+/**
+ * Number of constraints in a handle (a JSON array gives several); 0 for NULL.
+ */
+size_t maze_constraint_count(const struct maze_constraint *constraint);
+
+/**
+ * Frees a constraint handle. NULL is a no-op. Generations already started are unaffected.
+ */
+void maze_constraint_free(struct maze_constraint *constraint);
+
+/**
+ * Reads the engine's constraint compile-cache counters into `*out`.
+ */
+enum maze_status maze_engine_constraint_cache_stats(const struct maze_engine *engine,
+                                                    struct maze_constraint_cache_stats *out,
+                                                    struct maze_error **error);
+
+/**
+ * Empties the constraint compile cache (counters keep counting).
+ */
+enum maze_status maze_engine_constraint_cache_clear(const struct maze_engine *engine,
+                                                    struct maze_error **error);
+
+/**
+ * Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
+ */
+enum maze_status maze_engine_constraint_cache_set_limit(const struct maze_engine *engine,
+                                                        uint64_t limit,
+                                                        struct maze_error **error);
 
 /**
  * Default engine settings (all cores, model context, random seed, no callback).
@@ -637,137 +679,19 @@ enum maze_status maze_engine_list_models(const struct maze_engine *engine,
                                          struct maze_error **error);
 
 /**
- * A descriptor with everything empty (kind JSON schema, priority 0).
+ * Status of an error; MAZE_STATUS_NULL_ARGUMENT for NULL.
  */
-struct maze_constraint_desc maze_constraint_desc_default(void);
+enum maze_status maze_error_status(const struct maze_error *error);
 
 /**
- * Builds and compiles a constraint from a descriptor. Fails with
- * MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
- * part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+ * Message of an error (UTF-8, NUL-terminated), valid until maze_error_free. "" for NULL.
  */
-enum maze_status maze_constraint_new(const struct maze_engine *engine,
-                                     const struct maze_constraint_desc *desc,
-                                     struct maze_constraint **out_constraint,
-                                     struct maze_error **error);
+const char *maze_error_message(const struct maze_error *error);
 
 /**
- * Builds and compiles constraints from JSON (`json_len` bytes): one object such as
- * `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
- * `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
- * `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+ * Frees an error. NULL is a no-op.
  */
-enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
-                                           const char *json,
-                                           size_t json_len,
-                                           struct maze_constraint **out_constraint,
-                                           struct maze_error **error);
-
-/**
- * Number of constraints in a handle (a JSON array gives several); 0 for NULL.
- */
-size_t maze_constraint_count(const struct maze_constraint *constraint);
-
-/**
- * Frees a constraint handle. NULL is a no-op. Generations already started are unaffected.
- */
-void maze_constraint_free(struct maze_constraint *constraint);
-
-/**
- * Reads the engine's constraint compile-cache counters into `*out`.
- */
-enum maze_status maze_engine_constraint_cache_stats(const struct maze_engine *engine,
-                                                    struct maze_constraint_cache_stats *out,
-                                                    struct maze_error **error);
-
-/**
- * Empties the constraint compile cache (counters keep counting).
- */
-enum maze_status maze_engine_constraint_cache_clear(const struct maze_engine *engine,
-                                                    struct maze_error **error);
-
-/**
- * Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
- */
-enum maze_status maze_engine_constraint_cache_set_limit(const struct maze_engine *engine,
-                                                        uint64_t limit,
-                                                        struct maze_error **error);
-
-/**
- * Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
- */
-struct maze_generate_params maze_generate_params_default(void);
-
-/**
- * Opens a session on an engine. Free it with maze_session_free.
- */
-enum maze_status maze_session_new(const struct maze_engine *engine,
-                                  struct maze_session **out_session,
-                                  struct maze_error **error);
-
-/**
- * Frees a session and its KV cache. NULL is a no-op. No call on it may be running.
- */
-void maze_session_free(struct maze_session *session);
-
-/**
- * Continues the session from a text prompt (`prompt_len` bytes of UTF-8) and blocks until done.
- *
- * The session reuses the longest prefix it already computed, so passing the whole conversation
- * each time costs only the new part. `params`: NULL for defaults. `callback` (may be NULL)
- * streams text on this thread. On success `*out_result` receives the result (free with
- * maze_result_free) — also when generation was cancelled, timed out or failed midway (see
- * maze_result_finish_reason). Fails before generating with MAZE_STATUS_CONTEXT_OVERFLOW,
- * MAZE_STATUS_BUSY, MAZE_STATUS_INVALID_ARGUMENT (bad params, empty prompt), among others.
- */
-enum maze_status maze_session_generate(const struct maze_session *session,
-                                       const char *prompt,
-                                       size_t prompt_len,
-                                       const struct maze_generate_params *params,
-                                       maze_stream_callback callback,
-                                       void *userdata,
-                                       struct maze_result **out_result,
-                                       struct maze_error **error);
-
-/**
- * Like maze_session_generate, from token ids used as they are (no BOS added).
- */
-enum maze_status maze_session_generate_tokens(const struct maze_session *session,
-                                              const uint32_t *tokens,
-                                              size_t n_tokens,
-                                              const struct maze_generate_params *params,
-                                              maze_stream_callback callback,
-                                              void *userdata,
-                                              struct maze_result **out_result,
-                                              struct maze_error **error);
-
-/**
- * Like maze_session_generate, from chat messages rendered with the model's chat template and
- * ending in an assistant turn. Fails with MAZE_STATUS_TEMPLATE when the model has no template.
- */
-enum maze_status maze_session_chat(const struct maze_session *session,
-                                   const struct maze_chat_message *messages,
-                                   size_t n_messages,
-                                   const struct maze_generate_params *params,
-                                   maze_stream_callback callback,
-                                   void *userdata,
-                                   struct maze_result **out_result,
-                                   struct maze_error **error);
-
-/**
- * Stops the session's running generation (prefill included) from any thread. The generate call
- * returns soon after with MAZE_FINISH_CANCELLED. A no-op when idle: it does not affect the next
- * generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
- */
-enum maze_status maze_session_cancel(const struct maze_session *session);
-
-/**
- * Forgets the conversation: the next call starts from an empty context (a remote session keeps
- * none). The forgotten keys and values may still serve other sessions' identical prompt
- * prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
- */
-enum maze_status maze_session_reset(const struct maze_session *session,
-                                    struct maze_error **error);
+void maze_error_free(struct maze_error *error);
 
 /**
  * Generated text (UTF-8, NUL-terminated; it may itself contain NUL bytes, so prefer `*len`).
@@ -886,6 +810,82 @@ uint32_t maze_result_forced_tokens(const struct maze_result *result);
  * Frees a result. NULL is a no-op.
  */
 void maze_result_free(struct maze_result *result);
+
+/**
+ * Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
+ */
+struct maze_generate_params maze_generate_params_default(void);
+
+/**
+ * Opens a session on an engine. Free it with maze_session_free.
+ */
+enum maze_status maze_session_new(const struct maze_engine *engine,
+                                  struct maze_session **out_session,
+                                  struct maze_error **error);
+
+/**
+ * Frees a session and its KV cache. NULL is a no-op. No call on it may be running.
+ */
+void maze_session_free(struct maze_session *session);
+
+/**
+ * Continues the session from a text prompt (`prompt_len` bytes of UTF-8) and blocks until done.
+ *
+ * The session reuses the longest prefix it already computed, so passing the whole conversation
+ * each time costs only the new part. `params`: NULL for defaults. `callback` (may be NULL)
+ * streams text on this thread. On success `*out_result` receives the result (free with
+ * maze_result_free) — also when generation was cancelled, timed out or failed midway (see
+ * maze_result_finish_reason). Fails before generating with MAZE_STATUS_CONTEXT_OVERFLOW,
+ * MAZE_STATUS_BUSY, MAZE_STATUS_INVALID_ARGUMENT (bad params, empty prompt), among others.
+ */
+enum maze_status maze_session_generate(const struct maze_session *session,
+                                       const char *prompt,
+                                       size_t prompt_len,
+                                       const struct maze_generate_params *params,
+                                       maze_stream_callback callback,
+                                       void *userdata,
+                                       struct maze_result **out_result,
+                                       struct maze_error **error);
+
+/**
+ * Like maze_session_generate, from token ids used as they are (no BOS added).
+ */
+enum maze_status maze_session_generate_tokens(const struct maze_session *session,
+                                              const uint32_t *tokens,
+                                              size_t n_tokens,
+                                              const struct maze_generate_params *params,
+                                              maze_stream_callback callback,
+                                              void *userdata,
+                                              struct maze_result **out_result,
+                                              struct maze_error **error);
+
+/**
+ * Like maze_session_generate, from chat messages rendered with the model's chat template and
+ * ending in an assistant turn. Fails with MAZE_STATUS_TEMPLATE when the model has no template.
+ */
+enum maze_status maze_session_chat(const struct maze_session *session,
+                                   const struct maze_chat_message *messages,
+                                   size_t n_messages,
+                                   const struct maze_generate_params *params,
+                                   maze_stream_callback callback,
+                                   void *userdata,
+                                   struct maze_result **out_result,
+                                   struct maze_error **error);
+
+/**
+ * Stops the session's running generation (prefill included) from any thread. The generate call
+ * returns soon after with MAZE_FINISH_CANCELLED. A no-op when idle: it does not affect the next
+ * generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
+ */
+enum maze_status maze_session_cancel(const struct maze_session *session);
+
+/**
+ * Forgets the conversation: the next call starts from an empty context (a remote session keeps
+ * none). The forgotten keys and values may still serve other sessions' identical prompt
+ * prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
+ */
+enum maze_status maze_session_reset(const struct maze_session *session,
+                                    struct maze_error **error);
 
 #ifdef __cplusplus
 }  // extern "C"
