@@ -112,8 +112,8 @@ impl QuantizedActivations {
 
     /// As [`Self::quantize`] on a given path; every path gives the same codes and scales.
     pub fn quantize_on(isa: Isa, x: &[f32], cols: usize) -> Self {
-        assert!(cols % BLOCK == 0 && x.len() % cols.max(1) == 0, "activation shape");
-        let tokens = if cols == 0 { 0 } else { x.len() / cols };
+        assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols.max(1)), "activation shape");
+        let tokens = x.len().checked_div(cols).unwrap_or(0);
         let n = x.len() / BLOCK;
         let mut out = Self {
             tokens,

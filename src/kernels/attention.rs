@@ -39,7 +39,10 @@ pub fn attend(
     out: &mut [f32],
 ) {
     let head_dim = cache.head_dim;
-    assert!(head_dim > 0 && queries.len() % head_dim == 0 && out.len() == queries.len(), "attention shapes");
+    assert!(
+        head_dim > 0 && queries.len().is_multiple_of(head_dim) && out.len() == queries.len(),
+        "attention shapes"
+    );
     assert!(scores.len() >= queries.len() / head_dim * positions, "attention scratch");
     let end = positions.checked_sub(1).map_or(0, |last| cache.start(last) + head_dim);
     assert!(end <= cache.keys.len().min(cache.values.len()), "attention cache");
@@ -153,7 +156,7 @@ impl AttendPath for F16c {
 
     #[inline(always)]
     fn scores(queries: &[f32], cache: HeadCache<'_>, positions: usize, scale: f32, scores: &mut [f32]) {
-        if cache.head_dim % 8 != 0 {
+        if !cache.head_dim.is_multiple_of(8) {
             return scores_by_rows::<Self>(queries, cache, positions, scale, scores);
         }
         // SAFETY: inside attend_avx2 (AVX2, FMA, F16C); attend checked the cache bounds, and the
@@ -163,7 +166,7 @@ impl AttendPath for F16c {
 
     #[inline(always)]
     fn weighted_values(weights: &[f32], cache: HeadCache<'_>, positions: usize, out: &mut [f32]) {
-        if cache.head_dim % 64 != 0 {
+        if !cache.head_dim.is_multiple_of(64) {
             return weighted_values_by_rows::<Self>(weights, cache, positions, out);
         }
         // SAFETY: inside attend_avx2 (AVX2, FMA, F16C); attend checked the cache bounds, and the
@@ -229,7 +232,7 @@ unsafe fn weighted_values_run<const NH: usize, const NC: usize>(
         weights.len() >= NH * positions
             && cache.values.len() >= positions * hd
             && out.len() >= NH * hd
-            && hd % (8 * NC) == 0
+            && hd.is_multiple_of(8 * NC)
     );
     // Raw pointers in the loop: it is a few instructions per row, and slice bounds checks
     // were a third of them.
@@ -251,8 +254,8 @@ unsafe fn weighted_values_run<const NH: usize, const NC: usize>(
                 std::array::from_fn(|h| _mm256_set1_ps(unsafe { *weights.add(h * positions + j) }));
             for c in 0..NC {
                 let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c).cast())) };
-                for h in 0..NH {
-                    acc[h][c] = _mm256_fmadd_ps(w[h], v, acc[h][c]);
+                for (acc_h, &w_h) in acc.iter_mut().zip(&w) {
+                    acc_h[c] = _mm256_fmadd_ps(w_h, v, acc_h[c]);
                 }
             }
             row = row.wrapping_add(hd);
@@ -319,7 +322,7 @@ unsafe fn scores_run<const NH: usize, const NP: usize>(
         queries.len() >= NH * hd
             && cache.keys.len() >= positions * hd
             && scores.len() >= NH * positions
-            && hd % 8 == 0
+            && hd.is_multiple_of(8)
     );
     // Raw pointers in the loop, as in weighted_values_run.
     let (keys, queries) = (cache.keys.as_ptr(), queries.as_ptr());

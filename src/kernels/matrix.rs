@@ -78,7 +78,7 @@ impl WeightFormat {
                 let (sc, mn) = q4k_scale_min(k, &b[4..16]);
                 // Sub-blocks 2j and 2j+1 share 32 bytes: low nibbles, then high nibbles.
                 let qs = &b[16 + (k / 2) * 32..16 + (k / 2) * 32 + 32];
-                let code = |i: usize| if k % 2 == 0 { qs[i] & 0xF } else { qs[i] >> 4 };
+                let code = |i: usize| if k.is_multiple_of(2) { qs[i] & 0xF } else { qs[i] >> 4 };
                 for (i, c) in dst.iter_mut().enumerate() {
                     *c = code(i) | (code(i + 16) << 4);
                 }
