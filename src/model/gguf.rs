@@ -60,13 +60,8 @@ impl GgufFile {
             )));
         }
         let map = Arc::new(map);
-        // The header (a vocabulary of ~50k strings) parses from memory, not through read calls.
-        let content = gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone()))).map_err(|e| {
-            Error::model_format(format!(
-                "'{}' has a corrupt or truncated GGUF header: {}",
-                path.display(),
-                candle_message(&e)
-            ))
+        let content = read_header(&map).map_err(|why| {
+            Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {why}", path.display()))
         })?;
         let this = Self { path: path.to_path_buf(), content, file_len, map };
         this.check_tensor_extents()?;
@@ -75,9 +70,14 @@ impl GgufFile {
 
     fn check_tensor_extents(&self) -> Result<()> {
         for (name, info) in &self.content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let bytes = stored_bytes(info).ok_or_else(|| {
+                Error::model_format(format!(
+                    "'{}': tensor '{name}' has an impossible shape {:?} for {:?}",
+                    self.path.display(),
+                    info.shape.dims(),
+                    info.ggml_dtype
+                ))
+            })?;
             let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > self.file_len {
                 return Err(Error::model_format(format!(
@@ -104,11 +104,7 @@ impl GgufFile {
 
     /// Total bytes of tensor data, for progress reporting.
     pub fn tensor_bytes(&self, name: &str) -> u64 {
-        self.content
-            .tensor_infos
-            .get(name)
-            .map(|i| (i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size()) as u64)
-            .unwrap_or(0)
+        self.content.tensor_infos.get(name).and_then(stored_bytes).unwrap_or(0)
     }
 
     fn value(&self, key: &str) -> Result<&gguf_file::Value> {
@@ -234,4 +230,26 @@ impl GgufFile {
             ))
         })
     }
+}
+
+/// Parses the header from memory (a vocabulary of ~50k strings), not through read calls. candle
+/// divides by `general.alignment` unchecked, so a header declaring 0 panics inside it: that is a
+/// broken file, reported as one.
+fn read_header(map: &Arc<memmap2::Mmap>) -> std::result::Result<gguf_file::Content, String> {
+    let read = || gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone())));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(content) => content.map_err(|e| candle_message(&e)),
+        Err(_) => Err("the reader failed on an out-of-range value such as general.alignment 0".into()),
+    }
+}
+
+/// Bytes a tensor's blocks take in the file; `None` when its element count overflows or is not
+/// a whole number of blocks (a crafted header, which would otherwise pass the extent check).
+fn stored_bytes(info: &gguf_file::TensorInfo) -> Option<u64> {
+    let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let block = info.ggml_dtype.block_size();
+    if elems % block != 0 {
+        return None;
+    }
+    (elems / block).checked_mul(info.ggml_dtype.type_size()).map(|b| b as u64)
 }
