@@ -318,3 +318,291 @@ pub fn apply_mask(mask: &Mask, logits: &mut [f32]) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constraint::{Compiler, Constraint};
+    use crate::model::tokenizer::{tests::smollm, Tokenizer};
+
+    /// The SmolLM-style test vocabulary: 256 byte tokens, "hello"/" world" merges, and
+    /// <|endoftext|>, <|im_start|>, <|im_end|> (two of which end a generation).
+    struct Setup {
+        tok: Arc<Tokenizer>,
+        compiler: Compiler,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let tok = Arc::new(smollm());
+            let compiler = Compiler::new(tok.clone(), tok.vocab_size(), 16);
+            Self { tok, compiler }
+        }
+
+        fn id(&self, text: &str) -> u32 {
+            self.tok.token_id(text).unwrap_or_else(|| panic!("'{text}' is a token"))
+        }
+
+        fn ids(&self, texts: &[&str]) -> Vec<u32> {
+            texts.iter().map(|t| self.id(t)).collect()
+        }
+
+        fn end(&self) -> Vec<u32> {
+            self.tok.end_of_generation().to_vec()
+        }
+
+        fn enforcer(&self, constraints: &[Constraint]) -> Enforcer {
+            let compiled = constraints.iter().map(|c| Arc::new(self.compiler.compile(c).unwrap())).collect();
+            Enforcer::new(compiled, self.tok.vocab_size(), self.end())
+        }
+
+        /// Forced tokens when there are any, else the lowest allowed id that does not end the
+        /// generation, until nothing but an end token is left. Returns the text.
+        fn drive(&self, enforcer: &mut Enforcer) -> String {
+            let mut out = Vec::new();
+            for _ in 0..64 {
+                let forced = enforcer.take_forced();
+                if !forced.is_empty() {
+                    out.extend(forced);
+                    continue;
+                }
+                let mask = enforcer.compute_mask().unwrap();
+                let Some(next) = mask.to_list().into_iter().find(|t| !self.end().contains(t)) else { break };
+                enforcer.commit(next).unwrap();
+                out.push(next);
+            }
+            self.tok.decode(&out).unwrap()
+        }
+    }
+
+    fn sorted(mut ids: Vec<u32>) -> Vec<u32> {
+        ids.sort_unstable();
+        ids
+    }
+
+    fn digits(s: &Setup) -> Vec<u32> {
+        s.ids(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
+    }
+
+    #[test]
+    fn token_masks_allow_keep_stopping_possible_and_deny() {
+        let s = Setup::new();
+        let ab = s.ids(&["a", "b"]);
+        let mask = s.enforcer(&[Constraint::token_mask("ab", ab.clone(), vec![])]).compute_mask().unwrap();
+        assert_eq!(mask.to_list(), sorted([ab.clone(), s.end()].concat()));
+
+        let stop = s.end()[0];
+        let mut no_stop = s.enforcer(&[Constraint::token_mask("ab", ab.clone(), vec![stop])]);
+        assert_eq!(no_stop.compute_mask().unwrap().to_list(), sorted([ab, s.end()[1..].to_vec()].concat()));
+
+        let deny =
+            s.enforcer(&[Constraint::token_mask("no h", vec![], vec![s.id("h")])]).compute_mask().unwrap();
+        assert_eq!(deny.num_set(), s.tok.vocab_size() - 1);
+        assert!(!deny.is_allowed(s.id("h")) && deny.is_allowed(s.id("e")));
+
+        let free = Enforcer::new(Vec::new(), s.tok.vocab_size(), s.end()).compute_mask().unwrap();
+        assert_eq!(free.num_set(), s.tok.vocab_size());
+    }
+
+    #[test]
+    fn the_allowed_set_is_the_intersection_of_every_constraint() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[
+            Constraint::token_mask("abc", s.ids(&["a", "b", "c"]), vec![]),
+            Constraint::token_mask("bcd", s.ids(&["b", "c", "d"]), vec![]),
+            Constraint::token_mask("not c", vec![], vec![s.id("c")]),
+        ]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), sorted([vec![s.id("b")], s.end()].concat()));
+        // A grammar and a mask: digits, minus the ones the mask forbids.
+        let odd = s.ids(&["1", "3", "5", "7", "9"]);
+        let mut e =
+            s.enforcer(&[Constraint::regex("number", "[0-9]+"), Constraint::token_mask("even", vec![], odd)]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), sorted(s.ids(&["0", "2", "4", "6", "8"])));
+        assert!(e.reports("stop", true).iter().all(|r| r.outcome != ConstraintOutcome::Relaxed));
+    }
+
+    #[test]
+    fn an_empty_intersection_relaxes_the_lowest_priority_and_says_so() {
+        let s = Setup::new();
+        let only_a = Constraint::token_mask("only a", s.ids(&["a"]), s.end()).with_priority(5);
+        let only_b = Constraint::token_mask("only b", s.ids(&["b"]), vec![]).with_priority(1);
+        // The lower priority goes, wherever it stands in the list.
+        for constraints in [[only_a.clone(), only_b.clone()], [only_b.clone(), only_a.clone()]] {
+            let mut e = s.enforcer(&constraints);
+            assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a"]));
+            assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a"]), "relaxed stays relaxed");
+            let reports = e.reports("stop", true);
+            let b = reports.iter().find(|r| r.name == "only b").unwrap();
+            assert_eq!((b.outcome, b.priority), (ConstraintOutcome::Relaxed, 1));
+            let why = b.reason.as_deref().unwrap();
+            assert!(why.contains("at generated token 0") && why.contains("'only a'"), "{why}");
+            assert!(why.contains("relaxed as the lowest priority"), "{why}");
+            let a = reports.iter().find(|r| r.name == "only a").unwrap();
+            assert_eq!((a.outcome, a.reason.as_deref()), (ConstraintOutcome::Satisfied, None));
+        }
+        // Among equal priorities, the one added last goes.
+        let first = Constraint::token_mask("first", s.ids(&["a"]), s.end());
+        let second = Constraint::token_mask("second", s.ids(&["b"]), s.end());
+        let mut e = s.enforcer(&[first, second]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a"]));
+        let outcomes: Vec<_> = e.reports("stop", true).into_iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ConstraintOutcome::Satisfied, ConstraintOutcome::Relaxed]);
+    }
+
+    #[test]
+    fn a_conflict_midway_relaxes_a_grammar_which_is_then_no_longer_fed() {
+        let s = Setup::new();
+        let letters = Constraint::token_mask("letters", s.ids(&["a", "b"]), s.end()).with_priority(1);
+        let mut e = s.enforcer(&[Constraint::regex("a digit", "a[0-9]"), letters]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a"]));
+        e.commit(s.id("a")).unwrap();
+        assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a", "b"]));
+        // "b" breaks the relaxed regex; it is not fed any more, so this is no error.
+        e.commit(s.id("b")).unwrap();
+        let reports = e.reports("stop", true);
+        assert_eq!(reports[0].outcome, ConstraintOutcome::Relaxed);
+        let why = reports[0].reason.as_deref().unwrap();
+        assert!(why.contains("at generated token 1") && why.contains("'letters'"), "{why}");
+        assert!(!e.grammar_finished());
+    }
+
+    #[test]
+    fn a_constraint_that_alone_allows_nothing_fails_by_name() {
+        let s = Setup::new();
+        let forbid_all = [s.ids(&["a"]), s.end()].concat();
+        let mut e = s.enforcer(&[Constraint::token_mask("nothing", s.ids(&["a"]), forbid_all)]);
+        let err = e.compute_mask().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        assert_eq!(err.message(), "constraint 'nothing' allows no token at position 0");
+    }
+
+    #[test]
+    fn grammars_allow_every_end_token_once_complete() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[Constraint::regex("number", "[0-9]+")]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), sorted(digits(&s)));
+        e.commit(s.id("4")).unwrap();
+        assert!(!e.grammar_finished(), "a number can go on");
+        // llguidance knows one EOS; every end-of-generation token of the model is let through.
+        assert_eq!(e.compute_mask().unwrap().to_list(), sorted([digits(&s), s.end()].concat()));
+        assert!(!e.compute_mask().unwrap().is_allowed(s.id("<|im_start|>")));
+    }
+
+    #[test]
+    fn a_token_the_grammar_refuses_is_an_error_naming_the_constraint() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[Constraint::regex("number", "[0-9]+")]);
+        let err = e.commit(s.id("h")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        assert!(err.message().starts_with("constraint 'number'"), "{err}");
+    }
+
+    #[test]
+    fn forced_tokens_are_taken_committed_and_counted() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[Constraint::choice("greeting", ["hello world"])]);
+        let forced = e.take_forced();
+        assert!(!forced.is_empty());
+        assert!("hello world".starts_with(&s.tok.decode(&forced).unwrap()), "{forced:?}");
+        assert_eq!(e.stats().forced_tokens, forced.len());
+        let rest = s.drive(&mut e);
+        assert_eq!(format!("{}{rest}", s.tok.decode(&forced).unwrap()), "hello world");
+        assert_eq!(e.compute_mask().unwrap().to_list(), s.end(), "only stopping is left");
+        let report = &e.reports("stop", true)[0];
+        assert_eq!((report.outcome, report.reason.as_deref()), (ConstraintOutcome::Satisfied, None));
+    }
+
+    #[test]
+    fn forced_tokens_pass_the_masks_and_need_a_single_grammar() {
+        let s = Setup::new();
+        let hello = s.id("hello");
+        let mut alone = s.enforcer(&[Constraint::choice("greeting", ["hello world"])]);
+        assert_eq!(alone.take_forced().first(), Some(&hello));
+
+        let no_hello = Constraint::token_mask("no hello", vec![], vec![hello]);
+        let mut masked = s.enforcer(&[Constraint::choice("greeting", ["hello world"]), no_hello]);
+        assert_eq!(masked.take_forced(), Vec::<u32>::new());
+        // A forced literal allows only its canonical tokens: forbidding one is a conflict, and
+        // the mask (lowest priority, added last) gives way.
+        assert_eq!(masked.compute_mask().unwrap().to_list(), [hello]);
+        assert_eq!(masked.reports("stop", true)[1].outcome, ConstraintOutcome::Relaxed);
+        assert_eq!(s.drive(&mut masked), "hello world");
+
+        let two = [Constraint::choice("greeting", ["hello world"]), Constraint::regex("h", "h.*")];
+        assert_eq!(s.enforcer(&two).take_forced(), Vec::<u32>::new());
+        let patterns = crate::constraint::ConstraintKind::Regex(vec!["hello world".into(), "h.*".into()]);
+        assert_eq!(
+            s.enforcer(&[Constraint::new("two patterns", 0, patterns)]).take_forced(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(s.enforcer(&two).stats().forced_tokens, 0);
+    }
+
+    #[test]
+    fn reports_tell_complete_incomplete_and_unproven_apart() {
+        let s = Setup::new();
+        let constraints = [
+            Constraint::regex("number", "[0-9]+").with_priority(3),
+            Constraint::token_mask("no h", vec![], vec![s.id("h")]),
+        ];
+        let mut e = s.enforcer(&constraints);
+        let incomplete = e.reports("stop", true);
+        assert_eq!((incomplete[0].name.as_str(), incomplete[0].priority), ("number", 3));
+        assert_eq!(incomplete[0].outcome, ConstraintOutcome::Violated);
+        let why = incomplete[0].reason.as_deref().unwrap();
+        assert_eq!(why, "generation ended (stop) with the output incomplete under this constraint");
+        e.commit(s.id("7")).unwrap();
+        let cut = e.reports("length", false);
+        assert_eq!(cut[0].outcome, ConstraintOutcome::Violated);
+        let why = cut[0].reason.as_deref().unwrap();
+        assert_eq!(why, "generation ended (length) before the output was checked complete");
+        let done = e.reports("stop", true);
+        assert_eq!((done[0].outcome, done[0].reason.as_deref()), (ConstraintOutcome::Satisfied, None));
+        // A mask holds for every token it saw, however generation ended.
+        for report in [&cut[1], &done[1], &incomplete[1]] {
+            assert_eq!((report.outcome, report.reason.as_deref()), (ConstraintOutcome::Satisfied, None));
+        }
+    }
+
+    #[test]
+    fn a_grammar_that_has_ended_finishes_the_generation() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[Constraint::choice("yes", ["hello"])]);
+        assert!(!e.grammar_finished());
+        e.commit(s.id("hello")).unwrap();
+        // Nothing can follow "hello": the grammar has ended, and the generation with it.
+        assert!(e.grammar_finished());
+        assert_eq!(e.reports("stop", true)[0].outcome, ConstraintOutcome::Satisfied);
+        assert!(e.commit(s.id("o")).is_err(), "an ended grammar takes no more tokens");
+    }
+
+    #[test]
+    fn stats_count_masks_and_order_percentiles() {
+        let s = Setup::new();
+        let empty = Enforcer::new(Vec::new(), s.tok.vocab_size(), s.end()).stats();
+        assert_eq!(empty, ConstraintStats::default());
+        let mut e = s.enforcer(&[Constraint::regex("number", "[0-9]+")]);
+        for _ in 0..3 {
+            e.compute_mask().unwrap();
+        }
+        let stats = e.stats();
+        assert_eq!(stats.masks_computed, 3);
+        assert!(stats.p50_mask_time_us <= stats.p99_mask_time_us, "{stats:?}");
+        assert!(stats.mean_mask_time_us > 0.0 && stats.compile_time_us > 0.0, "{stats:?}");
+    }
+
+    #[test]
+    fn apply_mask_sets_everything_outside_to_minus_infinity() {
+        let mut mask = Mask::alloc(5);
+        mask.allow_token(1);
+        mask.allow_token(3);
+        let mut logits = [0.5f32; 5];
+        apply_mask(&mask, &mut logits);
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(logits, [inf, 0.5, inf, 0.5, inf]);
+        // Logits shorter than the mask (a vocabulary padded in the tokenizer) are not overrun.
+        let mut short = [1.0f32; 2];
+        apply_mask(&mask, &mut short);
+        assert_eq!(short, [inf, 1.0]);
+    }
+}

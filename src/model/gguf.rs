@@ -60,13 +60,8 @@ impl GgufFile {
             )));
         }
         let map = Arc::new(map);
-        // The header (a vocabulary of ~50k strings) parses from memory, not through read calls.
-        let content = gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone()))).map_err(|e| {
-            Error::model_format(format!(
-                "'{}' has a corrupt or truncated GGUF header: {}",
-                path.display(),
-                candle_message(&e)
-            ))
+        let content = read_header(&map).map_err(|why| {
+            Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {why}", path.display()))
         })?;
         let this = Self { path: path.to_path_buf(), content, file_len, map };
         this.check_tensor_extents()?;
@@ -75,9 +70,14 @@ impl GgufFile {
 
     fn check_tensor_extents(&self) -> Result<()> {
         for (name, info) in &self.content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let bytes = stored_bytes(info).ok_or_else(|| {
+                Error::model_format(format!(
+                    "'{}': tensor '{name}' has an impossible shape {:?} for {:?}",
+                    self.path.display(),
+                    info.shape.dims(),
+                    info.ggml_dtype
+                ))
+            })?;
             let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > self.file_len {
                 return Err(Error::model_format(format!(
@@ -104,11 +104,7 @@ impl GgufFile {
 
     /// Total bytes of tensor data, for progress reporting.
     pub fn tensor_bytes(&self, name: &str) -> u64 {
-        self.content
-            .tensor_infos
-            .get(name)
-            .map(|i| (i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size()) as u64)
-            .unwrap_or(0)
+        self.content.tensor_infos.get(name).and_then(stored_bytes).unwrap_or(0)
     }
 
     fn value(&self, key: &str) -> Result<&gguf_file::Value> {
@@ -233,5 +229,344 @@ impl GgufFile {
                 candle_message(&e)
             ))
         })
+    }
+}
+
+/// Parses the header from memory (a vocabulary of ~50k strings), not through read calls. candle
+/// divides by `general.alignment` unchecked, so a header declaring 0 panics inside it: that is a
+/// broken file, reported as one.
+fn read_header(map: &Arc<memmap2::Mmap>) -> std::result::Result<gguf_file::Content, String> {
+    let read = || gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone())));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(content) => content.map_err(|e| candle_message(&e)),
+        Err(_) => Err("the reader failed on an out-of-range value such as general.alignment 0".into()),
+    }
+}
+
+/// Bytes a tensor's blocks take in the file; `None` when its element count overflows or is not
+/// a whole number of blocks (a crafted header, which would otherwise pass the extent check).
+fn stored_bytes(info: &gguf_file::TensorInfo) -> Option<u64> {
+    let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let block = info.ggml_dtype.block_size();
+    if elems % block != 0 {
+        return None;
+    }
+    (elems / block).checked_mul(info.ggml_dtype.type_size()).map(|b| b as u64)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::Tensor;
+    use gguf_file::Value;
+
+    use super::*;
+
+    /// Opens `bytes` as a GGUF file. The file is removed at once: the map outlives it.
+    pub(crate) fn open_bytes(bytes: &[u8]) -> Result<GgufFile> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "maze-unit-{}-{}.gguf",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        let opened = GgufFile::open(&path);
+        std::fs::remove_file(&path).unwrap();
+        opened
+    }
+
+    /// A GGUF written by candle's writer (version 2, alignment 32).
+    pub(crate) fn written(metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) -> Vec<u8> {
+        let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+        let mut out = Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &md, &ts).unwrap();
+        out.into_inner()
+    }
+
+    pub(crate) fn open_metadata(metadata: &[(&str, Value)]) -> GgufFile {
+        open_bytes(&written(metadata, &[])).unwrap()
+    }
+
+    /// GGUF bytes by hand, for headers no writer would produce.
+    struct Raw(Vec<u8>);
+
+    const TYPE_U32: u32 = 4;
+    const TYPE_STRING: u32 = 8;
+    const TYPE_ARRAY: u32 = 9;
+    const GGML_F32: u32 = 0;
+
+    impl Raw {
+        fn header(version: u32, tensors: u64, kvs: u64) -> Self {
+            let mut raw = Self(GGUF_MAGIC.to_vec());
+            raw.u32(version).u64(tensors).u64(kvs);
+            raw
+        }
+        fn u32(&mut self, v: u32) -> &mut Self {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn u64(&mut self, v: u64) -> &mut Self {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn str(&mut self, s: &str) -> &mut Self {
+            self.u64(s.len() as u64);
+            self.0.extend_from_slice(s.as_bytes());
+            self
+        }
+        fn kv_u32(&mut self, key: &str, v: u32) -> &mut Self {
+            self.str(key).u32(TYPE_U32).u32(v)
+        }
+        /// `dims` innermost first, as GGUF stores them.
+        fn tensor_info(&mut self, name: &str, dims: &[u64], ggml_type: u32, offset: u64) -> &mut Self {
+            self.str(name).u32(dims.len() as u32);
+            dims.iter().for_each(|&d| {
+                self.u64(d);
+            });
+            self.u32(ggml_type).u64(offset)
+        }
+        fn pad_to(&mut self, alignment: usize) -> &mut Self {
+            self.0.resize(self.0.len().next_multiple_of(alignment), 0);
+            self
+        }
+        fn f32s(&mut self, values: &[f32]) -> &mut Self {
+            values.iter().for_each(|v| self.0.extend_from_slice(&v.to_le_bytes()));
+            self
+        }
+    }
+
+    /// One F32 tensor of four values after one metadata entry: every part of a file, small.
+    fn small_file() -> Vec<u8> {
+        let mut raw = Raw::header(3, 1, 1);
+        raw.kv_u32("general.answer", 42).tensor_info("t", &[4], GGML_F32, 0).pad_to(32);
+        raw.f32s(&[1.0, 2.0, 3.0, 4.0]);
+        raw.0
+    }
+
+    fn format_error(bytes: &[u8]) -> Error {
+        let err = open_bytes(bytes).err().expect("the file is refused");
+        assert_eq!(err.kind(), ErrorKind::ModelFormat, "{err}");
+        assert!(!err.message().contains("candle_core::"), "no backtrace in messages: {err}");
+        err
+    }
+
+    #[test]
+    fn every_metadata_type_reads_back() {
+        let file = open_metadata(&[
+            ("u8", Value::U8(8)),
+            ("i8", Value::I8(-3)),
+            ("u16", Value::U16(16)),
+            ("i16", Value::I16(1600)),
+            ("u32", Value::U32(32)),
+            ("i32", Value::I32(3200)),
+            ("u64", Value::U64(1 << 40)),
+            ("i64", Value::I64(-1)),
+            ("f32", Value::F32(0.5)),
+            ("f64", Value::F64(0.25)),
+            ("bool", Value::Bool(true)),
+            ("str", Value::String("héllo".into())),
+            ("strs", Value::Array(vec![Value::String("a b".into()), Value::String("c".into())])),
+            ("f32s", Value::Array(vec![Value::F32(1.5), Value::F32(-2.0)])),
+            ("i32s", Value::Array(vec![Value::I32(3), Value::I32(-4)])),
+            ("nested", Value::Array(vec![Value::Array(vec![Value::U8(1)])])),
+        ]);
+        let ints = [("u8", 8), ("u16", 16), ("i16", 1600), ("u32", 32), ("i32", 3200), ("u64", 1 << 40)];
+        for (key, want) in ints {
+            assert_eq!(file.u64(key).unwrap(), want, "{key}");
+            assert_eq!(file.opt_u64(key), Some(want), "{key}");
+        }
+        for key in ["i8", "i64"] {
+            let err = file.u64(key).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ModelFormat);
+            assert!(err.message().contains("negative value -") && err.message().contains(key), "{err}");
+            assert_eq!(file.opt_u64(key), None);
+        }
+        assert_eq!(file.f32("f32").unwrap(), 0.5);
+        assert_eq!(file.f32("f64").unwrap(), 0.25);
+        assert_eq!(file.opt_f32("f64"), Some(0.25));
+        assert_eq!(file.opt_bool("bool"), Some(true));
+        assert_eq!(file.str("str").unwrap(), "héllo");
+        assert_eq!(file.opt_str("str"), Some("héllo"));
+        assert_eq!(file.str_array("strs").unwrap(), ["a b", "c"]);
+        assert_eq!(file.str_refs("strs").unwrap(), ["a b", "c"]);
+        assert_eq!(file.f32_array("f32s").unwrap(), [1.5, -2.0]);
+        assert_eq!(file.i32_array("i32s").unwrap(), [3, -4]);
+        assert!(file.has_key("nested") && !file.has_key("absent"));
+    }
+
+    #[test]
+    fn wrong_types_and_missing_keys_are_format_errors_naming_the_key() {
+        let file = open_metadata(&[
+            ("str", Value::String("x".into())),
+            ("u32", Value::U32(1)),
+            ("strs", Value::Array(vec![Value::String("x".into())])),
+            ("nested", Value::Array(vec![Value::Array(vec![Value::U8(1)])])),
+        ]);
+        let wrong = [
+            file.u64("str").unwrap_err(),
+            file.f32("u32").unwrap_err(),
+            file.str("u32").unwrap_err(),
+            file.str_array("u32").unwrap_err(),
+            file.i32_array("strs").unwrap_err(),
+            file.str_array("nested").unwrap_err(),
+        ];
+        for err in wrong {
+            assert_eq!(err.kind(), ErrorKind::ModelFormat, "{err}");
+            assert!(err.message().contains("has the wrong type"), "{err}");
+            assert!(!err.message().contains('\n'), "one line: {err}");
+        }
+        assert!(file.u64("str").unwrap_err().message().contains("'str'"));
+        let err = file.str("absent").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ModelFormat);
+        assert!(err.message().contains("lacks the GGUF metadata key 'absent'"), "{err}");
+        assert_eq!((file.opt_str("u32"), file.opt_u64("str"), file.opt_f32("str")), (None, None, None));
+        assert_eq!((file.opt_bool("str"), file.opt_str("absent")), (None, None));
+    }
+
+    #[test]
+    fn the_tensor_table_gives_layout_extent_and_data() {
+        let dev = Device::Cpu;
+        let values: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+        let tensor = |data: Vec<f32>, shape: (usize, usize), dtype| {
+            QTensor::quantize(&Tensor::from_vec(data, shape, &dev).unwrap(), dtype).unwrap()
+        };
+        let small = tensor(values.clone(), (2, 3), GgmlDType::F32);
+        let quant = tensor((0..64).map(|i| i as f32 / 64.0).collect(), (2, 32), GgmlDType::Q8_0);
+        let file = open_bytes(&written(&[], &[("small", small), ("quant", quant)])).unwrap();
+
+        assert_eq!(file.tensor_layout("small"), Some((GgmlDType::F32, vec![2, 3])));
+        assert_eq!(file.tensor_layout("quant"), Some((GgmlDType::Q8_0, vec![2, 32])));
+        assert_eq!(file.tensor_bytes("small"), 24);
+        assert_eq!(file.tensor_bytes("quant"), 2 * 34);
+        let map = file.mapped();
+        for name in ["small", "quant"] {
+            let range = file.tensor_range(name).unwrap();
+            assert_eq!(range.start % 32, 0, "{name} starts aligned");
+            assert_eq!(range.len() as u64, file.tensor_bytes(name));
+            assert!(range.end <= map.len());
+        }
+        let raw: Vec<f32> = map[file.tensor_range("small").unwrap()]
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(raw, values);
+        let read = file.tensor("small", &dev).unwrap().dequantize(&dev).unwrap();
+        assert_eq!(read.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
+
+        assert!(file.has_tensor("small") && !file.has_tensor("absent"));
+        assert_eq!((file.tensor_layout("absent"), file.tensor_bytes("absent")), (None, 0));
+        for err in [file.tensor_range("absent").unwrap_err(), file.tensor("absent", &dev).unwrap_err()] {
+            assert_eq!(err.kind(), ErrorKind::ModelFormat);
+            assert!(err.message().contains("lacks the tensor 'absent'"), "{err}");
+        }
+    }
+
+    #[test]
+    fn general_alignment_places_the_tensor_data() {
+        let mut raw = Raw::header(3, 1, 1);
+        raw.kv_u32("general.alignment", 256).tensor_info("t", &[4], GGML_F32, 0);
+        // Aligned to 32 but not to 256: the data must be looked for at the next 256.
+        raw.pad_to(32);
+        assert_ne!(raw.0.len() % 256, 0);
+        raw.pad_to(256).f32s(&[1.0, 2.0, 3.0, 4.0]);
+        let file = open_bytes(&raw.0).unwrap();
+        let range = file.tensor_range("t").unwrap();
+        assert_eq!(range.start, 256);
+        assert_eq!(&file.mapped()[range], &raw.0[256..]);
+
+        let mut zero = Raw::header(3, 0, 1);
+        zero.kv_u32("general.alignment", 0);
+        let err = format_error(&zero.0);
+        assert!(err.message().contains("general.alignment"), "{err}");
+    }
+
+    #[test]
+    fn every_truncation_is_a_format_error() {
+        let full = small_file();
+        open_bytes(&full).unwrap();
+        for keep in 0..full.len() {
+            let err = format_error(&full[..keep]);
+            let says = ["empty", "not a GGUF file", "corrupt or truncated GGUF header", "is truncated"];
+            assert!(says.iter().any(|s| err.message().contains(s)), "cut at {keep}: {err}");
+        }
+        let err = format_error(&full[..full.len() - 1]);
+        assert!(err.message().contains("tensor 't' ends at byte"), "{err}");
+    }
+
+    #[test]
+    fn bad_magic_and_versions_are_named() {
+        let err = format_error(b"GGML\x03\x00\x00\x00");
+        assert!(
+            err.message().contains("not a GGUF file") && err.message().contains("47, 47, 4d, 4c"),
+            "{err}"
+        );
+        format_error(b"GG");
+        for version in [0, 4, 99] {
+            let err = format_error(&Raw::header(version, 0, 0).0);
+            assert!(err.message().contains("corrupt or truncated GGUF header"), "{err}");
+            assert!(err.message().contains("version"), "version {version}: {err}");
+        }
+        // Version 1 counts and lengths are 32-bit: no tensors, one entry "k" = 7.
+        let mut v1 = Raw(GGUF_MAGIC.to_vec());
+        v1.u32(1).u32(0).u32(1).u32(1).0.push(b'k');
+        v1.u32(TYPE_U32).u32(7);
+        assert_eq!(open_bytes(&v1.0).unwrap().u64("k").unwrap(), 7);
+        for version in [2, 3] {
+            let mut raw = Raw::header(version, 0, 1);
+            raw.kv_u32("k", 7);
+            assert_eq!(open_bytes(&raw.0).unwrap().u64("k").unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn absurd_counts_and_shapes_are_refused_without_a_panic() {
+        let mut huge_string = Raw::header(3, 0, 1);
+        huge_string.u64(u64::MAX);
+        let mut huge_array = Raw::header(3, 0, 1);
+        huge_array.str("a").u32(TYPE_ARRAY).u32(TYPE_STRING).u64(1 << 40);
+        let mut bad_type = Raw::header(3, 0, 1);
+        bad_type.str("k").u32(77).u32(0);
+        let mut bad_bool = Raw::header(3, 0, 1);
+        bad_bool.str("k").u32(7).0.push(2);
+        let tensor = |dims: &[u64], ggml_type: u32, offset: u64| {
+            let mut raw = Raw::header(3, 1, 0);
+            raw.tensor_info("t", dims, ggml_type, offset).pad_to(32).f32s(&[0.0; 8]);
+            raw.0
+        };
+        let cases = [
+            ("tensor count", Raw::header(3, u64::MAX, 0).0),
+            ("metadata count", Raw::header(3, 0, 1 << 40).0),
+            ("string length", huge_string.0),
+            ("array length", huge_array.0),
+            ("value type", bad_type.0),
+            ("bool value", bad_bool.0),
+            ("dimensions", tensor(&[1; 9], GGML_F32, 0)),
+            ("tensor type", tensor(&[4], 999, 0)),
+            ("offset", tensor(&[4], GGML_F32, u64::MAX - 8)),
+            ("element count overflow", tensor(&[1 << 33, 1 << 33, 4], GGML_F32, 0)),
+            ("partial block", tensor(&[33], 8, 0)),
+        ];
+        for (what, bytes) in cases {
+            let err = open_bytes(&bytes).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert_eq!(err.kind(), ErrorKind::ModelFormat, "{what}: {err}");
+        }
+        let err = format_error(&tensor(&[1 << 33, 1 << 33, 4], GGML_F32, 0));
+        assert!(err.message().contains("tensor 't' has an impossible shape"), "{err}");
+    }
+
+    #[test]
+    fn files_that_are_not_files_say_so() {
+        let err = format_error(b"");
+        assert!(err.message().contains("empty or not a regular file"), "{err}");
+        let err = GgufFile::open(&std::env::temp_dir()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::ModelFormat);
+        assert!(err.message().contains("not a regular file"), "{err}");
+        let missing = std::env::temp_dir().join("maze-unit-no-such-file.gguf");
+        let err = GgufFile::open(&missing).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(err.message().contains("maze-unit-no-such-file.gguf"), "{err}");
     }
 }

@@ -576,3 +576,360 @@ impl Tokenizer {
         })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::quantized::gguf_file::Value;
+
+    use super::*;
+    use crate::model::gguf::tests::open_metadata;
+
+    /// Control tokens of the test vocabularies, after the bytes and merges.
+    pub(crate) const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    const HELLO_WORLD: &[(&str, &str)] = &[
+        ("h", "e"),
+        ("l", "l"),
+        ("he", "ll"),
+        ("hell", "o"),
+        ("Ġ", "w"),
+        ("o", "r"),
+        ("Ġw", "or"),
+        ("Ġwor", "l"),
+        ("Ġworl", "d"),
+    ];
+    const ONE_TWO_THREE: &[(&str, &str)] = &[("1", "2"), ("12", "3")];
+
+    /// Byte-level BPE metadata: the 256 byte characters, one token per merge, then `SPECIALS`.
+    pub(crate) fn byte_level_metadata(pre: &str, merges: &[(&str, &str)]) -> Vec<(&'static str, Value)> {
+        let mut tokens: Vec<String> = byte_level_chars().iter().map(char::to_string).collect();
+        tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+        tokens.extend(SPECIALS.iter().map(|s| s.to_string()));
+        let n = tokens.len();
+        let types = (0..n).map(|i| Value::I32(if i + SPECIALS.len() >= n { 3 } else { 1 })).collect();
+        let id = |text: &str| tokens.iter().position(|t| t == text).unwrap() as u32;
+        vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String(pre.into())),
+            ("tokenizer.ggml.bos_token_id", Value::U32(id("<|im_start|>"))),
+            ("tokenizer.ggml.eos_token_id", Value::U32(id("<|im_end|>"))),
+            ("tokenizer.ggml.token_type", Value::Array(types)),
+            (
+                "tokenizer.ggml.merges",
+                Value::Array(merges.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
+            ),
+            ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ]
+    }
+
+    fn set(
+        mut metadata: Vec<(&'static str, Value)>,
+        key: &'static str,
+        value: Value,
+    ) -> Vec<(&'static str, Value)> {
+        metadata.retain(|(k, _)| *k != key);
+        metadata.push((key, value));
+        metadata
+    }
+
+    pub(crate) fn build(metadata: &[(&str, Value)]) -> Result<Tokenizer> {
+        Tokenizer::from_gguf(&open_metadata(metadata))
+    }
+
+    /// The SmolLM-style tokenizer: digits split, "hello" and " world" one token each.
+    pub(crate) fn smollm() -> Tokenizer {
+        build(&byte_level_metadata("smollm", HELLO_WORLD)).unwrap()
+    }
+
+    fn texts(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&i| tok.token_text(i).unwrap().to_string()).collect()
+    }
+
+    const HARD_TEXTS: &[&str] = &[
+        "fn main() {\n    println!(\"{}\", 1 + 2);\n}\n",
+        "def f(x):\n\treturn x**2  # square\r\n",
+        "你好，世界。日本語のテキスト、한국어",
+        "🦀 👨‍👩‍👧 🇫🇷 ❤️ e\u{301}",
+        "a    b\n\n\n\nc \n \n\t\t",
+        "   leading and trailing   ",
+        "v1.2.3 on 2026-12-02: 1234567890",
+        "don't I'LL we've",
+        "<|im_start|>user\nhi<|im_end|>",
+        "\u{0}\u{7f}\u{ff}",
+    ];
+
+    #[test]
+    fn byte_level_chars_are_a_printable_bijection() {
+        let chars = byte_level_chars();
+        let distinct: HashSet<char> = chars.iter().copied().collect();
+        assert_eq!(distinct.len(), 256);
+        assert!(chars.iter().all(|&c| (c as u32) < 0x200 && !c.is_whitespace() && !c.is_control()));
+        for b in b'!'..=b'~' {
+            assert_eq!(chars[b as usize], b as char);
+        }
+        assert_eq!((chars[b' ' as usize], chars[b'\n' as usize]), ('Ġ', 'Ċ'));
+        let decoder = ByteLevelDecoder::new();
+        let all: String = chars.iter().collect();
+        assert_eq!(decoder.bytes(&all).unwrap(), (0..=255u8).collect::<Vec<_>>());
+        assert_eq!(decoder.bytes("€"), None);
+        assert_eq!(decoder.bytes(""), Some(vec![]));
+    }
+
+    #[test]
+    fn byte_tokens_parse_only_in_their_exact_form() {
+        assert_eq!(parse_byte_token("<0x0A>"), Some(b'\n'));
+        assert_eq!(parse_byte_token("<0xff>"), Some(0xFF));
+        for text in ["<0xA>", "<0x0AA>", "<0xZZ>", "0x0A", "<0x0A", "<0X0A>", ""] {
+            assert_eq!(parse_byte_token(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn each_pre_tokenizer_splits_digits_its_own_way() {
+        let cases = [
+            ("smollm", vec!["1", "2", "3", "1", "2", "3"]),
+            ("starcoder", vec!["1", "2", "3", "1", "2", "3"]),
+            ("qwen2", vec!["1", "2", "3", "1", "2", "3"]),
+            ("llama3", vec!["123", "123"]),
+            ("gpt2", vec!["123", "123"]),
+            ("default", vec!["123", "123"]),
+        ];
+        for (pre, want) in cases {
+            let tok = build(&byte_level_metadata(pre, ONE_TWO_THREE)).unwrap();
+            let ids = tok.encode("123123", false, false).unwrap();
+            assert_eq!(texts(&tok, &ids), want, "pre-tokenizer {pre}");
+        }
+        // Llama 3 groups digits by three, whatever the merges say.
+        let tok = build(&byte_level_metadata("llama3", ONE_TWO_THREE)).unwrap();
+        assert_eq!(texts(&tok, &tok.encode("12312", false, false).unwrap()), ["123", "12"]);
+        // SmolLM splits digits only: words still merge.
+        let tok = smollm();
+        assert_eq!(texts(&tok, &tok.encode("hello world", false, false).unwrap()), ["hello", "Ġworld"]);
+    }
+
+    #[test]
+    fn every_pre_tokenizer_round_trips_hard_text() {
+        for pre in ["smollm", "llama3", "qwen2", "gpt2", "olmo"] {
+            let tok = build(&byte_level_metadata(pre, HELLO_WORLD)).unwrap();
+            for &text in HARD_TEXTS {
+                for parse_special in [false, true] {
+                    let ids = tok.encode(text, false, parse_special).unwrap();
+                    assert_eq!(tok.decode(&ids).unwrap(), text, "{pre} {parse_special}: {ids:?}");
+                    // Piece by piece too: the byte table alone decodes, without the HF decoder.
+                    let pieces: Vec<u8> = ids.iter().flat_map(|&i| tok.piece(i).unwrap().to_vec()).collect();
+                    assert_eq!(pieces, text.as_bytes(), "{pre}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_pre_tokenizers_are_refused_and_a_missing_one_is_gpt2() {
+        let err = build(&byte_level_metadata("weird-pre", HELLO_WORLD)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.message().contains("'weird-pre'") && err.message().contains("tokenizer.json"), "{err}");
+        let mut metadata = byte_level_metadata("gpt2", ONE_TWO_THREE);
+        metadata.retain(|(k, _)| *k != "tokenizer.ggml.pre");
+        let tok = build(&metadata).unwrap();
+        assert_eq!(texts(&tok, &tok.encode("123", false, false).unwrap()), ["123"]);
+    }
+
+    #[test]
+    fn special_tokens_are_parsed_only_when_asked() {
+        let tok = smollm();
+        let (start, end) = (tok.token_id("<|im_start|>").unwrap(), tok.token_id("<|im_end|>").unwrap());
+        assert!(tok.is_special(start) && !tok.is_special(tok.token_id("h").unwrap()));
+        assert!(!tok.is_special(u32::MAX));
+        let text = "<|im_start|>user\nhi<|im_end|>";
+        let parsed = tok.encode(text, false, true).unwrap();
+        assert_eq!((parsed[0], *parsed.last().unwrap()), (start, end));
+        for literal in [tok.encode(text, false, false).unwrap(), tok.encode_fragment(text).unwrap()] {
+            assert!(literal.iter().all(|&id| !tok.is_special(id)), "{literal:?}");
+            assert_eq!(tok.decode(&literal).unwrap(), text);
+        }
+        assert_eq!(tok.decode(&parsed).unwrap(), text);
+        assert_eq!(tok.piece(start), Some("<|im_start|>".as_bytes()));
+    }
+
+    #[test]
+    fn bos_and_eos_are_added_as_the_metadata_says() {
+        let (bos, eos) = {
+            let tok = smollm();
+            (tok.bos().unwrap(), tok.eos().unwrap())
+        };
+        let body = smollm().encode("hello", false, false).unwrap();
+        let with = |bos_flag: Option<bool>, eos_flag: Option<bool>| {
+            let mut metadata = byte_level_metadata("smollm", HELLO_WORLD);
+            for (key, flag) in
+                [("tokenizer.ggml.add_bos_token", bos_flag), ("tokenizer.ggml.add_eos_token", eos_flag)]
+            {
+                if let Some(flag) = flag {
+                    metadata = set(metadata, key, Value::Bool(flag));
+                }
+            }
+            build(&metadata).unwrap()
+        };
+        // A byte-level BPE adds nothing unless told to.
+        assert_eq!(with(None, None).encode("hello", true, false).unwrap(), body);
+        assert_eq!(with(Some(false), Some(false)).encode("hello", true, false).unwrap(), body);
+        let both = with(Some(true), Some(true));
+        assert_eq!(both.encode("hello", true, false).unwrap(), [vec![bos], body.clone(), vec![eos]].concat());
+        assert_eq!(both.encode("hello", false, false).unwrap(), body);
+        assert_eq!(both.encode_fragment("hello").unwrap(), body);
+        assert_eq!(with(Some(true), None).encode("", true, false).unwrap(), [bos]);
+        // Ids outside the vocabulary are ignored, not trusted.
+        let metadata = set(
+            byte_level_metadata("smollm", HELLO_WORLD),
+            "tokenizer.ggml.bos_token_id",
+            Value::U32(99_999),
+        );
+        assert_eq!(build(&metadata).unwrap().bos(), None);
+    }
+
+    #[test]
+    fn end_of_generation_holds_eos_eot_and_end_of_turn_control_tokens() {
+        let tok = smollm();
+        let ids = |texts: &[&str]| -> Vec<u32> {
+            let mut ids: Vec<u32> = texts.iter().map(|t| tok.token_id(t).unwrap()).collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(tok.end_of_generation(), ids(&["<|endoftext|>", "<|im_end|>"]));
+        assert!(!tok.is_end_of_generation(tok.token_id("<|im_start|>").unwrap()));
+        let eot = tok.token_id("x").unwrap();
+        let with_eot = build(&set(
+            byte_level_metadata("smollm", HELLO_WORLD),
+            "tokenizer.ggml.eot_token_id",
+            Value::U32(eot),
+        ))
+        .unwrap();
+        assert!(with_eot.is_end_of_generation(eot));
+        // End-of-turn texts count only as control tokens, not as user-defined ones.
+        let mut metadata = byte_level_metadata("smollm", HELLO_WORLD);
+        let n = tok.vocab_size();
+        let types = (0..n)
+            .map(|i| {
+                Value::I32(if i + 3 == n {
+                    4
+                } else if i + 3 > n {
+                    3
+                } else {
+                    1
+                })
+            })
+            .collect();
+        metadata = set(metadata, "tokenizer.ggml.token_type", Value::Array(types));
+        let user_defined = build(&metadata).unwrap();
+        assert!(!user_defined.is_end_of_generation(user_defined.token_id("<|endoftext|>").unwrap()));
+        assert!(user_defined.is_end_of_generation(user_defined.eos().unwrap()));
+    }
+
+    #[test]
+    fn decoding_refuses_bad_ids_and_cut_characters() {
+        let tok = smollm();
+        let hello = tok.encode("hello", false, false).unwrap();
+        let err = tok.decode(&[hello[0], 99_999]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("token id 99999 at position 1"), "{err}");
+        let e_acute = tok.encode("é", false, false).unwrap();
+        assert_eq!(e_acute.len(), 2, "one token per byte");
+        let err = tok.decode(&[hello[0], e_acute[0]]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUtf8);
+        assert!(err.message().contains("at byte 5"), "{err}");
+        assert_eq!(tok.decode_bytes(&e_acute[..1]).unwrap(), [0xC3]);
+        assert_eq!(tok.decode(&[]).unwrap(), "");
+    }
+
+    #[test]
+    fn broken_vocabularies_are_format_errors() {
+        let good = || byte_level_metadata("smollm", HELLO_WORLD);
+        let cases = [
+            ("token types for", set(good(), "tokenizer.ggml.token_type", Value::Array(vec![Value::I32(1)]))),
+            ("the vocabulary is empty", {
+                let md = set(good(), "tokenizer.ggml.tokens", Value::Array(vec![]));
+                set(md, "tokenizer.ggml.token_type", Value::Array(vec![]))
+            }),
+            (
+                "malformed merge 'ab'",
+                set(good(), "tokenizer.ggml.merges", Value::Array(vec![Value::String("ab".into())])),
+            ),
+            (
+                "'tokenizer.ggml.tokens' has the wrong type",
+                set(good(), "tokenizer.ggml.tokens", Value::U32(3)),
+            ),
+            ("lacks the GGUF metadata key 'tokenizer.ggml.model'", {
+                let mut md = good();
+                md.retain(|(k, _)| *k != "tokenizer.ggml.model");
+                md
+            }),
+        ];
+        for (says, metadata) in cases {
+            let err = build(&metadata).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ModelFormat, "{says}: {err}");
+            assert!(err.message().contains(says), "{says}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_vocabulary_and_eos() {
+        let a = smollm().fingerprint();
+        assert_eq!(a, smollm().fingerprint());
+        let other_pre = build(&byte_level_metadata("gpt2", HELLO_WORLD)).unwrap();
+        assert_eq!(a, other_pre.fingerprint(), "the pre-tokenizer does not change what ids mean");
+        let fewer_merges = build(&byte_level_metadata("smollm", &HELLO_WORLD[..8])).unwrap();
+        assert_ne!(a, fewer_merges.fingerprint());
+        let eos =
+            set(byte_level_metadata("smollm", HELLO_WORLD), "tokenizer.ggml.eos_token_id", Value::U32(0));
+        assert_ne!(a, build(&eos).unwrap().fingerprint());
+    }
+
+    /// SentencePiece: <unk>, <s>, </s>, byte fallback, then pieces scored by position.
+    fn sentencepiece_metadata() -> Vec<(&'static str, Value)> {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for piece in ["▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello"] {
+            tokens.push(piece.into());
+            types.push(1);
+        }
+        let scores = (0..tokens.len()).map(|i| Value::F32(i as f32)).collect();
+        vec![
+            ("tokenizer.ggml.model", Value::String("llama".into())),
+            ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+            ("tokenizer.ggml.scores", Value::Array(scores)),
+            ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ]
+    }
+
+    #[test]
+    fn sentencepiece_dummy_prefix_is_optional_and_round_trips() {
+        let with_prefix = build(&sentencepiece_metadata()).unwrap();
+        assert_eq!(texts(&with_prefix, &with_prefix.encode("hello", false, false).unwrap()), ["▁hello"]);
+        assert_eq!(with_prefix.encode("hello", true, false).unwrap()[0], 1, "BOS by default");
+        // Text that starts with a special token gets no dummy prefix.
+        let ids = with_prefix.encode("<s>hello", false, true).unwrap();
+        assert_eq!(texts(&with_prefix, &ids), ["<s>", "hello"]);
+        let without =
+            build(&set(sentencepiece_metadata(), "tokenizer.ggml.add_space_prefix", Value::Bool(false)))
+                .unwrap();
+        assert_eq!(texts(&without, &without.encode("hello", false, false).unwrap()), ["hello"]);
+        for tok in [&with_prefix, &without] {
+            for text in ["hello", " hello", "  hello  hello\n", "héllo 🦀", "<s>hello</s>", ""] {
+                let ids = tok.encode(text, true, true).unwrap();
+                assert_eq!(tok.decode(&ids[1..]).unwrap(), text, "{ids:?}");
+            }
+        }
+        let err = build(&set(
+            sentencepiece_metadata(),
+            "tokenizer.ggml.scores",
+            Value::Array(vec![Value::F32(0.0)]),
+        ))
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ModelFormat);
+        assert!(err.message().contains("1 scores for 269 tokens"), "{err}");
+    }
+}

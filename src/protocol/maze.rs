@@ -292,3 +292,200 @@ pub struct ModelEntry {
     pub context_length: usize,
     pub vocab_size: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn options() -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: 12,
+            sampling: SamplingParams { seed: Some(9), top_k: 3, ..SamplingParams::greedy() },
+            stop: vec!["\n\n".into(), "END".into()],
+            timeout: Some(Duration::from_millis(1500)),
+            logprobs: true,
+            constraints: vec![
+                Constraint::regex("number", "[0-9]+").with_priority(2),
+                Constraint::token_mask("mask", vec![1, 2], vec![3]),
+            ],
+            ignore_eos: true,
+        }
+    }
+
+    fn parse(value: Value) -> serde_json::Result<GenerateRequest> {
+        serde_json::from_value(value)
+    }
+
+    #[test]
+    fn a_request_carries_every_prompt_kind_and_option_across_the_wire() {
+        let prompts = [
+            Prompt::Text("hi".into()),
+            Prompt::Tokens(vec![1, 2, 3]),
+            Prompt::Chat(vec![ChatMessage::new("user", "hi")]),
+        ];
+        for prompt in prompts {
+            let wire = serde_json::to_string(&GenerateRequest::new(&prompt, &options(), true)).unwrap();
+            let back: GenerateRequest = serde_json::from_str(&wire).unwrap();
+            assert!(back.stream);
+            assert_eq!(back.into_call().unwrap(), (prompt, options()), "{wire}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_request_takes_the_defaults_and_writes_no_empty_fields() {
+        let (prompt, opts) = parse(json!({"prompt": "x"})).unwrap().into_call().unwrap();
+        assert_eq!((prompt, opts), (Prompt::Text("x".into()), GenerateOptions::default()));
+        let wire = serde_json::to_value(GenerateRequest::new(
+            &Prompt::Text("x".into()),
+            &GenerateOptions::default(),
+            false,
+        ))
+        .unwrap();
+        let mut keys: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["logprobs", "max_tokens", "prompt", "sampling", "stream"]);
+        // A timeout under a millisecond is still a timeout; zero is none.
+        let opts = GenerateOptions { timeout: Some(Duration::from_micros(100)), ..Default::default() };
+        assert_eq!(GenerateRequest::new(&Prompt::Text("x".into()), &opts, false).timeout_ms, Some(1));
+        let (_, opts) = parse(json!({"prompt": "x", "timeout_ms": 0})).unwrap().into_call().unwrap();
+        assert_eq!(opts.timeout, None);
+    }
+
+    #[test]
+    fn requests_with_no_input_or_several_are_refused() {
+        let err = parse(json!({"max_tokens": 3})).unwrap().into_call().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("has no input"), "{err}");
+        for both in [json!({"prompt": "a", "tokens": [1]}), json!({"prompt": "a", "messages": []})] {
+            let err = parse(both).unwrap().into_call().unwrap_err();
+            assert!(err.message().contains("several inputs"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_do_not_parse() {
+        let err = parse(json!({"prompt": "a", "max_token": 3})).unwrap_err();
+        assert!(err.to_string().contains("unknown field `max_token`"), "{err}");
+        for bad in [
+            json!({"prompt": 5}),
+            json!({"tokens": [-1]}),
+            json!({"tokens": "1 2"}),
+            json!({"messages": [{"role": "user"}]}),
+            json!({"prompt": "a", "max_tokens": "ten"}),
+            json!({"prompt": "a", "stream": "yes"}),
+            json!({"prompt": "a", "stop": "END"}),
+            json!({"prompt": "a", "sampling": {"temperature": "hot"}}),
+            json!({"prompt": "a", "constraints": [{"regex": 5}]}),
+            json!({"prompt": "a", "constraints": [{"grammar": "x"}]}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_travel_as_message_status_and_type() {
+        let err = Error::new(ErrorKind::InvalidConstraint, "bad regex");
+        let body = serde_json::to_value(ErrorBody { error: WireError::from(&err) }).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"message": "bad regex", "status": "invalid_constraint", "type": ""}})
+        );
+        let back: ErrorBody =
+            serde_json::from_value(json!({"error": {"message": "m", "status": "context_overflow"}})).unwrap();
+        assert_eq!(Error::from(back.error), Error::new(ErrorKind::ContextOverflow, "m"));
+        let unknown = json!({"error": {"message": "m", "status": "teapot"}});
+        assert!(serde_json::from_value::<ErrorBody>(unknown).is_err());
+    }
+
+    fn server_response() -> Value {
+        json!({
+            "text": "42",
+            "tokens": [52, 50],
+            "logprobs": [-0.5, -0.25],
+            "finish_reason": "stop_sequence",
+            "error": null,
+            "stats": {
+                "prompt_tokens": 5, "cached_tokens": 2, "generated_tokens": 2,
+                "time_to_first_token_ms": 12.5, "total_time_ms": 40.0,
+                "prefill_tokens_per_second": 400.0, "decode_tokens_per_second": 50.0
+            },
+            "validation": {
+                "satisfied": false,
+                "constraints": [
+                    {"name": "number", "kind": "regex", "priority": 2, "outcome": "satisfied"},
+                    {"name": "mask", "kind": "token_mask", "priority": 0, "outcome": "relaxed", "reason": "why"},
+                    {"name": "new", "kind": "quantum", "priority": 0, "outcome": "violated", "reason": "r"}
+                ],
+                "stats": null
+            },
+            "provenance": {"model": "tiny", "architecture": "llama", "created_unix_ms": 123, "seed": 77}
+        })
+    }
+
+    #[test]
+    fn a_response_becomes_the_result_and_back() {
+        let response: GenerateResponse = serde_json::from_value(server_response()).unwrap();
+        let result = response.into_result(&options());
+        assert_eq!((result.text.as_str(), result.tokens.as_slice()), ("42", &[52, 50][..]));
+        assert_eq!(result.logprobs, Some(vec![-0.5, -0.25]));
+        assert_eq!(result.finish_reason, FinishReason::StopSequence);
+        assert_eq!(result.stats.time_to_first_token, Duration::from_micros(12_500));
+        assert_eq!(result.stats.total_time, Duration::from_millis(40));
+        assert_eq!((result.stats.prompt_tokens, result.stats.cached_tokens), (5, 2));
+        assert_eq!(result.validation[1].outcome, ConstraintOutcome::Relaxed);
+        assert_eq!(result.validation[1].reason.as_deref(), Some("why"));
+        assert!(!result.constraints_satisfied());
+        // Provenance: the server's model and seed, the rest from the request.
+        let p = &result.provenance;
+        assert_eq!((p.model.as_str(), p.architecture.as_str(), p.created_unix_ms), ("tiny", "llama", 123));
+        assert_eq!((p.seed, p.sampling.seed, p.sampling.top_k), (77, Some(77), 3));
+        assert_eq!((p.max_tokens, &p.stop), (12, &options().stop));
+        assert_eq!(p.constraints.len(), 2);
+
+        let again = serde_json::to_value(GenerateResponse::from_result(&result)).unwrap();
+        let sent = server_response();
+        for key in ["text", "tokens", "logprobs", "finish_reason", "stats"] {
+            assert_eq!(again[key], sent[key], "{key}");
+        }
+        let kinds: Vec<&str> = again["validation"]["constraints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["regex", "token_mask", "unknown"], "a kind Maze does not know is not trusted");
+        assert_eq!(again["validation"]["satisfied"], false);
+        assert_eq!(again["provenance"]["seed"], 77);
+    }
+
+    #[test]
+    fn a_failed_generation_keeps_its_text_and_error() {
+        let mut sent = server_response();
+        sent["finish_reason"] = json!("error");
+        sent["error"] = json!({"message": "boom", "status": "backend"});
+        sent["stats"]["total_time_ms"] = json!(-5.0);
+        let result = serde_json::from_value::<GenerateResponse>(sent).unwrap().into_result(&options());
+        assert_eq!(result.finish_reason, FinishReason::Error);
+        assert_eq!(result.error, Some(Error::new(ErrorKind::Backend, "boom")));
+        assert_eq!(result.text, "42");
+        assert_eq!(result.stats.total_time, Duration::ZERO, "a negative time is clamped");
+        let again = serde_json::to_value(GenerateResponse::from_result(&result)).unwrap();
+        assert_eq!(again["error"], json!({"message": "boom", "status": "backend", "type": ""}));
+    }
+
+    #[test]
+    fn stream_health_and_model_bodies_have_their_documented_shape() {
+        assert_eq!(serde_json::to_value(TextEvent { text: "hé".into() }).unwrap(), json!({"text": "hé"}));
+        let health: Health =
+            serde_json::from_value(json!({"status": "ok", "model": "m", "version": "0.1.0"})).unwrap();
+        assert_eq!((health.status.as_str(), health.model.as_str()), ("ok", "m"));
+        let models: Models = serde_json::from_value(json!({"models": [
+            {"name": "m", "architecture": "llama", "context_length": 2048, "vocab_size": 49152}
+        ]}))
+        .unwrap();
+        assert_eq!((models.models[0].context_length, models.models[0].vocab_size), (2048, 49152));
+        assert!(serde_json::from_value::<Models>(json!({"models": [{"name": "m"}]})).is_err());
+    }
+}

@@ -305,3 +305,222 @@ pub fn parse_finish_reason(openai: Option<&str>, maze: Option<&str>) -> FinishRe
         _ => FinishReason::Stop,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(value: Value) -> serde_json::Result<ChatRequest> {
+        serde_json::from_value(value)
+    }
+
+    fn common(value: Value) -> CommonFields {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn message_content_is_a_string_or_text_parts() {
+        let req = chat(json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]},
+            {"role": "user", "content": []}
+        ]}))
+        .unwrap();
+        let messages = req.chat_messages().unwrap();
+        let want = [
+            ChatMessage::new("system", "be brief"),
+            ChatMessage::new("user", "hello"),
+            ChatMessage::new("user", ""),
+        ];
+        assert_eq!(messages, want);
+        for part in [
+            json!({"type": "image_url", "image_url": {"url": "x"}}),
+            json!({"type": "text"}),
+            json!({"text": "x"}),
+        ] {
+            let req = chat(json!({"messages": [{"role": "user", "content": [part.clone()]}]})).unwrap();
+            let err = req.chat_messages().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{part}");
+            assert!(err.message().contains("(text only)"), "{err}");
+        }
+        let err = chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}))
+            .unwrap()
+            .chat_messages()
+            .unwrap_err();
+        assert!(err.message().contains("Some(\"image_url\")"), "the part's type is named: {err}");
+    }
+
+    #[test]
+    fn wrong_types_do_not_parse() {
+        for bad in [
+            json!({"messages": "hi"}),
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            json!({"messages": [{"content": "hi"}]}),
+            json!({"messages": [], "temperature": "hot"}),
+            json!({"messages": [], "max_tokens": -1}),
+            json!({"messages": [], "stop": 5}),
+            json!({"messages": [], "stream": "yes"}),
+        ] {
+            assert!(chat(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_value::<CompletionRequest>(json!({"prompt": 5})).is_err());
+        assert!(serde_json::from_value::<CompletionRequest>(json!({"max_tokens": 5})).is_err());
+    }
+
+    #[test]
+    fn stop_and_prompt_take_one_string_or_a_list() {
+        let one = common(json!({"stop": "END"}));
+        assert_eq!(one.stop.unwrap().into_vec(), ["END"]);
+        let many = common(json!({"stop": ["a", "b"]}));
+        assert_eq!(many.stop.unwrap().into_vec(), ["a", "b"]);
+        let prompt = |p: Value| {
+            serde_json::from_value::<CompletionRequest>(json!({"prompt": p})).unwrap().prompt_text()
+        };
+        assert_eq!(prompt(json!("hi")).unwrap(), "hi");
+        assert_eq!(prompt(json!(["hi"])).unwrap(), "hi");
+        for (list, n) in [(json!(["a", "b"]), 2), (json!([]), 0)] {
+            let err = prompt(list).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.message().contains(&format!("got {n} prompts")), "{err}");
+        }
+    }
+
+    #[test]
+    fn fields_maze_does_not_implement_are_refused_not_ignored() {
+        for fine in [json!({}), json!({"n": 1}), json!({"logit_bias": {}}), json!({"tools": null})] {
+            common(fine.clone()).check_supported().unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
+        for (bad, says) in [
+            (json!({"n": 2}), "n must be 1"),
+            (json!({"logit_bias": {"13": -100}}), "logit_bias is not supported"),
+            (json!({"tools": [{"type": "function"}]}), "tools are not supported"),
+        ] {
+            let err = common(bad).check_supported().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.message().contains(says), "{err}");
+        }
+        assert!(common(json!({"stream_options": {"include_usage": true}})).include_usage());
+        assert!(!common(json!({"stream_options": {}})).include_usage());
+        assert!(!common(json!({})).include_usage());
+    }
+
+    #[test]
+    fn response_format_maps_to_a_json_schema_constraint() {
+        for none in [json!({}), json!({"response_format": {"type": "text"}}), json!({"response_format": {}})]
+        {
+            assert_eq!(common(none).constraints().unwrap(), []);
+        }
+        let object = common(json!({"response_format": {"type": "json_object"}})).constraints().unwrap();
+        assert_eq!(object, [Constraint::json_schema("json_object", json!({"type": "object"}))]);
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let named = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}});
+        assert_eq!(common(named).constraints().unwrap(), [Constraint::json_schema("answer", schema.clone())]);
+        let unnamed = json!({"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}});
+        assert_eq!(common(unnamed).constraints().unwrap()[0].name, "response_format");
+        for (bad, says) in [
+            (json!({"type": "json_schema"}), "lacks the json_schema object"),
+            (json!({"type": "json_schema", "json_schema": {"name": "x"}}), "lacks schema"),
+            (json!({"type": "xml"}), "'xml' is not one of text, json_object, json_schema"),
+        ] {
+            let err = common(json!({"response_format": bad})).constraints().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.message().contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn structured_outputs_map_to_their_constraint_kinds() {
+        let all = common(json!({
+            "response_format": {"type": "json_object"},
+            "structured_outputs": {"json": "{\"type\": \"array\"}", "regex": "[0-9]+", "choice": ["y", "n"], "grammar": "start: \"x\""}
+        }))
+        .constraints()
+        .unwrap();
+        assert_eq!(
+            all,
+            [
+                Constraint::json_schema("json_object", json!({"type": "object"})),
+                Constraint::json_schema("structured_outputs.json", json!({"type": "array"})),
+                Constraint::regex("structured_outputs.regex", "[0-9]+"),
+                Constraint::choice("structured_outputs.choice", ["y", "n"]),
+                Constraint::lark("structured_outputs.grammar", "start: \"x\""),
+            ]
+        );
+        let as_object =
+            common(json!({"structured_outputs": {"json": {"type": "string"}}})).constraints().unwrap();
+        assert_eq!(as_object[0].kind, ConstraintKind::JsonSchema(json!({"type": "string"})));
+        let err = common(json!({"structured_outputs": {"json": "{not json"}})).constraints().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        assert!(err.message().contains("structured_outputs.json is not JSON"), "{err}");
+    }
+
+    #[test]
+    fn one_constraint_is_sent_and_read_back_as_the_same_kind() {
+        let schema = json!({"type": "object"});
+        let sendable = [
+            Constraint::json_schema("", schema.clone()),
+            Constraint::regex("r", "[a-z]+"),
+            Constraint::choice("c", ["yes", "no"]),
+            Constraint::lark("g", "start: \"x\""),
+        ];
+        for chat in [true, false] {
+            for c in &sendable {
+                let mut fields = CommonFields::default();
+                fields.set_constraints(std::slice::from_ref(c), chat).unwrap();
+                let wire: CommonFields =
+                    serde_json::from_value(serde_json::to_value(&fields).unwrap()).unwrap();
+                let back = wire.constraints().unwrap();
+                assert_eq!(back.len(), 1);
+                assert_eq!(back[0].kind, c.kind, "chat {chat}");
+            }
+        }
+        let mut fields = CommonFields::default();
+        fields.set_constraints(&[Constraint::json_schema("", schema.clone())], true).unwrap();
+        let format = fields.response_format.unwrap();
+        assert_eq!(format["json_schema"]["name"], "output");
+        assert_eq!(format["json_schema"]["strict"], true);
+        let mut fields = CommonFields::default();
+        fields.set_constraints(&[], true).unwrap();
+        assert!(fields.response_format.is_none() && fields.structured_outputs.is_none());
+    }
+
+    #[test]
+    fn what_one_structured_output_cannot_carry_is_refused() {
+        let two_patterns =
+            Constraint::new("both", 0, ConstraintKind::Regex(vec!["a.*".into(), ".*b".into()]));
+        let cases = [
+            (
+                vec![Constraint::token_mask("m", vec![], vec![1])],
+                "constraint 'm': token masks cannot be enforced",
+            ),
+            (vec![two_patterns], "constraint 'both': 2 regexes that must all match"),
+            (vec![Constraint::regex("a", "a"), Constraint::regex("b", "b")], "2 constraints at once"),
+        ];
+        for (constraints, says) in cases {
+            let err = CommonFields::default().set_constraints(&constraints, true).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.message().contains(says) && err.message().contains("use the Maze protocol"), "{err}");
+        }
+    }
+
+    #[test]
+    fn finish_reasons_map_both_ways() {
+        let openai = [
+            (FinishReason::Stop, "stop"),
+            (FinishReason::StopSequence, "stop"),
+            (FinishReason::Length, "length"),
+            (FinishReason::Cancelled, "length"),
+            (FinishReason::Timeout, "length"),
+            (FinishReason::Error, "length"),
+        ];
+        for (reason, name) in openai {
+            assert_eq!(finish_reason(reason), name, "{reason:?}");
+            // Maze's own name, from the `maze` extension, wins over the OpenAI one.
+            assert_eq!(parse_finish_reason(Some(name), Some(reason.as_str())), reason);
+        }
+        assert_eq!(parse_finish_reason(Some("length"), None), FinishReason::Length);
+        assert_eq!(parse_finish_reason(Some("stop"), None), FinishReason::Stop);
+        assert_eq!(parse_finish_reason(Some("content_filter"), None), FinishReason::Stop);
+        assert_eq!(parse_finish_reason(None, None), FinishReason::Stop);
+    }
+}

@@ -117,4 +117,51 @@ mod tests {
         let mut p = SseParser::new(64);
         assert!(p.push(b"data: \xff\xfe\n\n").is_err());
     }
+
+    fn events(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new(1 << 10);
+        chunks.iter().flat_map(|c| p.push(c).unwrap()).collect()
+    }
+
+    fn data(text: &str) -> SseEvent {
+        SseEvent { event: None, data: text.into() }
+    }
+
+    #[test]
+    fn blocks_without_data_are_no_events_and_unknown_fields_are_ignored() {
+        assert_eq!(events(&[b": ping\n\n", b"event: result\n\n", b"\n\n"]), []);
+        assert_eq!(events(&[b"id: 3\nretry: 10\nfoo: bar\ndata: d\n\n"]), [data("d")]);
+    }
+
+    #[test]
+    fn field_values_lose_one_leading_space_only() {
+        let got = events(&[b"data\n\ndata:tight\n\ndata:  two\n\ndata: a: b\n\n"]);
+        assert_eq!(got, [data(""), data("tight"), data(" two"), data("a: b")]);
+        let named = events(&[b"event:result\ndata: {}\n\n"]);
+        assert_eq!(named, [SseEvent { event: Some("result".into()), data: "{}".into() }]);
+    }
+
+    #[test]
+    fn characters_and_blank_lines_split_across_chunks_reassemble() {
+        let text = "data: h\u{e9}llo \u{1f980}\n\n".as_bytes();
+        for cut in 1..text.len() {
+            assert_eq!(events(&[&text[..cut], &text[cut..]]), [data("h\u{e9}llo \u{1f980}")], "cut at {cut}");
+        }
+        assert_eq!(events(&[b"data: a\r\n\r", b"\n"]), [data("a")]);
+        assert_eq!(events(&[b"data: a\r\rdata: b\r\r"]), [data("a"), data("b")]);
+    }
+
+    #[test]
+    fn the_size_limit_applies_to_an_unfinished_event_only() {
+        let mut p = SseParser::new(32);
+        let event = b"data: twenty bytes long\n\n";
+        for _ in 0..10 {
+            assert_eq!(p.push(event).unwrap().len(), 1, "complete events of any total size pass");
+        }
+        assert!(p.push(b"data: 0123456789").unwrap().is_empty());
+        assert_eq!(p.pending(), 16);
+        let err = p.push(b"0123456789012345678").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Backend);
+        assert!(err.message().contains("35 bytes without ending an event"), "{err}");
+    }
 }
