@@ -42,6 +42,8 @@ model:
 lib:
 	$(CARGO) build --release --lib
 
+# Every test target, maze-server and the example included: the crate's dev-dependency on itself
+# turns on the `server` and `testing` features the library build leaves out.
 rust-test:
 	MAZE_MODEL="$(MODEL)" $(CARGO) test --release
 
@@ -103,7 +105,7 @@ pkgconfig: lib
 # The Go module: vet, the whole suite under the race detector (static link), the linking
 # variants (shared library, pkg-config), and the example program.
 server: lib
-	$(CARGO) build --release --bin maze-server
+	$(CARGO) build --release --features server --bin maze-server
 
 go-test: model lib pkgconfig server
 	cd bindings/go && $(GOENV) $(GO) vet ./...
