@@ -42,6 +42,8 @@ model:
 lib:
 	$(CARGO) build --release --lib
 
+# Every test target, maze-server and the example included: the crate's dev-dependency on itself
+# turns on the `server`, `testing` and `cli` features the library build leaves out.
 rust-test:
 	MAZE_MODEL="$(MODEL)" $(CARGO) test --release
 
@@ -103,7 +105,7 @@ pkgconfig: lib
 # The Go module: vet, the whole suite under the race detector (static link), the linking
 # variants (shared library, pkg-config), and the example program.
 server: lib
-	$(CARGO) build --release --bin maze-server
+	$(CARGO) build --release --features server,cli --bin maze-server
 
 go-test: model lib pkgconfig server
 	cd bindings/go && $(GOENV) $(GO) vet ./...
@@ -138,7 +140,7 @@ cuda:
 
 bench: model
 	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
-	$(CARGO) run --release --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
+	$(CARGO) run --release --features cli --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -25,7 +25,9 @@ pub mod model;
 pub mod protocol;
 pub mod result;
 pub mod sampling;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 

@@ -1,74 +1,58 @@
 //! Benchmarks the engine on a model: load time, memory, prefill and decode speed, aggregate
 //! speed of concurrent sessions, constraint costs (medians of several runs); with
 //! `--llama-bench` also llama.cpp's llama-bench on the same file in the same run. Optionally
-//! writes docs/BENCHMARKS.md.
+//! writes docs/BENCHMARKS.md. `maze-bench --help` lists the flags.
 //!
-//!   maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G]
-//!              [--llama-bench PATH] [--write FILE]
 //!   maze-bench --model MODEL.gguf --sessions-only 1,8   (only the concurrent measure, for profiling)
 //!   maze-bench --model MODEL.gguf --load-only           (only the load times, for profiling)
 
+use std::num::ParseIntError;
 use std::time::Instant;
 
+use clap::Parser;
 use maze::{Constraint, Engine, EngineConfig, GenerateOptions, Prompt, SamplingParams};
 use serde_json::json;
 
+/// Benchmarks Maze on a GGUF model (load, memory, prefill, decode, concurrent sessions,
+/// constraints), optionally beside llama.cpp's llama-bench, and can write docs/BENCHMARKS.md.
+#[derive(Parser)]
+#[command(version, about)]
 struct Args {
+    /// The GGUF model file.
+    #[arg(long, env = "MAZE_MODEL", value_name = "MODEL.gguf")]
     model: String,
+    /// Measured runs of each measure, after one warm-up run; medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 5)]
     runs: usize,
+    /// Compute threads (llama-bench gets as many).
+    #[arg(long, value_name = "T", default_value_t = 2)]
     threads: usize,
+    /// Prompt length of the prefill measure.
+    #[arg(long, value_name = "P", default_value_t = 128)]
     prompt_tokens: usize,
+    /// Tokens each decode measure generates.
+    #[arg(long, value_name = "G", default_value_t = 128)]
     gen_tokens: usize,
+    /// llama.cpp's llama-bench, run on the same model, threads and sizes.
+    #[arg(long, value_name = "PATH")]
     llama_bench: Option<String>,
+    /// Also write the results as Markdown (what docs/BENCHMARKS.md holds).
+    #[arg(long, value_name = "FILE")]
     write: Option<String>,
     /// Only the concurrent-sessions measure, with these session counts (for profiling).
+    #[arg(long, value_name = "N,M,...", value_delimiter = ',', value_parser = session_count)]
     sessions_only: Option<Vec<usize>>,
-    /// Only the load time (for profiling).
+    /// Only the load times (for profiling).
+    #[arg(long)]
     load_only: bool,
     /// Load once, print the milliseconds and exit (how the fresh-process measure runs itself).
+    #[arg(long, hide = true)]
     one_load: bool,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        model: String::new(),
-        runs: 5,
-        threads: 2,
-        prompt_tokens: 128,
-        gen_tokens: 128,
-        llama_bench: None,
-        write: None,
-        sessions_only: None,
-        load_only: false,
-        one_load: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value()?,
-            "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
-            "--prompt-tokens" => {
-                a.prompt_tokens = value()?.parse().map_err(|e| format!("--prompt-tokens: {e}"))?
-            }
-            "--gen-tokens" => a.gen_tokens = value()?.parse().map_err(|e| format!("--gen-tokens: {e}"))?,
-            "--write" => a.write = Some(value()?),
-            "--llama-bench" => a.llama_bench = Some(value()?),
-            "--sessions-only" => {
-                let list =
-                    value()?.split(',').map(|n| n.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
-                a.sessions_only = Some(list.map_err(|e| format!("--sessions-only: {e}"))?);
-            }
-            "--load-only" => a.load_only = true,
-            "--one-load" => a.one_load = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if a.model.is_empty() {
-        return Err("--model is required".into());
-    }
-    Ok(a)
+/// One entry of `--sessions-only`, spaces around it allowed.
+fn session_count(s: &str) -> Result<usize, ParseIntError> {
+    s.trim().parse()
 }
 
 fn median(v: Vec<f64>) -> f64 {
@@ -378,44 +362,73 @@ fn load_or_exit(config: &EngineConfig) -> Engine {
 }
 
 fn main() {
-    let args = parse().unwrap_or_else(|e| {
-        eprintln!("error: {e}\nusage: maze-bench --model MODEL.gguf [--runs N] [--threads T] [--prompt-tokens P] [--gen-tokens G] [--llama-bench PATH] [--write FILE] [--sessions-only N,M,...] [--load-only]");
-        std::process::exit(2);
-    });
-    // No retired prefixes: every measured session computes its whole prompt.
-    let config = EngineConfig {
+    let args = Args::parse();
+    let config = engine_config(&args);
+    if args.one_load {
+        print_one_load(&config);
+        return;
+    }
+    if let Some(counts) = &args.sessions_only {
+        print_sessions_only(&config, &args, counts);
+        return;
+    }
+    let (engine, load) = measure_load(&config, &args);
+    if args.load_only {
+        print_load(load.fresh_ms, load.again_ms, args.runs);
+        return;
+    }
+    let report = measure(&engine, load, &args);
+    print_report(&report, &args);
+    if let Some(path) = &args.write {
+        write_report(&report, &args, path);
+    }
+}
+
+/// No retired prefixes: every measured session computes its whole prompt.
+fn engine_config(args: &Args) -> EngineConfig {
+    EngineConfig {
         model_path: args.model.clone().into(),
         threads: args.threads,
         seed: Some(1),
         prefix_cache_bytes: Some(0),
         ..Default::default()
-    };
-    if args.one_load {
-        let t = Instant::now();
-        let engine = load_or_exit(&config);
-        println!("{}", t.elapsed().as_secs_f64() * 1e3);
-        drop(engine);
-        return;
     }
-    if let Some(counts) = &args.sessions_only {
-        let engine = load_or_exit(&config);
-        let base = base_prompt(&engine);
-        for &n in counts {
-            let (decode, end_to_end) = bench_concurrent(&engine, &base, &args, n);
-            print_concurrent(n, decode, end_to_end, args.runs);
-        }
-        return;
-    }
+}
 
-    // Load time: first load warms the page cache; the median of the rest is reported, and the
-    // median of as many fresh processes.
+fn print_one_load(config: &EngineConfig) {
+    let t = Instant::now();
+    let engine = load_or_exit(config);
+    println!("{}", t.elapsed().as_secs_f64() * 1e3);
+    drop(engine);
+}
+
+fn print_sessions_only(config: &EngineConfig, args: &Args, counts: &[usize]) {
+    let engine = load_or_exit(config);
+    let base = base_prompt(&engine);
+    for &n in counts {
+        let (decode, end_to_end) = bench_concurrent(&engine, &base, args, n);
+        print_concurrent(n, decode, end_to_end, args.runs);
+    }
+}
+
+/// Load times (ms, medians) and resident memory (MiB) around the first load.
+struct LoadNumbers {
+    fresh_ms: f64,
+    again_ms: f64,
+    rss_before: f64,
+    rss_loaded: f64,
+}
+
+/// The first load warms the page cache; the median of the rest is reported, and the median of
+/// as many fresh processes. Returns the last engine loaded.
+fn measure_load(config: &EngineConfig, args: &Args) -> (Engine, LoadNumbers) {
     let rss_before = rss_mib();
     let mut rss_loaded = 0.0;
     let mut loads = Vec::new();
     let mut engine = None;
     for _ in 0..=args.runs {
         let t = Instant::now();
-        let e = load_or_exit(&config);
+        let e = load_or_exit(config);
         loads.push(t.elapsed().as_secs_f64() * 1e3);
         if engine.is_none() {
             rss_loaded = rss_mib();
@@ -423,17 +436,21 @@ fn main() {
         engine = Some(e);
     }
     loads.remove(0);
-    let fresh_load_ms = fresh_process_load(&args);
-    if args.load_only {
-        print_load(fresh_load_ms, median(loads), args.runs);
-        return;
-    }
-    let engine = engine.expect("loaded");
+    let fresh_ms = fresh_process_load(args);
+    let load = LoadNumbers { fresh_ms, again_ms: median(loads), rss_before, rss_loaded };
+    (engine.expect("loaded"), load)
+}
 
-    // A prompt of exactly `prompt_tokens` tokens and exactly `gen_tokens` generated tokens, like
-    // llama-bench's pp and tg tests.
-    let base = base_prompt(&engine);
-    let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
+/// Single-stream medians: prefill and decode tokens/s, generated tokens.
+struct SingleStream {
+    prefill: f64,
+    decode: f64,
+    generated: f64,
+}
+
+/// A prompt of exactly `prompt_tokens` tokens and exactly `gen_tokens` generated tokens, like
+/// llama-bench's pp and tg tests.
+fn bench_single_stream(engine: &Engine, prompt: &[u32], args: &Args) -> SingleStream {
     let sampling = SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() };
     let opts =
         GenerateOptions { max_tokens: args.gen_tokens, sampling, ignore_eos: true, ..Default::default() };
@@ -442,7 +459,7 @@ fn main() {
     let mut generated = Vec::new();
     for run in 0..=args.runs {
         let session = engine.new_session(); // fresh KV cache: nothing reused
-        let r = session.generate(&Prompt::Tokens(prompt.clone()), &opts).expect("generate");
+        let r = session.generate(&Prompt::Tokens(prompt.to_vec()), &opts).expect("generate");
         if run == 0 {
             continue; // warm-up
         }
@@ -450,42 +467,95 @@ fn main() {
         decode.push(r.stats.decode_tokens_per_second);
         generated.push(r.stats.generated_tokens as f64);
     }
-    let (load_ms, pp, tg, gen) = (median(loads), median(prefill), median(decode), median(generated));
+    SingleStream { prefill: median(prefill), decode: median(decode), generated: median(generated) }
+}
+
+/// Everything a full run measures.
+struct Report {
+    model_name: String,
+    cpu: String,
+    compute: String,
+    load: LoadNumbers,
+    single: SingleStream,
+    rss_after_runs: f64,
+    /// (sessions, aggregate decode tokens/s, end-to-end tokens/s).
+    concurrent: Vec<(usize, f64, f64)>,
+    /// Tokens of the shared-prefix measure's opening.
+    opening_len: usize,
+    ttft_cold: f64,
+    ttft_shared: f64,
+    constrained: ConstraintNumbers,
+    /// The same schema without string length bounds or pattern.
+    unbounded: ConstraintNumbers,
+    /// llama.cpp's (prefill, decode) tokens/s, when asked for.
+    llama: Option<Result<(f64, f64), String>>,
+}
+
+fn measure(engine: &Engine, load: LoadNumbers, args: &Args) -> Report {
+    let base = base_prompt(engine);
+    let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
+    let single = bench_single_stream(engine, &prompt, args);
     let rss_after_runs = rss_mib();
-    let concurrent: Vec<(usize, f64, f64)> = [1, 4, 8]
+    let concurrent = [1, 4, 8]
         .into_iter()
         .map(|n| {
-            let (decode, end_to_end) = bench_concurrent(&engine, &base, &args, n);
+            let (decode, end_to_end) = bench_concurrent(engine, &base, args, n);
             (n, decode, end_to_end)
         })
         .collect();
     let opening: Vec<u32> = base.iter().cycle().take(4 * args.prompt_tokens).copied().collect();
-    let (ttft_cold, ttft_shared) = bench_shared_prefix(&engine, &opening, &args);
-    let cn = bench_constraints(&engine, &prompt, &args, catalog_schema(true));
-    let unbounded = bench_constraints(&engine, &prompt, &args, catalog_schema(false));
-    let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, &args));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    let (ttft_cold, ttft_shared) = bench_shared_prefix(engine, &opening, args);
+    let constrained = bench_constraints(engine, &prompt, args, catalog_schema(true));
+    let unbounded = bench_constraints(engine, &prompt, args, catalog_schema(false));
+    let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, args));
+    Report {
+        model_name: file_name(&args.model),
+        cpu: cpu_name(),
+        compute: engine.info().compute.clone(),
+        load,
+        single,
+        rss_after_runs,
+        concurrent,
+        opening_len: opening.len(),
+        ttft_cold,
+        ttft_shared,
+        constrained,
+        unbounded,
+        llama,
+    }
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("model name"))
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let model_name = std::path::Path::new(&args.model)
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    println!("model        {model_name}");
-    print_load(fresh_load_ms, load_ms, args.runs);
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn file_name(path: &str) -> String {
+    std::path::Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn print_report(r: &Report, args: &Args) {
+    let (pp, tg, gen) = (r.single.prefill, r.single.decode, r.single.generated);
+    let (cn, unbounded) = (&r.constrained, &r.unbounded);
+    println!("model        {}", r.model_name);
+    print_load(r.load.fresh_ms, r.load.again_ms, args.runs);
     println!("prefill      {pp:.1} tokens/s ({} prompt tokens, median of {})", args.prompt_tokens, args.runs);
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
-    println!("memory       RSS {rss_before:.0} MiB before load, {rss_loaded:.0} MiB after the first load, {rss_after_runs:.0} MiB after the runs");
-    for (n, decode, end_to_end) in &concurrent {
+    println!(
+        "memory       RSS {:.0} MiB before load, {:.0} MiB after the first load, {:.0} MiB after the runs",
+        r.load.rss_before, r.load.rss_loaded, r.rss_after_runs
+    );
+    for (n, decode, end_to_end) in &r.concurrent {
         print_concurrent(*n, *decode, *end_to_end, args.runs);
     }
-    println!("shared       {}-token opening: first token after {ttft_cold:.1} ms computed, {ttft_shared:.1} ms copied from a live session", opening.len());
-    println!("compute      {}", engine.info().compute);
+    println!("shared       {}-token opening: first token after {:.1} ms computed, {:.1} ms copied from a live session", r.opening_len, r.ttft_cold, r.ttft_shared);
+    println!("compute      {}", r.compute);
     println!("constraint   first compile {:.0} ms (builds the token trie), cold compile {:.0} µs, cache hit p50 {:.2} µs / p99 {:.2} µs", cn.first_compile_ms, cn.cold_us, cn.hit_p50_us, cn.hit_p99_us);
     println!(
         "mask         mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs per sampled token (replayed, warm caches)",
@@ -503,7 +573,7 @@ fn main() {
         cn.decode / tg
     );
     println!("unbounded    mask mean {:.1} µs replayed, {:.1} µs in loop (same schema without string length bounds)", unbounded.replay_mean_us, unbounded.mask_mean_us);
-    match &llama {
+    match &r.llama {
         Some(Ok((lpp, ltg))) => println!(
             "llama.cpp    prefill {lpp:.1} tokens/s, decode {ltg:.1} tokens/s -> Maze {:.2}x / {:.2}x",
             pp / lpp,
@@ -512,107 +582,155 @@ fn main() {
         Some(Err(e)) => println!("llama.cpp    not measured: {e}"),
         None => println!("llama.cpp    not measured (pass --llama-bench PATH; make bench builds it)"),
     }
+}
 
-    if let Some(path) = args.write {
-        let cmd = format!(
-            "maze-bench --model {model_name} --runs {} --threads {} --prompt-tokens {} --gen-tokens {} --llama-bench llama-bench --write {path}",
-            args.runs, args.threads, args.prompt_tokens, args.gen_tokens
-        );
-        let (pt, gt, runs, threads) = (args.prompt_tokens, args.gen_tokens, args.runs, args.threads);
-        let compute = &engine.info().compute;
-        let llama_rows = match &llama {
-            Some(Ok((lpp, ltg))) => format!(
-                "| llama.cpp (llama-bench, same run) | {lpp:.1} | {ltg:.1} |\n| **Maze / llama.cpp** | **{:.2}×** | **{:.2}×** |\n",
-                pp / lpp,
-                tg / ltg
-            ),
-            Some(Err(e)) => format!("| llama.cpp | not measured: {e} | |\n"),
-            None => "| llama.cpp | not measured in this run | |\n".to_string(),
-        };
-        let single = concurrent.first().map(|c| c.1).unwrap_or(0.0);
-        let concurrency_rows: String = concurrent
-            .iter()
-            .map(|(n, decode, end_to_end)| {
-                format!("| {n} | {decode:.1} | {:.2}× | {end_to_end:.1} |\n", decode / single.max(1e-9))
-            })
-            .collect();
-        let doc = format!(
-            "# Benchmarks\n\n\
-             Produced by `make bench`, which fetches the model, builds llama.cpp's `llama-bench` from the \
-             llama-cpp-python sdist (scripts/build-llama-bench.sh) and runs\n\n```\n{cmd}\n```\n\n\
-             Machine: {cpu}, {threads} threads. Compute path: {compute}. Medians of {runs} runs after one \
-             warm-up run; each run uses a fresh session (no KV reuse).\n\n\
-             ## Single stream\n\n\
-             | | prefill tokens/s (pp{pt}) | decode tokens/s (tg{gt}) |\n|---|---|---|\n\
-             | Maze | {pp:.1} | {tg:.1} ({gen:.0} tokens generated) |\n{llama_rows}\n\
-             Targets (issue 8): ≥ 1.2× llama.cpp for both. Prefill = prompt tokens / time from the start of the \
-             prompt computation to the first sampled token. Decode = (generated tokens − 1) / time after the first \
-             token, sampling included. llama-bench measures its own pp{pt} and tg{gt} tests.\n\n\
-             ## Load and memory\n\n\
-             | measure | value |\n|---|---|\n\
-             | load (`Engine::load`, file in the page cache), first in a fresh process | {fresh_load_ms:.0} ms |\n\
-             | load again in the same process | {load_ms:.0} ms |\n\
-             | resident memory before loading | {rss_before:.0} MiB |\n\
-             | resident memory after loading | {rss_loaded:.0} MiB |\n\
-             | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n\
-             ## Concurrent sessions\n\n\
-             Several sessions on one engine, each generating exactly {gt} tokens (`ignore_eos`) from its own \
-             32-token prompt (none copies another's prefix); the model worker batches every active session into \
-             one forward pass per step. Aggregate decode = tokens after each session's first / time from the \
-             moment every session has its first token (all prompts computed) to the last token. End to end = \
-             all generated tokens / time from the first request to the last result (prefill included).\n\n\
-             | sessions | aggregate decode tokens/s | vs 1 session | end to end tokens/s |\n|---|---|---|---|\n{concurrency_rows}\n\
-             Target (issue 8): 8 sessions ≥ 3× the single-session aggregate.\n\n\
-             ## Shared prompt prefix\n\n\
-             A second session whose {ol}-token prompt opens like a live session's copies those keys and values \
-             instead of computing them (prefix cache).\n\n\
-             | | time to first token |\n|---|---|\n\
-             | prompt computed | {ttft_cold:.1} ms |\n\
-             | same opening, copied | {ttft_shared:.1} ms |\n\n\
-             ## Constraints\n\n\
-             Schema: an array of exactly 40 product objects (pattern, maxLength, number bounds, enum array), long \
-             enough that every run reaches max_tokens like the unconstrained one.\n\n\
-             | measure | value | target |\n|---|---|---|\n\
-             | first compile on an engine (builds token trie + parser factory) | {fc:.0} ms | |\n\
-             | compile, cold (cache cleared; median of 20) | {cold:.0} µs | |\n\
-             | compile, cache hit (p50 / p99 of 2000) | {hp50:.2} / {hp99:.2} µs | ≤ 5 µs |\n\
-             | mask per sampled token, replayed back to back (warm CPU caches): mean / p50 / p99 | {rm:.1} / {rp50:.1} / {rp99:.1} µs | mean ≤ 50 µs |\n\
-             | mask per token in the decode loop (wall time while overlapping the forward pass): mean / p50 / p99 | {mm:.1} / {mp50:.1} / {mp99:.1} µs | |\n\
-             | the same schema without string length bounds or pattern: mask mean, replayed / in the loop | {um:.1} / {uml:.1} µs | |\n\
-             | decode, constrained | {cd:.1} tokens/s ({cg:.0} tokens, {cf:.0} of them forced) | |\n\
-             | constrained / unconstrained decode | {ratio:.2}× | ≥ 0.98× |\n\n\
-             The mask for the next token is computed while the forward pass runs (rayon::join), so it costs \
-             decode time only where it outlasts the forward pass. Its own cost depends on the schema: inside a \
-             string with a length bound (maxLength, or a pattern) llguidance 1.9.1 cannot use its precomputed \
-             token-set slices and walks the whole 49k-token trie (≈100 µs a token here); elsewhere a mask takes a \
-             few µs. In the loop each mask also starts with CPU caches the forward pass has just evicted \
-             (flushing 64 MB before each replayed mask adds ≈25–30 µs). The mean therefore moves with what the \
-             model writes. Forced tokens (keys, punctuation the schema dictates) are appended without sampling and \
-             computed in one forward call.\n",
-            ol = opening.len() + 1,
-            loads = runs + 1,
-            runs1 = runs + 1,
-            fc = cn.first_compile_ms,
-            cold = cn.cold_us,
-            hp50 = cn.hit_p50_us,
-            hp99 = cn.hit_p99_us,
-            rm = cn.replay_mean_us,
-            rp50 = cn.replay_p50_us,
-            rp99 = cn.replay_p99_us,
-            mm = cn.mask_mean_us,
-            mp50 = cn.mask_p50_us,
-            mp99 = cn.mask_p99_us,
-            um = unbounded.replay_mean_us,
-            uml = unbounded.mask_mean_us,
-            cd = cn.decode,
-            cg = cn.generated,
-            cf = cn.forced,
-            ratio = cn.decode / tg,
-        );
-        std::fs::write(&path, doc).unwrap_or_else(|e| {
-            eprintln!("error: cannot write {path}: {e}");
-            std::process::exit(1);
-        });
-        println!("wrote {path}");
-    }
+fn write_report(r: &Report, args: &Args, path: &str) {
+    std::fs::write(path, benchmarks_doc(r, args, path)).unwrap_or_else(|e| {
+        eprintln!("error: cannot write {path}: {e}");
+        std::process::exit(1);
+    });
+    println!("wrote {path}");
+}
+
+/// docs/BENCHMARKS.md: the command, the machine, then one section per measure.
+fn benchmarks_doc(r: &Report, args: &Args, path: &str) -> String {
+    [
+        doc_intro(r, args, path),
+        doc_single_stream(r, args),
+        doc_load(r, args),
+        doc_concurrency(r, args),
+        doc_shared_prefix(r),
+        doc_constraints(r),
+    ]
+    .concat()
+}
+
+fn doc_intro(r: &Report, args: &Args, path: &str) -> String {
+    let cmd = format!(
+        "maze-bench --model {} --runs {} --threads {} --prompt-tokens {} --gen-tokens {} --llama-bench llama-bench --write {path}",
+        r.model_name, args.runs, args.threads, args.prompt_tokens, args.gen_tokens
+    );
+    let (cpu, threads, compute, runs) = (&r.cpu, args.threads, &r.compute, args.runs);
+    format!(
+        "# Benchmarks\n\n\
+         Produced by `make bench`, which fetches the model, builds llama.cpp's `llama-bench` from the \
+         llama-cpp-python sdist (scripts/build-llama-bench.sh) and runs\n\n```\n{cmd}\n```\n\n\
+         Machine: {cpu}, {threads} threads. Compute path: {compute}. Medians of {runs} runs after one \
+         warm-up run; each run uses a fresh session (no KV reuse).\n\n"
+    )
+}
+
+fn doc_single_stream(r: &Report, args: &Args) -> String {
+    let (pp, tg, gen) = (r.single.prefill, r.single.decode, r.single.generated);
+    let (pt, gt) = (args.prompt_tokens, args.gen_tokens);
+    let llama_rows = match &r.llama {
+        Some(Ok((lpp, ltg))) => format!(
+            "| llama.cpp (llama-bench, same run) | {lpp:.1} | {ltg:.1} |\n| **Maze / llama.cpp** | **{:.2}×** | **{:.2}×** |\n",
+            pp / lpp,
+            tg / ltg
+        ),
+        Some(Err(e)) => format!("| llama.cpp | not measured: {e} | |\n"),
+        None => "| llama.cpp | not measured in this run | |\n".to_string(),
+    };
+    format!(
+        "## Single stream\n\n\
+         | | prefill tokens/s (pp{pt}) | decode tokens/s (tg{gt}) |\n|---|---|---|\n\
+         | Maze | {pp:.1} | {tg:.1} ({gen:.0} tokens generated) |\n{llama_rows}\n\
+         Targets (issue 8): ≥ 1.2× llama.cpp for both. Prefill = prompt tokens / time from the start of the \
+         prompt computation to the first sampled token. Decode = (generated tokens − 1) / time after the first \
+         token, sampling included. llama-bench measures its own pp{pt} and tg{gt} tests.\n\n"
+    )
+}
+
+fn doc_load(r: &Report, args: &Args) -> String {
+    let LoadNumbers { fresh_ms: fresh_load_ms, again_ms: load_ms, rss_before, rss_loaded } = r.load;
+    let rss_after_runs = r.rss_after_runs;
+    format!(
+        "## Load and memory\n\n\
+         | measure | value |\n|---|---|\n\
+         | load (`Engine::load`, file in the page cache), first in a fresh process | {fresh_load_ms:.0} ms |\n\
+         | load again in the same process | {load_ms:.0} ms |\n\
+         | resident memory before loading | {rss_before:.0} MiB |\n\
+         | resident memory after loading | {rss_loaded:.0} MiB |\n\
+         | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {runs1} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n",
+        loads = args.runs + 1,
+        runs1 = args.runs + 1,
+    )
+}
+
+fn doc_concurrency(r: &Report, args: &Args) -> String {
+    let gt = args.gen_tokens;
+    let single = r.concurrent.first().map(|c| c.1).unwrap_or(0.0);
+    let concurrency_rows: String = r
+        .concurrent
+        .iter()
+        .map(|(n, decode, end_to_end)| {
+            format!("| {n} | {decode:.1} | {:.2}× | {end_to_end:.1} |\n", decode / single.max(1e-9))
+        })
+        .collect();
+    format!(
+        "## Concurrent sessions\n\n\
+         Several sessions on one engine, each generating exactly {gt} tokens (`ignore_eos`) from its own \
+         32-token prompt (none copies another's prefix); the model worker batches every active session into \
+         one forward pass per step. Aggregate decode = tokens after each session's first / time from the \
+         moment every session has its first token (all prompts computed) to the last token. End to end = \
+         all generated tokens / time from the first request to the last result (prefill included).\n\n\
+         | sessions | aggregate decode tokens/s | vs 1 session | end to end tokens/s |\n|---|---|---|---|\n{concurrency_rows}\n\
+         Target (issue 8): 8 sessions ≥ 3× the single-session aggregate.\n\n"
+    )
+}
+
+fn doc_shared_prefix(r: &Report) -> String {
+    let (ttft_cold, ttft_shared) = (r.ttft_cold, r.ttft_shared);
+    format!(
+        "## Shared prompt prefix\n\n\
+         A second session whose {ol}-token prompt opens like a live session's copies those keys and values \
+         instead of computing them (prefix cache).\n\n\
+         | | time to first token |\n|---|---|\n\
+         | prompt computed | {ttft_cold:.1} ms |\n\
+         | same opening, copied | {ttft_shared:.1} ms |\n\n",
+        ol = r.opening_len + 1,
+    )
+}
+
+fn doc_constraints(r: &Report) -> String {
+    let (cn, unbounded) = (&r.constrained, &r.unbounded);
+    format!(
+        "## Constraints\n\n\
+         Schema: an array of exactly 40 product objects (pattern, maxLength, number bounds, enum array), long \
+         enough that every run reaches max_tokens like the unconstrained one.\n\n\
+         | measure | value | target |\n|---|---|---|\n\
+         | first compile on an engine (builds token trie + parser factory) | {fc:.0} ms | |\n\
+         | compile, cold (cache cleared; median of 20) | {cold:.0} µs | |\n\
+         | compile, cache hit (p50 / p99 of 2000) | {hp50:.2} / {hp99:.2} µs | ≤ 5 µs |\n\
+         | mask per sampled token, replayed back to back (warm CPU caches): mean / p50 / p99 | {rm:.1} / {rp50:.1} / {rp99:.1} µs | mean ≤ 50 µs |\n\
+         | mask per token in the decode loop (wall time while overlapping the forward pass): mean / p50 / p99 | {mm:.1} / {mp50:.1} / {mp99:.1} µs | |\n\
+         | the same schema without string length bounds or pattern: mask mean, replayed / in the loop | {um:.1} / {uml:.1} µs | |\n\
+         | decode, constrained | {cd:.1} tokens/s ({cg:.0} tokens, {cf:.0} of them forced) | |\n\
+         | constrained / unconstrained decode | {ratio:.2}× | ≥ 0.98× |\n\n\
+         The mask for the next token is computed while the forward pass runs (rayon::join), so it costs \
+         decode time only where it outlasts the forward pass. Its own cost depends on the schema: inside a \
+         string with a length bound (maxLength, or a pattern) llguidance 1.9.1 cannot use its precomputed \
+         token-set slices and walks the whole 49k-token trie (≈100 µs a token here); elsewhere a mask takes a \
+         few µs. In the loop each mask also starts with CPU caches the forward pass has just evicted \
+         (flushing 64 MB before each replayed mask adds ≈25–30 µs). The mean therefore moves with what the \
+         model writes. Forced tokens (keys, punctuation the schema dictates) are appended without sampling and \
+         computed in one forward call.\n",
+        fc = cn.first_compile_ms,
+        cold = cn.cold_us,
+        hp50 = cn.hit_p50_us,
+        hp99 = cn.hit_p99_us,
+        rm = cn.replay_mean_us,
+        rp50 = cn.replay_p50_us,
+        rp99 = cn.replay_p99_us,
+        mm = cn.mask_mean_us,
+        mp50 = cn.mask_p50_us,
+        mp99 = cn.mask_p99_us,
+        um = unbounded.replay_mean_us,
+        uml = unbounded.mask_mean_us,
+        cd = cn.decode,
+        cg = cn.generated,
+        cf = cn.forced,
+        ratio = cn.decode / r.single.decode,
+    )
 }

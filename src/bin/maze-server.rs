@@ -1,25 +1,52 @@
 //! maze-server: serves a local model over HTTP (Maze protocol and OpenAI-compatible API).
-//!
-//!   maze-server --model MODEL.gguf [--addr 127.0.0.1:8080] [--api-key KEY]
-//!               [--max-concurrent 16] [--max-body-bytes 4194304] [--threads 0] [--context 0]
-//!               [--stop-on-stdin-eof]
+//! `maze-server --help` lists the flags and the environment variables that stand in for them.
 //!
 //! It stops on SIGINT or SIGTERM, or (with --stop-on-stdin-eof) when its standard input closes,
-//! so a supervising process that dies takes it along.
-//! The API key may also come from MAZE_SERVER_API_KEY. The first line on stdout is
+//! so a supervising process that dies takes it along. The first line on stdout is
 //! "maze-server listening on http://ADDR" once requests are accepted.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use maze::server::{self, ServerConfig};
 use maze::{Engine, EngineConfig};
 
-const USAGE: &str = "usage: maze-server --model MODEL.gguf [--addr HOST:PORT] [--api-key KEY] [--max-concurrent N] [--max-body-bytes N] [--threads N] [--context N] [--stop-on-stdin-eof]";
+/// Serves a local GGUF model over HTTP: the Maze protocol (/maze/v1/*), the OpenAI-compatible
+/// API (/v1/chat/completions, /v1/completions, /v1/models), /health and /metrics.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The GGUF model file to serve.
+    #[arg(long, env = "MAZE_MODEL", value_name = "MODEL.gguf")]
+    model: PathBuf,
+    /// Address to listen on; port 0 takes a free port (the first line on stdout names it).
+    #[arg(long, env = "MAZE_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Requests must carry `Authorization: Bearer KEY` (health checks excepted).
+    #[arg(long, env = "MAZE_SERVER_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Generations running at once (at least 1); more are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_concurrent)]
+    max_concurrent: usize,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Compute threads; 0 = one per available core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Context length served per session; 0 = the model's, capped at 8192.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    context: usize,
+    /// Stop when standard input closes (for a supervising process).
+    #[arg(long)]
+    stop_on_stdin_eof: bool,
+}
 
 fn main() -> ExitCode {
-    match run() {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("maze-server: {message}");
@@ -28,40 +55,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut engine_config = EngineConfig::default();
-    let mut config = ServerConfig {
-        api_key: std::env::var("MAZE_SERVER_API_KEY").ok().filter(|k| !k.is_empty()),
-        ..ServerConfig::default()
+fn run(args: Args) -> Result<(), String> {
+    let engine_config = EngineConfig {
+        model_path: args.model,
+        threads: args.threads,
+        context_length: args.context,
+        ..EngineConfig::default()
     };
-    let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid address");
-    let mut stop_on_stdin_eof = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        if flag == "--stop-on-stdin-eof" {
-            stop_on_stdin_eof = true;
-            continue;
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = |v: &str| v.parse::<usize>().map_err(|_| format!("{flag}: '{v}' is not a number"));
-        match flag.as_str() {
-            "--model" => engine_config.model_path = value.into(),
-            "--addr" => addr = value.parse().map_err(|e| format!("--addr '{value}': {e}"))?,
-            "--api-key" => config.api_key = Some(value),
-            "--max-concurrent" => config.max_concurrent = number(&value)?.max(1),
-            "--max-body-bytes" => config.max_body_bytes = number(&value)?,
-            "--threads" => engine_config.threads = number(&value)?,
-            "--context" => engine_config.context_length = number(&value)?,
-            other => return Err(format!("unknown option {other}\n{USAGE}")),
-        }
-    }
-    if engine_config.model_path.as_os_str().is_empty() {
-        return Err(format!("--model is required\n{USAGE}"));
-    }
+    let config = ServerConfig {
+        api_key: args.api_key,
+        max_body_bytes: args.max_body_bytes,
+        max_concurrent: args.max_concurrent.max(1),
+    };
     let engine = Engine::load(&engine_config, None)
         .map_err(|e| format!("loading {}: {e}", engine_config.model_path.display()))?;
 
@@ -73,6 +78,8 @@ fn run() -> Result<(), String> {
     // `engine` stays owned here, outside the runtime: the engine's own runtime must not be
     // dropped from inside an async context.
     let served = engine.clone();
+    let addr = args.addr;
+    let stop_on_stdin_eof = args.stop_on_stdin_eof;
     runtime.block_on(async move {
         let listener = server::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;

@@ -197,10 +197,45 @@ impl LlamaCache {
     }
 }
 
+/// The GGUF metadata prefix of this family.
+const ARCH: &str = "llama";
+
+/// One of this family's metadata keys, e.g. "llama.block_count".
+fn key(name: &str) -> String {
+    format!("{ARCH}.{name}")
+}
+
+/// The tensors of one layer, by their name within it.
+const LAYER_TENSORS: [&str; 9] =
+    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+
 impl Llama {
     pub fn load(file: &GgufFile, opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<Self> {
-        let arch = "llama";
-        let key = |k: &str| format!("{arch}.{k}");
+        let hp = Hyper::from_file(file)?;
+        let mut info = model_info(file, &hp, opts.context_length);
+        let names = tensor_names(file, hp.n_layers);
+        let total: u64 = names.iter().map(|n| file.tensor_bytes(n)).sum::<u64>().max(1);
+        let inverse_frequencies = rope_frequencies(file, &hp, &opts.device)?;
+        if !opts.tensor_forward && opts.device.is_cpu() {
+            if let Some(native) = native_from_file(file, &hp, &names, &inverse_frequencies, total, progress)?
+            {
+                info.vocab_size = native.output.rows;
+                info.compute = format!("cpu native, {}", crate::kernels::Isa::detect().name());
+                return Ok(Self { info, imp: Implementation::Native(native) });
+            }
+        }
+        let reader = TensorReader { file, device: opts.device.clone(), done: 0, total, progress };
+        let tensors = TensorLlama::read(reader, hp, info.context_length, &inverse_frequencies)?;
+        info.vocab_size = tensors.vocab_size();
+        info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
+        Ok(Self { info, imp: Implementation::Tensors(tensors) })
+    }
+}
+
+impl Hyper {
+    /// The shape from the file's metadata, refused where the heads do not divide the width or
+    /// RoPE turns only part of each head.
+    fn from_file(file: &GgufFile) -> Result<Self> {
         let dim = file.u64(&key("embedding_length"))? as usize;
         let n_heads = file.u64(&key("attention.head_count"))? as usize;
         let n_kv_heads = file.opt_u64(&key("attention.head_count_kv")).unwrap_or(n_heads as u64) as usize;
@@ -222,7 +257,7 @@ impl Llama {
                 ),
             ));
         }
-        let hp = Hyper {
+        Ok(Self {
             n_layers: file.u64(&key("block_count"))? as usize,
             dim,
             n_heads,
@@ -231,135 +266,160 @@ impl Llama {
             ffn_dim: file.u64(&key("feed_forward_length"))? as usize,
             rope_base: file.opt_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rms_eps: file.opt_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
-        };
-        let trained_context_length = file.opt_u64(&key("context_length")).unwrap_or(2048) as usize;
-        let context_length = match opts.context_length {
-            0 => trained_context_length.min(DEFAULT_MAX_CONTEXT),
-            n => n,
-        };
+        })
+    }
+}
 
-        let device = opts.device.clone();
-        let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
-        let has_output = file.has_tensor("output.weight");
-        if has_output {
-            names.push("output.weight".into());
-        }
-        for i in 0..hp.n_layers {
-            for t in [
-                "attn_norm",
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_norm",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-            ] {
-                names.push(format!("blk.{i}.{t}.weight"));
-            }
-        }
-        // Llama 3.1-style frequency factors, when the file carries them.
-        let freq_factors = if file.has_tensor("rope_freqs.weight") {
-            Some(
-                dequant(file.tensor("rope_freqs.weight", &device)?, &device)?
-                    .to_vec1::<f32>()
-                    .map_err(Error::backend)?,
-            )
-        } else {
-            None
-        };
-        let inverse_frequencies = rope_inverse_frequencies(head_dim, hp.rope_base, freq_factors.as_deref())?;
-        let name = file.opt_str("general.name").map(str::to_string).unwrap_or_else(|| {
-            file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-        });
-        let total: u64 = names.iter().map(|n| file.tensor_bytes(n)).sum::<u64>().max(1);
-        let info = |vocab_size: usize, compute: String| ModelInfo {
-            architecture: arch.to_string(),
-            name: name.clone(),
-            vocab_size,
-            trained_context_length,
-            context_length,
-            n_layers: hp.n_layers,
-            embedding_length: dim,
-            compute,
-        };
-        if !opts.tensor_forward && device.is_cpu() {
-            if let Some(native) = native_from_file(file, &hp, &names, &inverse_frequencies, total, progress)?
-            {
-                let info =
-                    info(native.output.rows, format!("cpu native, {}", crate::kernels::Isa::detect().name()));
-                return Ok(Self { info, imp: Implementation::Native(native) });
-            }
-        }
-        let (cos, sin) = rope_tables(&inverse_frequencies, context_length, &device)?;
-        let mut done = 0u64;
-        let mut read = |file: &GgufFile, name: &str, expect: Option<&[usize]>| -> Result<QTensor> {
-            let t = file.tensor(name, &device)?;
-            if let Some(expect) = expect.filter(|e| t.shape().dims() != *e) {
-                return Err(Error::model_format(format!(
-                    "'{}': tensor '{name}' has shape {:?}, expected {expect:?}",
-                    file.path().display(),
-                    t.shape().dims()
-                )));
-            }
-            done += file.tensor_bytes(name);
-            if !progress(done as f32 / total as f32) {
-                return Err(Error::load_cancelled());
-            }
-            Ok(t)
-        };
+/// What the metadata says about the model and the context it serves; the vocabulary size and
+/// the compute path are known once the weights are read.
+fn model_info(file: &GgufFile, hp: &Hyper, requested_context: usize) -> ModelInfo {
+    let trained_context_length = file.opt_u64(&key("context_length")).unwrap_or(2048) as usize;
+    let context_length = match requested_context {
+        0 => trained_context_length.min(DEFAULT_MAX_CONTEXT),
+        n => n,
+    };
+    let name = file.opt_str("general.name").map(str::to_string).unwrap_or_else(|| {
+        file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    });
+    ModelInfo {
+        architecture: ARCH.to_string(),
+        name,
+        vocab_size: 0,
+        trained_context_length,
+        context_length,
+        n_layers: hp.n_layers,
+        embedding_length: hp.dim,
+        compute: String::new(),
+    }
+}
 
-        let embeddings = read(file, "token_embd.weight", None)?;
-        let vocab_size = match embeddings.shape().dims() {
-            [v, d] if *d == dim => *v,
-            other => {
-                return Err(Error::model_format(format!(
-                    "'{}': tensor 'token_embd.weight' has shape {other:?}, expected [vocab, {dim}]",
-                    file.path().display()
-                )))
-            }
-        };
-        let q_dim = n_heads * head_dim;
-        let kv_dim = n_kv_heads * head_dim;
-        let output_norm = dequant(read(file, "output_norm.weight", Some(&[dim]))?, &device)?;
-        let output = if has_output {
-            linear(read(file, "output.weight", Some(&[vocab_size, dim]))?)?
-        } else {
-            // Tied embeddings: the output layer reads the embedding table (a second copy, since
-            // the output layer is repacked; the embedding lookup keeps the GGUF form).
-            linear(file.tensor("token_embd.weight", &device)?)?
-        };
-        let mut layers = Vec::with_capacity(hp.n_layers);
-        for i in 0..hp.n_layers {
-            let n = |t: &str| format!("blk.{i}.{t}.weight");
-            layers.push(Layer {
-                attn_norm: dequant(read(file, &n("attn_norm"), Some(&[dim]))?, &device)?,
-                qkv: Projections::new(vec![
-                    linear(read(file, &n("attn_q"), Some(&[q_dim, dim]))?)?,
-                    linear(read(file, &n("attn_k"), Some(&[kv_dim, dim]))?)?,
-                    linear(read(file, &n("attn_v"), Some(&[kv_dim, dim]))?)?,
-                ]),
-                wo: linear(read(file, &n("attn_output"), Some(&[dim, q_dim]))?)?,
-                ffn_norm: dequant(read(file, &n("ffn_norm"), Some(&[dim]))?, &device)?,
-                gate_up: Projections::new(vec![
-                    linear(read(file, &n("ffn_gate"), Some(&[hp.ffn_dim, dim]))?)?,
-                    linear(read(file, &n("ffn_up"), Some(&[hp.ffn_dim, dim]))?)?,
-                ]),
-                down: linear(read(file, &n("ffn_down"), Some(&[dim, hp.ffn_dim]))?)?,
-            });
+/// Every tensor the model reads (`output.weight` only where the output layer is not tied to
+/// the embeddings): loading progress counts their bytes.
+fn tensor_names(file: &GgufFile, n_layers: usize) -> Vec<String> {
+    let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+    if file.has_tensor("output.weight") {
+        names.push("output.weight".into());
+    }
+    for i in 0..n_layers {
+        names.extend(LAYER_TENSORS.iter().map(|t| format!("blk.{i}.{t}.weight")));
+    }
+    names
+}
+
+/// RoPE's inverse frequencies, with Llama 3.1-style frequency factors when the file carries them.
+fn rope_frequencies(file: &GgufFile, hp: &Hyper, device: &Device) -> Result<Vec<f32>> {
+    let factors = if file.has_tensor("rope_freqs.weight") {
+        Some(
+            dequant(file.tensor("rope_freqs.weight", device)?, device)?
+                .to_vec1::<f32>()
+                .map_err(Error::backend)?,
+        )
+    } else {
+        None
+    };
+    rope_inverse_frequencies(hp.head_dim, hp.rope_base, factors.as_deref())
+}
+
+/// Reads tensors for the candle path: checks their shapes and reports progress as the fraction
+/// of `total` bytes read.
+struct TensorReader<'f, 'p> {
+    file: &'f GgufFile,
+    device: Device,
+    done: u64,
+    total: u64,
+    progress: Progress<'p>,
+}
+
+impl TensorReader<'_, '_> {
+    fn read(&mut self, name: &str, expect: Option<&[usize]>) -> Result<QTensor> {
+        let t = self.file.tensor(name, &self.device)?;
+        if let Some(expect) = expect.filter(|e| t.shape().dims() != *e) {
+            return Err(Error::model_format(format!(
+                "'{}': tensor '{name}' has shape {:?}, expected {expect:?}",
+                self.file.path().display(),
+                t.shape().dims()
+            )));
         }
-        let mut info = info(vocab_size, String::new());
-        if !progress(1.0) {
+        self.done += self.file.tensor_bytes(name);
+        if !(self.progress)(self.done as f32 / self.total as f32) {
             return Err(Error::load_cancelled());
         }
-        let tensors = TensorLlama { hp, device, embeddings, layers, output_norm, output, cos, sin };
-        info.compute = format!("candle tensors, {}", if tensors.device.is_cpu() { "cpu" } else { "gpu" });
-        Ok(Self { info, imp: Implementation::Tensors(tensors) })
+        Ok(t)
+    }
+
+    fn norm(&mut self, name: &str, dim: usize) -> Result<Tensor> {
+        dequant(self.read(name, Some(&[dim]))?, &self.device)
+    }
+
+    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        linear(self.read(name, Some(&[rows, cols]))?)
+    }
+
+    /// The embedding table; its rows are the vocabulary.
+    fn embeddings(&mut self, dim: usize) -> Result<QTensor> {
+        let t = self.read("token_embd.weight", None)?;
+        match t.shape().dims() {
+            [_, d] if *d == dim => Ok(t),
+            other => Err(Error::model_format(format!(
+                "'{}': tensor 'token_embd.weight' has shape {other:?}, expected [vocab, {dim}]",
+                self.file.path().display()
+            ))),
+        }
+    }
+
+    fn layer(&mut self, i: usize, hp: &Hyper) -> Result<Layer> {
+        let n = |t: &str| format!("blk.{i}.{t}.weight");
+        let (dim, ffn_dim) = (hp.dim, hp.ffn_dim);
+        let (q_dim, kv_dim) = (hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim);
+        Ok(Layer {
+            attn_norm: self.norm(&n("attn_norm"), dim)?,
+            qkv: Projections::new(vec![
+                self.linear(&n("attn_q"), q_dim, dim)?,
+                self.linear(&n("attn_k"), kv_dim, dim)?,
+                self.linear(&n("attn_v"), kv_dim, dim)?,
+            ]),
+            wo: self.linear(&n("attn_output"), dim, q_dim)?,
+            ffn_norm: self.norm(&n("ffn_norm"), dim)?,
+            gate_up: Projections::new(vec![
+                self.linear(&n("ffn_gate"), ffn_dim, dim)?,
+                self.linear(&n("ffn_up"), ffn_dim, dim)?,
+            ]),
+            down: self.linear(&n("ffn_down"), dim, ffn_dim)?,
+        })
     }
 }
 
 impl TensorLlama {
+    /// Every weight read through candle (the GPU path, and formats our kernels lack).
+    fn read(
+        mut reader: TensorReader<'_, '_>,
+        hp: Hyper,
+        context_length: usize,
+        inverse_frequencies: &[f32],
+    ) -> Result<Self> {
+        let device = reader.device.clone();
+        let (cos, sin) = rope_tables(inverse_frequencies, context_length, &device)?;
+        let embeddings = reader.embeddings(hp.dim)?;
+        let vocab_size = embeddings.shape().dims()[0];
+        let output_norm = reader.norm("output_norm.weight", hp.dim)?;
+        let output = if reader.file.has_tensor("output.weight") {
+            reader.linear("output.weight", vocab_size, hp.dim)?
+        } else {
+            // Tied embeddings: the output layer reads the embedding table (a second copy, since
+            // the output layer is repacked; the embedding lookup keeps the GGUF form).
+            linear(reader.file.tensor("token_embd.weight", &device)?)?
+        };
+        let layers = (0..hp.n_layers).map(|i| reader.layer(i, &hp)).collect::<Result<Vec<_>>>()?;
+        if !(reader.progress)(1.0) {
+            return Err(Error::load_cancelled());
+        }
+        Ok(Self { hp, device, embeddings, layers, output_norm, output, cos, sin })
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.embeddings.shape().dims()[0]
+    }
+
     fn attention(
         &self,
         layer: &Layer,
