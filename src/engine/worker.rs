@@ -13,13 +13,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::control::Control;
+use super::session::GenerateOptions;
 use super::text::TextAssembler;
 use crate::constraint::{apply_mask, CompiledConstraint, ConstraintReport, ConstraintStats, Enforcer, Mask};
 use crate::error::{Error, ErrorKind};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{BatchStep, LanguageModel, SequenceCache};
 use crate::result::{FinishReason, GenerationStats};
-use crate::sampling::{log_prob, Sampler, SamplingParams};
+use crate::sampling::{log_prob, Sampler};
 
 /// Prompt tokens computed per step, shared by every request still prefilling: bigger chunks are
 /// faster, smaller ones keep other sessions' decode steps short. The interrupt poll inside the
@@ -42,14 +43,11 @@ pub(crate) enum Command {
 pub(crate) struct Job {
     pub session: SessionId,
     pub prompt: Vec<u32>,
-    pub sampling: SamplingParams,
+    /// The caller's options (the session keeps the timeout; the worker never reads it).
+    pub options: GenerateOptions,
+    /// The seed this request samples with: `options.sampling.seed`, or one the engine drew.
     pub seed: u64,
-    /// 0 = until the context is full.
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-    pub logprobs: bool,
-    /// Generate past end-of-generation tokens (ignored when constrained).
-    pub ignore_eos: bool,
+    /// `options.constraints`, compiled.
     pub constraints: Vec<Arc<CompiledConstraint>>,
     pub control: Arc<Control>,
     pub events: Sender<Event>,
@@ -210,8 +208,8 @@ impl Worker {
         seq.cache.truncate(keep);
         seq.tokens.truncate(seq.cache.len());
         let cached = seq.tokens.len();
-        let sampler = Sampler::new(job.sampling.clone(), job.seed);
-        let text = TextAssembler::new(job.stop.clone());
+        let sampler = Sampler::new(job.options.sampling.clone(), job.seed);
+        let text = TextAssembler::new(job.options.stop.clone());
         let enforcer = (!job.constraints.is_empty()).then(|| {
             Enforcer::new(
                 job.constraints.clone(),
@@ -507,10 +505,10 @@ fn plan(
             };
             let id = a.sampler.sample(choose_from, &seq.tokens);
             a.first_token.get_or_insert_with(Instant::now);
-            if tokenizer.is_end_of_generation(id) && (constrained || !a.job.ignore_eos) {
+            if tokenizer.is_end_of_generation(id) && (constrained || !a.job.options.ignore_eos) {
                 return Some(Plan::Finished(FinishReason::Stop, None));
             }
-            let logprob = a.job.logprobs.then(|| log_prob(logits, id));
+            let logprob = a.job.options.logprobs.then(|| log_prob(logits, id));
             let mut batch = vec![id];
             if let Some(enf) = a.enforcer.as_mut() {
                 if let Err(e) = enf.commit(id) {
@@ -520,7 +518,7 @@ fn plan(
             }
             for (i, &t) in batch.iter().enumerate() {
                 // Forced tokens were not sampled: their log-probability is not computed (NaN).
-                let lp = if i == 0 { logprob } else { a.job.logprobs.then_some(f32::NAN) };
+                let lp = if i == 0 { logprob } else { a.job.options.logprobs.then_some(f32::NAN) };
                 let delta = a.text.push(tokenizer.piece(t).unwrap_or_default());
                 a.generated += 1;
                 // A closed channel means the caller is gone; stop spending compute on it.
@@ -530,7 +528,7 @@ fn plan(
                 if delta.stopped {
                     return Some(Plan::Finished(FinishReason::StopSequence, None));
                 }
-                if (a.job.max_tokens > 0 && a.generated >= a.job.max_tokens)
+                if (a.job.options.max_tokens > 0 && a.generated >= a.job.options.max_tokens)
                     || seq.cache.len() + i + 1 >= model.info().context_length
                 {
                     return Some(Plan::Finished(FinishReason::Length, None));
