@@ -105,6 +105,50 @@ struct Active {
     first_token: Option<Instant>,
 }
 
+impl Active {
+    fn new(job: Box<Job>, cached: usize, enforcer: Option<Enforcer>) -> Self {
+        Self {
+            phase: Phase::Prefill { next: cached },
+            sampler: Sampler::new(job.options.sampling.clone(), job.seed),
+            text: TextAssembler::new(job.options.stop.clone()),
+            job,
+            enforcer,
+            generated: 0,
+            cached,
+            prefill_started: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    /// The request's counts and timings, as of `now`.
+    fn stats(&self, now: Instant) -> GenerationStats {
+        let computed = self.job.prompt.len() - self.cached;
+        let prefill_end = self.first_token.unwrap_or(now);
+        let prefill_secs = prefill_end.duration_since(self.prefill_started).as_secs_f64();
+        let decode_secs = self.first_token.map(|t| now.duration_since(t).as_secs_f64()).unwrap_or(0.0);
+        GenerationStats {
+            prompt_tokens: self.job.prompt.len(),
+            cached_tokens: self.cached,
+            generated_tokens: self.generated,
+            time_to_first_token: self
+                .first_token
+                .map(|t| t.duration_since(self.job.submitted))
+                .unwrap_or_default(),
+            total_time: now.duration_since(self.job.submitted),
+            prefill_tokens_per_second: if prefill_secs > 0.0 && self.first_token.is_some() {
+                computed as f64 / prefill_secs
+            } else {
+                0.0
+            },
+            decode_tokens_per_second: if self.generated > 1 && decode_secs > 0.0 {
+                (self.generated - 1) as f64 / decode_secs
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 pub(crate) struct Worker {
     model: Arc<dyn LanguageModel>,
     tokenizer: Arc<Tokenizer>,
@@ -186,14 +230,27 @@ impl Worker {
     }
 
     fn start(&mut self, job: Box<Job>) {
-        // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
-        let usable = job.prompt.len().saturating_sub(1);
-        let own =
-            self.sequences.get(&job.session).map_or(0, |seq| shared_prefix(seq, &job.prompt)).min(usable);
-        let keep = match self.borrow_prefix(job.session, &job.prompt[..usable], own) {
+        let cached = self.prepare_sequence(job.session, &job.prompt);
+        let enforcer = (!job.constraints.is_empty()).then(|| {
+            Enforcer::new(
+                job.constraints.clone(),
+                self.model.info().vocab_size,
+                self.tokenizer.end_of_generation().to_vec(),
+            )
+        });
+        self.active.push(Active::new(job, cached, enforcer));
+    }
+
+    /// Readies the session's sequence for `prompt`, keeping the longest prefix of it that the
+    /// sequence holds or copying a longer one from another sequence; returns how many prompt
+    /// tokens that leaves cached. At least the last prompt token is recomputed for its logits.
+    fn prepare_sequence(&mut self, session: SessionId, prompt: &[u32]) -> usize {
+        let usable = prompt.len().saturating_sub(1);
+        let own = self.sequences.get(&session).map_or(0, |seq| shared_prefix(seq, prompt)).min(usable);
+        let keep = match self.borrow_prefix(session, &prompt[..usable], own) {
             Some(borrowed) => {
                 let keep = borrowed.tokens.len();
-                if let Some(replaced) = self.sequences.insert(job.session, borrowed) {
+                if let Some(replaced) = self.sequences.insert(session, borrowed) {
                     self.prefixes.keep(replaced);
                 }
                 keep
@@ -203,31 +260,11 @@ impl Worker {
         let model = &self.model;
         let seq = self
             .sequences
-            .entry(job.session)
+            .entry(session)
             .or_insert_with(|| Sequence { cache: model.new_cache(), tokens: Vec::new() });
         seq.cache.truncate(keep);
         seq.tokens.truncate(seq.cache.len());
-        let cached = seq.tokens.len();
-        let sampler = Sampler::new(job.options.sampling.clone(), job.seed);
-        let text = TextAssembler::new(job.options.stop.clone());
-        let enforcer = (!job.constraints.is_empty()).then(|| {
-            Enforcer::new(
-                job.constraints.clone(),
-                self.model.info().vocab_size,
-                self.tokenizer.end_of_generation().to_vec(),
-            )
-        });
-        self.active.push(Active {
-            phase: Phase::Prefill { next: cached },
-            job,
-            sampler,
-            text,
-            enforcer,
-            generated: 0,
-            cached,
-            prefill_started: Instant::now(),
-            first_token: None,
-        });
+        seq.tokens.len()
     }
 
     /// A copy of the longest prefix of `prompt` that another sequence (another session's, or a
@@ -257,135 +294,79 @@ impl Worker {
     /// (with the next constraint masks alongside), then each takes its logits. Requests join and
     /// leave between steps.
     fn step_all(&mut self) {
-        let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
-        let (actives, sequences) = (&mut self.active, &mut self.sequences);
-        let sessions: Vec<SessionId> = actives.iter().map(|a| a.job.session).collect();
-        // One hand-over to the pool for every request's plan (each costs a thread wake-up).
-        let planned: Vec<std::thread::Result<Option<Plan>>> = self.pool.install(|| {
-            let mut owned: HashMap<SessionId, &mut Sequence> =
-                sequences.iter_mut().map(|(id, seq)| (*id, seq)).collect();
-            let mut work: Vec<(&mut Active, Option<&mut Sequence>)> = actives
-                .iter_mut()
-                .map(|a| {
-                    let seq = owned.remove(&a.job.session);
-                    (a, seq)
-                })
-                .collect();
-            let run = |(active, seq): &mut (&mut Active, Option<&mut Sequence>), budget: &mut usize| match seq
-            {
-                Some(seq) => catch_unwind(AssertUnwindSafe(|| {
-                    plan(model.as_ref(), tokenizer.as_ref(), active, seq, budget)
-                })),
-                None => Ok(Some(Plan::Finished(FinishReason::Error, Some(state_gone())))),
-            };
-            // Prefill chunks share the step's token budget, in order; decoding requests (sampling,
-            // stop checks, streaming) are independent of each other and plan in parallel.
-            let mut budget = PREFILL_CHUNK;
-            let mut out: Vec<Option<std::thread::Result<Option<Plan>>>> = work
-                .iter_mut()
-                .map(|w| matches!(w.0.phase, Phase::Prefill { .. }).then(|| run(w, &mut budget)))
-                .collect();
-            work.par_iter_mut()
-                .zip(out.par_iter_mut())
-                .filter(|(_, o)| o.is_none())
-                .for_each(|(w, o)| *o = Some(run(w, &mut 0)));
-            out.into_iter().map(|o| o.expect("every request planned")).collect()
-        });
-        let mut plans: Vec<Option<Plan>> = planned
-            .into_iter()
-            .zip(sessions)
-            .map(|(planned, session)| {
-                planned.unwrap_or_else(|payload| {
-                    self.sequences.remove(&session);
-                    Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
-                })
-            })
-            .collect();
+        let mut rows = self.take_rows();
+        self.plan_rows(&mut rows);
+        self.compute_rows(&mut rows);
+        self.return_rows(rows);
+    }
 
-        let computing: Vec<usize> =
-            (0..plans.len()).filter(|&i| matches!(plans[i], Some(Plan::Compute { .. }))).collect();
-        if !computing.is_empty() {
-            let results = self.compute(&computing, &plans);
-            for (&i, result) in computing.iter().zip(results) {
-                let session = self.active[i].job.session;
-                let Some(Plan::Compute { tokens, after, .. }) = plans[i].take() else {
-                    unreachable!("filtered above")
-                };
-                plans[i] = match (result, self.sequences.get_mut(&session)) {
-                    (Ok((logits, mask)), Some(seq)) => {
-                        apply(&mut self.active[i], seq, tokens, after, logits, mask)
-                    }
-                    (Err(e), Some(seq)) => failed(&self.active[i], seq, e),
-                    (Err(e), None) => Some(Plan::Finished(FinishReason::Error, Some(e))),
-                    (Ok(_), None) => Some(Plan::Finished(FinishReason::Error, Some(state_gone()))),
-                };
+    /// Every active request with its sequence, out of the worker for the step. A request whose
+    /// session's state is gone (closed or reset while it ran) ends here.
+    fn take_rows(&mut self) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(self.active.len());
+        for active in std::mem::take(&mut self.active) {
+            match self.sequences.remove(&active.job.session) {
+                Some(sequence) => rows.push(Row::new(active, sequence)),
+                None => finish(active, FinishReason::Error, Some(state_gone())),
             }
         }
-        // Finish from the back so indices stay valid.
-        for i in (0..plans.len()).rev() {
-            if let Some(Plan::Finished(reason, error)) = plans[i].take() {
-                finish(self.active.swap_remove(i), reason, error);
+        rows
+    }
+
+    /// Plans every row, in one hand-over to the pool (each costs a thread wake-up). Prefill
+    /// chunks share the step's token budget, in arrival order; decoding requests (sampling, stop
+    /// checks, streaming) are independent of each other and plan in parallel.
+    fn plan_rows(&self, rows: &mut [Row]) {
+        let (model, tokenizer) = (self.model.as_ref(), self.tokenizer.as_ref());
+        self.pool.install(|| {
+            let mut budget = PREFILL_CHUNK;
+            for row in rows.iter_mut().filter(|row| row.is_prefilling()) {
+                row.plan_step(model, tokenizer, &mut budget);
             }
+            rows.par_iter_mut()
+                .filter(|row| !row.is_prefilling())
+                .for_each(|row| row.plan_step(model, tokenizer, &mut 0));
+        });
+    }
+
+    /// Computes the rows that planned tokens and gives each its logits (or its error).
+    fn compute_rows(&self, rows: &mut [Row]) {
+        let mut computing: Vec<&mut Row> = rows.iter_mut().filter(|row| row.computes()).collect();
+        if computing.is_empty() {
+            return;
+        }
+        let (results, masks) = self.forward_with_masks(&mut computing);
+        let mut masks = masks.into_iter();
+        for (row, result) in computing.into_iter().zip(results) {
+            let mask = if row.wants_mask() { masks.next() } else { None };
+            row.take_result(result, mask);
         }
     }
 
-    /// The forward pass for the planned requests `which`, as one batch, with the masks of the
-    /// constrained ones computed at the same time (a mask depends only on committed tokens).
-    fn compute(
-        &mut self,
-        which: &[usize],
-        plans: &[Option<Plan>],
-    ) -> Vec<Result<(Vec<f32>, Option<Result<Mask, Error>>), Error>> {
-        let model = self.model.clone();
-        let tokens: Vec<&[u32]> = which
-            .iter()
-            .map(|&i| match &plans[i] {
-                Some(Plan::Compute { tokens, .. }) => tokens.as_slice(),
-                _ => &[],
-            })
-            .collect();
-        // Positions (in `which`) whose next mask is computed alongside the forward pass.
-        let mask_owners: Vec<usize> = (0..which.len())
-            .filter(|&k| matches!(&plans[which[k]], Some(Plan::Compute { after, constrained: true, .. }) if after.wants_logits()))
-            .collect();
-        // Each sequence leaves the map for the step (sessions run one request at a time, so
-        // they are distinct) and comes back after it.
-        let mut seqs: Vec<(SessionId, Sequence)> = which
-            .iter()
-            .filter_map(|&i| {
-                let id = self.active[i].job.session;
-                self.sequences.remove(&id).map(|s| (id, s))
-            })
-            .collect();
-        if seqs.len() != which.len() {
-            self.sequences.extend(seqs);
-            return which.iter().map(|_| Err(state_gone())).collect();
+    /// The forward pass for the computing rows, as one batch, with the masks of the rows that
+    /// want one computed at the same time (a mask depends only on committed tokens). Results
+    /// come in row order; masks in the order of the rows that want them.
+    fn forward_with_masks(&self, rows: &mut [&mut Row]) -> (Vec<Result<Vec<f32>, Error>>, Vec<MaskResult>) {
+        let model = self.model.as_ref();
+        let mut steps = Vec::with_capacity(rows.len());
+        let mut controls = Vec::with_capacity(rows.len());
+        let mut enforcers = Vec::new();
+        for row in rows.iter_mut() {
+            let wants_mask = row.wants_mask();
+            let (tokens, sequence, active) = row.parts();
+            steps.push(BatchStep { tokens, cache: sequence.cache.as_mut() });
+            controls.push(active.job.control.as_ref());
+            if wants_mask {
+                enforcers.extend(active.enforcer.as_mut());
+            }
         }
-        let before: Vec<usize> = seqs.iter().map(|(_, s)| s.cache.len()).collect();
-        let controls: Vec<Arc<Control>> = which.iter().map(|&i| self.active[i].job.control.clone()).collect();
+        let mask_count = enforcers.len();
         // The batch stops early only when every request in it is stopped; a request stopped
         // alone ends at the start of the next step.
         let interrupt = || controls.iter().all(|c| c.is_stopped());
-        let owner_indices: Vec<usize> = mask_owners.iter().map(|&k| which[k]).collect();
-        let enforcers: Vec<&mut Enforcer> = self
-            .active
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| owner_indices.contains(i))
-            .filter_map(|(_, a)| a.enforcer.as_mut())
-            .collect();
         let (batch, masks) = self.pool.install(|| {
             rayon::join(
-                || {
-                    catch_unwind(AssertUnwindSafe(|| {
-                        let mut steps: Vec<BatchStep<'_>> = seqs
-                            .iter_mut()
-                            .zip(&tokens)
-                            .map(|((_, s), t)| BatchStep { tokens: t, cache: s.cache.as_mut() })
-                            .collect();
-                        model.forward_batch(&mut steps, &interrupt)
-                    }))
-                },
+                || catch_unwind(AssertUnwindSafe(|| model.forward_batch(&mut steps, &interrupt))),
                 || {
                     catch_unwind(AssertUnwindSafe(|| {
                         enforcers.into_iter().map(|e| e.compute_mask()).collect::<Vec<_>>()
@@ -393,57 +374,132 @@ impl Worker {
                 },
             )
         });
-        let batch = match batch {
+        let results = match batch {
             Ok(results) => results,
-            Err(_) => {
-                // A panic inside the batch: repair each cache and run each request alone, so
-                // only the request that triggers it fails.
-                seqs.iter_mut()
-                    .zip(&before)
-                    .zip(&tokens)
-                    .zip(&controls)
-                    .map(|((((_, s), &len), t), control)| {
-                        s.cache.truncate(len);
-                        if s.cache.len() != len {
-                            return Err(Error::new(
-                                ErrorKind::Panic,
-                                "the model panicked and this session's cache could not be repaired",
-                            ));
-                        }
-                        let interrupt = || control.is_stopped();
-                        self.pool
-                            .install(|| {
-                                catch_unwind(AssertUnwindSafe(|| {
-                                    model.forward(t, s.cache.as_mut(), &interrupt)
-                                }))
-                            })
-                            .unwrap_or_else(|payload| {
-                                s.cache.truncate(len);
-                                Err(Error::from_panic(payload.as_ref()))
-                            })
-                    })
-                    .collect()
-            }
+            Err(_) => rows.iter_mut().map(|row| self.forward_alone(row)).collect(),
         };
-        let mut masks = match masks {
-            Ok(m) => m.into_iter().map(Some).collect::<Vec<_>>(),
-            Err(payload) => {
-                let e = Error::from_panic(payload.as_ref());
-                mask_owners.iter().map(|_| Some(Err(e.clone()))).collect()
-            }
-        };
-        let mut mask_of = vec![None; which.len()];
-        for (slot, &k) in masks.iter_mut().zip(&mask_owners) {
-            mask_of[k] = slot.take();
+        let masks = masks.unwrap_or_else(|payload| {
+            let e = Error::from_panic(payload.as_ref());
+            (0..mask_count).map(|_| Err(e.clone())).collect()
+        });
+        (results, masks)
+    }
+
+    /// After a panic inside the batch: the row's cache repaired and its tokens run alone, so
+    /// only the request that triggers the panic fails.
+    fn forward_alone(&self, row: &mut Row) -> Result<Vec<f32>, Error> {
+        let len = row.cache_len_at_start;
+        let (tokens, sequence, active) = row.parts();
+        sequence.cache.truncate(len);
+        if sequence.cache.len() != len {
+            return Err(Error::new(
+                ErrorKind::Panic,
+                "the model panicked and this session's cache could not be repaired",
+            ));
         }
-        self.sequences.extend(seqs);
-        batch.into_iter().zip(mask_of).map(|(r, m)| r.map(|logits| (logits, m))).collect()
+        let model = self.model.as_ref();
+        let control = active.job.control.as_ref();
+        let interrupt = || control.is_stopped();
+        self.pool
+            .install(|| {
+                catch_unwind(AssertUnwindSafe(|| model.forward(tokens, sequence.cache.as_mut(), &interrupt)))
+            })
+            .unwrap_or_else(|payload| {
+                sequence.cache.truncate(len);
+                Err(Error::from_panic(payload.as_ref()))
+            })
+    }
+
+    /// Ends the rows that finished and puts the others back, in their order, with every
+    /// sequence back in the map.
+    fn return_rows(&mut self, rows: Vec<Row>) {
+        for row in rows {
+            if let Some(sequence) = row.sequence {
+                self.sequences.insert(row.active.job.session, sequence);
+            }
+            match row.plan {
+                Some(Plan::Finished(reason, error)) => finish(row.active, reason, error),
+                _ => self.active.push(row.active),
+            }
+        }
+    }
+}
+
+type MaskResult = Result<Mask, Error>;
+
+/// One active request in a step: its sequence (out of the map while the step runs; sessions
+/// run one request at a time, so no two rows share one) and what it does in this step.
+struct Row {
+    active: Active,
+    /// `None` once a panic while planning left its state unknown: the session starts afresh.
+    sequence: Option<Sequence>,
+    /// Positions in the cache when the step began (what a panicking pass is cut back to).
+    cache_len_at_start: usize,
+    /// `None`: nothing this step (the prefill budget is spent), or it goes on after it.
+    plan: Option<Plan>,
+}
+
+impl Row {
+    fn new(active: Active, sequence: Sequence) -> Self {
+        let cache_len_at_start = sequence.cache.len();
+        Self { active, sequence: Some(sequence), cache_len_at_start, plan: None }
+    }
+
+    fn is_prefilling(&self) -> bool {
+        matches!(self.active.phase, Phase::Prefill { .. })
+    }
+
+    fn computes(&self) -> bool {
+        matches!(self.plan, Some(Plan::Compute { .. }))
+    }
+
+    /// Whether the step's next constraint mask is computed alongside its forward pass.
+    fn wants_mask(&self) -> bool {
+        self.active.enforcer.is_some()
+            && matches!(&self.plan, Some(Plan::Compute { after, .. }) if after.wants_logits())
+    }
+
+    /// A computing row's tokens, sequence and request, borrowed apart.
+    fn parts(&mut self) -> (&[u32], &mut Sequence, &mut Active) {
+        let Some(Plan::Compute { tokens, .. }) = &self.plan else { unreachable!("only computing rows") };
+        let sequence = self.sequence.as_mut().expect("a computing row has its sequence");
+        (tokens, sequence, &mut self.active)
+    }
+
+    /// Plans the step; a panic fails only this request, and drops its sequence.
+    fn plan_step(&mut self, model: &dyn LanguageModel, tokenizer: &Tokenizer, budget: &mut usize) {
+        let sequence = self.sequence.as_mut().expect("a row starts with its sequence");
+        let planned =
+            catch_unwind(AssertUnwindSafe(|| plan(model, tokenizer, &mut self.active, sequence, budget)));
+        self.plan = planned.unwrap_or_else(|payload| {
+            self.sequence = None;
+            Some(Plan::Finished(FinishReason::Error, Some(Error::from_panic(payload.as_ref()))))
+        });
+    }
+
+    /// Takes the computed step's logits (and next mask): the request goes on; or its error: it
+    /// ends.
+    fn take_result(&mut self, result: Result<Vec<f32>, Error>, mask: Option<MaskResult>) {
+        let Some(Plan::Compute { tokens, after }) = self.plan.take() else {
+            unreachable!("only computing rows")
+        };
+        let sequence = self.sequence.as_mut().expect("a computing row has its sequence");
+        match result {
+            Ok(logits) => {
+                sequence.tokens.extend_from_slice(&tokens);
+                self.active.phase = after.next_phase(logits, mask);
+            }
+            Err(e) => {
+                sequence.tokens.truncate(sequence.cache.len());
+                self.plan = Some(stopped_or_failed(&self.active.job.control, e));
+            }
+        }
     }
 }
 
 /// What a request does this step.
 enum Plan {
-    Compute { tokens: Vec<u32>, after: After, constrained: bool },
+    Compute { tokens: Vec<u32>, after: After },
     Finished(FinishReason, Option<Error>),
 }
 
@@ -460,6 +516,13 @@ impl After {
     fn wants_logits(&self) -> bool {
         matches!(self, After::Decode | After::Prefill { last: true, .. })
     }
+
+    fn next_phase(self, logits: Vec<f32>, mask: Option<MaskResult>) -> Phase {
+        match self {
+            After::Prefill { end, last: false } => Phase::Prefill { next: end },
+            After::Prefill { last: true, .. } | After::Decode => Phase::Decode { logits, mask },
+        }
+    }
 }
 
 /// Plans one request's step. `None`: nothing this step (the prefill budget is spent).
@@ -467,94 +530,115 @@ fn plan(
     model: &dyn LanguageModel,
     tokenizer: &Tokenizer,
     a: &mut Active,
-    seq: &mut Sequence,
+    seq: &Sequence,
     budget: &mut usize,
 ) -> Option<Plan> {
     if let Some(reason) = a.job.control.stop_reason() {
         return Some(Plan::Finished(reason, None));
     }
-    let constrained = a.enforcer.is_some();
-    match &mut a.phase {
-        Phase::Prefill { next } => {
-            let take = (*budget).min(a.job.prompt.len() - *next);
-            if take == 0 {
-                return None;
-            }
-            *budget -= take;
-            let end = *next + take;
-            Some(Plan::Compute {
-                tokens: a.job.prompt[*next..end].to_vec(),
-                after: After::Prefill { end, last: end == a.job.prompt.len() },
-                constrained,
-            })
-        }
-        Phase::Decode { logits, mask } => {
-            let masked;
-            let choose_from: &[f32] = match (mask.take(), a.enforcer.as_ref()) {
-                (Some(Ok(m)), Some(enf)) => {
-                    if enf.grammar_finished() {
-                        return Some(Plan::Finished(FinishReason::Stop, None));
-                    }
-                    let mut l = logits.clone();
-                    apply_mask(&m, &mut l);
-                    masked = l;
-                    &masked
-                }
-                (Some(Err(e)), _) => return Some(Plan::Finished(FinishReason::Error, Some(e))),
-                _ => logits,
-            };
-            let id = a.sampler.sample(choose_from, &seq.tokens);
-            a.first_token.get_or_insert_with(Instant::now);
-            if tokenizer.is_end_of_generation(id) && (constrained || !a.job.options.ignore_eos) {
-                return Some(Plan::Finished(FinishReason::Stop, None));
-            }
-            let logprob = a.job.options.logprobs.then(|| log_prob(logits, id));
-            let mut batch = vec![id];
-            if let Some(enf) = a.enforcer.as_mut() {
-                if let Err(e) = enf.commit(id) {
-                    return Some(Plan::Finished(FinishReason::Error, Some(e)));
-                }
-                batch.extend(enf.take_forced());
-            }
-            for (i, &t) in batch.iter().enumerate() {
-                // Forced tokens were not sampled: their log-probability is not computed (NaN).
-                let lp = if i == 0 { logprob } else { a.job.options.logprobs.then_some(f32::NAN) };
-                let delta = a.text.push(tokenizer.piece(t).unwrap_or_default());
-                a.generated += 1;
-                // A closed channel means the caller is gone; stop spending compute on it.
-                if a.job.events.send(Event::Token { id: t, logprob: lp, text: delta.text }).is_err() {
-                    return Some(Plan::Finished(FinishReason::Cancelled, None));
-                }
-                if delta.stopped {
-                    return Some(Plan::Finished(FinishReason::StopSequence, None));
-                }
-                if (a.job.options.max_tokens > 0 && a.generated >= a.job.options.max_tokens)
-                    || seq.cache.len() + i + 1 >= model.info().context_length
-                {
-                    return Some(Plan::Finished(FinishReason::Length, None));
-                }
-            }
-            if a.enforcer.as_ref().is_some_and(|e| e.grammar_finished()) {
-                return Some(Plan::Finished(FinishReason::Stop, None));
-            }
-            Some(Plan::Compute { tokens: batch, after: After::Decode, constrained })
-        }
+    match a.phase {
+        Phase::Prefill { next } => plan_prefill(&a.job.prompt, next, budget),
+        Phase::Decode { .. } => Some(plan_decode(model, tokenizer, a, seq)),
     }
 }
 
-/// Takes a computed step's logits (and next mask). `None`: the request goes on.
-fn apply(
+/// The next chunk of the prompt from `next`, as much as the step's remaining budget allows.
+fn plan_prefill(prompt: &[u32], next: usize, budget: &mut usize) -> Option<Plan> {
+    let take = (*budget).min(prompt.len() - next);
+    if take == 0 {
+        return None;
+    }
+    *budget -= take;
+    let end = next + take;
+    Some(Plan::Compute {
+        tokens: prompt[next..end].to_vec(),
+        after: After::Prefill { end, last: end == prompt.len() },
+    })
+}
+
+/// Samples the next token, streams it with any tokens the grammar forces after it and plans
+/// computing them; or ends the request.
+fn plan_decode(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &Sequence) -> Plan {
+    let Phase::Decode { logits, mask } = &mut a.phase else { unreachable!("only decoding requests") };
+    let id = match sample_next(logits, mask.take(), a.enforcer.as_ref(), &mut a.sampler, &seq.tokens) {
+        Ok(id) => id,
+        Err(end) => return end,
+    };
+    a.first_token.get_or_insert_with(Instant::now);
+    if tokenizer.is_end_of_generation(id) && (a.enforcer.is_some() || !a.job.options.ignore_eos) {
+        return Plan::Finished(FinishReason::Stop, None);
+    }
+    let logprob = a.job.options.logprobs.then(|| log_prob(logits, id));
+    let mut tokens = vec![id];
+    if let Some(enf) = a.enforcer.as_mut() {
+        if let Err(e) = enf.commit(id) {
+            return Plan::Finished(FinishReason::Error, Some(e));
+        }
+        tokens.extend(enf.take_forced());
+    }
+    if let Some(end) = stream_tokens(model, tokenizer, a, seq, &tokens, logprob) {
+        return end;
+    }
+    if a.enforcer.as_ref().is_some_and(|e| e.grammar_finished()) {
+        return Plan::Finished(FinishReason::Stop, None);
+    }
+    Plan::Compute { tokens, after: After::Decode }
+}
+
+/// The next token, drawn from the logits under the constraints' mask when there is one. `Err`:
+/// the request ends instead (its grammar is complete, or its mask failed).
+fn sample_next(
+    logits: &[f32],
+    mask: Option<MaskResult>,
+    enforcer: Option<&Enforcer>,
+    sampler: &mut Sampler,
+    history: &[u32],
+) -> Result<u32, Plan> {
+    let masked;
+    let choose_from: &[f32] = match (mask, enforcer) {
+        (Some(Ok(m)), Some(enf)) => {
+            if enf.grammar_finished() {
+                return Err(Plan::Finished(FinishReason::Stop, None));
+            }
+            let mut l = logits.to_vec();
+            apply_mask(&m, &mut l);
+            masked = l;
+            &masked
+        }
+        (Some(Err(e)), _) => return Err(Plan::Finished(FinishReason::Error, Some(e))),
+        _ => logits,
+    };
+    Ok(sampler.sample(choose_from, history))
+}
+
+/// Streams the step's tokens (the sampled one, then any forced ones) as text. `Some`: the
+/// request ends at one of them (a stop sequence, its length, or the caller gone).
+fn stream_tokens(
+    model: &dyn LanguageModel,
+    tokenizer: &Tokenizer,
     a: &mut Active,
-    seq: &mut Sequence,
-    tokens: Vec<u32>,
-    after: After,
-    logits: Vec<f32>,
-    mask: Option<Result<Mask, Error>>,
+    seq: &Sequence,
+    tokens: &[u32],
+    sampled_logprob: Option<f32>,
 ) -> Option<Plan> {
-    seq.tokens.extend_from_slice(&tokens);
-    match after {
-        After::Prefill { end, last: false } => a.phase = Phase::Prefill { next: end },
-        After::Prefill { last: true, .. } | After::Decode => a.phase = Phase::Decode { logits, mask },
+    let max_tokens = a.job.options.max_tokens;
+    for (i, &t) in tokens.iter().enumerate() {
+        // Forced tokens were not sampled: their log-probability is not computed (NaN).
+        let logprob = if i == 0 { sampled_logprob } else { a.job.options.logprobs.then_some(f32::NAN) };
+        let delta = a.text.push(tokenizer.piece(t).unwrap_or_default());
+        a.generated += 1;
+        // A closed channel means the caller is gone; stop spending compute on it.
+        if a.job.events.send(Event::Token { id: t, logprob, text: delta.text }).is_err() {
+            return Some(Plan::Finished(FinishReason::Cancelled, None));
+        }
+        if delta.stopped {
+            return Some(Plan::Finished(FinishReason::StopSequence, None));
+        }
+        if (max_tokens > 0 && a.generated >= max_tokens)
+            || seq.cache.len() + i + 1 >= model.info().context_length
+        {
+            return Some(Plan::Finished(FinishReason::Length, None));
+        }
     }
     None
 }
@@ -563,41 +647,21 @@ fn state_gone() -> Error {
     Error::new(ErrorKind::Internal, "the session's state is gone")
 }
 
-fn failed(a: &Active, seq: &mut Sequence, e: Error) -> Option<Plan> {
-    seq.tokens.truncate(seq.cache.len());
+/// How a request whose forward pass failed ends: stopped (the pass was interrupted) or failed.
+fn stopped_or_failed(control: &Control, e: Error) -> Plan {
     if e.kind() == ErrorKind::Cancelled {
-        return Some(Plan::Finished(a.job.control.stop_reason().unwrap_or(FinishReason::Cancelled), None));
+        return Plan::Finished(control.stop_reason().unwrap_or(FinishReason::Cancelled), None);
     }
-    Some(Plan::Finished(FinishReason::Error, Some(e)))
+    Plan::Finished(FinishReason::Error, Some(e))
 }
 
+/// Sends the request's last text and its outcome.
 fn finish(mut a: Active, reason: FinishReason, error: Option<Error>) {
     let tail = a.text.finish();
     if !tail.is_empty() && reason != FinishReason::StopSequence {
         let _ = a.job.events.send(Event::Tail { text: tail });
     }
-    let now = Instant::now();
-    let computed = a.job.prompt.len() - a.cached;
-    let prefill_end = a.first_token.unwrap_or(now);
-    let prefill_secs = prefill_end.duration_since(a.prefill_started).as_secs_f64();
-    let decode_secs = a.first_token.map(|t| now.duration_since(t).as_secs_f64()).unwrap_or(0.0);
-    let stats = GenerationStats {
-        prompt_tokens: a.job.prompt.len(),
-        cached_tokens: a.cached,
-        generated_tokens: a.generated,
-        time_to_first_token: a.first_token.map(|t| t.duration_since(a.job.submitted)).unwrap_or_default(),
-        total_time: now.duration_since(a.job.submitted),
-        prefill_tokens_per_second: if prefill_secs > 0.0 && a.first_token.is_some() {
-            computed as f64 / prefill_secs
-        } else {
-            0.0
-        },
-        decode_tokens_per_second: if a.generated > 1 && decode_secs > 0.0 {
-            (a.generated - 1) as f64 / decode_secs
-        } else {
-            0.0
-        },
-    };
+    let stats = a.stats(Instant::now());
     let (validation, constraint_stats) = match a.enforcer.as_mut() {
         Some(e) => (e.reports(reason.as_str(), reason == FinishReason::Stop), Some(e.stats())),
         None => (Vec::new(), None),
