@@ -350,3 +350,125 @@ fn unix_millis_now() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: u32, text: &str) -> Event {
+        Event::Token { id, logprob: Some(-(id as f32)), text: text.into() }
+    }
+
+    fn done(finish: FinishReason) -> Event {
+        Event::Done(Box::new(Outcome {
+            finish,
+            stats: GenerationStats::default(),
+            error: None,
+            validation: Vec::new(),
+            constraint_stats: None,
+        }))
+    }
+
+    /// Feeds `events` through a session's receiving side; what the callback saw, what was
+    /// delivered, the outcome and whether the request was cancelled.
+    fn stream(
+        events: Vec<Event>,
+        logprobs: bool,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> (Delivered, Result<Outcome>, bool) {
+        let (sender, receiver) = mpsc::channel();
+        events.into_iter().for_each(|e| sender.send(e).unwrap());
+        drop(sender);
+        let control = Control::new();
+        let mut delivered = Delivered::new(logprobs);
+        let outcome = receive(&receiver, &control, &mut delivered, &mut on_text);
+        (delivered, outcome, control.is_stopped())
+    }
+
+    #[test]
+    fn pieces_reach_the_callback_in_order_and_empty_ones_not_at_all() {
+        let mut seen = Vec::new();
+        let events = vec![
+            token(1, "Hel"),
+            token(2, ""),
+            token(3, "lo"),
+            Event::Tail { text: "!".into() },
+            done(FinishReason::Length),
+        ];
+        let (delivered, outcome, cancelled) = stream(events, true, |t| {
+            seen.push(t.to_string());
+            true
+        });
+        assert_eq!(seen, ["Hel", "lo", "!"]);
+        assert_eq!((delivered.text.as_str(), delivered.tokens), ("Hello!", vec![1, 2, 3]));
+        assert_eq!(delivered.logprobs, Some(vec![-1.0, -2.0, -3.0]));
+        assert_eq!(outcome.unwrap().finish, FinishReason::Length);
+        assert!(!cancelled && !delivered.stopped_by_caller);
+    }
+
+    #[test]
+    fn log_probabilities_are_kept_only_when_asked_for() {
+        let (delivered, _, _) = stream(vec![token(1, "a"), done(FinishReason::Stop)], false, |_| true);
+        assert_eq!(delivered.logprobs, None);
+    }
+
+    #[test]
+    fn a_callback_that_stops_cancels_the_request_and_takes_nothing_after() {
+        let mut calls = 0;
+        let events = vec![
+            token(1, "a"),
+            token(2, "b"),
+            token(3, "c"),
+            Event::Tail { text: "d".into() },
+            done(FinishReason::Length),
+        ];
+        let (delivered, outcome, cancelled) = stream(events, true, |_| {
+            calls += 1;
+            calls < 2
+        });
+        assert!(cancelled, "the worker is told to stop");
+        assert_eq!(calls, 2);
+        assert_eq!((delivered.text.as_str(), delivered.tokens), ("ab", vec![1, 2]));
+        assert_eq!(delivered.logprobs, Some(vec![-1.0, -2.0]));
+        assert!(delivered.stopped_by_caller);
+        assert_eq!(outcome.unwrap().finish, FinishReason::Length, "the session overrides it");
+    }
+
+    #[test]
+    fn a_callback_that_stops_on_the_tail_does_not_cancel() {
+        let events = vec![token(1, "a"), Event::Tail { text: "z".into() }, done(FinishReason::Stop)];
+        let (delivered, _, cancelled) = stream(events, false, |t| t != "z");
+        assert_eq!(delivered.text, "az");
+        assert!(delivered.stopped_by_caller && !cancelled);
+    }
+
+    #[test]
+    fn a_worker_gone_before_the_outcome_is_an_error() {
+        let (_, outcome, _) = stream(vec![token(1, "a")], false, |_| true);
+        assert_eq!(outcome.err().unwrap().kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_cut_by_the_caller_voids_grammar_guarantees_but_not_token_masks() {
+        let report = |kind: &'static str, outcome| ConstraintReport {
+            name: kind.into(),
+            kind,
+            priority: 0,
+            outcome,
+            reason: None,
+        };
+        let mut validation = vec![
+            report("json_schema", ConstraintOutcome::Satisfied),
+            report("token_mask", ConstraintOutcome::Satisfied),
+            report("regex", ConstraintOutcome::Relaxed),
+        ];
+        void_grammar_guarantees(&mut validation);
+        let outcomes: Vec<_> = validation.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [ConstraintOutcome::Violated, ConstraintOutcome::Satisfied, ConstraintOutcome::Relaxed]
+        );
+        assert!(validation[0].reason.as_deref().unwrap().contains("streaming callback"));
+        assert_eq!((validation[1].reason.as_ref(), validation[2].reason.as_ref()), (None, None));
+    }
+}

@@ -679,3 +679,497 @@ fn finish(mut a: Active, reason: FinishReason, error: Option<Error>) {
 pub(crate) fn worker_gone() -> Error {
     Error::new(ErrorKind::Internal, "the model worker has stopped")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, Receiver};
+    use std::sync::{Mutex, OnceLock};
+
+    use super::*;
+    use crate::model::gguf::GgufFile;
+    use crate::model::ModelInfo;
+    use crate::sampling::SamplingParams;
+    use crate::testing::TinyModel;
+
+    /// The tiny model's byte-level vocabulary: token `b` below 256 stands for byte `b`.
+    fn tokenizer() -> Arc<Tokenizer> {
+        static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+        TOKENIZER
+            .get_or_init(|| {
+                let path =
+                    std::env::temp_dir().join(format!("maze-worker-tests-{}.gguf", std::process::id()));
+                TinyModel::default().write(&path).unwrap();
+                let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+                let _ = std::fs::remove_file(&path);
+                Arc::new(tokenizer)
+            })
+            .clone()
+    }
+
+    fn bytes(text: &str) -> Vec<u32> {
+        text.bytes().map(u32::from).collect()
+    }
+
+    /// A model that knows one document: holding `n` positions, its logits pick the document's
+    /// token `n` (end of generation past its end), so a prompt taken from the document generates
+    /// the rest of it however the steps are batched. It records what each batch computes.
+    struct Document {
+        info: ModelInfo,
+        tokens: Vec<u32>,
+        end: u32,
+        /// Token counts of each forward pass's items.
+        batches: Mutex<Vec<Vec<usize>>>,
+        /// Requests stopped as the next pass begins (a cancel arriving mid-pass).
+        stop_in_pass: Mutex<Vec<Arc<Control>>>,
+        /// A token whose forward pass panics.
+        poison: Option<u32>,
+    }
+
+    struct Positions(usize);
+
+    impl SequenceCache for Positions {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn truncate(&mut self, len: usize) {
+            self.0 = self.0.min(len);
+        }
+        fn fork(&self, len: usize) -> Option<Box<dyn SequenceCache>> {
+            Some(Box::new(Positions(len.min(self.0))))
+        }
+        /// One byte a position, so prefix-cache budgets count positions.
+        fn memory_bytes(&self) -> usize {
+            self.0
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+
+    impl LanguageModel for Document {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn new_cache(&self) -> Box<dyn SequenceCache> {
+            Box::new(Positions(0))
+        }
+        fn forward(
+            &self,
+            tokens: &[u32],
+            cache: &mut dyn SequenceCache,
+            interrupt: &dyn Fn() -> bool,
+        ) -> crate::error::Result<Vec<f32>> {
+            if interrupt() {
+                return Err(Error::new(ErrorKind::Cancelled, "interrupted"));
+            }
+            assert!(self.poison.is_none_or(|p| !tokens.contains(&p)), "poison token");
+            let cache = cache.as_any_mut().downcast_mut::<Positions>().unwrap();
+            cache.0 += tokens.len();
+            let mut logits = vec![0.0; self.info.vocab_size];
+            logits[self.tokens.get(cache.0).copied().unwrap_or(self.end) as usize] = 1.0;
+            Ok(logits)
+        }
+        fn forward_batch(
+            &self,
+            items: &mut [BatchStep<'_>],
+            interrupt: &dyn Fn() -> bool,
+        ) -> Vec<crate::error::Result<Vec<f32>>> {
+            self.stop_in_pass.lock().unwrap().drain(..).for_each(|c| c.cancel());
+            self.batches.lock().unwrap().push(items.iter().map(|it| it.tokens.len()).collect());
+            items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect()
+        }
+    }
+
+    /// A worker over a [`Document`], stepped by hand.
+    struct Harness {
+        worker: Worker,
+        model: Arc<Document>,
+    }
+
+    /// One submitted request, seen from the caller's side.
+    struct Request {
+        control: Arc<Control>,
+        events: Receiver<Event>,
+    }
+
+    /// What a request streamed, and its outcome once it has one.
+    #[derive(Default)]
+    struct Streamed {
+        pieces: Vec<String>,
+        tokens: Vec<u32>,
+        tail: Option<String>,
+        outcome: Option<Outcome>,
+    }
+
+    impl Streamed {
+        fn text(&self) -> String {
+            self.pieces.concat() + self.tail.as_deref().unwrap_or("")
+        }
+        fn finish(&self) -> FinishReason {
+            self.outcome.as_ref().expect("the request has ended").finish
+        }
+        fn stats(&self) -> &GenerationStats {
+            &self.outcome.as_ref().expect("the request has ended").stats
+        }
+    }
+
+    impl Request {
+        /// Everything streamed since the last look.
+        fn streamed(&self) -> Streamed {
+            let mut seen = Streamed::default();
+            for event in self.events.try_iter() {
+                match event {
+                    Event::Token { id, text, .. } => {
+                        seen.tokens.push(id);
+                        seen.pieces.push(text);
+                    }
+                    Event::Tail { text } => seen.tail = Some(text),
+                    Event::Done(outcome) => seen.outcome = Some(*outcome),
+                }
+            }
+            seen
+        }
+    }
+
+    impl Harness {
+        fn new(document: &[u32], context_length: usize, prefix_cache_bytes: usize) -> Self {
+            Self::with_poison(document, context_length, prefix_cache_bytes, None)
+        }
+
+        fn with_poison(
+            document: &[u32],
+            context_length: usize,
+            prefix_cache_bytes: usize,
+            poison: Option<u32>,
+        ) -> Self {
+            let tokenizer = tokenizer();
+            let info = ModelInfo {
+                architecture: "test".into(),
+                name: "document".into(),
+                vocab_size: tokenizer.vocab_size(),
+                trained_context_length: context_length,
+                context_length,
+                n_layers: 0,
+                embedding_length: 0,
+                compute: "test".into(),
+            };
+            let model = Arc::new(Document {
+                info,
+                tokens: document.to_vec(),
+                end: tokenizer.eos().expect("the tiny vocabulary has an end token"),
+                batches: Mutex::new(Vec::new()),
+                stop_in_pass: Mutex::new(Vec::new()),
+                poison,
+            });
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let worker = Worker::new(model.clone(), tokenizer, pool, prefix_cache_bytes);
+            Self { worker, model }
+        }
+
+        fn submit(&mut self, session: SessionId, prompt: &[u32], options: GenerateOptions) -> Request {
+            let (events, receiver) = channel();
+            let control = Arc::new(Control::new());
+            self.worker.handle(Command::Generate(Box::new(Job {
+                session,
+                prompt: prompt.to_vec(),
+                options,
+                seed: 1,
+                constraints: Vec::new(),
+                control: control.clone(),
+                events,
+                submitted: Instant::now(),
+            })));
+            Request { control, events: receiver }
+        }
+
+        /// Runs one step; what each request in its forward pass computed (empty: no pass).
+        fn step(&mut self) -> Vec<usize> {
+            let before = self.model.batches.lock().unwrap().len();
+            self.worker.step_all();
+            let batches = self.model.batches.lock().unwrap();
+            if batches.len() > before {
+                batches.last().unwrap().clone()
+            } else {
+                Vec::new()
+            }
+        }
+
+        /// Steps until no request is active; every step's pass.
+        fn run(&mut self) -> Vec<Vec<usize>> {
+            let mut steps = Vec::new();
+            while !self.worker.active.is_empty() {
+                steps.push(self.step());
+            }
+            steps
+        }
+
+        /// First token of each retired sequence, least recently used first.
+        fn retired_openings(&self) -> Vec<u32> {
+            self.worker.prefixes.retired.iter().map(|seq| seq.tokens[0]).collect()
+        }
+    }
+
+    fn greedy(max_tokens: usize) -> GenerateOptions {
+        GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() }
+    }
+
+    /// 400 byte tokens, none of them special.
+    fn long_document() -> Vec<u32> {
+        (0..400).map(|i| 33 + i % 90).collect()
+    }
+
+    #[test]
+    fn a_long_prompt_is_prefilled_in_chunks_then_decoded_a_token_a_step() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..300], greedy(3));
+        assert_eq!(h.run(), [vec![128], vec![128], vec![44], vec![1], vec![1], vec![]]);
+        let seen = r.streamed();
+        assert_eq!(seen.tokens, doc[300..303]);
+        assert_eq!(seen.finish(), FinishReason::Length);
+        assert_eq!((seen.stats().prompt_tokens, seen.stats().generated_tokens), (300, 3));
+    }
+
+    #[test]
+    fn requests_prefilling_together_share_one_chunk_in_arrival_order() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let a = h.submit(1, &doc[..100], greedy(3));
+        let b = h.submit(2, &doc[..100], greedy(3));
+        // B gets what A leaves of the chunk, then the rest while A decodes.
+        assert_eq!(h.run(), [vec![100, 28], vec![1, 72], vec![1, 1], vec![1], vec![]]);
+        assert_eq!(a.streamed().tokens, doc[100..103]);
+        assert_eq!(b.streamed().tokens, doc[100..103]);
+    }
+
+    #[test]
+    fn a_request_arriving_mid_run_joins_the_next_step() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let a = h.submit(1, &doc[..10], greedy(7));
+        assert_eq!([h.step(), h.step(), h.step()], [vec![10], vec![1], vec![1]]);
+        let b = h.submit(2, &doc[..5], greedy(2));
+        assert_eq!([h.step(), h.step(), h.step()], [vec![1, 5], vec![1, 1], vec![1]]);
+        assert_eq!(b.streamed().tokens, doc[5..7], "joining mid-run changes nothing for the newcomer");
+        assert_eq!(h.run(), [vec![1], vec![]]);
+        assert_eq!(a.streamed().tokens, doc[10..17], "nor for the request already running");
+    }
+
+    #[test]
+    fn a_stopped_request_leaves_at_the_next_step_and_the_others_go_on() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let a = h.submit(1, &doc[..10], greedy(0));
+        let b = h.submit(2, &doc[..10], greedy(0));
+        let c = h.submit(3, &doc[..10], greedy(4));
+        assert_eq!([h.step(), h.step()], [vec![10, 10, 10], vec![1, 1, 1]]);
+        a.control.cancel();
+        b.control.time_out();
+        assert_eq!(h.step(), [1], "only C computes");
+        assert_eq!(a.streamed().finish(), FinishReason::Cancelled);
+        assert_eq!(b.streamed().finish(), FinishReason::Timeout);
+        h.run();
+        assert_eq!(c.streamed().finish(), FinishReason::Length);
+    }
+
+    #[test]
+    fn a_stop_during_the_pass_interrupts_it_only_when_every_request_in_it_is_stopped() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let a = h.submit(1, &doc[..10], greedy(0));
+        let b = h.submit(2, &doc[..10], greedy(0));
+        h.step();
+        h.model.stop_in_pass.lock().unwrap().push(a.control.clone());
+        assert_eq!(h.step(), [1, 1]);
+        assert_eq!(h.worker.sequences[&1].cache.len(), 11, "the pass went on for both");
+        assert_eq!(h.step(), [1], "A leaves at the next step");
+        assert_eq!(a.streamed().finish(), FinishReason::Cancelled);
+
+        h.model.stop_in_pass.lock().unwrap().push(b.control.clone());
+        assert_eq!(h.step(), [1]);
+        assert_eq!(b.streamed().finish(), FinishReason::Cancelled, "B alone: the pass stops");
+        let seq = &h.worker.sequences[&2];
+        assert_eq!((seq.cache.len(), seq.tokens.len()), (12, 12), "the sequence is as before the pass");
+        assert!(h.worker.active.is_empty());
+    }
+
+    #[test]
+    fn a_session_reuses_its_own_prefix_recomputing_at_least_the_last_prompt_token() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        h.submit(1, &doc[..40], greedy(2));
+        h.run();
+        let again = h.submit(1, &doc[..40], greedy(2));
+        assert_eq!(h.step(), [1]);
+        h.run();
+        assert_eq!(again.streamed().stats().cached_tokens, 39);
+        // The sequence holds the prompt and the first generated token (the last is never computed).
+        let longer = h.submit(1, &doc[..50], greedy(2));
+        assert_eq!(h.step(), [9]);
+        h.run();
+        assert_eq!(longer.streamed().stats().cached_tokens, 41);
+        let other = h.submit(1, &bytes("something else entirely"), greedy(2));
+        h.run();
+        assert_eq!(other.streamed().stats().cached_tokens, 0);
+    }
+
+    #[test]
+    fn a_live_sessions_prefix_is_copied_only_when_long_enough() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        h.submit(1, &doc[..40], greedy(1));
+        h.run();
+        let tail = [5, 5, 5];
+        let long = h.submit(2, &[&doc[..32], &tail[..]].concat(), greedy(1));
+        assert_eq!(h.step(), [3], "the shared 32 tokens are copied, not computed");
+        h.run();
+        assert_eq!(long.streamed().stats().cached_tokens, 32);
+        assert_eq!(h.worker.sequences[&1].cache.len(), 40, "the donor keeps its own");
+        let short = h.submit(3, &[&doc[..MIN_SHARED_PREFIX - 1], &tail[..]].concat(), greedy(1));
+        h.run();
+        assert_eq!(short.streamed().stats().cached_tokens, 0);
+    }
+
+    #[test]
+    fn retired_sequences_serve_new_sessions_and_the_least_recently_used_goes_first() {
+        let doc = long_document();
+        // Room for two 40-position sequences.
+        let mut h = Harness::new(&doc, 1024, 100);
+        let opening = |k: u32| vec![k; 40];
+        for k in 1..=3 {
+            h.submit(k as SessionId, &opening(k), greedy(1));
+            h.run();
+            h.worker.handle(Command::Close { session: k as SessionId });
+        }
+        assert_eq!(h.retired_openings(), [2, 3], "the oldest went over the budget");
+        let gone = h.submit(4, &[opening(1), vec![9]].concat(), greedy(1));
+        h.run();
+        assert_eq!(gone.streamed().stats().cached_tokens, 0);
+        let kept = h.submit(5, &[opening(2), vec![9]].concat(), greedy(1));
+        h.run();
+        assert_eq!(kept.streamed().stats().cached_tokens, 40);
+        assert_eq!(h.retired_openings(), [3, 2], "a borrowed sequence is used most recently");
+        h.worker.handle(Command::Reset { session: 5 });
+        assert_eq!(h.retired_openings(), [2, 2], "a reset session's sequence is kept too");
+    }
+
+    #[test]
+    fn the_prefix_cache_keeps_nothing_without_a_budget_nor_short_sequences() {
+        let mut h = Harness::new(&long_document(), 1024, 0);
+        h.submit(1, &[7; 40], greedy(1));
+        h.run();
+        h.worker.handle(Command::Close { session: 1 });
+        assert!(h.retired_openings().is_empty());
+        let mut h = Harness::new(&long_document(), 1024, 1000);
+        h.submit(1, &[7; MIN_SHARED_PREFIX - 1], greedy(1));
+        h.run();
+        h.worker.handle(Command::Close { session: 1 });
+        assert!(h.retired_openings().is_empty());
+    }
+
+    #[test]
+    fn generation_ends_at_a_stop_sequence_and_never_streams_past_it() {
+        let doc = bytes("Hello world\nUser: more text");
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..5], GenerateOptions { stop: vec!["\nUser:".into()], ..greedy(0) });
+        h.run();
+        let seen = r.streamed();
+        assert_eq!(seen.finish(), FinishReason::StopSequence);
+        assert_eq!(seen.text(), " world");
+        assert!(seen.tail.is_none(), "the held-back start of the stop sequence is never sent");
+        assert_eq!(seen.tokens, doc[5..17], "the tokens of the stop sequence are reported");
+    }
+
+    #[test]
+    fn a_character_split_across_tokens_is_streamed_whole() {
+        let doc = bytes("ab🦀c");
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..2], greedy(5));
+        h.run();
+        let seen = r.streamed();
+        assert_eq!(seen.pieces, ["", "", "", "🦀", "c"]);
+        assert_eq!(seen.finish(), FinishReason::Length);
+    }
+
+    #[test]
+    fn an_unfinished_character_at_the_end_is_sent_as_a_replacement_tail() {
+        let doc = bytes("ab🦀");
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..2], greedy(2));
+        h.run();
+        let seen = r.streamed();
+        assert_eq!((seen.pieces.concat(), seen.tail.as_deref()), (String::new(), Some("\u{fffd}")));
+    }
+
+    #[test]
+    fn the_end_of_generation_token_stops_unless_ignored() {
+        let doc = bytes("hi");
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..1], greedy(5));
+        h.run();
+        let seen = r.streamed();
+        assert_eq!((seen.finish(), seen.text()), (FinishReason::Stop, "i".to_string()));
+        let end = h.model.end;
+        let r = h.submit(2, &doc[..1], GenerateOptions { ignore_eos: true, ..greedy(3) });
+        h.run();
+        let seen = r.streamed();
+        assert_eq!((seen.finish(), seen.tokens), (FinishReason::Length, vec![u32::from(b'i'), end, end]));
+    }
+
+    #[test]
+    fn a_full_context_ends_generation_with_length() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 64, 0);
+        let r = h.submit(1, &doc[..60], greedy(0));
+        h.run();
+        let seen = r.streamed();
+        assert_eq!(seen.finish(), FinishReason::Length);
+        assert_eq!(seen.stats().prompt_tokens + seen.stats().generated_tokens, 64);
+    }
+
+    #[test]
+    fn a_caller_gone_cancels_its_request() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 0);
+        let r = h.submit(1, &doc[..10], greedy(0));
+        h.step();
+        drop(r);
+        assert_eq!(h.step(), Vec::<usize>::new());
+        assert!(h.worker.active.is_empty());
+        assert_eq!(h.worker.sequences[&1].cache.len(), 10, "the session keeps its sequence");
+    }
+
+    #[test]
+    fn a_session_closed_mid_run_ends_its_request_with_an_error() {
+        let doc = long_document();
+        let mut h = Harness::new(&doc, 1024, 1000);
+        let r = h.submit(1, &doc[..20], greedy(0));
+        h.step();
+        h.worker.handle(Command::Close { session: 1 });
+        assert_eq!(h.step(), Vec::<usize>::new());
+        let seen = r.streamed();
+        assert_eq!(seen.finish(), FinishReason::Error);
+        assert_eq!(seen.outcome.unwrap().error.unwrap().kind(), ErrorKind::Internal);
+        assert_eq!(h.retired_openings(), [doc[0]]);
+    }
+
+    #[test]
+    fn a_panic_in_the_batch_fails_only_the_request_that_triggers_it() {
+        let doc = long_document();
+        let poison = 260;
+        let mut h = Harness::with_poison(&doc, 1024, 0, Some(poison));
+        let healthy = h.submit(1, &doc[..10], greedy(5));
+        h.step();
+        let poisoned = h.submit(2, &[1, poison], greedy(5));
+        assert_eq!(h.step(), [1, 2]);
+        let failed = poisoned.streamed();
+        assert_eq!(failed.finish(), FinishReason::Error);
+        let error = failed.outcome.unwrap().error.unwrap();
+        assert_eq!(error.kind(), ErrorKind::Panic);
+        assert!(error.message().contains("poison token"), "{error}");
+        assert_eq!(h.worker.sequences[&2].cache.len(), 0, "its cache is cut back");
+        h.run();
+        let seen = healthy.streamed();
+        assert_eq!((seen.finish(), seen.tokens), (FinishReason::Length, doc[10..15].to_vec()));
+    }
+}
