@@ -1,14 +1,16 @@
 //! A session: one conversation with its own KV cache on the engine's model worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::control::Control;
 use super::worker::{worker_gone, Command, Event, Job, Outcome, SessionId};
 use super::EngineInner;
-use crate::constraint::Constraint;
+use tokio::task::AbortHandle;
+
+use crate::constraint::{CompiledConstraint, Constraint, ConstraintOutcome, ConstraintReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
@@ -95,10 +97,34 @@ impl Session {
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationResult> {
         let submitted = Instant::now();
-        let created_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let created_unix_ms = unix_millis_now();
+        let (prompt, constraints) = self.prepare(prompt, opts)?;
+        let _busy = self.claim()?;
+        let running = self.run_switch(opts.timeout);
+        let seed = opts.sampling.seed.unwrap_or_else(|| self.engine.next_seed());
+        let (events, receiver) = mpsc::channel();
+        self.engine.send(Command::Generate(Box::new(Job {
+            session: self.id,
+            prompt,
+            options: opts.clone(),
+            seed,
+            constraints,
+            control: running.control.clone(),
+            events,
+            submitted,
+        })))?;
+        let mut delivered = Delivered::new(opts.logprobs);
+        let outcome = receive(&receiver, &running.control, &mut delivered, &mut on_text)?;
+        Ok(self.result(delivered, outcome, opts, seed, created_unix_ms))
+    }
+
+    /// Checks the options, compiles the constraints and tokenizes the prompt, which must leave
+    /// room in the context for one generated token.
+    fn prepare(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+    ) -> Result<(Vec<u32>, Vec<Arc<CompiledConstraint>>)> {
         opts.sampling.validate()?;
         let constraints = opts
             .constraints
@@ -116,89 +142,47 @@ impl Session {
                 ),
             ));
         }
+        Ok((prompt, constraints))
+    }
+
+    /// Marks the session busy until the guard drops; refused while another generation runs.
+    fn claim(&self) -> Result<BusyGuard<'_>> {
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(Error::new(
                 ErrorKind::Busy,
                 "this session is already generating; use another session or wait",
             ));
         }
-        let _busy = BusyGuard(&self.busy);
+        Ok(BusyGuard(&self.busy))
+    }
 
+    /// A fresh stop switch for the request, reachable by [`Session::cancel`] and armed with the
+    /// timeout until the guard drops.
+    fn run_switch(&self, timeout: Option<Duration>) -> RunningGuard<'_> {
         let control = Arc::new(Control::new());
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(control.clone());
-        let _running = RunningGuard(&self.running);
-        let timer = opts.timeout.map(|t| self.engine.start_timer(t, control.clone()));
-        let (events, receiver) = mpsc::channel();
-        let seed = opts.sampling.seed.unwrap_or_else(|| self.engine.next_seed());
-        let job = Job {
-            session: self.id,
-            prompt,
-            sampling: opts.sampling.clone(),
-            seed,
-            max_tokens: opts.max_tokens,
-            stop: opts.stop.clone(),
-            logprobs: opts.logprobs,
-            ignore_eos: opts.ignore_eos,
-            constraints,
-            control: control.clone(),
-            events,
-            submitted,
-        };
-        self.engine.send(Command::Generate(Box::new(job)))?;
+        let timer = timeout.map(|t| self.engine.start_timer(t, control.clone()));
+        RunningGuard { slot: &self.running, control, timer }
+    }
 
-        let mut text = String::new();
-        let mut tokens = Vec::new();
-        let mut logprobs = opts.logprobs.then(Vec::new);
-        let mut stopped_by_caller = false;
-        let mut deliver = |piece: &str, text: &mut String| -> bool {
-            if piece.is_empty() {
-                return true;
-            }
-            text.push_str(piece);
-            on_text(piece)
-        };
-        let outcome: Outcome = loop {
-            match receiver.recv() {
-                Ok(Event::Token { id, logprob, text: piece }) => {
-                    if stopped_by_caller {
-                        continue;
-                    }
-                    tokens.push(id);
-                    if let (Some(all), Some(lp)) = (logprobs.as_mut(), logprob) {
-                        all.push(lp);
-                    }
-                    if !deliver(&piece, &mut text) {
-                        stopped_by_caller = true;
-                        control.cancel();
-                    }
-                }
-                Ok(Event::Tail { text: piece }) => {
-                    if !stopped_by_caller && !deliver(&piece, &mut text) {
-                        stopped_by_caller = true;
-                    }
-                }
-                Ok(Event::Done(outcome)) => break *outcome,
-                Err(_) => return Err(worker_gone()),
-            }
-        };
-        if let Some(timer) = timer {
-            timer.abort();
-        }
+    /// The result: what the caller was given, and how the worker says the request ended unless
+    /// the caller cut it short.
+    fn result(
+        &self,
+        delivered: Delivered,
+        outcome: Outcome,
+        opts: &GenerateOptions,
+        seed: u64,
+        created_unix_ms: u64,
+    ) -> GenerationResult {
         let Outcome { finish, stats, error, mut validation, constraint_stats } = outcome;
-        let finish = if stopped_by_caller {
-            // The caller cut the text: grammar constraints cannot vouch for it any more.
-            for report in validation.iter_mut().filter(|r| {
-                r.outcome == crate::constraint::ConstraintOutcome::Satisfied && r.kind != "token_mask"
-            }) {
-                report.outcome = crate::constraint::ConstraintOutcome::Violated;
-                report.reason =
-                    Some("the streaming callback stopped generation before the output was complete".into());
-            }
+        let finish = if delivered.stopped_by_caller {
+            void_grammar_guarantees(&mut validation);
             FinishReason::Cancelled
         } else {
             finish
         };
-        let stats = GenerationStats { generated_tokens: tokens.len(), ..stats };
+        let stats = GenerationStats { generated_tokens: delivered.tokens.len(), ..stats };
         let provenance = Provenance {
             model: self.engine.info.name.clone(),
             architecture: self.engine.info.architecture.clone(),
@@ -209,17 +193,17 @@ impl Session {
             max_tokens: opts.max_tokens,
             stop: opts.stop.clone(),
         };
-        Ok(GenerationResult {
-            text,
-            tokens,
-            logprobs,
+        GenerationResult {
+            text: delivered.text,
+            tokens: delivered.tokens,
+            logprobs: delivered.logprobs,
             finish_reason: finish,
             stats,
             error,
             validation,
             constraint_stats,
             provenance,
-        })
+        }
     }
 
     /// Stops the running generation, if any (prefill included). Safe from any thread; a no-op
@@ -258,10 +242,233 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-struct RunningGuard<'a>(&'a Mutex<Option<Arc<Control>>>);
+/// The running request's stop switch, registered for [`Session::cancel`], with its timeout
+/// timer; both go when the generation ends.
+struct RunningGuard<'a> {
+    slot: &'a Mutex<Option<Arc<Control>>>,
+    control: Arc<Control>,
+    timer: Option<AbortHandle>,
+}
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// What the caller has been given so far.
+struct Delivered {
+    text: String,
+    tokens: Vec<u32>,
+    /// Collected only when the request asked for them.
+    logprobs: Option<Vec<f32>>,
+    /// The streaming callback returned `false`: nothing after that point is taken.
+    stopped_by_caller: bool,
+}
+
+impl Delivered {
+    fn new(logprobs: bool) -> Self {
+        Self {
+            text: String::new(),
+            tokens: Vec::new(),
+            logprobs: logprobs.then(Vec::new),
+            stopped_by_caller: false,
+        }
+    }
+
+    /// Takes one event from the worker; `Some` when it is the last. A callback that stops the
+    /// generation on a token cancels the request.
+    fn take(
+        &mut self,
+        event: Event,
+        control: &Control,
+        on_text: &mut impl FnMut(&str) -> bool,
+    ) -> Option<Outcome> {
+        match event {
+            Event::Done(outcome) => return Some(*outcome),
+            _ if self.stopped_by_caller => {}
+            Event::Token { id, logprob, text } => {
+                self.tokens.push(id);
+                if let (Some(all), Some(lp)) = (self.logprobs.as_mut(), logprob) {
+                    all.push(lp);
+                }
+                if !self.deliver(&text, on_text) {
+                    control.cancel();
+                }
+            }
+            Event::Tail { text } => {
+                self.deliver(&text, on_text);
+            }
+        }
+        None
+    }
+
+    /// Hands a piece of text to the caller; `false` when the caller stops the generation.
+    fn deliver(&mut self, piece: &str, on_text: &mut impl FnMut(&str) -> bool) -> bool {
+        if piece.is_empty() {
+            return true;
+        }
+        self.text.push_str(piece);
+        self.stopped_by_caller = !on_text(piece);
+        !self.stopped_by_caller
+    }
+}
+
+/// Streams the worker's events into `delivered` until the request's outcome arrives.
+fn receive(
+    events: &Receiver<Event>,
+    control: &Control,
+    delivered: &mut Delivered,
+    on_text: &mut impl FnMut(&str) -> bool,
+) -> Result<Outcome> {
+    loop {
+        let event = events.recv().map_err(|_| worker_gone())?;
+        if let Some(outcome) = delivered.take(event, control, on_text) {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The caller cut the text: grammar constraints cannot vouch for it any more (a token mask
+/// held on every token still does).
+fn void_grammar_guarantees(validation: &mut [ConstraintReport]) {
+    for report in
+        validation.iter_mut().filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != "token_mask")
+    {
+        report.outcome = ConstraintOutcome::Violated;
+        report.reason =
+            Some("the streaming callback stopped generation before the output was complete".into());
+    }
+}
+
+fn unix_millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: u32, text: &str) -> Event {
+        Event::Token { id, logprob: Some(-(id as f32)), text: text.into() }
+    }
+
+    fn done(finish: FinishReason) -> Event {
+        Event::Done(Box::new(Outcome {
+            finish,
+            stats: GenerationStats::default(),
+            error: None,
+            validation: Vec::new(),
+            constraint_stats: None,
+        }))
+    }
+
+    /// Feeds `events` through a session's receiving side; what the callback saw, what was
+    /// delivered, the outcome and whether the request was cancelled.
+    fn stream(
+        events: Vec<Event>,
+        logprobs: bool,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> (Delivered, Result<Outcome>, bool) {
+        let (sender, receiver) = mpsc::channel();
+        events.into_iter().for_each(|e| sender.send(e).unwrap());
+        drop(sender);
+        let control = Control::new();
+        let mut delivered = Delivered::new(logprobs);
+        let outcome = receive(&receiver, &control, &mut delivered, &mut on_text);
+        (delivered, outcome, control.is_stopped())
+    }
+
+    #[test]
+    fn pieces_reach_the_callback_in_order_and_empty_ones_not_at_all() {
+        let mut seen = Vec::new();
+        let events = vec![
+            token(1, "Hel"),
+            token(2, ""),
+            token(3, "lo"),
+            Event::Tail { text: "!".into() },
+            done(FinishReason::Length),
+        ];
+        let (delivered, outcome, cancelled) = stream(events, true, |t| {
+            seen.push(t.to_string());
+            true
+        });
+        assert_eq!(seen, ["Hel", "lo", "!"]);
+        assert_eq!((delivered.text.as_str(), delivered.tokens), ("Hello!", vec![1, 2, 3]));
+        assert_eq!(delivered.logprobs, Some(vec![-1.0, -2.0, -3.0]));
+        assert_eq!(outcome.unwrap().finish, FinishReason::Length);
+        assert!(!cancelled && !delivered.stopped_by_caller);
+    }
+
+    #[test]
+    fn log_probabilities_are_kept_only_when_asked_for() {
+        let (delivered, _, _) = stream(vec![token(1, "a"), done(FinishReason::Stop)], false, |_| true);
+        assert_eq!(delivered.logprobs, None);
+    }
+
+    #[test]
+    fn a_callback_that_stops_cancels_the_request_and_takes_nothing_after() {
+        let mut calls = 0;
+        let events = vec![
+            token(1, "a"),
+            token(2, "b"),
+            token(3, "c"),
+            Event::Tail { text: "d".into() },
+            done(FinishReason::Length),
+        ];
+        let (delivered, outcome, cancelled) = stream(events, true, |_| {
+            calls += 1;
+            calls < 2
+        });
+        assert!(cancelled, "the worker is told to stop");
+        assert_eq!(calls, 2);
+        assert_eq!((delivered.text.as_str(), delivered.tokens), ("ab", vec![1, 2]));
+        assert_eq!(delivered.logprobs, Some(vec![-1.0, -2.0]));
+        assert!(delivered.stopped_by_caller);
+        assert_eq!(outcome.unwrap().finish, FinishReason::Length, "the session overrides it");
+    }
+
+    #[test]
+    fn a_callback_that_stops_on_the_tail_does_not_cancel() {
+        let events = vec![token(1, "a"), Event::Tail { text: "z".into() }, done(FinishReason::Stop)];
+        let (delivered, _, cancelled) = stream(events, false, |t| t != "z");
+        assert_eq!(delivered.text, "az");
+        assert!(delivered.stopped_by_caller && !cancelled);
+    }
+
+    #[test]
+    fn a_worker_gone_before_the_outcome_is_an_error() {
+        let (_, outcome, _) = stream(vec![token(1, "a")], false, |_| true);
+        assert_eq!(outcome.err().unwrap().kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_cut_by_the_caller_voids_grammar_guarantees_but_not_token_masks() {
+        let report = |kind: &'static str, outcome| ConstraintReport {
+            name: kind.into(),
+            kind,
+            priority: 0,
+            outcome,
+            reason: None,
+        };
+        let mut validation = vec![
+            report("json_schema", ConstraintOutcome::Satisfied),
+            report("token_mask", ConstraintOutcome::Satisfied),
+            report("regex", ConstraintOutcome::Relaxed),
+        ];
+        void_grammar_guarantees(&mut validation);
+        let outcomes: Vec<_> = validation.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [ConstraintOutcome::Violated, ConstraintOutcome::Satisfied, ConstraintOutcome::Relaxed]
+        );
+        assert!(validation[0].reason.as_deref().unwrap().contains("streaming callback"));
+        assert_eq!((validation[1].reason.as_ref(), validation[2].reason.as_ref()), (None, None));
     }
 }

@@ -145,4 +145,106 @@ mod tests {
         b.push(&"é".as_bytes()[..1]);
         assert_eq!(b.finish(), "\u{fffd}");
     }
+
+    /// Pushes `chunks` in order; the text delivered and whether a stop sequence completed.
+    fn feed(stops: &[&str], chunks: &[&[u8]]) -> (String, bool) {
+        let mut a = TextAssembler::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut text = String::new();
+        for chunk in chunks {
+            let delta = a.push(chunk);
+            text.push_str(&delta.text);
+            if delta.stopped {
+                return (text, true);
+            }
+        }
+        (text + &a.finish(), false)
+    }
+
+    #[test]
+    fn a_stop_sequence_split_over_many_tokens_is_never_shown() {
+        let (text, stopped) = feed(&["</answer>"], &[b"42<", b"/ans", b"w", b"er", b">tail"]);
+        assert_eq!((text.as_str(), stopped), ("42", true));
+    }
+
+    #[test]
+    fn the_earliest_of_overlapping_stops_wins() {
+        assert_eq!(feed(&["bcd", "abc"], &[b"xa", b"b", b"cd"]), ("x".into(), true));
+        // A shorter stop completes while a longer one is still possible: the text before it goes.
+        assert_eq!(feed(&["END!", "D"], &[b"EN", b"D"]), ("EN".into(), true));
+        // One stop inside another.
+        assert_eq!(feed(&["abcd", "bc"], &[b"zab", b"cx"]), ("za".into(), true));
+    }
+
+    #[test]
+    fn only_the_part_that_may_start_a_stop_is_held_back() {
+        let mut a = TextAssembler::new(vec!["aab".into()]);
+        assert_eq!(a.push(b"aa").text, "");
+        assert_eq!(a.push(b"a").text, "a", "the first `a` can no longer start the stop");
+        assert_eq!(a.push(b"b"), Delta { text: "".into(), stopped: true });
+    }
+
+    #[test]
+    fn text_after_the_stop_in_the_same_token_is_dropped() {
+        let mut a = TextAssembler::new(vec!["\n\n".into()]);
+        assert_eq!(a.push(b"one\n\ntwo"), Delta { text: "one".into(), stopped: true });
+        assert_eq!(a.finish(), "");
+    }
+
+    #[test]
+    fn a_stop_at_the_very_start_gives_no_text() {
+        assert_eq!(feed(&["Hi"], &[b"Hi there"]), ("".into(), true));
+    }
+
+    #[test]
+    fn a_stop_made_of_a_character_split_across_tokens() {
+        let e_acute = "é".as_bytes();
+        let mut a = TextAssembler::new(vec!["é".into()]);
+        assert_eq!(
+            a.push(&[b"x".as_slice(), &e_acute[..1]].concat()).text,
+            "x",
+            "the lead byte alone is held"
+        );
+        assert_eq!(a.push(&e_acute[1..]), Delta { text: "".into(), stopped: true });
+    }
+
+    #[test]
+    fn a_character_sharing_a_stops_lead_byte_is_released_once_complete() {
+        // "è" and "é" share their first byte: it alone cannot rule the stop in or out.
+        let e_grave = "è".as_bytes();
+        let mut a = TextAssembler::new(vec!["é!".into()]);
+        assert_eq!(a.push(&e_grave[..1]).text, "");
+        assert_eq!(a.push(&e_grave[1..]).text, "è");
+        // A stop that starts with a whole character is held while it may still complete.
+        assert_eq!(a.push("é".as_bytes()).text, "");
+        assert_eq!(a.push(b"?").text, "é?");
+    }
+
+    #[test]
+    fn empty_stop_strings_are_ignored() {
+        assert_eq!(feed(&[""], &[b"abc"]), ("abc".into(), false));
+    }
+
+    #[test]
+    fn any_split_of_the_bytes_gives_the_same_text() {
+        let cases: [(&str, &[&str], &str, bool); 4] = [
+            ("héllo 🦀 wörld", &[], "héllo 🦀 wörld", false),
+            ("héllo 🦀 wörld", &["🦀"], "héllo ", true),
+            ("a→b→STOP→c", &["→STOP", "STOP→c"], "a→b", true),
+            ("日本語のテキスト", &["テキ", "のテ"], "日本語", true),
+        ];
+        for (input, stops, expected, stops_early) in cases {
+            let bytes = input.as_bytes();
+            for i in 0..=bytes.len() {
+                for j in i..=bytes.len() {
+                    let chunks = [&bytes[..i], &bytes[i..j], &bytes[j..]];
+                    let (text, stopped) = feed(stops, &chunks);
+                    assert_eq!(
+                        (text.as_str(), stopped),
+                        (expected, stops_early),
+                        "{input:?} cut at {i}, {j}"
+                    );
+                }
+            }
+        }
+    }
 }
