@@ -23,9 +23,12 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::constraint::{ConstraintOutcome, ConstraintReport};
+use super::{EngineBackend, SessionBackend};
+use crate::constraint::{CacheStats, Constraint, ConstraintOutcome, ConstraintReport};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::chat::ChatMessage;
+use crate::model::ModelInfo;
 use crate::protocol::maze::ErrorBody;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 pub use sse::{SseEvent, SseParser};
@@ -152,6 +155,8 @@ struct Inner {
     config: RemoteConfig,
     base: String,
     model: String,
+    /// What the engine serves, as [`EngineBackend::info`] reports it.
+    served: ModelInfo,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
 }
@@ -180,7 +185,8 @@ impl RemoteEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start the remote runtime: {e}")))?;
-        let mut inner = Inner { base, model: String::new(), client, runtime, config };
+        let served = served_info("", &base);
+        let mut inner = Inner { base, model: String::new(), served, client, runtime, config };
         let models = inner.models()?;
         inner.model = match (&inner.config.model, inner.config.protocol) {
             (Some(name), Protocol::OpenAi) if !models.contains(name) => {
@@ -195,6 +201,7 @@ impl RemoteEngine {
                 Error::new(ErrorKind::Backend, format!("the server at {} lists no model", inner.base))
             })?,
         };
+        inner.served = served_info(&inner.model, &inner.base);
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -267,6 +274,108 @@ impl RemoteSession {
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
+
+    /// The server keeps no conversation, so there is nothing to forget; refused while
+    /// generating, as a local session refuses it.
+    pub fn reset(&self) -> Result<()> {
+        if self.is_busy() {
+            return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating"));
+        }
+        Ok(())
+    }
+}
+
+impl EngineBackend for RemoteEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.inner.served
+    }
+
+    fn has_chat_template(&self) -> bool {
+        // The server applies its own.
+        true
+    }
+
+    fn tokenize(&self, _: &str, _: bool, _: bool) -> Result<Vec<u32>> {
+        Err(self.needs_local("tokenize"))
+    }
+
+    fn detokenize(&self, _: &[u32]) -> Result<Vec<u8>> {
+        Err(self.needs_local("detokenize"))
+    }
+
+    fn render_chat(&self, _: &[ChatMessage], _: bool) -> Result<String> {
+        Err(self.needs_local("the chat template"))
+    }
+
+    fn eos_token(&self) -> Option<u32> {
+        None
+    }
+
+    fn is_end_of_generation(&self, _: u32) -> bool {
+        false
+    }
+
+    fn check_constraint(&self, _: &Constraint) -> Result<()> {
+        // The server compiles and checks constraints itself.
+        Ok(())
+    }
+
+    fn constraint_cache_stats(&self) -> Result<CacheStats> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn clear_constraint_cache(&self) -> Result<()> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn set_constraint_cache_limit(&self, _: usize) -> Result<()> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn health(&self) -> Result<()> {
+        RemoteEngine::health(self)
+    }
+
+    fn list_models(&self) -> Result<Vec<String>> {
+        self.models()
+    }
+
+    fn new_session(&self) -> Box<dyn SessionBackend> {
+        Box::new(RemoteEngine::new_session(self))
+    }
+}
+
+impl RemoteEngine {
+    /// The refusal of what only a model loaded here can do (it has no tokenizer or cache here).
+    fn needs_local(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{what} needs a local model; this engine is remote ({})", self.inner.base),
+        )
+    }
+}
+
+impl SessionBackend for RemoteSession {
+    fn generate_streaming(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
+        RemoteSession::generate_streaming(self, prompt, opts, on_text)
+    }
+
+    fn cancel(&self) {
+        RemoteSession::cancel(self)
+    }
+
+    fn reset(&self) -> Result<()> {
+        RemoteSession::reset(self)
+    }
+
+    fn is_busy(&self) -> bool {
+        RemoteSession::is_busy(self)
+    }
 }
 
 /// Why the wait for the server stopped early.
@@ -297,6 +406,21 @@ async fn interruptible<T>(
         value = future => Ok(value),
         _ = cancelled => Err(Interrupt::Cancelled),
         _ = sleep => Err(Interrupt::Timeout),
+    }
+}
+
+/// The model a server serves, described as far as a client knows it: the sizes it does not
+/// report read 0.
+fn served_info(model: &str, base: &str) -> ModelInfo {
+    ModelInfo {
+        architecture: "remote".into(),
+        name: model.to_string(),
+        vocab_size: 0,
+        trained_context_length: 0,
+        context_length: 0,
+        n_layers: 0,
+        embedding_length: 0,
+        compute: format!("remote, {base}"),
     }
 }
 
