@@ -33,7 +33,8 @@ pub mod testing;
 
 pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport};
 pub use engine::{
-    ComputeDevice, Engine, EngineConfig, GenerateOptions, Prompt, Session, DEFAULT_PREFIX_CACHE_BYTES,
+    ComputeDevice, Engine, EngineConfig, EngineSpec, GenerateOptions, Prompt, Session,
+    DEFAULT_PREFIX_CACHE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::chat::ChatMessage;

@@ -197,7 +197,7 @@ ANSWER: "yes" | "no""#;
     let first = free.tokens[0];
     let r = constrained("Say hello.", vec![Constraint::token_mask("no_first", vec![], vec![first])], 5);
     assert!(!r.tokens.contains(&first), "{:?}", r.tokens);
-    let allowed: Vec<u32> = engine().tokenizer().encode(" a b c", false, false).unwrap();
+    let allowed: Vec<u32> = engine().local().unwrap().tokenizer().encode(" a b c", false, false).unwrap();
     let r = constrained("Say hello.", vec![Constraint::token_mask("abc", allowed.clone(), vec![])], 6);
     assert!(r.tokens.iter().all(|t| allowed.contains(t)), "{:?} not within {allowed:?}", r.tokens);
 }
@@ -233,7 +233,7 @@ fn cut_short_output_is_reported_as_violated() {
 
 #[test]
 fn bad_constraints_fail_at_compile_time_naming_the_part() {
-    let compile = |c: Constraint| engine().compile_constraint(&c).err().expect("must fail");
+    let compile = |c: Constraint| engine().check_constraint(&c).err().expect("must fail");
     let e = compile(Constraint::regex("r", "[0-9"));
     assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
     assert!(e.message().contains("'r'") && e.message().contains("[0-9"), "{e}");
@@ -265,7 +265,7 @@ fn bad_constraints_fail_at_compile_time_naming_the_part() {
 
 #[test]
 fn the_compile_cache_hits_counts_and_evicts() {
-    let e = Engine::load(
+    let e = maze::engine::LocalEngine::load(
         &EngineConfig {
             model_path: std::env::var_os("MAZE_MODEL").map(PathBuf::from).unwrap_or_default(),
             constraint_cache_limit: 2,

@@ -47,7 +47,7 @@ fn model_facts_match_the_file() {
     assert_eq!(info.embedding_length, 576);
     assert_eq!(info.trained_context_length, 8192);
     assert_eq!(info.context_length, 2048);
-    let tok = engine().tokenizer();
+    let tok = engine().local().unwrap().tokenizer();
     assert_eq!(tok.eos(), Some(2));
     assert_eq!(tok.token_text(2), Some("<|im_end|>"));
     assert_eq!(tok.end_of_generation(), &[0, 2], "<|endoftext|> and <|im_end|>");
@@ -55,7 +55,7 @@ fn model_facts_match_the_file() {
 
 #[test]
 fn tokenizer_round_trips_exactly() {
-    let tok = engine().tokenizer();
+    let tok = engine().local().unwrap().tokenizer();
     let texts = [
         "Hello, world!",
         "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n",
@@ -119,7 +119,7 @@ fn chat_generation_streams_valid_text_and_stops_by_itself() {
     assert_eq!(r.finish_reason, FinishReason::Stop, "{:?}: {}", r.finish_reason, r.text);
     assert_eq!(r.text, streamed);
     assert!(chunks > 5 && r.text.split_whitespace().count() >= 8, "{}", r.text);
-    assert_eq!(engine().tokenizer().decode(&r.tokens).unwrap(), r.text);
+    assert_eq!(engine().local().unwrap().tokenizer().decode(&r.tokens).unwrap(), r.text);
     assert!(
         r.stats.decode_tokens_per_second > 1.0 && r.stats.prefill_tokens_per_second > 1.0,
         "{:?}",
@@ -178,6 +178,8 @@ fn the_native_forward_pass_agrees_with_candles_on_the_real_model() {
     let (native, tensors) = (load(false), load(true));
     assert!(native.info().compute.starts_with("cpu native"), "{}", native.info().compute);
     let prompt = engine()
+        .local()
+        .unwrap()
         .tokenizer()
         .encode("The capital of France is Paris. The capital of Italy is", false, false)
         .unwrap();
@@ -212,5 +214,9 @@ fn ignore_eos_generates_past_the_end_token() {
     // The same text up to the end token, which stays in the output, and more after it.
     let n = stopped.tokens.len();
     assert_eq!(kept_going.tokens[..n], stopped.tokens[..]);
-    assert!(engine().tokenizer().is_end_of_generation(kept_going.tokens[n]), "{:?}", kept_going.tokens);
+    assert!(
+        engine().local().unwrap().tokenizer().is_end_of_generation(kept_going.tokens[n]),
+        "{:?}",
+        kept_going.tokens
+    );
 }

@@ -126,7 +126,7 @@ fn maze_protocol_enforces_every_constraint_kind() {
     assert!(r.constraint_stats.is_some_and(|s| s.masks_computed > 0));
 
     // Token masks travel too (the server knows its token ids).
-    let tokenizer = local_engine().tokenizer();
+    let tokenizer = local_engine().local().unwrap().tokenizer();
     let mut digits: Vec<u32> =
         (0..10).map(|d| tokenizer.encode(&d.to_string(), false, false).unwrap()[0]).collect();
     digits.push(2);

@@ -72,7 +72,10 @@ fn loads_and_generates_deterministically() {
     let b = engine.new_session().generate(&Prompt::Text("hello world".into()), &greedy(12)).unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert!(matches!(a.finish_reason, FinishReason::Length | FinishReason::Stop));
-    assert_eq!(a.stats.prompt_tokens, engine.tokenizer().encode("hello world", true, true).unwrap().len());
+    assert_eq!(
+        a.stats.prompt_tokens,
+        engine.local().unwrap().tokenizer().encode("hello world", true, true).unwrap().len()
+    );
 }
 
 #[test]
@@ -180,7 +183,7 @@ fn broken_chat_templates_name_the_problem() {
 fn byte_level_tokenizer_round_trips_everything() {
     let dir = TempDir::new("tok");
     let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
-    let tok = engine.tokenizer();
+    let tok = engine.local().unwrap().tokenizer();
     for text in [
         "hello world",
         "  hello\n\n\tworld  ",
@@ -224,7 +227,7 @@ fn tokenizer_json_beside_the_model_or_explicit() {
     // With tokenizer.json beside it.
     hf.save(dir.path("tokenizer.json"), false).unwrap();
     let engine = load(&path).unwrap();
-    let tok = engine.tokenizer();
+    let tok = engine.local().unwrap().tokenizer();
     let text = "hello world 🦀 <|im_start|>";
     let ids = tok.encode(text, false, true).unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), text);
@@ -240,7 +243,7 @@ fn tokenizer_json_beside_the_model_or_explicit() {
         ..Default::default()
     };
     let engine = Engine::load(&cfg, None).unwrap();
-    assert_eq!(engine.tokenizer().encode(text, false, true).unwrap(), ids);
+    assert_eq!(engine.local().unwrap().tokenizer().encode(text, false, true).unwrap(), ids);
 }
 
 fn spm_metadata() -> Vec<(&'static str, Value)> {

@@ -153,22 +153,24 @@ fn bench_constraints(
     schema: serde_json::Value,
 ) -> ConstraintNumbers {
     let constraint = Constraint::json_schema("catalog", schema);
+    // Compiled constraints and the tokenizer are the local engine's.
+    let local = engine.local().expect("maze-bench loads a local model");
     // The first compilation also builds the token trie and parser factory (once per engine).
     let t = Instant::now();
-    engine.compile_constraint(&constraint).expect("schema compiles");
+    local.compile_constraint(&constraint).expect("schema compiles");
     let first_compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let cold: Vec<f64> = (0..20)
         .map(|_| {
-            engine.clear_constraint_cache();
+            local.clear_constraint_cache();
             let t = Instant::now();
-            engine.compile_constraint(&constraint).expect("compiles");
+            local.compile_constraint(&constraint).expect("compiles");
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
     let hits: Vec<f64> = (0..2000)
         .map(|_| {
             let t = Instant::now();
-            let c = engine.compile_constraint(&constraint).expect("compiles");
+            let c = local.compile_constraint(&constraint).expect("compiles");
             let us = t.elapsed().as_secs_f64() * 1e6;
             assert!(c.cache_hit);
             us
@@ -192,12 +194,11 @@ fn bench_constraints(
         }
         // Replay the output through a fresh enforcer, one mask per token, nothing else running:
         // the mask's own cost, free of contention with the overlapped forward pass.
-        let compiled =
-            std::sync::Arc::new(engine.compile_constraint(&opts.constraints[0]).expect("compiles"));
+        let compiled = std::sync::Arc::new(local.compile_constraint(&opts.constraints[0]).expect("compiles"));
         let mut enforcer = maze::constraint::Enforcer::new(
             vec![compiled],
             engine.info().vocab_size,
-            engine.tokenizer().end_of_generation().to_vec(),
+            local.tokenizer().end_of_generation().to_vec(),
         );
         let logprobs = r.logprobs.clone().expect("requested");
         for (&t, lp) in r.tokens.iter().zip(logprobs) {
@@ -322,8 +323,7 @@ fn bench_shared_prefix(engine: &Engine, opening: &[u32], args: &Args) -> (f64, f
 /// The sentence every measured prompt repeats or rotates.
 fn base_prompt(engine: &Engine) -> Vec<u32> {
     engine
-        .tokenizer()
-        .encode("The history of computing is long and full of remarkable people. ", false, false)
+        .tokenize("The history of computing is long and full of remarkable people. ", false, false)
         .expect("tokenize")
 }
 

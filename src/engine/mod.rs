@@ -2,11 +2,13 @@
 //! share it freely and open any number of sessions on it.
 
 mod control;
+mod facade;
 mod session;
 mod text;
 mod worker;
 
-pub use session::{GenerateOptions, Prompt, Session};
+pub use facade::{Engine, EngineSpec, Session};
+pub use session::{GenerateOptions, LocalSession, Prompt};
 pub use text::{Delta, TextAssembler};
 
 use std::path::PathBuf;
@@ -78,9 +80,9 @@ impl ComputeDevice {
 /// Default budget of [`EngineConfig::prefix_cache_bytes`].
 pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 64 << 20;
 
-/// A loaded model ready to serve sessions. Cheap to clone (shared).
+/// A model loaded in this process, ready to serve sessions. Cheap to clone (shared).
 #[derive(Clone)]
-pub struct Engine {
+pub struct LocalEngine {
     inner: Arc<EngineInner>,
 }
 
@@ -96,7 +98,7 @@ pub(crate) struct EngineInner {
     pub(crate) compiler: Compiler,
 }
 
-impl Engine {
+impl LocalEngine {
     /// Loads the model and starts its worker. `progress` (fraction in [0, 1]) is called on this
     /// thread; returning `false` aborts the load with [`ErrorKind::Cancelled`].
     pub fn load(config: &EngineConfig, progress: Option<&mut dyn FnMut(f32) -> bool>) -> Result<Self> {
@@ -241,9 +243,9 @@ impl Engine {
     }
 
     /// Opens a new, empty session.
-    pub fn new_session(&self) -> Session {
+    pub fn new_session(&self) -> LocalSession {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        Session::new(self.inner.clone(), id)
+        LocalSession::new(self.inner.clone(), id)
     }
 }
 

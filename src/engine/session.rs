@@ -62,19 +62,19 @@ impl Default for GenerateOptions {
     }
 }
 
-/// One conversation. Thread-safe: any thread may call [`Session::cancel`] at any time; a second
+/// One conversation. Thread-safe: any thread may call [`LocalSession::cancel`] at any time; a second
 /// generation while one runs is refused with [`ErrorKind::Busy`].
 ///
 /// A session keeps the tokens of its last request in its KV cache; the next request reuses
 /// the longest common prefix, so a multi-turn chat only computes the new turn.
-pub struct Session {
+pub struct LocalSession {
     engine: Arc<EngineInner>,
     id: SessionId,
     busy: AtomicBool,
     running: Mutex<Option<Arc<Control>>>,
 }
 
-impl Session {
+impl LocalSession {
     pub(crate) fn new(engine: Arc<EngineInner>, id: SessionId) -> Self {
         Self { engine, id, busy: AtomicBool::new(false), running: Mutex::new(None) }
     }
@@ -228,7 +228,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for LocalSession {
     fn drop(&mut self) {
         let _ = self.engine.send(Command::Close { session: self.id });
     }

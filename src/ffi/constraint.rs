@@ -3,10 +3,10 @@
 
 use std::ffi::c_char;
 
-use super::engine::{maze_engine, Backend};
+use super::engine::maze_engine;
 use super::{
-    arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string,
-    read_params, write_out, FfiError, FfiResult,
+    arg_out, arg_ref, arg_slice, arg_str, ffi_boundary, maze_error, maze_status, maze_string, read_params,
+    write_out, FfiError, FfiResult, Handle,
 };
 use crate::constraint::{Constraint, ConstraintKind};
 
@@ -58,6 +58,8 @@ pub struct maze_constraint_desc {
 pub struct maze_constraint {
     pub(crate) constraints: Vec<Constraint>,
 }
+
+impl Handle for maze_constraint {}
 
 /// A descriptor with everything empty (kind JSON schema, priority 0).
 #[no_mangle]
@@ -122,12 +124,9 @@ unsafe fn finish(
     out: *mut *mut maze_constraint,
 ) -> FfiResult<()> {
     for c in &constraints {
-        // A remote server compiles (and checks) constraints itself.
-        if let Backend::Local(local) = &engine.backend {
-            local.compile_constraint(c)?;
-        }
+        engine.engine.check_constraint(c)?;
     }
-    write_out(out, Box::into_raw(Box::new(maze_constraint { constraints })), "out_constraint")
+    maze_constraint { constraints }.box_into(out, "out_constraint")
 }
 
 /// Builds and compiles a constraint from a descriptor. Fails with
@@ -140,8 +139,8 @@ pub unsafe extern "C" fn maze_constraint_new(
     out_constraint: *mut *mut maze_constraint,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         arg_ref(desc, "desc")?;
         arg_out(out_constraint, "out_constraint")?;
         let d = read_params(desc, maze_constraint_desc_default(), "desc")?;
@@ -161,8 +160,8 @@ pub unsafe extern "C" fn maze_constraint_from_json(
     out_constraint: *mut *mut maze_constraint,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         let text = arg_str(json, json_len, "json")?;
         arg_out(out_constraint, "out_constraint")?;
         let constraints = Constraint::list_from_json(text)
@@ -180,17 +179,13 @@ pub unsafe extern "C" fn maze_constraint_from_json(
 /// Number of constraints in a handle (a JSON array gives several); 0 for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_constraint_count(constraint: *const maze_constraint) -> usize {
-    ffi_infallible!(0, { constraint.as_ref().map(|c| c.constraints.len()).unwrap_or(0) })
+    ffi_boundary!({ maze_constraint::from_nullable(constraint).map(|c| c.constraints.len()).unwrap_or(0) })
 }
 
 /// Frees a constraint handle. NULL is a no-op. Generations already started are unaffected.
 #[no_mangle]
 pub unsafe extern "C" fn maze_constraint_free(constraint: *mut maze_constraint) {
-    ffi_infallible!((), {
-        if !constraint.is_null() {
-            drop(Box::from_raw(constraint));
-        }
-    })
+    ffi_boundary!({ maze_constraint::free(constraint) })
 }
 
 /// Constraint compile-cache counters.
@@ -211,9 +206,8 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_stats(
     out: *mut maze_constraint_cache_stats,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
-        let s = engine.local("the constraint cache")?.constraint_cache_stats();
+    ffi_boundary!(error, {
+        let s = maze_engine::from_ptr(engine, "engine")?.engine.constraint_cache_stats()?;
         let stats = maze_constraint_cache_stats {
             size: s.size as u64,
             limit: s.limit as u64,
@@ -231,10 +225,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_clear(
     engine: *const maze_engine,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        arg_ref(engine, "engine")?.local("the constraint cache")?.clear_constraint_cache();
-        Ok(())
-    })
+    ffi_boundary!(error, { Ok(maze_engine::from_ptr(engine, "engine")?.engine.clear_constraint_cache()?) })
 }
 
 /// Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
@@ -244,10 +235,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(
     limit: u64,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        arg_ref(engine, "engine")?
-            .local("the constraint cache")?
-            .set_constraint_cache_limit(limit as usize)?;
-        Ok(())
+    ffi_boundary!(error, {
+        Ok(maze_engine::from_ptr(engine, "engine")?.engine.set_constraint_cache_limit(limit as usize)?)
     })
 }

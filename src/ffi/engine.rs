@@ -4,11 +4,11 @@ use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
 use super::{
-    arg_cstr, arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status,
-    maze_string, read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM,
+    arg_cstr, arg_out, arg_slice, arg_str, ffi_boundary, maze_error, maze_status, maze_string, read_params,
+    FfiError, FfiResult, Handle, MAZE_SEED_RANDOM,
 };
-use crate::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
-use crate::error::{Error, ErrorKind};
+use crate::backend::remote::{Protocol, RemoteConfig};
+use crate::engine::EngineSpec;
 use crate::model::chat::ChatMessage;
 use crate::{ComputeDevice, Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
 
@@ -17,29 +17,22 @@ use crate::{ComputeDevice, Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
 /// Free it with maze_engine_free once no call on it is running; sessions opened on it stay
 /// valid after it is freed.
 pub struct maze_engine {
-    pub(crate) backend: Backend,
+    pub(crate) engine: Engine,
+    /// The model's name and architecture as C strings, so the getters hand out pointers that
+    /// live as long as the handle.
     name: CString,
     architecture: CString,
 }
 
-pub(crate) enum Backend {
-    Local(Engine),
-    Remote(RemoteEngine),
-}
-
 impl maze_engine {
-    /// The local engine; a remote one cannot do `what` (it has no tokenizer or cache here).
-    pub(crate) fn local(&self, what: &str) -> FfiResult<&Engine> {
-        match &self.backend {
-            Backend::Local(engine) => Ok(engine),
-            Backend::Remote(remote) => Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("{what} needs a local model; this engine is remote ({})", remote.info().endpoint),
-            )
-            .into()),
-        }
+    fn new(engine: Engine) -> Self {
+        let c_text = |text: &str| CString::new(text.replace('\0', "")).unwrap_or_default();
+        let (name, architecture) = (c_text(&engine.info().name), c_text(&engine.info().architecture));
+        Self { engine, name, architecture }
     }
 }
+
+impl Handle for maze_engine {}
 
 /// Which API a remote server speaks (maze_engine_params.protocol).
 #[repr(C)]
@@ -125,8 +118,49 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
     }
 }
 
-/// The remote configuration: from params.endpoint, else from the MAZE_* environment variables.
-unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<RemoteConfig> {
+/// What maze_engine_new opens: the model file at `model_path`, else the server the params or the
+/// environment name.
+unsafe fn engine_spec(model_path: *const c_char, p: &maze_engine_params) -> FfiResult<EngineSpec> {
+    if !model_path.is_null() {
+        return Ok(EngineSpec::Local(local_config(arg_cstr(model_path, "model_path")?, p)?));
+    }
+    match EngineSpec::remote_or_env(remote_config(p)?) {
+        Some(spec) => Ok(spec?),
+        None => Err(FfiError::null(
+            "model_path (NULL selects a remote server, but neither params.endpoint nor MAZE_ENDPOINT is set)",
+        )),
+    }
+}
+
+unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineConfig> {
+    let tokenizer_path = if p.tokenizer_path.is_null() {
+        None
+    } else {
+        Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?))
+    };
+    Ok(EngineConfig {
+        model_path: PathBuf::from(path),
+        tokenizer_path,
+        threads: p.n_threads as usize,
+        context_length: p.n_ctx as usize,
+        seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
+        constraint_cache_limit: p.constraint_cache_limit as usize,
+        prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
+        device: match p.gpu_device {
+            -1 => ComputeDevice::Cpu,
+            n if n >= 0 => ComputeDevice::Cuda(n as usize),
+            n => {
+                return Err(FfiError::new(
+                    maze_status::InvalidArgument,
+                    format!("params.gpu_device {n} is neither -1 (CPU) nor a CUDA device number"),
+                ))
+            }
+        },
+    })
+}
+
+/// The server params.endpoint names, with the other remote params; `None` without an endpoint.
+unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<Option<RemoteConfig>> {
     let optional = |ptr: *const c_char, arg: &str| -> FfiResult<Option<String>> {
         if ptr.is_null() {
             Ok(None)
@@ -151,14 +185,9 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<RemoteConfig> {
         config.max_retries = p.max_retries;
         config.request_timeout =
             (p.request_timeout_ms > 0).then(|| std::time::Duration::from_millis(p.request_timeout_ms as u64));
-        return Ok(config);
+        return Ok(Some(config));
     }
-    match RemoteConfig::from_env() {
-        Some(config) => Ok(config?),
-        None => Err(FfiError::null(
-            "model_path (NULL selects a remote server, but neither params.endpoint nor MAZE_ENDPOINT is set)",
-        )),
-    }
+    Ok(None)
 }
 
 /// Loads a GGUF model (Llama family) and starts its worker — or, with `model_path` NULL,
@@ -178,54 +207,16 @@ pub unsafe extern "C" fn maze_engine_new(
     out_engine: *mut *mut maze_engine,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
+    ffi_boundary!(error, {
         arg_out(out_engine, "out_engine")?;
         let p = read_params(params, maze_engine_params_default(), "params")?;
-        if model_path.is_null() {
-            let remote = RemoteEngine::connect(remote_config(&p)?)?;
-            let name = CString::new(remote.info().model.replace('\0', "")).unwrap_or_default();
-            let engine =
-                maze_engine { backend: Backend::Remote(remote), name, architecture: c"remote".into() };
-            return write_out(out_engine, Box::into_raw(Box::new(engine)), "out_engine");
-        }
-        let path = arg_cstr(model_path, "model_path")?;
-        let tokenizer_path = if p.tokenizer_path.is_null() {
-            None
-        } else {
-            Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?))
-        };
-        let config = EngineConfig {
-            model_path: PathBuf::from(path),
-            tokenizer_path,
-            threads: p.n_threads as usize,
-            context_length: p.n_ctx as usize,
-            seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
-            constraint_cache_limit: p.constraint_cache_limit as usize,
-            prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
-            device: match p.gpu_device {
-                -1 => ComputeDevice::Cpu,
-                n if n >= 0 => ComputeDevice::Cuda(n as usize),
-                n => {
-                    return Err(FfiError::new(
-                        maze_status::InvalidArgument,
-                        format!("params.gpu_device {n} is neither -1 (CPU) nor a CUDA device number"),
-                    ))
-                }
-            },
-        };
+        let spec = engine_spec(model_path, &p)?;
         let (callback, userdata) = (p.progress_callback, p.progress_userdata);
         let mut progress = move |f: f32| match callback {
             Some(cb) => cb(f, userdata),
             None => true,
         };
-        let engine = Engine::load(&config, Some(&mut progress))?;
-        let name = CString::new(engine.info().name.replace('\0', "")).unwrap_or_default();
-        let architecture = CString::new(engine.info().architecture.replace('\0', "")).unwrap_or_default();
-        write_out(
-            out_engine,
-            Box::into_raw(Box::new(maze_engine { backend: Backend::Local(engine), name, architecture })),
-            "out_engine",
-        )
+        maze_engine::new(Engine::open(&spec, Some(&mut progress))?).box_into(out_engine, "out_engine")
     })
 }
 
@@ -233,68 +224,53 @@ pub unsafe extern "C" fn maze_engine_new(
 /// when the last of them is freed too.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_free(engine: *mut maze_engine) {
-    ffi_infallible!((), {
-        if !engine.is_null() {
-            drop(Box::from_raw(engine));
-        }
-    })
+    ffi_boundary!({ maze_engine::free(engine) })
 }
 
 /// Model name from the GGUF metadata (or the file name; for a remote engine, the server's
 /// model). Valid while the engine lives; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_model_name(engine: *const maze_engine) -> *const c_char {
-    ffi_infallible!(c"".as_ptr(), { engine.as_ref().map(|e| e.name.as_ptr()).unwrap_or(c"".as_ptr()) })
+    ffi_boundary!({ maze_engine::from_nullable(engine).map(|e| e.name.as_ptr()).unwrap_or(c"".as_ptr()) })
 }
 
 /// Model architecture, e.g. "llama" ("remote" for a remote engine). Valid while the engine
 /// lives; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_architecture(engine: *const maze_engine) -> *const c_char {
-    ffi_infallible!(c"".as_ptr(), {
-        engine.as_ref().map(|e| e.architecture.as_ptr()).unwrap_or(c"".as_ptr())
+    ffi_boundary!({
+        maze_engine::from_nullable(engine).map(|e| e.architecture.as_ptr()).unwrap_or(c"".as_ptr())
     })
 }
 
-/// The local engine behind a handle; None for NULL or a remote engine.
-unsafe fn local_engine<'a>(engine: *const maze_engine) -> Option<&'a Engine> {
-    match engine.as_ref().map(|e| &e.backend) {
-        Some(Backend::Local(engine)) => Some(engine),
-        _ => None,
-    }
+/// The engine behind a handle; None for NULL.
+unsafe fn engine_or_null<'a>(engine: *const maze_engine) -> Option<&'a Engine> {
+    maze_engine::from_nullable(engine).map(|e| &e.engine)
 }
 
 /// Vocabulary size (valid token ids are below it); 0 for NULL or a remote engine.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_vocab_size(engine: *const maze_engine) -> u32 {
-    ffi_infallible!(0, { local_engine(engine).map(|e| e.info().vocab_size as u32).unwrap_or(0) })
+    ffi_boundary!({ engine_or_null(engine).map(|e| e.info().vocab_size as u32).unwrap_or(0) })
 }
 
 /// Context length each session serves, in tokens; 0 for NULL or a remote engine.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_context_length(engine: *const maze_engine) -> u32 {
-    ffi_infallible!(0, { local_engine(engine).map(|e| e.info().context_length as u32).unwrap_or(0) })
+    ffi_boundary!({ engine_or_null(engine).map(|e| e.info().context_length as u32).unwrap_or(0) })
 }
 
 /// Whether maze_session_chat works: the model has a chat template (a remote server applies its
 /// own: true); false for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_has_chat_template(engine: *const maze_engine) -> bool {
-    ffi_infallible!(false, {
-        match engine.as_ref().map(|e| &e.backend) {
-            Some(Backend::Local(e)) => e.has_chat_template(),
-            Some(Backend::Remote(_)) => true,
-            None => false,
-        }
-    })
+    ffi_boundary!({ engine_or_null(engine).is_some_and(Engine::has_chat_template) })
 }
 
 /// The end-of-sequence token id, or -1 when the model declares none (or engine is NULL or remote).
 #[no_mangle]
 pub unsafe extern "C" fn maze_engine_eos_token(engine: *const maze_engine) -> i64 {
-    ffi_infallible!(-1, {
-        local_engine(engine).and_then(|e| e.tokenizer().eos()).map(i64::from).unwrap_or(-1)
-    })
+    ffi_boundary!({ engine_or_null(engine).and_then(Engine::eos_token).map(i64::from).unwrap_or(-1) })
 }
 
 /// Whether `token` ends a generation (EOS, EOT, end-of-turn tokens); false for NULL or remote.
@@ -303,9 +279,7 @@ pub unsafe extern "C" fn maze_engine_token_is_end_of_generation(
     engine: *const maze_engine,
     token: u32,
 ) -> bool {
-    ffi_infallible!(false, {
-        local_engine(engine).map(|e| e.tokenizer().is_end_of_generation(token)).unwrap_or(false)
-    })
+    ffi_boundary!({ engine_or_null(engine).is_some_and(|e| e.is_end_of_generation(token)) })
 }
 
 /// Writes `needed` into `*out_len` and fails with MAZE_STATUS_BUFFER_TOO_SMALL when `capacity`
@@ -340,11 +314,11 @@ pub unsafe extern "C" fn maze_tokenize(
     n_tokens: *mut usize,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         let text = arg_str(text, text_len, "text")?;
         arg_out(n_tokens, "n_tokens")?;
-        let ids = engine.local("tokenize")?.tokenizer().encode(text, add_special, parse_special)?;
+        let ids = engine.engine.tokenize(text, add_special, parse_special)?;
         check_capacity(ids.len(), capacity, n_tokens, "the token list")?;
         if !ids.is_empty() {
             arg_out(tokens, "tokens")?;
@@ -372,11 +346,11 @@ pub unsafe extern "C" fn maze_detokenize(
     out_len: *mut usize,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
         arg_out(out_len, "out_len")?;
-        let bytes = engine.local("detokenize")?.tokenizer().decode_bytes(ids)?;
+        let bytes = engine.engine.detokenize(ids)?;
         write_text(&bytes, buf, capacity, out_len, "the text")
     })
 }
@@ -449,11 +423,11 @@ pub unsafe extern "C" fn maze_chat_apply_template(
     out_len: *mut usize,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         arg_out(out_len, "out_len")?;
         let messages = read_messages(messages, n_messages)?;
-        let text = engine.local("the chat template")?.render_chat(&messages, add_generation_prompt)?;
+        let text = engine.engine.render_chat(&messages, add_generation_prompt)?;
         write_text(text.as_bytes(), buf, capacity, out_len, "the rendered chat")
     })
 }
@@ -466,12 +440,7 @@ pub unsafe extern "C" fn maze_engine_health(
     engine: *const maze_engine,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        match &arg_ref(engine, "engine")?.backend {
-            Backend::Local(_) => Ok(()),
-            Backend::Remote(remote) => Ok(remote.health()?),
-        }
-    })
+    ffi_boundary!(error, { Ok(maze_engine::from_ptr(engine, "engine")?.engine.health()?) })
 }
 
 /// The models the engine serves, as a JSON array of names (e.g. `["SmolLM2"]`), into `buf`
@@ -485,13 +454,10 @@ pub unsafe extern "C" fn maze_engine_list_models(
     out_len: *mut usize,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         arg_out(out_len, "out_len")?;
-        let names = match &engine.backend {
-            Backend::Local(local) => vec![local.info().name.clone()],
-            Backend::Remote(remote) => remote.models()?,
-        };
+        let names = engine.engine.list_models()?;
         let json = serde_json::to_string(&names).expect("strings serialize");
         write_text(json.as_bytes(), buf, capacity, out_len, "the model list")
     })

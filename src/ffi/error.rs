@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::{ffi_infallible, maze_status, FfiError};
+use super::{ffi_boundary, maze_status, FfiError, Handle};
 
 /// An error: a status and a message naming the problem. Created by the library on failure,
 /// owned by the caller, freed with maze_error_free. Immutable: safe to read from any thread.
@@ -11,6 +11,8 @@ pub struct maze_error {
     status: maze_status,
     message: CString,
 }
+
+impl Handle for maze_error {}
 
 /// Stores `e` in `*out` (when `out` is non-NULL) and returns its status.
 pub(crate) fn report(out: *mut *mut maze_error, e: FfiError) -> maze_status {
@@ -26,23 +28,17 @@ pub(crate) fn report(out: *mut *mut maze_error, e: FfiError) -> maze_status {
 /// Status of an error; MAZE_STATUS_NULL_ARGUMENT for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_error_status(error: *const maze_error) -> maze_status {
-    ffi_infallible!(maze_status::Panic, {
-        error.as_ref().map(|e| e.status).unwrap_or(maze_status::NullArgument)
-    })
+    ffi_boundary!({ maze_error::from_nullable(error).map(|e| e.status).unwrap_or(maze_status::NullArgument) })
 }
 
 /// Message of an error (UTF-8, NUL-terminated), valid until maze_error_free. "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_error_message(error: *const maze_error) -> *const c_char {
-    ffi_infallible!(c"".as_ptr(), { error.as_ref().map(|e| e.message.as_ptr()).unwrap_or(c"".as_ptr()) })
+    ffi_boundary!({ maze_error::from_nullable(error).map(|e| e.message.as_ptr()).unwrap_or(c"".as_ptr()) })
 }
 
 /// Frees an error. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn maze_error_free(error: *mut maze_error) {
-    ffi_infallible!((), {
-        if !error.is_null() {
-            drop(Box::from_raw(error));
-        }
-    })
+    ffi_boundary!({ maze_error::free(error) })
 }

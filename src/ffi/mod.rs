@@ -9,16 +9,23 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
-// Declared in the order the header presents them.
-pub mod constraint;
-pub mod engine;
+// Declared in the order the header presents them (one group each, so rustfmt keeps the order).
 pub mod error;
-pub mod result;
+
+pub mod engine;
+
+pub mod constraint;
+
 pub mod session;
+
+pub mod result;
+
+mod boundary;
 
 use std::ffi::{c_char, CStr};
 
 use crate::error::{Error, ErrorKind};
+pub(crate) use boundary::{ffi_boundary, Handle};
 pub use error::maze_error;
 
 /// ABI version of this header and library. Bumped on any incompatible change. Parameter structs
@@ -117,36 +124,6 @@ impl From<Error> for FfiError {
 }
 
 pub(crate) type FfiResult<T> = Result<T, FfiError>;
-
-/// Runs a fallible body inside the panic boundary, reporting failures through `error`.
-macro_rules! ffi_call {
-    ($error:expr, $body:block) => {{
-        let error_out: *mut *mut $crate::ffi::maze_error = $error;
-        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| -> $crate::ffi::FfiResult<()> {
-            $body
-        })) {
-            Ok(Ok(())) => $crate::ffi::maze_status::Ok,
-            Ok(Err(e)) => $crate::ffi::error::report(error_out, e),
-            Err(payload) => $crate::ffi::error::report(
-                error_out,
-                $crate::error::Error::from_panic(payload.as_ref()).into(),
-            ),
-        }
-    }};
-}
-
-/// Runs an infallible body (getters, free functions) inside the panic boundary; a panic yields
-/// `$default`.
-macro_rules! ffi_infallible {
-    ($default:expr, $body:block) => {{
-        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| $body)) {
-            Ok(v) => v,
-            Err(_) => $default,
-        }
-    }};
-}
-
-pub(crate) use {ffi_call, ffi_infallible};
 
 /// A non-NULL reference or a NullArgument error naming `arg`.
 pub(crate) unsafe fn arg_ref<'a, T>(p: *const T, arg: &str) -> FfiResult<&'a T> {
@@ -291,7 +268,7 @@ mod tests {
     use std::ptr;
 
     extern "C" fn always_panics(error: *mut *mut maze_error) -> maze_status {
-        ffi_call!(error, {
+        ffi_boundary!(error, {
             let v: Vec<u32> = Vec::new();
             let _ = v[3]; // index out of bounds
             Ok(())

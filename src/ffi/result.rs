@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::{ffi_infallible, maze_status};
+use super::{ffi_boundary, maze_status, Handle};
 use crate::result::{FinishReason, GenerationResult};
 
 /// How a generation ended.
@@ -59,9 +59,12 @@ impl maze_result {
     }
 }
 
+impl Handle for maze_result {}
+
+/// A getter: `$e` of the result, or `$default` for NULL.
 macro_rules! getter {
     ($r:expr, $default:expr, |$x:ident| $e:expr) => {
-        ffi_infallible!($default, { $r.as_ref().map(|$x: &maze_result| $e).unwrap_or($default) })
+        ffi_boundary!({ maze_result::from_nullable($r).map(|$x: &maze_result| $e).unwrap_or($default) })
     };
 }
 
@@ -69,8 +72,8 @@ macro_rules! getter {
 /// `len` may be NULL. "" for a NULL result.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_text(result: *const maze_result, len: *mut usize) -> *const c_char {
-    ffi_infallible!(c"".as_ptr(), {
-        let (ptr, n) = match result.as_ref() {
+    ffi_boundary!({
+        let (ptr, n) = match maze_result::from_nullable(result) {
             Some(r) => (r.text.as_ptr() as *const c_char, r.text.len() - 1),
             None => (c"".as_ptr(), 0),
         };
@@ -84,8 +87,8 @@ pub unsafe extern "C" fn maze_result_text(result: *const maze_result, len: *mut 
 /// Generated token ids; their count goes to `*n` (may be NULL). NULL when there are none.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_tokens(result: *const maze_result, n: *mut usize) -> *const u32 {
-    ffi_infallible!(std::ptr::null(), {
-        let tokens = result.as_ref().map(|r| r.result.tokens.as_slice()).unwrap_or(&[]);
+    ffi_boundary!({
+        let tokens = maze_result::from_nullable(result).map(|r| r.result.tokens.as_slice()).unwrap_or(&[]);
         if !n.is_null() {
             n.write(tokens.len());
         }
@@ -101,8 +104,9 @@ pub unsafe extern "C" fn maze_result_tokens(result: *const maze_result, n: *mut 
 /// (and *n = 0) unless params.logprobs was set.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_logprobs(result: *const maze_result, n: *mut usize) -> *const f32 {
-    ffi_infallible!(std::ptr::null(), {
-        let lps = result.as_ref().and_then(|r| r.result.logprobs.as_deref()).unwrap_or(&[]);
+    ffi_boundary!({
+        let lps =
+            maze_result::from_nullable(result).and_then(|r| r.result.logprobs.as_deref()).unwrap_or(&[]);
         if !n.is_null() {
             n.write(lps.len());
         }
@@ -150,11 +154,7 @@ pub unsafe extern "C" fn maze_result_error_status(result: *const maze_result) ->
 /// Message of a midway failure; NULL when there was none.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_error_message(result: *const maze_result) -> *const c_char {
-    getter!(result, std::ptr::null(), |r| r
-        .error_message
-        .as_ref()
-        .map(|m| m.as_ptr())
-        .unwrap_or(std::ptr::null()))
+    ffi_boundary!({ maze_result::from_nullable(result).and_then(|r| r.error_message.as_deref()) })
 }
 
 /// Tokens in the prompt (reused from the cache or computed).
@@ -245,9 +245,5 @@ pub unsafe extern "C" fn maze_result_forced_tokens(result: *const maze_result) -
 /// Frees a result. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_free(result: *mut maze_result) {
-    ffi_infallible!((), {
-        if !result.is_null() {
-            drop(Box::from_raw(result));
-        }
-    })
+    ffi_boundary!({ maze_result::free(result) })
 }

@@ -4,28 +4,23 @@ use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use super::constraint::maze_constraint;
-use super::engine::{maze_chat_message, maze_engine, read_messages, Backend};
+use super::engine::{maze_chat_message, maze_engine, read_messages};
 use super::result::maze_result;
 use super::{
-    arg_out, arg_ref, arg_slice, arg_str, ffi_call, ffi_infallible, maze_error, maze_status, maze_string,
-    read_params, write_out, FfiError, FfiResult, MAZE_SEED_RANDOM,
+    arg_out, arg_slice, arg_str, ffi_boundary, maze_error, maze_status, maze_string, read_params, FfiError,
+    FfiResult, Handle, MAZE_SEED_RANDOM,
 };
-use crate::backend::remote::RemoteSession;
 use crate::engine::{GenerateOptions, Prompt, Session};
-use crate::error::{Error, ErrorKind};
 use crate::sampling::SamplingParams;
 
 /// One conversation with its own KV cache. Thread-safe: maze_session_cancel may be called from
 /// any thread at any time; a generate call while another runs on the same session fails with
 /// MAZE_STATUS_BUSY. Must not be freed while a call on it is running.
 pub struct maze_session {
-    session: SessionBackend,
+    session: Session,
 }
 
-enum SessionBackend {
-    Local(Session),
-    Remote(RemoteSession),
-}
+impl Handle for maze_session {}
 
 /// Streaming callback: `text` is the next piece of generated text (`len` bytes of whole UTF-8
 /// characters, followed by a NUL for convenience; the text itself may contain NUL bytes, so
@@ -144,7 +139,9 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
         constraints: arg_slice(p.constraints, p.n_constraints, "params.constraints")?
             .iter()
             .enumerate()
-            .map(|(i, &c)| Ok(arg_ref(c, &format!("params.constraints[{i}]"))?.constraints.clone()))
+            .map(|(i, &c)| {
+                Ok(maze_constraint::from_ptr(c, &format!("params.constraints[{i}]"))?.constraints.clone())
+            })
             .collect::<FfiResult<Vec<_>>>()?
             .concat(),
         ignore_eos: p.ignore_eos,
@@ -158,26 +155,17 @@ pub unsafe extern "C" fn maze_session_new(
     out_session: *mut *mut maze_session,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        let engine = arg_ref(engine, "engine")?;
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
         arg_out(out_session, "out_session")?;
-        let session = match &engine.backend {
-            Backend::Local(e) => SessionBackend::Local(e.new_session()),
-            Backend::Remote(r) => SessionBackend::Remote(r.new_session()),
-        };
-        let session = Box::new(maze_session { session });
-        write_out(out_session, Box::into_raw(session), "out_session")
+        maze_session { session: engine.engine.new_session() }.box_into(out_session, "out_session")
     })
 }
 
 /// Frees a session and its KV cache. NULL is a no-op. No call on it may be running.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_free(session: *mut maze_session) {
-    ffi_infallible!((), {
-        if !session.is_null() {
-            drop(Box::from_raw(session));
-        }
-    })
+    ffi_boundary!({ maze_session::free(session) })
 }
 
 unsafe fn run(
@@ -188,7 +176,7 @@ unsafe fn run(
     userdata: *mut c_void,
     out_result: *mut *mut maze_result,
 ) -> FfiResult<()> {
-    let session = arg_ref(session, "session")?;
+    let session = maze_session::from_ptr(session, "session")?;
     arg_out(out_result, "out_result")?;
     let prompt = prompt()?;
     let opts = read_options(params)?;
@@ -201,11 +189,8 @@ unsafe fn run(
         }
         None => true,
     };
-    let result = match &session.session {
-        SessionBackend::Local(s) => s.generate_streaming(&prompt, &opts, on_text)?,
-        SessionBackend::Remote(s) => s.generate_streaming(&prompt, &opts, on_text)?,
-    };
-    write_out(out_result, Box::into_raw(Box::new(maze_result::new(result))), "out_result")
+    let result = session.session.generate_streaming(&prompt, &opts, on_text)?;
+    maze_result::new(result).box_into(out_result, "out_result")
 }
 
 /// Continues the session from a text prompt (`prompt_len` bytes of UTF-8) and blocks until done.
@@ -227,7 +212,7 @@ pub unsafe extern "C" fn maze_session_generate(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
+    ffi_boundary!(error, {
         run(
             session,
             || Ok(Prompt::Text(arg_str(prompt, prompt_len, "prompt")?.to_string())),
@@ -251,7 +236,7 @@ pub unsafe extern "C" fn maze_session_generate_tokens(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
+    ffi_boundary!(error, {
         run(
             session,
             || Ok(Prompt::Tokens(arg_slice(tokens, n_tokens, "tokens")?.to_vec())),
@@ -276,7 +261,7 @@ pub unsafe extern "C" fn maze_session_chat(
     out_result: *mut *mut maze_result,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
+    ffi_boundary!(error, {
         run(
             session,
             || Ok(Prompt::Chat(read_messages(messages, n_messages)?)),
@@ -293,13 +278,10 @@ pub unsafe extern "C" fn maze_session_chat(
 /// generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> maze_status {
-    ffi_infallible!(maze_status::Panic, {
-        match session.as_ref() {
+    ffi_boundary!({
+        match maze_session::from_nullable(session) {
             Some(s) => {
-                match &s.session {
-                    SessionBackend::Local(s) => s.cancel(),
-                    SessionBackend::Remote(s) => s.cancel(),
-                }
+                s.session.cancel();
                 maze_status::Ok
             }
             None => maze_status::NullArgument,
@@ -315,16 +297,5 @@ pub unsafe extern "C" fn maze_session_reset(
     session: *const maze_session,
     error: *mut *mut maze_error,
 ) -> maze_status {
-    ffi_call!(error, {
-        match &arg_ref(session, "session")?.session {
-            SessionBackend::Local(s) => s.reset()?,
-            SessionBackend::Remote(s) if s.is_busy() => {
-                return Err(
-                    Error::new(ErrorKind::Busy, "cannot reset a session while it is generating").into()
-                )
-            }
-            SessionBackend::Remote(_) => {}
-        }
-        Ok(())
-    })
+    ffi_boundary!(error, { Ok(maze_session::from_ptr(session, "session")?.session.reset()?) })
 }

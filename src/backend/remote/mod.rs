@@ -9,6 +9,8 @@
 //! jitter (`Retry-After` honoured) until the first byte of a response arrives; after that a
 //! failure ends the generation with `FinishReason::Error` and keeps the text received.
 
+mod maze;
+mod openai;
 mod sse;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,16 +20,16 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::constraint::{ConstraintOutcome, ConstraintReport};
+use super::{EngineBackend, SessionBackend};
+use crate::constraint::{CacheStats, Constraint, ConstraintOutcome, ConstraintReport};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::maze::{self as proto, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
-use crate::protocol::openai::{
-    self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany,
-};
+use crate::model::chat::ChatMessage;
+use crate::model::ModelInfo;
+use crate::protocol::maze::ErrorBody;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 pub use sse::{SseEvent, SseParser};
 
@@ -153,6 +155,8 @@ struct Inner {
     config: RemoteConfig,
     base: String,
     model: String,
+    /// What the engine serves, as [`EngineBackend::info`] reports it.
+    served: ModelInfo,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
 }
@@ -181,7 +185,8 @@ impl RemoteEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start the remote runtime: {e}")))?;
-        let mut inner = Inner { base, model: String::new(), client, runtime, config };
+        let served = served_info("", &base);
+        let mut inner = Inner { base, model: String::new(), served, client, runtime, config };
         let models = inner.models()?;
         inner.model = match (&inner.config.model, inner.config.protocol) {
             (Some(name), Protocol::OpenAi) if !models.contains(name) => {
@@ -196,6 +201,7 @@ impl RemoteEngine {
                 Error::new(ErrorKind::Backend, format!("the server at {} lists no model", inner.base))
             })?,
         };
+        inner.served = served_info(&inner.model, &inner.base);
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -211,7 +217,7 @@ impl RemoteEngine {
     /// of an OpenAI-compatible server.
     pub fn health(&self) -> Result<()> {
         match self.inner.config.protocol {
-            Protocol::Maze => self.inner.get_json::<proto::Health>(proto::HEALTH_PATH).map(|_| ()),
+            Protocol::Maze => self.inner.maze_health(),
             Protocol::OpenAi => self.inner.models().map(|_| ()),
         }
     }
@@ -268,6 +274,108 @@ impl RemoteSession {
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
+
+    /// The server keeps no conversation, so there is nothing to forget; refused while
+    /// generating, as a local session refuses it.
+    pub fn reset(&self) -> Result<()> {
+        if self.is_busy() {
+            return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating"));
+        }
+        Ok(())
+    }
+}
+
+impl EngineBackend for RemoteEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.inner.served
+    }
+
+    fn has_chat_template(&self) -> bool {
+        // The server applies its own.
+        true
+    }
+
+    fn tokenize(&self, _: &str, _: bool, _: bool) -> Result<Vec<u32>> {
+        Err(self.needs_local("tokenize"))
+    }
+
+    fn detokenize(&self, _: &[u32]) -> Result<Vec<u8>> {
+        Err(self.needs_local("detokenize"))
+    }
+
+    fn render_chat(&self, _: &[ChatMessage], _: bool) -> Result<String> {
+        Err(self.needs_local("the chat template"))
+    }
+
+    fn eos_token(&self) -> Option<u32> {
+        None
+    }
+
+    fn is_end_of_generation(&self, _: u32) -> bool {
+        false
+    }
+
+    fn check_constraint(&self, _: &Constraint) -> Result<()> {
+        // The server compiles and checks constraints itself.
+        Ok(())
+    }
+
+    fn constraint_cache_stats(&self) -> Result<CacheStats> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn clear_constraint_cache(&self) -> Result<()> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn set_constraint_cache_limit(&self, _: usize) -> Result<()> {
+        Err(self.needs_local("the constraint cache"))
+    }
+
+    fn health(&self) -> Result<()> {
+        RemoteEngine::health(self)
+    }
+
+    fn list_models(&self) -> Result<Vec<String>> {
+        self.models()
+    }
+
+    fn new_session(&self) -> Box<dyn SessionBackend> {
+        Box::new(RemoteEngine::new_session(self))
+    }
+}
+
+impl RemoteEngine {
+    /// The refusal of what only a model loaded here can do (it has no tokenizer or cache here).
+    fn needs_local(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{what} needs a local model; this engine is remote ({})", self.inner.base),
+        )
+    }
+}
+
+impl SessionBackend for RemoteSession {
+    fn generate_streaming(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
+        RemoteSession::generate_streaming(self, prompt, opts, on_text)
+    }
+
+    fn cancel(&self) {
+        RemoteSession::cancel(self)
+    }
+
+    fn reset(&self) -> Result<()> {
+        RemoteSession::reset(self)
+    }
+
+    fn is_busy(&self) -> bool {
+        RemoteSession::is_busy(self)
+    }
 }
 
 /// Why the wait for the server stopped early.
@@ -301,6 +409,21 @@ async fn interruptible<T>(
     }
 }
 
+/// The model a server serves, described as far as a client knows it: the sizes it does not
+/// report read 0.
+fn served_info(model: &str, base: &str) -> ModelInfo {
+    ModelInfo {
+        architecture: "remote".into(),
+        name: model.to_string(),
+        vocab_size: 0,
+        trained_context_length: 0,
+        context_length: 0,
+        n_layers: 0,
+        embedding_length: 0,
+        compute: format!("remote, {base}"),
+    }
+}
+
 impl Inner {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -308,25 +431,8 @@ impl Inner {
 
     fn models(&self) -> Result<Vec<String>> {
         match self.config.protocol {
-            Protocol::Maze => Ok(self
-                .get_json::<proto::Models>(proto::MODELS_PATH)?
-                .models
-                .into_iter()
-                .map(|m| m.name)
-                .collect()),
-            Protocol::OpenAi => {
-                let list: Value = self.get_json(oai::MODELS_PATH)?;
-                let data = list.get("data").and_then(Value::as_array).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Backend,
-                        format!("{}: no 'data' list in the model list", self.url(oai::MODELS_PATH)),
-                    )
-                })?;
-                Ok(data
-                    .iter()
-                    .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
-                    .collect())
-            }
+            Protocol::Maze => self.maze_models(),
+            Protocol::OpenAi => self.openai_models(),
         }
     }
 
@@ -436,7 +542,7 @@ impl Inner {
         }
         let mut body_stream = response.bytes_stream();
         let mut parser = SseParser::new(16 << 20);
-        let mut openai = OpenAiEnd::default();
+        let mut openai = openai::OpenAiEnd::default();
         loop {
             let chunk = match interruptible(body_stream.next(), &mut cancel, deadline).await {
                 Ok(chunk) => chunk,
@@ -488,48 +594,8 @@ impl Inner {
     /// The route and body of a request; refuses what the protocol cannot carry.
     fn request_body(&self, prompt: &Prompt, opts: &GenerateOptions) -> Result<(&'static str, Value)> {
         match self.config.protocol {
-            Protocol::Maze => Ok((
-                proto::GENERATE_PATH,
-                serde_json::to_value(GenerateRequest::new(prompt, opts, true)).expect("serializable"),
-            )),
-            Protocol::OpenAi => {
-                let s = &opts.sampling;
-                let mut common = CommonFields {
-                    model: Some(self.model.clone()),
-                    max_tokens: (opts.max_tokens > 0).then_some(opts.max_tokens),
-                    temperature: Some(s.temperature),
-                    top_p: Some(s.top_p),
-                    top_k: (s.top_k > 0).then_some(s.top_k as i64),
-                    min_p: (s.min_p > 0.0).then_some(s.min_p),
-                    repetition_penalty: (s.repetition_penalty != 1.0).then_some(s.repetition_penalty),
-                    frequency_penalty: (s.frequency_penalty != 0.0).then_some(s.frequency_penalty),
-                    presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
-                    seed: s.seed,
-                    // Sent only when set: vLLM takes it, strict OpenAI servers refuse unknown fields.
-                    ignore_eos: opts.ignore_eos,
-                    stop: (!opts.stop.is_empty()).then(|| OneOrMany::Many(opts.stop.clone())),
-                    stream: true,
-                    stream_options: Some(json!({"include_usage": true})),
-                    ..CommonFields::default()
-                };
-                if opts.logprobs {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "logprobs are not supported over the OpenAI-compatible API; use the Maze protocol",
-                    ));
-                }
-                let chat = matches!(prompt, Prompt::Chat(_));
-                common.set_constraints(&opts.constraints, chat)?;
-                let body = match prompt {
-                    Prompt::Chat(messages) => serde_json::to_value(ChatRequest {
-                        messages: messages.iter().map(|m| Message { role: m.role.clone(), content: Content::Text(m.content.clone()) }).collect(),
-                        common,
-                    }),
-                    Prompt::Text(text) => serde_json::to_value(CompletionRequest { prompt: OneOrMany::One(text.clone()), common }),
-                    Prompt::Tokens(_) => return Err(Error::new(ErrorKind::Unsupported, "token-id prompts are not supported over the OpenAI-compatible API (the ids are the server's); use the Maze protocol")),
-                };
-                Ok((if chat { oai::CHAT_PATH } else { oai::COMPLETIONS_PATH }, body.expect("serializable")))
-            }
+            Protocol::Maze => Ok(maze::request_body(prompt, opts)),
+            Protocol::OpenAi => self.openai_request_body(prompt, opts),
         }
     }
 }
@@ -594,14 +660,6 @@ enum Step {
     OpenAiDone,
 }
 
-/// What the last OpenAI chunks said.
-#[derive(Default)]
-struct OpenAiEnd {
-    finish_reason: Option<String>,
-    maze: Option<Value>,
-    usage: Option<Value>,
-}
-
 /// One request in progress: the text so far and its timing.
 struct Run {
     started: Instant,
@@ -617,59 +675,6 @@ impl Run {
         self.pieces += 1;
         self.text.push_str(&text);
         Step::Text(text)
-    }
-
-    fn maze_event(&mut self, event: SseEvent, opts: &GenerateOptions) -> Result<Step> {
-        let invalid = |e: serde_json::Error| {
-            Error::new(
-                ErrorKind::Backend,
-                format!("invalid event from the server ({e}): {}", preview(event.data.as_bytes())),
-            )
-        };
-        match event.event.as_deref() {
-            None | Some("message") => {
-                Ok(self.piece(serde_json::from_str::<TextEvent>(&event.data).map_err(invalid)?.text))
-            }
-            Some("result") => {
-                let response: GenerateResponse = serde_json::from_str(&event.data).map_err(invalid)?;
-                Ok(Step::Done(Box::new(response.into_result(opts))))
-            }
-            Some("error") => {
-                Err(serde_json::from_str::<ErrorBody>(&event.data).map_err(invalid)?.error.into())
-            }
-            Some(_) => Ok(Step::Continue),
-        }
-    }
-
-    fn openai_event(&mut self, event: SseEvent, end: &mut OpenAiEnd) -> Result<Step> {
-        if event.data.trim() == "[DONE]" {
-            return Ok(Step::OpenAiDone);
-        }
-        let chunk: Value = serde_json::from_str(&event.data).map_err(|e| {
-            Error::new(
-                ErrorKind::Backend,
-                format!("invalid chunk from the server ({e}): {}", preview(event.data.as_bytes())),
-            )
-        })?;
-        if let Some(error) = chunk.get("error") {
-            let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error");
-            return Err(Error::new(ErrorKind::Backend, format!("the server reported: {message}")));
-        }
-        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            end.usage = Some(usage.clone());
-        }
-        if let Some(maze) = chunk.get("maze") {
-            end.maze = Some(maze.clone());
-        }
-        let choice = chunk.get("choices").and_then(|c| c.get(0));
-        if let Some(reason) = choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
-            end.finish_reason = Some(reason.to_string());
-        }
-        let text = choice
-            .and_then(|c| c.pointer("/delta/content").or_else(|| c.get("text")))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        Ok(if text.is_empty() { Step::Continue } else { self.piece(text.to_string()) })
     }
 
     fn stats(&self, prompt_tokens: usize, generated: usize) -> GenerationStats {
@@ -775,61 +780,5 @@ impl Run {
             opts,
             model,
         ))
-    }
-
-    /// The end of an OpenAI stream. A Maze server's `maze` extension gives the exact finish
-    /// reason, seed and validation; from other servers a constraint they were sent counts as
-    /// satisfied when generation stopped by itself (the server enforced it).
-    fn openai_result(&self, end: OpenAiEnd, opts: &GenerateOptions, model: &str) -> GenerationResult {
-        let maze_finish = end.maze.as_ref().and_then(|m| m.get("finish_reason")).and_then(Value::as_str);
-        let finish = oai::parse_finish_reason(end.finish_reason.as_deref(), maze_finish);
-        let usage = |key: &str| {
-            end.usage.as_ref().and_then(|u| u.get(key)).and_then(Value::as_u64).map(|n| n as usize)
-        };
-        let stats = self
-            .stats(usage("prompt_tokens").unwrap_or(0), usage("completion_tokens").unwrap_or(self.pieces));
-        let validation = match end
-            .maze
-            .as_ref()
-            .and_then(|m| m.pointer("/validation/constraints"))
-            .and_then(|v| serde_json::from_value::<Vec<proto::WireReport>>(v.clone()).ok())
-        {
-            Some(reports) => opts
-                .constraints
-                .iter()
-                .zip(reports)
-                .map(|(c, r)| ConstraintReport {
-                    name: c.name.clone(),
-                    kind: c.kind.label(),
-                    priority: c.priority,
-                    outcome: r.outcome,
-                    reason: r.reason,
-                })
-                .collect(),
-            None => opts
-                .constraints
-                .iter()
-                .map(|c| {
-                    let (outcome, reason) = if finish == FinishReason::Stop {
-                        (ConstraintOutcome::Satisfied, "enforced by the server (not verified locally)")
-                    } else {
-                        (ConstraintOutcome::Violated, "the server stopped before the output was complete")
-                    };
-                    ConstraintReport {
-                        name: c.name.clone(),
-                        kind: c.kind.label(),
-                        priority: c.priority,
-                        outcome,
-                        reason: Some(reason.into()),
-                    }
-                })
-                .collect(),
-        };
-        let mut result = self.local_result(finish, None, validation, stats, opts, model);
-        if let Some(seed) = end.maze.as_ref().and_then(|m| m.get("seed")).and_then(Value::as_u64) {
-            result.provenance.seed = seed;
-            result.provenance.sampling.seed = Some(seed);
-        }
-        result
     }
 }
