@@ -248,7 +248,7 @@ fn read_header(map: &Arc<memmap2::Mmap>) -> std::result::Result<gguf_file::Conte
 fn stored_bytes(info: &gguf_file::TensorInfo) -> Option<u64> {
     let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
     let block = info.ggml_dtype.block_size();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return None;
     }
     (elems / block).checked_mul(info.ggml_dtype.type_size()).map(|b| b as u64)
@@ -264,7 +264,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// Opens `bytes` as a GGUF file. The file is removed at once: the map outlives it.
-    pub(crate) fn open_bytes(bytes: &[u8]) -> Result<GgufFile> {
+    fn open_bytes(bytes: &[u8]) -> Result<GgufFile> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "maze-unit-{}-{}.gguf",
@@ -278,7 +278,7 @@ pub(crate) mod tests {
     }
 
     /// A GGUF written by candle's writer (version 2, alignment 32).
-    pub(crate) fn written(metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) -> Vec<u8> {
+    fn written(metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) -> Vec<u8> {
         let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
         let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
         let mut out = Cursor::new(Vec::new());

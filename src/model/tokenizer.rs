@@ -585,7 +585,7 @@ pub(crate) mod tests {
     use crate::model::gguf::tests::open_metadata;
 
     /// Control tokens of the test vocabularies, after the bytes and merges.
-    pub(crate) const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
     const HELLO_WORLD: &[(&str, &str)] = &[
         ("h", "e"),
         ("l", "l"),
@@ -600,7 +600,7 @@ pub(crate) mod tests {
     const ONE_TWO_THREE: &[(&str, &str)] = &[("1", "2"), ("12", "3")];
 
     /// Byte-level BPE metadata: the 256 byte characters, one token per merge, then `SPECIALS`.
-    pub(crate) fn byte_level_metadata(pre: &str, merges: &[(&str, &str)]) -> Vec<(&'static str, Value)> {
+    fn byte_level_metadata(pre: &str, merges: &[(&str, &str)]) -> Vec<(&'static str, Value)> {
         let mut tokens: Vec<String> = byte_level_chars().iter().map(char::to_string).collect();
         tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         tokens.extend(SPECIALS.iter().map(|s| s.to_string()));
@@ -631,7 +631,7 @@ pub(crate) mod tests {
         metadata
     }
 
-    pub(crate) fn build(metadata: &[(&str, Value)]) -> Result<Tokenizer> {
+    fn build(metadata: &[(&str, Value)]) -> Result<Tokenizer> {
         Tokenizer::from_gguf(&open_metadata(metadata))
     }
 

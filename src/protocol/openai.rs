@@ -463,15 +463,15 @@ mod tests {
             Constraint::choice("c", ["yes", "no"]),
             Constraint::lark("g", "start: \"x\""),
         ];
-        for chat in [true, false] {
+        for is_chat in [true, false] {
             for c in &sendable {
                 let mut fields = CommonFields::default();
-                fields.set_constraints(std::slice::from_ref(c), chat).unwrap();
+                fields.set_constraints(std::slice::from_ref(c), is_chat).unwrap();
                 let wire: CommonFields =
                     serde_json::from_value(serde_json::to_value(&fields).unwrap()).unwrap();
                 let back = wire.constraints().unwrap();
                 assert_eq!(back.len(), 1);
-                assert_eq!(back[0].kind, c.kind, "chat {chat}");
+                assert_eq!(back[0].kind, c.kind, "chat {is_chat}");
             }
         }
         let mut fields = CommonFields::default();
