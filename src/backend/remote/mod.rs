@@ -9,6 +9,8 @@
 //! jitter (`Retry-After` honoured) until the first byte of a response arrives; after that a
 //! failure ends the generation with `FinishReason::Error` and keeps the text received.
 
+mod backend;
+mod config;
 mod maze;
 mod openai;
 mod sse;
@@ -23,119 +25,14 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{EngineBackend, SessionBackend};
-use crate::constraint::{CacheStats, Constraint, ConstraintOutcome, ConstraintReport};
+use crate::constraint::{ConstraintOutcome, ConstraintReport};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::chat::ChatMessage;
 use crate::model::ModelInfo;
 use crate::protocol::maze::ErrorBody;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
+pub use config::{Protocol, RemoteConfig};
 pub use sse::{SseEvent, SseParser};
-
-/// Which API the server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `/v1/chat/completions` and `/v1/completions` (vLLM, SGLang, llama.cpp server, OpenAI).
-    OpenAi,
-    /// Maze's own protocol (`/maze/v1/*`), served by maze-server.
-    Maze,
-}
-
-impl Protocol {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "openai" | "" => Ok(Self::OpenAi),
-            "maze" => Ok(Self::Maze),
-            other => {
-                Err(Error::invalid_argument(format!("unknown protocol '{other}': use 'openai' or 'maze'")))
-            }
-        }
-    }
-}
-
-/// How to reach the server.
-#[derive(Debug, Clone)]
-pub struct RemoteConfig {
-    /// Base URL, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted).
-    pub endpoint: String,
-    pub api_key: Option<String>,
-    /// Model name sent to OpenAI-compatible servers; `None` = the first the server lists.
-    pub model: Option<String>,
-    pub protocol: Protocol,
-    /// Limit for requests that bring no timeout of their own; `None` = none.
-    pub request_timeout: Option<Duration>,
-    pub connect_timeout: Duration,
-    /// Retries after a connect error, 429 or 5xx; 0 = none.
-    pub max_retries: u32,
-    /// First backoff; each retry doubles it (with jitter), up to `max_backoff`.
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl RemoteConfig {
-    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> Self {
-        Self {
-            endpoint: endpoint.into(),
-            api_key: None,
-            model: None,
-            protocol,
-            request_timeout: None,
-            connect_timeout: Duration::from_secs(10),
-            max_retries: 3,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-        }
-    }
-
-    /// From `MAZE_ENDPOINT` (required), `MAZE_API_KEY`, `MAZE_MODEL`, `MAZE_PROTOCOL`
-    /// (openai|maze), `MAZE_RETRIES` and `MAZE_TIMEOUT_MS`; `None` without `MAZE_ENDPOINT`.
-    pub fn from_env() -> Option<Result<Self>> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`RemoteConfig::from_env`], reading variables through `var`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Result<Self>> {
-        let var = |name: &str| var(name).filter(|v| !v.is_empty());
-        let endpoint = var("MAZE_ENDPOINT")?;
-        let build = || -> Result<Self> {
-            let protocol = Protocol::parse(&var("MAZE_PROTOCOL").unwrap_or_default())?;
-            let mut config = Self::new(endpoint, protocol);
-            config.api_key = var("MAZE_API_KEY");
-            config.model = var("MAZE_MODEL");
-            let number = |name: &str| -> Result<Option<u64>> {
-                var(name)
-                    .map(|v| {
-                        v.parse::<u64>()
-                            .map_err(|_| Error::invalid_argument(format!("{name}='{v}' is not a number")))
-                    })
-                    .transpose()
-            };
-            if let Some(n) = number("MAZE_RETRIES")? {
-                config.max_retries = n.min(100) as u32;
-            }
-            config.request_timeout =
-                number("MAZE_TIMEOUT_MS")?.filter(|&ms| ms > 0).map(Duration::from_millis);
-            Ok(config)
-        };
-        Some(build())
-    }
-
-    fn base_url(&self) -> Result<String> {
-        let trimmed = self.endpoint.trim().trim_end_matches('/');
-        let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-        let url = reqwest::Url::parse(base).map_err(|e| {
-            Error::invalid_argument(format!("endpoint '{}' is not a URL: {e}", self.endpoint))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid_argument(format!(
-                "endpoint '{}' must be http:// or https://",
-                self.endpoint
-            )));
-        }
-        Ok(base.to_string())
-    }
-}
 
 /// What a remote engine serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +52,7 @@ struct Inner {
     config: RemoteConfig,
     base: String,
     model: String,
-    /// What the engine serves, as [`EngineBackend::info`] reports it.
+    /// What the engine serves, as [`crate::backend::EngineBackend::info`] reports it.
     served: ModelInfo,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
@@ -282,99 +179,6 @@ impl RemoteSession {
             return Err(Error::new(ErrorKind::Busy, "cannot reset a session while it is generating"));
         }
         Ok(())
-    }
-}
-
-impl EngineBackend for RemoteEngine {
-    fn info(&self) -> &ModelInfo {
-        &self.inner.served
-    }
-
-    fn has_chat_template(&self) -> bool {
-        // The server applies its own.
-        true
-    }
-
-    fn tokenize(&self, _: &str, _: bool, _: bool) -> Result<Vec<u32>> {
-        Err(self.needs_local("tokenize"))
-    }
-
-    fn detokenize(&self, _: &[u32]) -> Result<Vec<u8>> {
-        Err(self.needs_local("detokenize"))
-    }
-
-    fn render_chat(&self, _: &[ChatMessage], _: bool) -> Result<String> {
-        Err(self.needs_local("the chat template"))
-    }
-
-    fn eos_token(&self) -> Option<u32> {
-        None
-    }
-
-    fn is_end_of_generation(&self, _: u32) -> bool {
-        false
-    }
-
-    fn check_constraint(&self, _: &Constraint) -> Result<()> {
-        // The server compiles and checks constraints itself.
-        Ok(())
-    }
-
-    fn constraint_cache_stats(&self) -> Result<CacheStats> {
-        Err(self.needs_local("the constraint cache"))
-    }
-
-    fn clear_constraint_cache(&self) -> Result<()> {
-        Err(self.needs_local("the constraint cache"))
-    }
-
-    fn set_constraint_cache_limit(&self, _: usize) -> Result<()> {
-        Err(self.needs_local("the constraint cache"))
-    }
-
-    fn health(&self) -> Result<()> {
-        RemoteEngine::health(self)
-    }
-
-    fn list_models(&self) -> Result<Vec<String>> {
-        self.models()
-    }
-
-    fn new_session(&self) -> Box<dyn SessionBackend> {
-        Box::new(RemoteEngine::new_session(self))
-    }
-}
-
-impl RemoteEngine {
-    /// The refusal of what only a model loaded here can do (it has no tokenizer or cache here).
-    fn needs_local(&self, what: &str) -> Error {
-        Error::new(
-            ErrorKind::Unsupported,
-            format!("{what} needs a local model; this engine is remote ({})", self.inner.base),
-        )
-    }
-}
-
-impl SessionBackend for RemoteSession {
-    fn generate_streaming(
-        &self,
-        prompt: &Prompt,
-        opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<GenerationResult> {
-        RemoteSession::generate_streaming(self, prompt, opts, on_text)
-    }
-
-    fn cancel(&self) {
-        RemoteSession::cancel(self)
-    }
-
-    fn reset(&self) -> Result<()> {
-        RemoteSession::reset(self)
-    }
-
-    fn is_busy(&self) -> bool {
-        RemoteSession::is_busy(self)
     }
 }
 
