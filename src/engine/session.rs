@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::control::Control;
 use super::worker::{worker_gone, Command, Event, Job, Outcome, SessionId};
 use super::EngineInner;
-use crate::constraint::Constraint;
+use crate::constraint::{Constraint, ConstraintTag};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
@@ -188,7 +188,8 @@ impl Session {
         let finish = if stopped_by_caller {
             // The caller cut the text: grammar constraints cannot vouch for it any more.
             for report in validation.iter_mut().filter(|r| {
-                r.outcome == crate::constraint::ConstraintOutcome::Satisfied && r.kind != "token_mask"
+                r.outcome == crate::constraint::ConstraintOutcome::Satisfied
+                    && r.kind != ConstraintTag::TokenMask
             }) {
                 report.outcome = crate::constraint::ConstraintOutcome::Violated;
                 report.reason =

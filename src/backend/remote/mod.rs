@@ -733,7 +733,7 @@ impl Run {
             .iter()
             .map(|c| ConstraintReport {
                 name: c.name.clone(),
-                kind: c.kind.label(),
+                kind: c.kind.tag(),
                 priority: c.priority,
                 outcome: ConstraintOutcome::Violated,
                 reason: Some(why.to_string()),
@@ -800,7 +800,7 @@ impl Run {
                 .zip(reports)
                 .map(|(c, r)| ConstraintReport {
                     name: c.name.clone(),
-                    kind: c.kind.label(),
+                    kind: c.kind.tag(),
                     priority: c.priority,
                     outcome: r.outcome,
                     reason: r.reason,
@@ -817,7 +817,7 @@ impl Run {
                     };
                     ConstraintReport {
                         name: c.name.clone(),
-                        kind: c.kind.label(),
+                        kind: c.kind.tag(),
                         priority: c.priority,
                         outcome,
                         reason: Some(reason.into()),
