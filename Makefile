@@ -107,12 +107,15 @@ pkgconfig: lib
 	  "Version: $$version" 'Libs: -L$${libdir} -lmaze -Wl,-rpath,$${libdir}' \
 	  'Libs.private: $(STATIC_LIBS)' 'Cflags: -I$${includedir}' > target/pkgconfig/maze.pc
 
-# The Go module: vet, the whole suite under the race detector (static link), the linking
-# variants (shared library, pkg-config), and the example program.
+# The Go module: gofmt and vet (either complaining fails the target), the whole suite under the
+# race detector (static link), the linking variants (shared library, pkg-config), and the example
+# program.
 server: lib
 	$(CARGO) build --release --bin maze-server
 
 go-test: model lib pkgconfig server
+	@unformatted=$$(cd bindings/go && "$$($(GO) env GOROOT)/bin/gofmt" -l .); \
+	  if [ -n "$$unformatted" ]; then echo "error: gofmt would change (run gofmt -w):" >&2; echo "$$unformatted" >&2; exit 1; fi
 	cd bindings/go && $(GOENV) $(GO) vet ./...
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -race -count=1 ./...
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_dynamic -run 'TestLinkage|TestChat|TestStream$$' .
@@ -124,7 +127,7 @@ go-test: model lib pkgconfig server
 # and libmaze.so, and the example.
 ZIG := scripts/zig.sh
 zig-test: model lib
-	cd zig && ../$(ZIG) fmt --check build.zig src examples
+	cd zig && ../$(ZIG) fmt --check $$(find . -name '*.zig' -o -name '*.zon' | grep -v -e '^./.zig-cache/' -e '^./zig-out/')
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dlinkage=dynamic -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build example -Dcargo=false -Dmodel="$(MODEL)"
