@@ -1,9 +1,9 @@
 // maze.h: the C API of Maze, an embeddable LLM inference engine. Generated from src/ffi by
 // `make header` (cbindgen, build.rs); do not edit.
-//
+
 // Ownership and threads: free each handle you receive once (NULL is a no-op), and no sooner than
 // the last call on it returns; any function may be called from any thread.
-//
+
 // - A fallible function returns maze_status (MAZE_STATUS_OK = 0) and takes a trailing
 //   `maze_error **error` (may be NULL) that receives an error object on failure (free it with
 //   maze_error_free). Outputs are written only on success (except the needed size on
