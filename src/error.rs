@@ -1,44 +1,10 @@
-//! One error type for the whole crate: a kind (mapped 1:1 to a C status code by the FFI layer)
-//! and a message that names the offending input.
+//! One error type for the whole crate: a kind (each is also a C status code, see
+//! src/tables/status.rs) and a message that names the offending input.
 
 use std::fmt;
 
-/// What went wrong, coarse enough to act on. The FFI layer maps each kind to a `maze_status`;
-/// the HTTP protocols carry it by its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// A parameter is out of range or inconsistent with another.
-    InvalidArgument,
-    /// Text input is not valid UTF-8.
-    InvalidUtf8,
-    /// Reading a file failed (missing, unreadable).
-    Io,
-    /// The file is not a usable model (not GGUF, truncated, missing tensors or metadata).
-    ModelFormat,
-    /// The model or request uses something this build does not support.
-    Unsupported,
-    /// Tokenizer construction or encoding failed.
-    Tokenizer,
-    /// The chat template is missing or failed to render.
-    Template,
-    /// The prompt does not fit in the context window.
-    ContextOverflow,
-    /// The session is already generating.
-    Busy,
-    /// The operation was cancelled (e.g. loading aborted by the progress callback).
-    Cancelled,
-    /// A caller-provided buffer is too small; the needed size was reported.
-    BufferTooSmall,
-    /// The model computation failed.
-    Backend,
-    /// A constraint is malformed or unsupported (bad schema, regex, grammar, token id).
-    InvalidConstraint,
-    /// An internal invariant broke; a bug.
-    Internal,
-    /// A panic was caught at a boundary; a bug.
-    Panic,
-}
+use crate::c_enum::rust_side as c_enum;
+include!("tables/status.rs");
 
 /// The crate's error: a kind and a human-readable message naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod backend;
+mod c_enum;
 pub mod constraint;
 pub mod engine;
 pub mod error;
@@ -31,7 +32,7 @@ pub mod server;
 #[doc(hidden)]
 pub mod testing;
 
-pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport};
+pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport, ConstraintTag};
 pub use engine::{
     ComputeDevice, Engine, EngineConfig, EngineSpec, GenerateOptions, Prompt, Session,
     DEFAULT_PREFIX_CACHE_BYTES,

@@ -8,36 +8,8 @@ use crate::constraint::{ConstraintReport, ConstraintStats};
 use crate::error::Error;
 use crate::sampling::SamplingParams;
 
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// The model produced an end-of-generation token.
-    Stop,
-    /// `max_tokens` was reached or the context is full.
-    Length,
-    /// A stop sequence appeared; it is not part of the text.
-    StopSequence,
-    /// Cancelled by the caller (cancel call or a streaming callback returning false).
-    Cancelled,
-    /// The request's timeout passed.
-    Timeout,
-    /// The computation failed; see [`GenerationResult::error`].
-    Error,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-            Self::StopSequence => "stop_sequence",
-            Self::Cancelled => "cancelled",
-            Self::Timeout => "timeout",
-            Self::Error => "error",
-        }
-    }
-}
+use crate::c_enum::rust_side as c_enum;
+include!("tables/finish_reason.rs");
 
 /// Counts and timings of one generation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,7 +77,7 @@ impl GenerationResult {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppliedConstraint {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: crate::constraint::ConstraintTag,
     pub priority: i32,
 }
 
@@ -113,7 +85,7 @@ impl AppliedConstraint {
     pub fn list(constraints: &[crate::constraint::Constraint]) -> Vec<Self> {
         constraints
             .iter()
-            .map(|c| Self { name: c.name.clone(), kind: c.kind.label(), priority: c.priority })
+            .map(|c| Self { name: c.name.clone(), kind: c.kind.tag(), priority: c.priority })
             .collect()
     }
 }

@@ -28,7 +28,7 @@ pub enum ConstraintOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConstraintReport {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: super::ConstraintTag,
     pub priority: i32,
     pub outcome: ConstraintOutcome,
     /// Why, for `Violated` and `Relaxed`.
@@ -277,7 +277,7 @@ impl Enforcer {
                         (ConstraintOutcome::Violated, Some(format!("generation ended ({ended_by}) with the output incomplete under this constraint")))
                     }
                 };
-                ConstraintReport { name: c.name.clone(), kind: c.kind.label(), priority: c.priority, outcome, reason }
+                ConstraintReport { name: c.name.clone(), kind: c.kind.tag(), priority: c.priority, outcome, reason }
             })
             .collect()
     }

@@ -4,7 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::c_enum::rust_side as c_enum;
 use crate::error::{Error, Result};
+
+include!("../tables/constraint_kind.rs");
 
 /// One constraint with its name (reported in validation) and priority (when constraints
 /// conflict, the lowest priority is relaxed first).
@@ -40,14 +43,19 @@ pub enum ConstraintKind {
 }
 
 impl ConstraintKind {
-    pub fn label(&self) -> &'static str {
+    pub fn tag(&self) -> ConstraintTag {
         match self {
-            Self::JsonSchema(_) => "json_schema",
-            Self::Lark(_) => "lark",
-            Self::Regex(_) => "regex",
-            Self::TokenMask { .. } => "token_mask",
-            Self::Choice(_) => "choice",
+            Self::JsonSchema(_) => ConstraintTag::JsonSchema,
+            Self::Lark(_) => ConstraintTag::Lark,
+            Self::Regex(_) => ConstraintTag::Regex,
+            Self::TokenMask { .. } => ConstraintTag::TokenMask,
+            Self::Choice(_) => ConstraintTag::Choice,
         }
+    }
+
+    /// The kind's name, e.g. "token_mask" (its key in the JSON form).
+    pub fn label(&self) -> &'static str {
+        self.tag().as_str()
     }
 }
 
@@ -196,6 +204,20 @@ mod tests {
         assert_eq!(list[2].kind, ConstraintKind::Regex(vec!["[0-9]+".into(), "1.*".into()]));
         assert_eq!(list[3].kind, ConstraintKind::TokenMask { allowed: vec![], forbidden: vec![7] });
         assert_eq!(list[4], Constraint::choice("", ["yes", "no"]));
+    }
+
+    #[test]
+    fn each_tag_names_its_key_in_the_json_form() {
+        let kinds = Constraint::list_from_json(
+            r#"[{"json_schema":{}}, {"lark":""}, {"regex":[]}, {"token_mask":{}}, {"choice":[]}]"#,
+        )
+        .unwrap();
+        let tags: Vec<ConstraintTag> = kinds.iter().map(|c| c.kind.tag()).collect();
+        assert_eq!(tags, ConstraintTag::ALL);
+        for c in &kinds {
+            let json = serde_json::to_value(&c.kind).unwrap();
+            assert_eq!(json.as_object().unwrap().keys().next().unwrap(), c.kind.tag().as_str());
+        }
     }
 
     #[test]

@@ -7,4 +7,4 @@ mod ir;
 
 pub use compile::{CacheStats, CompiledConstraint, Compiler, DEFAULT_CACHE_LIMIT};
 pub use enforce::{apply_mask, ConstraintOutcome, ConstraintReport, ConstraintStats, Enforcer, Mask};
-pub use ir::{Constraint, ConstraintKind};
+pub use ir::{Constraint, ConstraintKind, ConstraintTag};

@@ -10,7 +10,7 @@ use super::worker::{worker_gone, Command, Event, Job, Outcome, SessionId};
 use super::EngineInner;
 use tokio::task::AbortHandle;
 
-use crate::constraint::{CompiledConstraint, Constraint, ConstraintOutcome, ConstraintReport};
+use crate::constraint::{CompiledConstraint, Constraint, ConstraintOutcome, ConstraintReport, ConstraintTag};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
@@ -336,7 +336,7 @@ fn receive(
 /// held on every token still does).
 fn void_grammar_guarantees(validation: &mut [ConstraintReport]) {
     for report in
-        validation.iter_mut().filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != "token_mask")
+        validation.iter_mut().filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != ConstraintTag::TokenMask)
     {
         report.outcome = ConstraintOutcome::Violated;
         report.reason =
@@ -450,17 +450,17 @@ mod tests {
 
     #[test]
     fn a_cut_by_the_caller_voids_grammar_guarantees_but_not_token_masks() {
-        let report = |kind: &'static str, outcome| ConstraintReport {
-            name: kind.into(),
+        let report = |kind: ConstraintTag, outcome| ConstraintReport {
+            name: kind.as_str().into(),
             kind,
             priority: 0,
             outcome,
             reason: None,
         };
         let mut validation = vec![
-            report("json_schema", ConstraintOutcome::Satisfied),
-            report("token_mask", ConstraintOutcome::Satisfied),
-            report("regex", ConstraintOutcome::Relaxed),
+            report(ConstraintTag::JsonSchema, ConstraintOutcome::Satisfied),
+            report(ConstraintTag::TokenMask, ConstraintOutcome::Satisfied),
+            report(ConstraintTag::Regex, ConstraintOutcome::Relaxed),
         ];
         void_grammar_guarantees(&mut validation);
         let outcomes: Vec<_> = validation.iter().map(|r| r.outcome).collect();

@@ -8,23 +8,10 @@ use super::{
     arg_out, arg_ref, arg_slice, arg_str, ffi_boundary, maze_error, maze_status, maze_string, read_params,
     write_out, FfiError, FfiResult, Handle,
 };
-use crate::constraint::{Constraint, ConstraintKind};
+use crate::c_enum::c_side as c_enum;
+use crate::constraint::{Constraint, ConstraintKind, ConstraintTag};
 
-/// Constraint kinds, for maze_constraint_desc.kind.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum maze_constraint_kind {
-    /// `text`: a JSON schema document.
-    JsonSchema = 0,
-    /// `text`: a grammar in llguidance's Lark syntax.
-    Lark = 1,
-    /// `items`: regular expressions; the output must match every one.
-    Regex = 2,
-    /// `allowed_tokens` (empty = all) and `forbidden_tokens`.
-    TokenMask = 3,
-    /// `items`: the output is exactly one of these strings.
-    Choice = 4,
-}
+include!("../tables/constraint_kind.rs");
 
 /// Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
 /// its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
@@ -90,8 +77,16 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
             .map(|(i, s)| Ok(s.to_str(&format!("desc.items[{i}]"))?.to_string()))
             .collect()
     };
-    let kind = match d.kind {
-        0 => {
+    let tag = maze_constraint_kind::from_raw(d.kind.into())
+        .and_then(maze_constraint_kind::to_core)
+        .ok_or_else(|| {
+            FfiError::new(
+                maze_status::InvalidArgument,
+                format!("desc.kind {} is not a maze_constraint_kind", d.kind),
+            )
+        })?;
+    let kind = match tag {
+        ConstraintTag::JsonSchema => {
             let text = d.text.to_str("desc.text")?;
             let schema = serde_json::from_str(text).map_err(|e| {
                 FfiError::new(
@@ -101,19 +96,13 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
             })?;
             ConstraintKind::JsonSchema(schema)
         }
-        1 => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
-        2 => ConstraintKind::Regex(items()?),
-        3 => ConstraintKind::TokenMask {
+        ConstraintTag::Lark => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
+        ConstraintTag::Regex => ConstraintKind::Regex(items()?),
+        ConstraintTag::TokenMask => ConstraintKind::TokenMask {
             allowed: arg_slice(d.allowed_tokens, d.n_allowed_tokens, "desc.allowed_tokens")?.to_vec(),
             forbidden: arg_slice(d.forbidden_tokens, d.n_forbidden_tokens, "desc.forbidden_tokens")?.to_vec(),
         },
-        4 => ConstraintKind::Choice(items()?),
-        other => {
-            return Err(FfiError::new(
-                maze_status::InvalidArgument,
-                format!("desc.kind {other} is not a maze_constraint_kind"),
-            ))
-        }
+        ConstraintTag::Choice => ConstraintKind::Choice(items()?),
     };
     Ok(Constraint { name, priority: d.priority, kind })
 }
@@ -133,6 +122,7 @@ unsafe fn finish(
 /// MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
 /// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_constraint_new(
     engine: *const maze_engine,
     desc: *const maze_constraint_desc,
@@ -153,6 +143,7 @@ pub unsafe extern "C" fn maze_constraint_new(
 /// `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
 /// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_constraint_from_json(
     engine: *const maze_engine,
     json: *const c_char,
@@ -201,6 +192,7 @@ pub struct maze_constraint_cache_stats {
 
 /// Reads the engine's constraint compile-cache counters into `*out`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_constraint_cache_stats(
     engine: *const maze_engine,
     out: *mut maze_constraint_cache_stats,
@@ -221,6 +213,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_stats(
 
 /// Empties the constraint compile cache (counters keep counting).
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_constraint_cache_clear(
     engine: *const maze_engine,
     error: *mut *mut maze_error,
@@ -230,6 +223,7 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_clear(
 
 /// Sets how many compiled constraints the cache keeps (>= 1); least recently used go first.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(
     engine: *const maze_engine,
     limit: u64,

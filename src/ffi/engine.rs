@@ -201,6 +201,7 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<Option<RemoteConfig
 /// (server unreachable), among others. A remote engine has no local tokenizer: tokenize,
 /// detokenize, the chat template and the constraint cache fail with MAZE_STATUS_UNSUPPORTED.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_new(
     model_path: *const c_char,
     params: *const maze_engine_params,
@@ -303,6 +304,7 @@ unsafe fn check_capacity(needed: usize, capacity: usize, out_len: *mut usize, wh
 /// small (NULL `tokens` with capacity 0 asks for the size), fails with
 /// MAZE_STATUS_BUFFER_TOO_SMALL and still writes the needed count to `*n_tokens`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_tokenize(
     engine: *const maze_engine,
     text: *const c_char,
@@ -337,6 +339,7 @@ pub unsafe extern "C" fn maze_tokenize(
 /// and writes the needed byte count (without NUL) to `*out_len`. An id outside the vocabulary
 /// fails with MAZE_STATUS_INVALID_ARGUMENT.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_detokenize(
     engine: *const maze_engine,
     tokens: *const u32,
@@ -413,6 +416,7 @@ pub(crate) unsafe fn read_messages(
 /// starts. Fails with MAZE_STATUS_TEMPLATE when the model has no template or it rejects the
 /// messages.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_chat_apply_template(
     engine: *const maze_engine,
     messages: *const maze_chat_message,
@@ -436,6 +440,7 @@ pub unsafe extern "C" fn maze_chat_apply_template(
 /// engine, asks the server (its health route, or the model list of an OpenAI-compatible server)
 /// and fails with MAZE_STATUS_BACKEND (unreachable, HTTP error) naming the problem.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_health(
     engine: *const maze_engine,
     error: *mut *mut maze_error,
@@ -447,6 +452,7 @@ pub unsafe extern "C" fn maze_engine_health(
 /// with the buffer protocol of maze_detokenize. A local engine lists its model; a remote one
 /// asks the server.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_engine_list_models(
     engine: *const maze_engine,
     buf: *mut c_char,

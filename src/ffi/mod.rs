@@ -9,21 +9,17 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
-// Declared in the order the header presents them (one group each, so rustfmt keeps the order).
-pub mod error;
-
-pub mod engine;
-
-pub mod constraint;
-
-pub mod session;
-
-pub mod result;
-
+// The header groups these modules' items into sections (see SECTIONS in build.rs).
 mod boundary;
+pub mod constraint;
+pub mod engine;
+pub mod error;
+pub mod result;
+pub mod session;
 
 use std::ffi::{c_char, CStr};
 
+use crate::c_enum::c_side as c_enum;
 use crate::error::{Error, ErrorKind};
 pub(crate) use boundary::{ffi_boundary, Handle};
 pub use error::maze_error;
@@ -35,70 +31,7 @@ pub const MAZE_ABI_VERSION: u32 = 1;
 /// Seed value meaning "draw a fresh seed" (from the engine's seed sequence).
 pub const MAZE_SEED_RANDOM: u64 = u64::MAX;
 
-/// Result of every fallible call. 0 is success.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum maze_status {
-    /// Success.
-    Ok = 0,
-    /// A required pointer argument was NULL.
-    NullArgument = 1,
-    /// An argument is out of range or inconsistent.
-    InvalidArgument = 2,
-    /// A string argument is not valid UTF-8.
-    InvalidUtf8 = 3,
-    /// A file could not be opened or read.
-    Io = 4,
-    /// The model file is not a usable GGUF model (not GGUF, truncated, missing data).
-    ModelFormat = 5,
-    /// The model or request needs something this build does not support.
-    Unsupported = 6,
-    /// Tokenizer construction or tokenization failed.
-    Tokenizer = 7,
-    /// The chat template is missing or failed to render.
-    Template = 8,
-    /// The prompt does not fit in the context window.
-    ContextOverflow = 9,
-    /// The session is already generating.
-    Busy = 10,
-    /// The operation was cancelled (e.g. loading aborted by the progress callback).
-    Cancelled = 11,
-    /// A caller-provided buffer is too small; the needed size was written.
-    BufferTooSmall = 12,
-    /// The model computation failed.
-    Backend = 13,
-    /// A parameter struct comes from a newer ABI than this library (struct_size too large).
-    AbiMismatch = 14,
-    /// An internal invariant broke (a bug; please report).
-    Internal = 15,
-    /// A panic was caught at the ABI boundary (a bug; please report). The library stays usable.
-    Panic = 16,
-    /// A constraint is malformed or unsupported: bad JSON schema, regex, grammar or token id.
-    /// The message names the constraint and the offending part.
-    InvalidConstraint = 17,
-}
-
-impl From<ErrorKind> for maze_status {
-    fn from(kind: ErrorKind) -> Self {
-        match kind {
-            ErrorKind::InvalidArgument => Self::InvalidArgument,
-            ErrorKind::InvalidUtf8 => Self::InvalidUtf8,
-            ErrorKind::Io => Self::Io,
-            ErrorKind::ModelFormat => Self::ModelFormat,
-            ErrorKind::Unsupported => Self::Unsupported,
-            ErrorKind::Tokenizer => Self::Tokenizer,
-            ErrorKind::Template => Self::Template,
-            ErrorKind::ContextOverflow => Self::ContextOverflow,
-            ErrorKind::Busy => Self::Busy,
-            ErrorKind::Cancelled => Self::Cancelled,
-            ErrorKind::BufferTooSmall => Self::BufferTooSmall,
-            ErrorKind::Backend => Self::Backend,
-            ErrorKind::Internal => Self::Internal,
-            ErrorKind::Panic => Self::Panic,
-            ErrorKind::InvalidConstraint => Self::InvalidConstraint,
-        }
-    }
-}
+include!("../tables/status.rs");
 
 /// A failure at the ABI edge: a status and a message naming the problem.
 #[derive(Debug, Clone)]
@@ -238,28 +171,7 @@ pub extern "C" fn maze_abi_version() -> u32 {
 /// values this library does not define.
 #[no_mangle]
 pub extern "C" fn maze_status_name(status: i32) -> *const c_char {
-    let name: &'static str = match status {
-        0 => "MAZE_STATUS_OK\0",
-        1 => "MAZE_STATUS_NULL_ARGUMENT\0",
-        2 => "MAZE_STATUS_INVALID_ARGUMENT\0",
-        3 => "MAZE_STATUS_INVALID_UTF8\0",
-        4 => "MAZE_STATUS_IO\0",
-        5 => "MAZE_STATUS_MODEL_FORMAT\0",
-        6 => "MAZE_STATUS_UNSUPPORTED\0",
-        7 => "MAZE_STATUS_TOKENIZER\0",
-        8 => "MAZE_STATUS_TEMPLATE\0",
-        9 => "MAZE_STATUS_CONTEXT_OVERFLOW\0",
-        10 => "MAZE_STATUS_BUSY\0",
-        11 => "MAZE_STATUS_CANCELLED\0",
-        12 => "MAZE_STATUS_BUFFER_TOO_SMALL\0",
-        13 => "MAZE_STATUS_BACKEND\0",
-        14 => "MAZE_STATUS_ABI_MISMATCH\0",
-        15 => "MAZE_STATUS_INTERNAL\0",
-        16 => "MAZE_STATUS_PANIC\0",
-        17 => "MAZE_STATUS_INVALID_CONSTRAINT\0",
-        _ => "MAZE_STATUS_UNKNOWN\0",
-    };
-    name.as_ptr() as *const c_char
+    maze_status::from_raw(status.into()).map_or(c"MAZE_STATUS_UNKNOWN", maze_status::enumerator).as_ptr()
 }
 
 #[cfg(test)]

@@ -3,38 +3,10 @@
 use std::ffi::{c_char, CString};
 
 use super::{ffi_boundary, maze_status, Handle};
+use crate::c_enum::c_side as c_enum;
 use crate::result::{FinishReason, GenerationResult};
 
-/// How a generation ended.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum maze_finish_reason {
-    /// The model produced an end-of-generation token.
-    Stop = 0,
-    /// max_tokens was reached or the context is full.
-    Length = 1,
-    /// A stop sequence appeared (it is not part of the text).
-    StopSequence = 2,
-    /// maze_session_cancel was called or the stream callback returned false.
-    Cancelled = 3,
-    /// params.timeout_ms passed.
-    Timeout = 4,
-    /// The computation failed midway; see maze_result_error_status / _message.
-    Error = 5,
-}
-
-impl From<FinishReason> for maze_finish_reason {
-    fn from(r: FinishReason) -> Self {
-        match r {
-            FinishReason::Stop => Self::Stop,
-            FinishReason::Length => Self::Length,
-            FinishReason::StopSequence => Self::StopSequence,
-            FinishReason::Cancelled => Self::Cancelled,
-            FinishReason::Timeout => Self::Timeout,
-            FinishReason::Error => Self::Error,
-        }
-    }
-}
+include!("../tables/finish_reason.rs");
 
 /// A finished generation. Immutable: safe to read from any thread; free once with
 /// maze_result_free. Pointers it returns stay valid until then.
@@ -128,16 +100,7 @@ pub unsafe extern "C" fn maze_result_finish_reason(result: *const maze_result) -
 /// "unknown" otherwise. Static string.
 #[no_mangle]
 pub extern "C" fn maze_finish_reason_name(reason: i32) -> *const c_char {
-    let s: &'static std::ffi::CStr = match reason {
-        0 => c"stop",
-        1 => c"length",
-        2 => c"stop_sequence",
-        3 => c"cancelled",
-        4 => c"timeout",
-        5 => c"error",
-        _ => c"unknown",
-    };
-    s.as_ptr()
+    maze_finish_reason::from_raw(reason.into()).map_or(c"unknown", maze_finish_reason::name).as_ptr()
 }
 
 /// Status of a midway failure (finish reason MAZE_FINISH_ERROR); MAZE_STATUS_OK otherwise.

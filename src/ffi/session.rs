@@ -150,6 +150,7 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
 
 /// Opens a session on an engine. Free it with maze_session_free.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_session_new(
     engine: *const maze_engine,
     out_session: *mut *mut maze_session,
@@ -202,6 +203,7 @@ unsafe fn run(
 /// maze_result_finish_reason). Fails before generating with MAZE_STATUS_CONTEXT_OVERFLOW,
 /// MAZE_STATUS_BUSY, MAZE_STATUS_INVALID_ARGUMENT (bad params, empty prompt), among others.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_session_generate(
     session: *const maze_session,
     prompt: *const c_char,
@@ -226,6 +228,7 @@ pub unsafe extern "C" fn maze_session_generate(
 
 /// Like maze_session_generate, from token ids used as they are (no BOS added).
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_session_generate_tokens(
     session: *const maze_session,
     tokens: *const u32,
@@ -251,6 +254,7 @@ pub unsafe extern "C" fn maze_session_generate_tokens(
 /// Like maze_session_generate, from chat messages rendered with the model's chat template and
 /// ending in an assistant turn. Fails with MAZE_STATUS_TEMPLATE when the model has no template.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_session_chat(
     session: *const maze_session,
     messages: *const maze_chat_message,
@@ -293,6 +297,7 @@ pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> ma
 /// none). The forgotten keys and values may still serve other sessions' identical prompt
 /// prefixes from the engine's prefix cache. Fails with MAZE_STATUS_BUSY while generating.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn maze_session_reset(
     session: *const maze_session,
     error: *mut *mut maze_error,

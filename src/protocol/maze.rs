@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::constraint::{Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats};
+use crate::constraint::{Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats, ConstraintTag};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
@@ -196,7 +196,7 @@ impl GenerateResponse {
                     .iter()
                     .map(|v| WireReport {
                         name: v.name.clone(),
-                        kind: v.kind.to_string(),
+                        kind: v.kind.as_str().to_string(),
                         priority: v.priority,
                         outcome: v.outcome,
                         reason: v.reason.clone(),
@@ -234,12 +234,18 @@ impl GenerateResponse {
                 .validation
                 .constraints
                 .into_iter()
-                .map(|v| ConstraintReport {
-                    name: v.name,
-                    kind: static_kind(&v.kind),
-                    priority: v.priority,
-                    outcome: v.outcome,
-                    reason: v.reason,
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    // A kind this client does not know (a newer server) is the one it asked for.
+                    let kind = ConstraintTag::from_name(&v.kind)
+                        .or_else(|| opts.constraints.get(i).map(|c| c.kind.tag()))?;
+                    Some(ConstraintReport {
+                        name: v.name,
+                        kind,
+                        priority: v.priority,
+                        outcome: v.outcome,
+                        reason: v.reason,
+                    })
                 })
                 .collect(),
             constraint_stats: self.validation.stats,
@@ -255,14 +261,6 @@ impl GenerateResponse {
             },
         }
     }
-}
-
-/// Constraint kind names are a closed set; anything else from a server is reported as unknown.
-fn static_kind(kind: &str) -> &'static str {
-    ["json_schema", "lark", "regex", "token_mask", "choice"]
-        .into_iter()
-        .find(|k| *k == kind)
-        .unwrap_or("unknown")
 }
 
 /// One piece of streamed text (`data:` of an unnamed server-sent event).

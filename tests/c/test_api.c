@@ -263,8 +263,8 @@ static void test_tokenizer(maze_engine *engine) {
     /* Special tokens parse only when asked. */
     const char *special = "<|im_start|>";
     size_t n_parsed = 0, n_literal = 0;
-    maze_tokenize(engine, special, strlen(special), false, true, tokens, 512, &n_parsed, NULL);
-    maze_tokenize(engine, special, strlen(special), false, false, tokens, 512, &n_literal, NULL);
+    CHECK(maze_tokenize(engine, special, strlen(special), false, true, tokens, 512, &n_parsed, NULL) == MAZE_STATUS_OK, "tokenize special text");
+    CHECK(maze_tokenize(engine, special, strlen(special), false, false, tokens, 512, &n_literal, NULL) == MAZE_STATUS_OK, "tokenize special text literally");
     CHECK(n_parsed == 1 && n_literal > 1, "special parsed %zu literal %zu", n_parsed, n_literal);
 
     /* Size query and BUFFER_TOO_SMALL. */
@@ -277,7 +277,7 @@ static void test_tokenizer(maze_engine *engine) {
     st = maze_tokenize(engine, texts[1], strlen(texts[1]), false, false, tokens, 2, &needed, &err);
     expect_error(st, err, MAZE_STATUS_BUFFER_TOO_SMALL, "buffer holds 2", "small token buffer");
     size_t n = 0;
-    maze_tokenize(engine, "hello", 5, false, false, tokens, 512, &n, NULL);
+    CHECK(maze_tokenize(engine, "hello", 5, false, false, tokens, 512, &n, NULL) == MAZE_STATUS_OK, "tokenize hello");
     size_t len = 0;
     err = NULL;
     st = maze_detokenize(engine, tokens, n, buf, 3, &len, &err);
@@ -311,7 +311,7 @@ static void test_chat_template(maze_engine *engine) {
     CHECK(strstr(buf, "<|im_start|>system\nYou are terse.<|im_end|>") && strstr(buf, "<|im_start|>user\nHi there<|im_end|>"), "rendered: %s", buf);
     CHECK(len >= 25 && strcmp(buf + len - 22, "<|im_start|>assistant\n") == 0, "ends with generation prompt: %s", buf);
     size_t len2 = 0;
-    maze_chat_apply_template(engine, msgs, 2, false, buf, sizeof buf, &len2, NULL);
+    CHECK(maze_chat_apply_template(engine, msgs, 2, false, buf, sizeof buf, &len2, NULL) == MAZE_STATUS_OK, "template without generation prompt");
     CHECK(len2 < len && !strstr(buf, "assistant"), "without generation prompt");
     err = NULL;
     st = maze_chat_apply_template(engine, msgs, 2, true, NULL, 0, &len2, &err);
@@ -404,7 +404,7 @@ static void test_generate_and_stream(maze_engine *engine) {
     /* The tokens decode to the text. */
     char buf[8192];
     size_t dlen = 0;
-    maze_detokenize(engine, toks, n_tok, buf, sizeof buf, &dlen, NULL);
+    CHECK(maze_detokenize(engine, toks, n_tok, buf, sizeof buf, &dlen, NULL) == MAZE_STATUS_OK, "detokenize the output");
     /* A trained model writes valid UTF-8; a random one may emit stray bytes (shown as U+FFFD). */
     if (!tiny) CHECK(dlen == len && memcmp(buf, text, len) == 0, "tokens decode to the text");
     if (!tiny) CHECK(strlen(text) > 10, "some text: %s", text);
@@ -712,7 +712,7 @@ static void test_chat_and_tokens(maze_engine *engine) {
     /* From token ids. */
     uint32_t toks[64];
     size_t n = 0;
-    maze_tokenize(engine, "Hello world", 11, true, false, toks, 64, &n, NULL);
+    CHECK(maze_tokenize(engine, "Hello world", 11, true, false, toks, 64, &n, NULL) == MAZE_STATUS_OK, "tokenize the prompt");
     r = NULL;
     st = maze_session_generate_tokens(s, toks, n, &p, NULL, NULL, &r, NULL);
     CHECK(st == MAZE_STATUS_OK && maze_result_prompt_tokens(r) == n, "tokens prompt %u", maze_result_prompt_tokens(r));
@@ -932,14 +932,14 @@ static void test_constraints(maze_engine *engine) {
     d.items = patterns;
     d.n_items = 1;
     maze_constraint *again = make_constraint(engine, &d);
-    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(maze_engine_constraint_cache_stats(engine, &after, NULL) == MAZE_STATUS_OK, "cache stats after a hit");
     CHECK(after.hits == before.hits + 1 && after.misses == before.misses, "cache hit (%llu -> %llu)", (unsigned long long)before.hits, (unsigned long long)after.hits);
     CHECK(maze_engine_constraint_cache_set_limit(engine, 1, NULL) == MAZE_STATUS_OK, "set limit");
-    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(maze_engine_constraint_cache_stats(engine, &after, NULL) == MAZE_STATUS_OK, "cache stats after set limit");
     CHECK(after.size == 1 && after.limit == 1 && after.evictions >= before.size - 1, "evicted to 1");
     EXPECT_ERROR(maze_engine_constraint_cache_set_limit(engine, 0, &err), MAZE_STATUS_INVALID_ARGUMENT, "at least 1", "zero limit");
     CHECK(maze_engine_constraint_cache_clear(engine, NULL) == MAZE_STATUS_OK, "clear");
-    maze_engine_constraint_cache_stats(engine, &after, NULL);
+    CHECK(maze_engine_constraint_cache_stats(engine, &after, NULL) == MAZE_STATUS_OK, "cache stats after clear");
     CHECK(after.size == 0, "cleared");
     EXPECT_ERROR(maze_engine_constraint_cache_stats(engine, NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out", "NULL stats");
     EXPECT_ERROR(maze_engine_constraint_cache_clear(NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "engine", "NULL clear");

@@ -71,27 +71,33 @@ pub const Error = error{
 };
 
 fn errorOf(status: Status) Error {
-    return switch (status) {
-        .ok => unreachable,
-        .null_argument => error.NullArgument,
-        .invalid_argument => error.InvalidArgument,
-        .invalid_utf8 => error.InvalidUtf8,
-        .io => error.Io,
-        .model_format => error.ModelFormat,
-        .unsupported => error.Unsupported,
-        .tokenizer => error.Tokenizer,
-        .template => error.Template,
-        .context_overflow => error.ContextOverflow,
-        .busy => error.Busy,
-        .cancelled => error.Cancelled,
-        .buffer_too_small => error.BufferTooSmall,
-        .backend => error.Backend,
-        .abi_mismatch => error.AbiMismatch,
-        .internal => error.Internal,
-        .panic => error.Panic,
-        .invalid_constraint => error.InvalidConstraint,
-        _ => error.UnknownStatus,
-    };
+    std.debug.assert(status != .ok);
+    const info = @typeInfo(Status).@"enum";
+    inline for (info.field_names, info.field_values) |name, value| {
+        if (comptime std.mem.eql(u8, name, "ok")) continue;
+        if (@backingInt(status) == value) return @field(Error, errorName(name));
+    }
+    return error.UnknownStatus;
+}
+
+/// The error a status stands for: `context_overflow` is `ContextOverflow`.
+fn errorName(comptime status: []const u8) []const u8 {
+    comptime {
+        var name: [status.len]u8 = undefined;
+        var len: usize = 0;
+        var word_start = true;
+        for (status) |ch| {
+            if (ch == '_') {
+                word_start = true;
+                continue;
+            }
+            name[len] = if (word_start) std.ascii.toUpper(ch) else ch;
+            len += 1;
+            word_start = false;
+        }
+        const final = name[0..len].*;
+        return &final;
+    }
 }
 
 /// Receives the status and message of a failed call (pass `&diag` in a call's options). The

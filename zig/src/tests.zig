@@ -23,6 +23,69 @@ fn greedy(max_tokens: u32) maze.GenerateOptions {
     return .{ .temperature = 0, .max_tokens = max_tokens };
 }
 
+/// The header's name of a member: `busy` of Status is MAZE_STATUS_BUSY.
+fn enumeratorName(comptime prefix: []const u8, comptime member: []const u8) []const u8 {
+    comptime {
+        @setEvalBranchQuota(10_000);
+        var name: [prefix.len + member.len]u8 = undefined;
+        @memcpy(name[0..prefix.len], prefix);
+        for (member, prefix.len..) |ch, i| name[i] = std.ascii.toUpper(ch);
+        const final = name;
+        return &final;
+    }
+}
+
+/// Checks a Zig copy of a C enum against the header (translate-c): every enumerator with
+/// `prefix` is a member of the same value, and the enum has no other.
+fn expectMirrorsHeader(comptime E: type, comptime prefix: []const u8) !void {
+    @setEvalBranchQuota(1_000_000);
+    var enumerators: usize = 0;
+    inline for (@typeInfo(c).@"struct".decl_names) |name| {
+        if (comptime std.mem.startsWith(u8, name, prefix)) enumerators += 1;
+    }
+    const info = @typeInfo(E).@"enum";
+    try testing.expectEqual(info.field_names.len, enumerators);
+    inline for (info.field_names, info.field_values) |name, value| {
+        try testing.expectEqual(value, @field(c, enumeratorName(prefix, name)));
+    }
+}
+
+test "Status mirrors the header's status codes and the library's names" {
+    try expectMirrorsHeader(maze.Status, "MAZE_STATUS_");
+    const info = @typeInfo(maze.Status).@"enum";
+    inline for (info.field_names) |member| {
+        try testing.expectEqualStrings(comptime enumeratorName("MAZE_STATUS_", member), @field(maze.Status, member).name());
+    }
+    // What the library names is a Status (a status new in the library fails here).
+    var v: i32 = -1;
+    while (v < 256) : (v += 1) {
+        const name = std.mem.span(c.maze_status_name(v));
+        if (std.mem.eql(u8, name, "MAZE_STATUS_UNKNOWN")) continue;
+        var known = false;
+        inline for (info.field_names, info.field_values) |member, value| {
+            if (value == v and std.mem.eql(u8, name, comptime enumeratorName("MAZE_STATUS_", member))) known = true;
+        }
+        if (!known) std.debug.print("the library names status {d} {s}, which maze.Status lacks\n", .{ v, name });
+        try testing.expect(known);
+    }
+}
+
+test "FinishReason mirrors the header's finish reasons and the library's names" {
+    try expectMirrorsHeader(maze.FinishReason, "MAZE_FINISH_REASON_");
+    const info = @typeInfo(maze.FinishReason).@"enum";
+    var v: i32 = -1;
+    while (v < 256) : (v += 1) {
+        const name = std.mem.span(c.maze_finish_reason_name(v));
+        if (std.mem.eql(u8, name, "unknown")) continue;
+        var known = false;
+        inline for (info.field_names, info.field_values) |member, value| {
+            if (value == v and std.mem.eql(u8, name, member)) known = true;
+        }
+        if (!known) std.debug.print("the library names finish reason {d} {s}, which maze.FinishReason lacks\n", .{ v, name });
+        try testing.expect(known);
+    }
+}
+
 test "the constraint descriptor's layout is checked against the header" {
     try testing.expect(maze.layoutMismatch(maze.ConstraintDesc, c.maze_constraint_desc) == null);
     // A drifted copy is caught: a field missing, a field moved, a field resized.

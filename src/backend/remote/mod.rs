@@ -542,7 +542,7 @@ impl Run {
             .iter()
             .map(|c| ConstraintReport {
                 name: c.name.clone(),
-                kind: c.kind.label(),
+                kind: c.kind.tag(),
                 priority: c.priority,
                 outcome: ConstraintOutcome::Violated,
                 reason: Some(why.to_string()),

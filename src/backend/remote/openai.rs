@@ -140,7 +140,7 @@ impl Run {
                 .zip(reports)
                 .map(|(c, r)| ConstraintReport {
                     name: c.name.clone(),
-                    kind: c.kind.label(),
+                    kind: c.kind.tag(),
                     priority: c.priority,
                     outcome: r.outcome,
                     reason: r.reason,
@@ -157,7 +157,7 @@ impl Run {
                     };
                     ConstraintReport {
                         name: c.name.clone(),
-                        kind: c.kind.label(),
+                        kind: c.kind.tag(),
                         priority: c.priority,
                         outcome,
                         reason: Some(reason.into()),
