@@ -42,10 +42,12 @@ model:
 lib:
 	$(CARGO) build --release --lib
 
-# Every test target, maze-server and the example included: the crate's dev-dependency on itself
-# turns on the `server`, `testing` and `cli` features the library build leaves out.
+# The features the library build leaves out, for everything else cargo builds here (one set, so
+# cargo keeps one build of the crate with them): the test helpers, maze-server, the command lines.
+TOOL_FEATURES := --features server,testing,cli
+
 rust-test:
-	MAZE_MODEL="$(MODEL)" $(CARGO) test --release
+	MAZE_MODEL="$(MODEL)" $(CARGO) test --release $(TOOL_FEATURES)
 
 # include/maze.h is generated: build.rs renders it into cargo's OUT_DIR on every build, and
 # `make header` copies it into the tree. header-check fails while the committed copy differs.
@@ -69,7 +71,7 @@ $(BUILD)/quickstart: examples/c/quickstart.c include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
 $(BUILD)/tiny-model.gguf: lib | $(BUILD)
-	$(CARGO) run --release --quiet --example make-tiny-model -- $@
+	$(CARGO) run --release --quiet $(TOOL_FEATURES) --example make-tiny-model -- $@
 
 $(BUILD)/test_api_shared: tests/c/test_api.c include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
@@ -113,7 +115,7 @@ pkgconfig: lib
 # race detector (static link), the linking variants (shared library, pkg-config), and the example
 # program.
 server: lib
-	$(CARGO) build --release --features server,cli --bin maze-server
+	$(CARGO) build --release $(TOOL_FEATURES) --bin maze-server
 
 go-test: model lib pkgconfig server
 	@unformatted=$$(cd bindings/go && "$$($(GO) env GOROOT)/bin/gofmt" -l .); \
@@ -150,7 +152,7 @@ cuda:
 
 bench: model
 	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
-	$(CARGO) run --release --features cli --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
+	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -16,7 +16,7 @@ use serde_json::json;
 /// Benchmarks Maze on a GGUF model (load, memory, prefill, decode, concurrent sessions,
 /// constraints), optionally beside llama.cpp's llama-bench, and can write docs/BENCHMARKS.md.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "maze-bench", version)]
 struct Args {
     /// The GGUF model file.
     #[arg(long, env = "MAZE_MODEL", value_name = "MODEL.gguf")]

@@ -17,7 +17,7 @@ use maze::{Engine, EngineConfig};
 /// Serves a local GGUF model over HTTP: the Maze protocol (/maze/v1/*), the OpenAI-compatible
 /// API (/v1/chat/completions, /v1/completions, /v1/models), /health and /metrics.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "maze-server", version)]
 struct Args {
     /// The GGUF model file to serve.
     #[arg(long, env = "MAZE_MODEL", value_name = "MODEL.gguf")]
