@@ -1,6 +1,6 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
-#   make test   everything: Rust unit + integration tests, header freshness, C tests
+#   make test   everything: format and lint gate, Rust unit + integration tests, header freshness, C tests
 #               (shared and static library, AddressSanitizer, valgrind), Go and Zig tests,
 #               the official OpenAI Python client against maze-server
 # Both are idempotent: they fetch and build only what is missing.
@@ -21,12 +21,12 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
 
-test: toolchain model rust-test header-check c-test go-test zig-test server-test
+test: toolchain model lint rust-test header-check c-test go-test zig-test server-test
 	@echo "make test: all suites passed"
 
 toolchain:
@@ -45,6 +45,12 @@ lib:
 # The features the library build leaves out, for everything else cargo builds here (one set, so
 # cargo keeps one build of the crate with them): the test helpers, maze-server, the command lines.
 TOOL_FEATURES := --features server,testing,cli
+
+# The format and lint gate: rustfmt.toml's style and clippy with every warning an error, over
+# every target (Go's gofmt/vet and Zig's fmt run with their suites).
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets $(TOOL_FEATURES) -- -D warnings
 
 rust-test:
 	MAZE_MODEL="$(MODEL)" $(CARGO) test --release $(TOOL_FEATURES)

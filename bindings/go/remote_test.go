@@ -19,7 +19,7 @@ func startServer(t *testing.T, key string) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("maze-server is not built (%v): run `cargo build --release --bin maze-server`", err)
+		t.Fatalf("maze-server is not built (%v): run `make server`", err)
 	}
 	cmd := exec.Command(bin, "--model", modelPath(t), "--addr", "127.0.0.1:0", "--api-key", key, "--threads", "2", "--stop-on-stdin-eof")
 	stdin, err := cmd.StdinPipe()

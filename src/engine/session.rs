@@ -335,8 +335,9 @@ fn receive(
 /// The caller cut the text: grammar constraints cannot vouch for it any more (a token mask
 /// held on every token still does).
 fn void_grammar_guarantees(validation: &mut [ConstraintReport]) {
-    for report in
-        validation.iter_mut().filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != ConstraintTag::TokenMask)
+    for report in validation
+        .iter_mut()
+        .filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != ConstraintTag::TokenMask)
     {
         report.outcome = ConstraintOutcome::Violated;
         report.reason =
