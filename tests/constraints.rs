@@ -233,7 +233,7 @@ fn cut_short_output_is_reported_as_violated() {
 
 #[test]
 fn bad_constraints_fail_at_compile_time_naming_the_part() {
-    let compile = |c: Constraint| engine().check_constraint(&c).err().expect("must fail");
+    let compile = |c: Constraint| engine().check_constraint(&c).expect_err("must fail");
     let e = compile(Constraint::regex("r", "[0-9"));
     assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
     assert!(e.message().contains("'r'") && e.message().contains("[0-9"), "{e}");

@@ -486,7 +486,7 @@ impl LanguageModel for PanickyModel {
         let cache = cache.as_any_mut().downcast_mut::<CountCache>().unwrap();
         cache.0 += tokens.len();
         let mut logits = vec![0.0; self.info.vocab_size];
-        logits[b'a' as usize - 33 + 0] = 1.0; // some byte token
+        logits[b'a' as usize - 33] = 1.0; // some byte token
         Ok(logits)
     }
 }

@@ -203,7 +203,7 @@ pub(crate) async fn generate(
 /// What a streamed generation sends: pieces, then the end.
 pub(crate) enum Piece {
     Text(String),
-    Done(Result<GenerationResult, Error>),
+    Done(Result<Box<GenerationResult>, Error>),
 }
 
 /// Starts a streamed generation. Errors before the first token come back as an HTTP error;
@@ -224,7 +224,7 @@ pub(crate) async fn generate_stream(
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
-        let _ = tx.send(Piece::Done(result));
+        let _ = tx.send(Piece::Done(result.map(Box::new)));
         drop(slot);
     });
     let mut rx = UnboundedReceiverStream::new(rx);

@@ -239,7 +239,11 @@ impl Hyper {
         let dim = file.u64(&key("embedding_length"))? as usize;
         let n_heads = file.u64(&key("attention.head_count"))? as usize;
         let n_kv_heads = file.opt_u64(&key("attention.head_count_kv")).unwrap_or(n_heads as u64) as usize;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || dim % n_heads != 0 {
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !n_heads.is_multiple_of(n_kv_heads)
+            || !dim.is_multiple_of(n_heads)
+        {
             return Err(Error::model_format(format!(
                 "'{}': inconsistent attention shape: width {dim}, {n_heads} heads, {n_kv_heads} KV heads",
                 file.path().display()
@@ -248,7 +252,7 @@ impl Hyper {
         let head_dim =
             file.opt_u64(&key("attention.key_length")).map(|v| v as usize).unwrap_or(dim / n_heads);
         let rope_dim = file.opt_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
-        if rope_dim != head_dim || head_dim % 2 != 0 {
+        if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
