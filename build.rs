@@ -59,6 +59,7 @@ fn tables() -> Vec<CEnum> {
         include!("src/tables/status.rs"),
         include!("src/tables/finish_reason.rs"),
         include!("src/tables/constraint_kind.rs"),
+        include!("src/tables/protocol.rs"),
     ]
 }
 

@@ -34,15 +34,8 @@ impl maze_engine {
 
 impl Handle for maze_engine {}
 
-/// Which API a remote server speaks (maze_engine_params.protocol).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum maze_protocol {
-    /// OpenAI-compatible: /v1/chat/completions, /v1/completions (vLLM, SGLang, llama.cpp server).
-    Openai = 0,
-    /// Maze's own protocol, served by maze-server: every constraint kind, with validation.
-    Maze = 1,
-}
+use crate::c_enum::c_side as c_enum;
+include!("../tables/protocol.rs");
 
 /// Loading progress: `progress` in [0, 1]. Runs on the thread that called maze_engine_new; it
 /// must not call maze_engine_* on the engine being loaded. Return false to abort the load
@@ -110,7 +103,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         endpoint: std::ptr::null(),
         api_key: std::ptr::null(),
         remote_model: std::ptr::null(),
-        protocol: maze_protocol::Openai as u32,
+        protocol: maze_protocol::OpenAi as u32,
         max_retries: 3,
         request_timeout_ms: 0,
         prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
@@ -169,16 +162,13 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<Option<RemoteConfig
         }
     };
     if let Some(endpoint) = optional(p.endpoint, "params.endpoint")? {
-        let protocol = match p.protocol {
-            0 => Protocol::OpenAi,
-            1 => Protocol::Maze,
-            other => {
-                return Err(FfiError::new(
+        let protocol =
+            maze_protocol::from_raw(p.protocol.into()).and_then(maze_protocol::to_core).ok_or_else(|| {
+                FfiError::new(
                     maze_status::InvalidArgument,
-                    format!("params.protocol {other} is not a maze_protocol"),
-                ))
-            }
-        };
+                    format!("params.protocol {} is not a maze_protocol", p.protocol),
+                )
+            })?;
         let mut config = RemoteConfig::new(endpoint, protocol);
         config.api_key = optional(p.api_key, "params.api_key")?;
         config.model = optional(p.remote_model, "params.remote_model")?;

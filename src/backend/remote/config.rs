@@ -4,24 +4,19 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Which API the server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `/v1/chat/completions` and `/v1/completions` (vLLM, SGLang, llama.cpp server, OpenAI).
-    OpenAi,
-    /// Maze's own protocol (`/maze/v1/*`), served by maze-server.
-    Maze,
-}
+use crate::c_enum::rust_side as c_enum;
+include!("../../tables/protocol.rs");
 
 impl Protocol {
+    /// The protocol named `name` (any case); empty means OpenAI-compatible.
     pub fn parse(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "openai" | "" => Ok(Self::OpenAi),
-            "maze" => Ok(Self::Maze),
-            other => {
-                Err(Error::invalid_argument(format!("unknown protocol '{other}': use 'openai' or 'maze'")))
-            }
+        let name = name.to_ascii_lowercase();
+        if name.is_empty() {
+            return Ok(Self::OpenAi);
         }
+        Self::from_name(&name).ok_or_else(|| {
+            Error::invalid_argument(format!("unknown protocol '{name}': use 'openai' or 'maze'"))
+        })
     }
 }
 
