@@ -59,6 +59,33 @@ pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out = gelu(gate) · up` with GELU's tanh approximation, `0.5·g·(1 + tanh(y))` for
+/// `y = √(2/π)·(g + 0.044715·g³)`, computed as `g / (1 + e^(−2y))` (the same function) so the
+/// exponentials run through [`exp_in_place`]'s vector path.
+pub fn gelu_tanh_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len(), "gelu_tanh_mul shapes");
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (o, &g) in out.iter_mut().zip(gate) {
+        *o = -2.0 * SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
+    }
+    exp_in_place(isa, out);
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + *o) * u;
+    }
+}
+
+/// Rotates each pair `(x[i], x[i + n])` of `x` (`2n` values, `n = cos.len()`) by the angle
+/// whose cosine and sine are `cos[i]`, `sin[i]`: RoPE in GPT-NeoX's form (Qwen, Gemma, Phi-3).
+pub fn rotate_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    assert!(cos.len() == sin.len() && x.len() == 2 * cos.len(), "rotate_halves shapes");
+    let (low, high) = x.split_at_mut(cos.len());
+    for (((a, b), c), s) in low.iter_mut().zip(high.iter_mut()).zip(cos).zip(sin) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
 /// Rotates each pair `(x[2i], x[2i + 1])` by the angle whose cosine and sine are `cos[i]`,
 /// `sin[i]` (RoPE in GGUF's interleaved form), for `x` of `2 · cos.len()` values.
 pub fn rotate_pairs(isa: Isa, x: &mut [f32], cos: &[f32], sin: &[f32]) {
@@ -372,6 +399,30 @@ mod tests {
             let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert_eq!(dot(&a, &b), want, "n {n}");
         }
+    }
+
+    #[test]
+    fn gelu_tanh_mul_matches_the_formula() {
+        let gate: Vec<f32> = (0..67).map(|i| (i as f32 - 33.0) * 0.37).chain([60.0, -60.0, 0.0]).collect();
+        let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + i as f32 * 0.01).collect();
+        for isa in Isa::available() {
+            let mut out = vec![0f32; gate.len()];
+            gelu_tanh_mul(isa, &gate, &up, &mut out);
+            for ((o, &g), u) in out.iter().zip(&gate).zip(&up) {
+                let y = (2.0f64 / std::f64::consts::PI).sqrt() * (g as f64 + 0.044715 * (g as f64).powi(3));
+                let want = 0.5 * g as f64 * (1.0 + y.tanh()) * *u as f64;
+                assert!((*o as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{isa:?} g={g}: {o} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn rotate_halves_turns_each_dimension_with_its_partner_half_a_head_away() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        let (cos, sin) = ([0.0, 1.0], [1.0, 0.0]);
+        rotate_halves(&mut x, &cos, &sin);
+        // Pair (x0, x2) turns a quarter: (1, 3) -> (-3, 1); pair (x1, x3) stays.
+        assert_eq!(x, vec![-3.0, 2.0, 1.0, 4.0]);
     }
 
     #[test]

@@ -1,0 +1,221 @@
+//! Decoder-only transformers (Llama 2/3, Mistral, SmolLM, Qwen2/2.5/3, Gemma 3, Phi-3), with
+//! quantized weights straight from GGUF. Each sequence has its own cache, so one set of weights
+//! serves every session of an engine.
+//!
+//! [`family`] states how each architecture differs from the shared layers, [`config`] reads and
+//! checks the metadata, [`weights`] repacks the file's matrices for [`native`], the batched CPU
+//! forward pass every family runs on; [`tensors`] is candle's forward pass for GPUs and for the
+//! Llama-family comparisons.
+
+mod config;
+mod family;
+mod native;
+mod tensors;
+mod weights;
+
+pub use family::Family;
+pub use native::NativeCache;
+
+use std::any::Any;
+
+use config::Config;
+use super::gguf::GgufFile;
+use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
+use crate::error::{Error, ErrorKind, Result};
+use tensors::{TensorCache, TensorTransformer};
+
+pub struct Transformer {
+    info: ModelInfo,
+    imp: Implementation,
+}
+
+enum Implementation {
+    Native(native::NativeTransformer),
+    Tensors(TensorTransformer),
+}
+
+impl Transformer {
+    /// Loads a model of a supported family: natively on the CPU wherever every matrix is in a
+    /// format our kernels take, else (and on a GPU, or when asked) with candle's tensors.
+    pub fn load(file: &GgufFile, opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<Self> {
+        let architecture = file.str("general.architecture")?;
+        let family = Family::of(architecture).ok_or_else(|| unsupported_architecture(file, architecture))?;
+        let config = Config::from_file(file, family)?;
+        let mut info = model_info(file, &config, opts.context_length);
+        if !opts.tensor_forward && opts.device.is_cpu() {
+            if let Some(native) = weights::native_from_file(file, &config, info.context_length, progress)? {
+                info.vocab_size = native.output.rows;
+                info.compute = format!("cpu native, {}", crate::kernels::Isa::detect().name());
+                return Ok(Self { info, imp: Implementation::Native(native) });
+            }
+        }
+        let tensors = TensorTransformer::load(file, config, &opts.device, info.context_length, progress)?;
+        info.vocab_size = tensors.vocab_size();
+        info.compute = format!("candle tensors, {}", if tensors.is_cpu() { "cpu" } else { "gpu" });
+        Ok(Self { info, imp: Implementation::Tensors(tensors) })
+    }
+}
+
+/// MAZE_STATUS_UNSUPPORTED naming the architecture and listing the supported ones.
+pub fn unsupported_architecture(file: &GgufFile, architecture: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "'{}': architecture '{architecture}' is not supported (supported: {})",
+            file.path().display(),
+            Family::supported()
+        ),
+    )
+}
+
+/// What the metadata says about the model and the context it serves; the vocabulary size and
+/// the compute path are known once the weights are read.
+fn model_info(file: &GgufFile, config: &Config, requested_context: usize) -> ModelInfo {
+    let trained_context_length = config.trained_context_length;
+    let context_length = match requested_context {
+        0 => trained_context_length.min(DEFAULT_MAX_CONTEXT),
+        n => n,
+    };
+    let name = file.opt_str("general.name").map(str::to_string).unwrap_or_else(|| {
+        file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    });
+    ModelInfo {
+        architecture: config.family.architecture.to_string(),
+        name,
+        vocab_size: 0,
+        trained_context_length,
+        context_length,
+        n_layers: config.n_layers,
+        embedding_length: config.dim,
+        compute: String::new(),
+    }
+}
+
+impl Transformer {
+    fn check(&self, tokens: &[u32], cached: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::new(ErrorKind::Internal, "forward called with no tokens"));
+        }
+        if cached + tokens.len() > self.info.context_length {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "{cached} cached + {} new tokens exceed the context length {}",
+                    tokens.len(),
+                    self.info.context_length
+                ),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "token id {bad} is out of range (vocabulary size {})",
+                self.info.vocab_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn wrong_cache() -> Error {
+    Error::new(ErrorKind::Internal, "a cache from another model was passed to this model")
+}
+
+fn interrupted() -> Error {
+    Error::new(ErrorKind::Cancelled, "interrupted")
+}
+
+impl SequenceCache for NativeCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.cut(len);
+        }
+    }
+
+    fn fork(&self, len: usize) -> Option<Box<dyn SequenceCache>> {
+        Some(Box::new(self.prefix(len.min(self.len))))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        NativeCache::memory_bytes(self)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl LanguageModel for Transformer {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> Box<dyn SequenceCache> {
+        match &self.imp {
+            Implementation::Native(m) => {
+                Box::new(NativeCache::new(m.config.n_layers, m.config.n_kv_heads, m.config.head_dim))
+            }
+            Implementation::Tensors(m) => Box::new(m.new_cache()),
+        }
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut dyn SequenceCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
+        self.check(tokens, cache.len())?;
+        match &self.imp {
+            Implementation::Native(m) => {
+                let cache = cache.as_any_mut().downcast_mut::<NativeCache>().ok_or_else(wrong_cache)?;
+                let mut batch = [native::BatchItem { tokens, cache }];
+                m.forward_batch(&mut batch, interrupt).and_then(|mut l| l.pop()).ok_or_else(interrupted)
+            }
+            Implementation::Tensors(m) => {
+                let cache = cache.as_any_mut().downcast_mut::<TensorCache>().ok_or_else(wrong_cache)?;
+                m.forward(tokens, cache, interrupt)
+            }
+        }
+    }
+
+    fn forward_batch(
+        &self,
+        items: &mut [BatchStep<'_>],
+        interrupt: &dyn Fn() -> bool,
+    ) -> Vec<Result<Vec<f32>>> {
+        let Implementation::Native(m) = &self.imp else {
+            return items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect();
+        };
+        // Items that fail their checks get their error; the rest run as one batch.
+        let mut results: Vec<Option<Result<Vec<f32>>>> = Vec::with_capacity(items.len());
+        let mut batch = Vec::new();
+        for it in items.iter_mut() {
+            match self.check(it.tokens, it.cache.len()) {
+                Err(e) => results.push(Some(Err(e))),
+                Ok(()) => match it.cache.as_any_mut().downcast_mut::<NativeCache>() {
+                    Some(cache) => {
+                        results.push(None);
+                        batch.push(native::BatchItem { tokens: it.tokens, cache });
+                    }
+                    None => results.push(Some(Err(wrong_cache()))),
+                },
+            }
+        }
+        let mut logits = match m.forward_batch(&mut batch, interrupt) {
+            Some(l) => l.into_iter(),
+            None => return results.into_iter().map(|r| r.unwrap_or_else(|| Err(interrupted()))).collect(),
+        };
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    logits.next().ok_or_else(|| Error::new(ErrorKind::Internal, "batch lost a row"))
+                })
+            })
+            .collect()
+    }
+}
