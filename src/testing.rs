@@ -35,6 +35,32 @@ pub struct TinyModel {
     /// Per-matrix formats instead of `weight_dtype`, by name within a layer ("attn_v", as
     /// Q4_K_M files keep V in Q6_K).
     pub dtype_overrides: Vec<(String, GgmlDType)>,
+    /// The layout of the file, beyond what its architecture's family implies (Q/K norms and
+    /// sandwich norms are written wherever the family has them).
+    pub layout: TinyLayout,
+    /// More metadata, keys relative to the architecture ("attention.sliding_window").
+    pub extra_metadata: Vec<(String, Value)>,
+    /// More tensors (F32), by full name and values: rope frequency factors.
+    pub extra_tensors: Vec<(String, Vec<f32>)>,
+    /// Tensors left out, by full name (for broken-file tests).
+    pub omit_tensors: Vec<String>,
+}
+
+/// How a tiny model's tensors are laid out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TinyLayout {
+    /// One `attn_qkv` matrix instead of Q, K and V (Phi-3).
+    pub fused_qkv: bool,
+    /// `ffn_up` holds gate and up, with no `ffn_gate` (Phi-3).
+    pub fused_gate_up: bool,
+    /// Biases on Q, K and V (Qwen2).
+    pub qkv_bias: bool,
+    /// An `output.weight` of its own instead of the tied embeddings.
+    pub untied_output: bool,
+    /// Norm weights drawn around 1 instead of ones, so a misapplied norm shows.
+    pub random_norms: bool,
+    /// `attention.key_length` declared, and heads this wide (else dim / heads).
+    pub head_dim: Option<usize>,
 }
 
 impl Default for TinyModel {
@@ -67,6 +93,10 @@ impl Default for TinyModel {
             tokenizer_metadata: true,
             weight_dtype: GgmlDType::Q8_0,
             dtype_overrides: Vec::new(),
+            layout: TinyLayout::default(),
+            extra_metadata: Vec::new(),
+            extra_tensors: Vec::new(),
+            omit_tensors: Vec::new(),
         }
     }
 }
@@ -102,52 +132,96 @@ impl TinyModel {
                     (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
                 QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
             };
-        let ones = |n: usize| -> candle_core::Result<QTensor> {
-            QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev)?, GgmlDType::F32)
+        let layout = self.layout;
+        let family = crate::model::transformer::Family::of(&self.architecture);
+        let (qk_norm, sandwich) = family.map_or((false, false), |f| (f.qk_norm, f.sandwich_norms));
+        let mut norm_rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed);
+        let mut vector = |n: usize, around: f32, spread: f32| -> candle_core::Result<QTensor> {
+            let data: Vec<f32> =
+                (0..n).map(|_| around + (norm_rng.random::<f32>() * 2.0 - 1.0) * spread).collect();
+            QTensor::quantize(&Tensor::from_vec(data, n, &dev)?, GgmlDType::F32)
         };
-        let head_dim = self.dim / self.n_heads;
-        let kv_dim = self.n_kv_heads * head_dim;
+        let norm_spread = if layout.random_norms { 0.3 } else { 0.0 };
+        let head_dim = layout.head_dim.unwrap_or(self.dim / self.n_heads);
+        let (q_dim, kv_dim) = (self.n_heads * head_dim, self.n_kv_heads * head_dim);
         let mut tensors: Vec<(String, QTensor)> = vec![
             // Small enough that logits stay flat: different seeds must give different samples.
             ("token_embd.weight".into(), random_as("token_embd", n_vocab, self.dim, 0.2)?),
-            ("output_norm.weight".into(), ones(self.dim)?),
+            ("output_norm.weight".into(), vector(self.dim, 1.0, norm_spread)?),
         ];
+        if layout.untied_output {
+            tensors.push(("output.weight".into(), random_as("output", n_vocab, self.dim, 0.2)?));
+        }
         for i in 0..self.n_layers {
             let s = 1.0 / (self.dim as f32).sqrt();
-            tensors.push((format!("blk.{i}.attn_norm.weight"), ones(self.dim)?));
-            tensors.push((format!("blk.{i}.attn_q.weight"), random_as("attn_q", self.dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_k.weight"), random_as("attn_k", kv_dim, self.dim, s)?));
-            tensors.push((format!("blk.{i}.attn_v.weight"), random_as("attn_v", kv_dim, self.dim, s)?));
+            let name = |t: &str| format!("blk.{i}.{t}");
+            tensors.push((name("attn_norm.weight"), vector(self.dim, 1.0, norm_spread)?));
+            if layout.fused_qkv {
+                tensors
+                    .push((name("attn_qkv.weight"), random_as("attn_qkv", q_dim + 2 * kv_dim, self.dim, s)?));
+            } else {
+                tensors.push((name("attn_q.weight"), random_as("attn_q", q_dim, self.dim, s)?));
+                tensors.push((name("attn_k.weight"), random_as("attn_k", kv_dim, self.dim, s)?));
+                tensors.push((name("attn_v.weight"), random_as("attn_v", kv_dim, self.dim, s)?));
+            }
+            if layout.qkv_bias {
+                tensors.push((name("attn_q.bias"), vector(q_dim, 0.0, 0.5)?));
+                tensors.push((name("attn_k.bias"), vector(kv_dim, 0.0, 0.5)?));
+                tensors.push((name("attn_v.bias"), vector(kv_dim, 0.0, 0.5)?));
+            }
+            if qk_norm {
+                tensors.push((name("attn_q_norm.weight"), vector(head_dim, 1.0, norm_spread)?));
+                tensors.push((name("attn_k_norm.weight"), vector(head_dim, 1.0, norm_spread)?));
+            }
+            tensors.push((name("attn_output.weight"), random_as("attn_output", self.dim, q_dim, s)?));
+            if sandwich {
+                tensors.push((name("post_attention_norm.weight"), vector(self.dim, 1.0, norm_spread)?));
+                tensors.push((name("post_ffw_norm.weight"), vector(self.dim, 1.0, norm_spread)?));
+            }
+            tensors.push((name("ffn_norm.weight"), vector(self.dim, 1.0, norm_spread)?));
+            if layout.fused_gate_up {
+                tensors.push((name("ffn_up.weight"), random_as("ffn_up", 2 * self.ffn_dim, self.dim, s)?));
+            } else {
+                tensors.push((name("ffn_gate.weight"), random_as("ffn_gate", self.ffn_dim, self.dim, s)?));
+                tensors.push((name("ffn_up.weight"), random_as("ffn_up", self.ffn_dim, self.dim, s)?));
+            }
             tensors.push((
-                format!("blk.{i}.attn_output.weight"),
-                random_as("attn_output", self.dim, self.dim, s)?,
-            ));
-            tensors.push((format!("blk.{i}.ffn_norm.weight"), ones(self.dim)?));
-            tensors.push((
-                format!("blk.{i}.ffn_gate.weight"),
-                random_as("ffn_gate", self.ffn_dim, self.dim, s)?,
-            ));
-            tensors.push((format!("blk.{i}.ffn_up.weight"), random_as("ffn_up", self.ffn_dim, self.dim, s)?));
-            tensors.push((
-                format!("blk.{i}.ffn_down.weight"),
+                name("ffn_down.weight"),
                 random_as("ffn_down", self.dim, self.ffn_dim, 1.0 / (self.ffn_dim as f32).sqrt())?,
             ));
         }
+        for (name, values) in &self.extra_tensors {
+            let t = Tensor::from_vec(values.clone(), values.len(), &dev)?;
+            tensors.push((name.clone(), QTensor::quantize(&t, GgmlDType::F32)?));
+        }
+        tensors.retain(|(name, _)| !self.omit_tensors.contains(name));
         let types: Vec<Value> = (0..n_vocab)
             .map(|i| Value::I32(if i >= n_vocab - SPECIAL_TOKENS.len() { 3 } else { 1 }))
             .collect();
+        let arch = |key: &str| format!("{}.{key}", self.architecture);
         let mut metadata: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String(self.architecture.clone())),
-            ("general.name".into(), Value::String("tiny-random-llama".into())),
-            ("llama.context_length".into(), Value::U32(self.context_length as u32)),
-            ("llama.embedding_length".into(), Value::U32(self.dim as u32)),
-            ("llama.block_count".into(), Value::U32(self.n_layers as u32)),
-            ("llama.feed_forward_length".into(), Value::U32(self.ffn_dim as u32)),
-            ("llama.attention.head_count".into(), Value::U32(self.n_heads as u32)),
-            ("llama.attention.head_count_kv".into(), Value::U32(self.n_kv_heads as u32)),
-            ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
-            ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+            ("general.name".into(), Value::String(format!("tiny-random-{}", self.architecture))),
+            (arch("context_length"), Value::U32(self.context_length as u32)),
+            (arch("embedding_length"), Value::U32(self.dim as u32)),
+            (arch("block_count"), Value::U32(self.n_layers as u32)),
+            (arch("feed_forward_length"), Value::U32(self.ffn_dim as u32)),
+            (arch("attention.head_count"), Value::U32(self.n_heads as u32)),
+            (arch("attention.head_count_kv"), Value::U32(self.n_kv_heads as u32)),
+            (arch("rope.freq_base"), Value::F32(10_000.0)),
+            (arch("rope.dimension_count"), Value::U32(head_dim as u32)),
+            (arch("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ];
+        if layout.head_dim.is_some() {
+            metadata.push((arch("attention.key_length"), Value::U32(head_dim as u32)));
+            metadata.push((arch("attention.value_length"), Value::U32(head_dim as u32)));
+        }
+        for (key, value) in &self.extra_metadata {
+            match metadata.iter_mut().find(|(k, _)| *k == arch(key)) {
+                Some(entry) => entry.1 = value.clone(),
+                None => metadata.push((arch(key), value.clone())),
+            }
+        }
         let tokenizer: Vec<(String, Value)> = vec![
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
             ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
@@ -202,6 +276,58 @@ pub struct ForwardComparison {
     pub steps: usize,
 }
 
+/// A forward pass over one sequence: the logits of the last token of each chunk appended.
+pub type Steps<'a> = Box<dyn FnMut(&[u32]) -> crate::Result<Vec<f32>> + 'a>;
+
+/// `model`'s forward pass over a fresh sequence.
+pub fn model_steps(model: &dyn crate::model::LanguageModel) -> Steps<'_> {
+    let mut cache = model.new_cache();
+    Box::new(move |chunk| model.forward(chunk, cache.as_mut(), &|| false))
+}
+
+/// candle-transformers' reference implementation of the GGUF's architecture (its
+/// `quantized_*` models, written independently of ours), over a fresh sequence.
+pub fn reference_steps(path: &Path) -> crate::Result<Steps<'static>> {
+    use candle_core::quantized::gguf_file::Content;
+    use candle_transformers::models::{
+        quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+    };
+    let backend = crate::Error::backend;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| crate::Error::new(crate::ErrorKind::Io, format!("{}: {e}", path.display())))?;
+    let content = Content::read(&mut file).map_err(backend)?;
+    let architecture = match content.metadata.get("general.architecture") {
+        Some(v) => v.to_string().map_err(backend)?.clone(),
+        None => return Err(crate::Error::model_format("no general.architecture")),
+    };
+    let dev = Device::Cpu;
+    macro_rules! steps {
+        ($model:expr) => {{
+            let mut model = $model.map_err(backend)?;
+            let mut position = 0;
+            let steps: Steps<'static> = Box::new(move |chunk: &[u32]| {
+                let mut run = || -> candle_core::Result<Vec<f32>> {
+                    let x = Tensor::new(chunk, &Device::Cpu)?.unsqueeze(0)?;
+                    let logits = model.forward(&x, position)?.flatten_all()?.to_vec1::<f32>()?;
+                    Ok(logits)
+                };
+                let logits = run().map_err(backend)?;
+                position += chunk.len();
+                Ok(logits)
+            });
+            steps
+        }};
+    }
+    Ok(match architecture.as_str() {
+        "llama" => steps!(quantized_llama::ModelWeights::from_gguf(content, &mut file, &dev)),
+        "qwen2" => steps!(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &dev)),
+        "qwen3" => steps!(quantized_qwen3::ModelWeights::from_gguf(content, &mut file, &dev)),
+        "gemma3" => steps!(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &dev)),
+        "phi3" => steps!(quantized_phi3::ModelWeights::from_gguf(false, content, &mut file, &dev)),
+        other => return Err(crate::Error::invalid_argument(format!("no reference model for '{other}'"))),
+    })
+}
+
 /// Runs `prompt` (in two chunks) then `steps` one token at a time through both models.
 pub fn compare_forward(
     a: &dyn crate::model::LanguageModel,
@@ -209,8 +335,16 @@ pub fn compare_forward(
     prompt: &[u32],
     steps: &[u32],
 ) -> crate::Result<ForwardComparison> {
-    let (mut ca, mut cb) = (a.new_cache(), b.new_cache());
-    let never = || false;
+    compare_steps(model_steps(a), model_steps(b), prompt, steps)
+}
+
+/// As [`compare_forward`], for any two forward passes.
+pub fn compare_steps(
+    mut a: Steps<'_>,
+    mut b: Steps<'_>,
+    prompt: &[u32],
+    steps: &[u32],
+) -> crate::Result<ForwardComparison> {
     let split = prompt.len() / 2;
     let mut chunks: Vec<&[u32]> = vec![&prompt[..split], &prompt[split..]];
     chunks.extend(steps.chunks(1));
@@ -222,7 +356,7 @@ pub fn compare_forward(
     };
     let mut out = ForwardComparison { worst_relative_gap: 0.0, same_argmax: 0, argmax_in_top3: 0, steps: 0 };
     for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-        let (la, lb) = (a.forward(chunk, ca.as_mut(), &never)?, b.forward(chunk, cb.as_mut(), &never)?);
+        let (la, lb) = (a(chunk)?, b(chunk)?);
         let scale = la.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         let gap = la.iter().zip(&lb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         out.worst_relative_gap = out.worst_relative_gap.max(gap / scale);

@@ -141,19 +141,19 @@ fn bad_files_are_clear_errors() {
 }
 
 #[test]
-fn chat_without_a_template_is_a_template_error() {
+fn a_file_without_a_template_gets_its_formats_built_in_one() {
+    // The tiny vocabulary has ChatML's tokens: without tokenizer.chat_template the engine
+    // renders ChatML, as llama.cpp's built-in list does for such files.
     let dir = TempDir::new("notemplate");
     let engine = load(&write_tiny(&dir, &TinyModel { chat_template: None, ..Default::default() })).unwrap();
-    assert!(!engine.has_chat_template());
-    let err = engine
-        .new_session()
-        .generate(&Prompt::Chat(vec![ChatMessage::new("user", "hi")]), &greedy(4))
-        .err()
-        .unwrap();
-    assert_eq!(err.kind(), ErrorKind::Template);
-    assert!(err.message().contains("no chat template"), "{err}");
-    // Text prompts still work.
-    engine.new_session().generate(&Prompt::Text("hi".into()), &greedy(2)).unwrap();
+    assert!(engine.has_chat_template());
+    let chat = Prompt::Chat(vec![ChatMessage::new("user", "hi")]);
+    let expected = Prompt::Text("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n".into());
+    let (a, b) = (
+        engine.new_session().generate(&chat, &greedy(4)).unwrap(),
+        engine.new_session().generate(&expected, &greedy(4)).unwrap(),
+    );
+    assert_eq!(a.tokens, b.tokens);
 }
 
 #[test]

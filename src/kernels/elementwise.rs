@@ -411,7 +411,10 @@ mod tests {
             for ((o, &g), u) in out.iter().zip(&gate).zip(&up) {
                 let y = (2.0f64 / std::f64::consts::PI).sqrt() * (g as f64 + 0.044715 * (g as f64).powi(3));
                 let want = 0.5 * g as f64 * (1.0 + y.tanh()) * *u as f64;
-                assert!((*o as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{isa:?} g={g}: {o} vs {want}");
+                assert!(
+                    (*o as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{isa:?} g={g}: {o} vs {want}"
+                );
             }
         }
     }

@@ -11,39 +11,81 @@ use super::activations::QuantizedActivations;
 use super::dot::{code_position, group_dot, max_tokens_per_call, CodeWidth, RowGroup, GROUP};
 use super::{Isa, BLOCK};
 
-/// The GGUF block formats these kernels take.
+/// The GGUF block formats these kernels take. Each is repacked per 32 values into one of the
+/// two kernel forms ([`CodeWidth`]): exactly where the format's values are already
+/// `(code − 128)·d` or `code·d + m` with an f16 scale, else requantized to 8 bits per 32 values
+/// (error at most 1/254 of the block's largest weight: finer than every such source's own step,
+/// and as llama.cpp's own dot products quantize activations to 8 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     /// 18 bytes: f16 d, 16 bytes of nibbles; w = (q − 8)·d.
     Q4_0,
     /// 20 bytes: f16 d, f16 m, 16 bytes of nibbles; w = q·d + m.
     Q4_1,
+    /// 22 bytes: f16 d, 32 fifth bits, nibbles; w = (q − 16)·d. Exact in 8 bits.
+    Q5_0,
+    /// 24 bytes: f16 d, f16 m, 32 fifth bits, nibbles; w = q·d + m. Requantized.
+    Q5_1,
     /// 34 bytes: f16 d, 32 signed bytes; w = q·d.
     Q8_0,
+    /// 84 bytes per 256 values: 4-bit scales and mins of sixteen 16-value sub-blocks, 2-bit
+    /// codes, f16 d and dmin; w = d·sc·q − dmin·m. Requantized.
+    Q2K,
+    /// 110 bytes per 256 values: high bits, 2-bit low codes, sixteen 6-bit scales, f16 d;
+    /// w = d·(sc − 32)·(q − 4). Requantized.
+    Q3K,
     /// 144 bytes per 256 values: f16 d, f16 dmin, 6-bit scales and mins of eight 32-value
     /// sub-blocks, nibbles; w = q·(d·sc) − dmin·m. Repacked exactly as eight Q4_1-like blocks.
     Q4K,
+    /// 176 bytes per 256 values: Q4_K's layout with a fifth bit per value. Requantized.
+    Q5K,
     /// 210 bytes per 256 values: 6-bit codes, sixteen i8 scales of 16 values, f16 d;
-    /// w = d·sc·(q − 32). Requantized to 8 bits per 32 values (error ≤ 1/254 of the block's
-    /// largest weight, well under the 6-bit source's own step).
+    /// w = d·sc·(q − 32). Requantized.
     Q6K,
+    /// 18 bytes: f16 d, nibbles indexing a fixed non-linear table of i8; w = d·table[q].
+    /// Exact in 8 bits.
+    IQ4NL,
+    /// 136 bytes per 256 values: f16 d, 6-bit scales of eight 32-value sub-blocks, nibbles into
+    /// IQ4_NL's table; w = d·(sc − 32)·table[q]. Exact codes, scales rounded to f16 as Q4_K's.
+    IQ4XS,
+    /// Plain floats (32 per kernel block). Requantized.
+    F16,
+    BF16,
+    F32,
 }
 
+/// IQ4_NL's and IQ4_XS's code values (GGML's `kvalues_iq4nl`).
+const IQ4_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
 impl WeightFormat {
+    /// Bytes of one GGUF block (for floats: of 32 values).
     pub const fn gguf_block_bytes(self) -> usize {
         match self {
-            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q4_0 | WeightFormat::IQ4NL => 18,
             WeightFormat::Q4_1 => 20,
+            WeightFormat::Q5_0 => 22,
+            WeightFormat::Q5_1 => 24,
             WeightFormat::Q8_0 => 34,
+            WeightFormat::Q2K => 84,
+            WeightFormat::Q3K => 110,
             WeightFormat::Q4K => 144,
+            WeightFormat::Q5K => 176,
             WeightFormat::Q6K => 210,
+            WeightFormat::IQ4XS => 136,
+            WeightFormat::F16 | WeightFormat::BF16 => 64,
+            WeightFormat::F32 => 128,
         }
     }
 
     /// Kernel blocks of 32 values in one GGUF block.
     pub const fn kernel_blocks(self) -> usize {
         match self {
-            WeightFormat::Q4K | WeightFormat::Q6K => 8,
+            WeightFormat::Q2K
+            | WeightFormat::Q3K
+            | WeightFormat::Q4K
+            | WeightFormat::Q5K
+            | WeightFormat::Q6K
+            | WeightFormat::IQ4XS => 8,
             _ => 1,
         }
     }
@@ -51,12 +93,12 @@ impl WeightFormat {
     const fn width(self) -> CodeWidth {
         match self {
             WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q4K => CodeWidth::Four,
-            WeightFormat::Q8_0 | WeightFormat::Q6K => CodeWidth::Eight,
+            _ => CodeWidth::Eight,
         }
     }
 
     /// Kernel block `k` of GGUF block `b`: its codes into `dst`, and its (d, m) as stored
-    /// (Q4_1's and Q8_0's f16 bits are taken as they are: no conversion).
+    /// (f16 bits taken as they are wherever the format's own scale serves: no conversion).
     fn unpack(self, b: &[u8], k: usize, dst: &mut [u8]) -> Result<(f16, f16), String> {
         let raw = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
         let half = |at: usize| raw(at).to_f32();
@@ -69,10 +111,28 @@ impl WeightFormat {
                 dst.copy_from_slice(&b[4..20]);
                 (raw(0), raw(2))
             }
-            // Biased to unsigned: code = q + 128 (see CodeWidth::Eight); no offset.
+            // 8-bit codes are biased to unsigned: code = q + 128 (see CodeWidth::Eight).
             WeightFormat::Q8_0 => {
                 dst.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q ^ 0x80);
                 (raw(0), f16::ZERO)
+            }
+            WeightFormat::Q5_0 => {
+                let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for (i, c) in dst.iter_mut().enumerate() {
+                    *c = (five_bit_code(&b[6..22], high, i) as i32 - 16 + 128) as u8;
+                }
+                (raw(0), f16::ZERO)
+            }
+            WeightFormat::IQ4NL => {
+                iq4_codes(&b[2..18], dst);
+                (raw(0), f16::ZERO)
+            }
+            WeightFormat::IQ4XS => {
+                let scales_high = u16::from_le_bytes([b[2], b[3]]);
+                let low = (b[4 + k / 2] >> (4 * (k % 2))) & 0xF;
+                let scale = (low | (((scales_high >> (2 * k)) & 3) as u8) << 4) as i32 - 32;
+                iq4_codes(&b[8 + 16 * k..8 + 16 * (k + 1)], dst);
+                (to_f16(half(0) * scale as f32)?, f16::ZERO)
             }
             WeightFormat::Q4K => {
                 let (sc, mn) = q4k_scale_min(k, &b[4..16]);
@@ -84,18 +144,142 @@ impl WeightFormat {
                 }
                 (to_f16(half(0) * sc as f32)?, to_f16(-(half(2) * mn as f32))?)
             }
-            WeightFormat::Q6K => {
-                let mut w = [0f32; BLOCK];
-                q6k_values(b, k, &mut w);
-                let amax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                for (c, v) in dst.iter_mut().zip(w) {
-                    *c = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
-                }
-                (to_f16(scale)?, f16::ZERO)
+            _ => {
+                let mut values = [0f32; BLOCK];
+                self.values(b, k, &mut values);
+                (requantize_eight(&values, dst)?, f16::ZERO)
             }
         })
+    }
+
+    /// The 32 values of kernel block `k` of GGUF block `b`, by GGML's dequantization formula:
+    /// for the formats repacked by requantizing, and as the reference in tests.
+    fn values(self, b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
+        let half = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        match self {
+            WeightFormat::Q5_1 => {
+                let (d, m) = (half(0), half(2));
+                let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v = five_bit_code(&b[8..24], high, i) as f32 * d + m;
+                }
+            }
+            WeightFormat::Q2K => q2k_values(b, k, out),
+            WeightFormat::Q3K => q3k_values(b, k, out),
+            WeightFormat::Q5K => q5k_values(b, k, out),
+            WeightFormat::Q6K => q6k_values(b, k, out),
+            WeightFormat::F16 => {
+                for (v, x) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *v = f16::from_le_bytes([x[0], x[1]]).to_f32();
+                }
+            }
+            WeightFormat::BF16 => {
+                for (v, x) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *v = half::bf16::from_le_bytes([x[0], x[1]]).to_f32();
+                }
+            }
+            WeightFormat::F32 => {
+                for (v, x) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                }
+            }
+            exact => {
+                // The exactly repacked formats: their values are their codes times their scales.
+                let mut codes = [0u8; BLOCK];
+                let cb = exact.width().bytes_per_block();
+                let (d, m) = exact.unpack(b, k, &mut codes[..cb]).unwrap_or((f16::ZERO, f16::ZERO));
+                for (i, v) in out.iter_mut().enumerate() {
+                    let code = match exact.width() {
+                        CodeWidth::Four if i < 16 => (codes[i] & 0xF) as f32,
+                        CodeWidth::Four => (codes[i - 16] >> 4) as f32,
+                        CodeWidth::Eight => codes[i] as f32 - 128.0,
+                    };
+                    *v = code * d.to_f32() + m.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Code `i` (0..32) of a Q5_0/Q5_1 block: its nibble (low nibbles are codes 0..16, high ones
+/// 16..32) and its fifth bit from `high`.
+fn five_bit_code(nibbles: &[u8], high: u32, i: usize) -> u8 {
+    let nibble = if i < 16 { nibbles[i] & 0xF } else { nibbles[i - 16] >> 4 };
+    nibble | ((((high >> i) & 1) as u8) << 4)
+}
+
+/// IQ4 nibbles (low nibbles are values 0..16, high ones 16..32) as biased 8-bit codes.
+fn iq4_codes(nibbles: &[u8], dst: &mut [u8]) {
+    for (i, c) in dst.iter_mut().enumerate() {
+        let q = if i < 16 { nibbles[i] & 0xF } else { nibbles[i - 16] >> 4 };
+        *c = (IQ4_VALUES[q as usize] as i32 + 128) as u8;
+    }
+}
+
+/// 32 values as biased 8-bit codes with one scale (the largest magnitude maps to ±127).
+fn requantize_eight(values: &[f32; BLOCK], dst: &mut [u8]) -> Result<f16, String> {
+    let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if !amax.is_finite() {
+        return Err(format!("a weight block holds a non-finite value ({amax})"));
+    }
+    let scale = to_f16(amax / 127.0)?;
+    let inv = if scale.to_f32() > 0.0 { 1.0 / scale.to_f32() } else { 0.0 };
+    for (c, v) in dst.iter_mut().zip(values) {
+        *c = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+    }
+    Ok(scale)
+}
+
+/// The 32 values of kernel block `k` of a Q2_K block (two 16-value sub-blocks).
+fn q2k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let d = f16::from_le_bytes([b[80], b[81]]).to_f32();
+    let dmin = f16::from_le_bytes([b[82], b[83]]).to_f32();
+    // Values 128h..128h+128 read bytes 32h..32h+32, two bits at shift 2·(k % 4).
+    let (h, shift) = (k / 4, 2 * (k % 4));
+    for (l, v) in out.iter_mut().enumerate() {
+        let sc = scales[2 * k + l / 16];
+        let q = (qs[32 * h + l] >> shift) & 3;
+        *v = d * (sc & 0xF) as f32 * q as f32 - dmin * (sc >> 4) as f32;
+    }
+}
+
+/// The sixteen signed scales of a Q3_K block, unpacked from their 12 bytes.
+fn q3k_scales(packed: &[u8]) -> [i32; 16] {
+    let mut out = [0i32; 16];
+    for (j, s) in out.iter_mut().enumerate() {
+        let low = if j < 8 { packed[j] & 0xF } else { packed[j - 8] >> 4 };
+        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *s = (low | (high << 4)) as i32 - 32;
+    }
+    out
+}
+
+/// The 32 values of kernel block `k` of a Q3_K block.
+fn q3k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
+    let (hmask, qs) = (&b[0..32], &b[32..96]);
+    let scales = q3k_scales(&b[96..108]);
+    let d = f16::from_le_bytes([b[108], b[109]]).to_f32();
+    let (h, shift) = (k / 4, 2 * (k % 4));
+    for (l, v) in out.iter_mut().enumerate() {
+        let low = ((qs[32 * h + l] >> shift) & 3) as i32;
+        let high_set = hmask[l] & (1 << k) != 0;
+        let q = low - if high_set { 0 } else { 4 };
+        *v = d * scales[2 * k + l / 16] as f32 * q as f32;
+    }
+}
+
+/// The 32 values of kernel block `k` of a Q5_K block.
+fn q5k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
+    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
+    let (sc, mn) = q4k_scale_min(k, &b[4..16]);
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    let nibbles = &qs[32 * (k / 2)..32 * (k / 2) + 32];
+    for (l, v) in out.iter_mut().enumerate() {
+        let low = if k.is_multiple_of(2) { nibbles[l] & 0xF } else { nibbles[l] >> 4 };
+        let q = low | (((qh[l] >> k) & 1) << 4);
+        *v = d * sc as f32 * q as f32 - dmin * mn as f32;
     }
 }
 
@@ -550,34 +734,57 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    /// Where a format's blocks keep their f16 scales (`true`: a min or an offset, stored
+    /// negative or subtracted): random bytes elsewhere are valid codes.
+    fn scale_fields(format: WeightFormat) -> &'static [(usize, bool)] {
+        match format {
+            WeightFormat::Q4_1 | WeightFormat::Q5_1 => &[(0, false), (2, true)],
+            WeightFormat::Q4K | WeightFormat::Q5K => &[(0, false), (2, false)],
+            WeightFormat::Q2K => &[(80, false), (82, false)],
+            WeightFormat::Q3K => &[(108, false)],
+            WeightFormat::Q6K => &[(208, false)],
+            _ => &[(0, false)],
+        }
+    }
+
+    /// Random blocks of `format` with sane scales, including edge codes (every code value
+    /// occurs: the bytes are uniform) and, in every eighth block, a zero scale.
     fn random_gguf(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut bytes = Vec::new();
-        let scale =
-            |rng: &mut ChaCha8Rng, lo: f32, hi: f32| f16::from_f32(rng.random_range(lo..hi)).to_le_bytes();
-        if format == WeightFormat::Q4K {
-            for _ in 0..rows * cols / 256 {
-                bytes.extend_from_slice(&scale(&mut rng, 0.0005, 0.003));
-                bytes.extend_from_slice(&scale(&mut rng, 0.0005, 0.003));
-                bytes.extend((0..140).map(|_| rng.random::<u8>()));
+        let blocks = rows * cols / (BLOCK * format.kernel_blocks());
+        let size = format.gguf_block_bytes();
+        let mut bytes = Vec::with_capacity(blocks * size);
+        for block in 0..blocks {
+            let at = bytes.len();
+            match format {
+                WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::F32 => {
+                    for _ in 0..BLOCK {
+                        let v: f32 = rng.random_range(-0.1..0.1);
+                        match format {
+                            WeightFormat::F16 => bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                            WeightFormat::BF16 => {
+                                bytes.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes())
+                            }
+                            _ => bytes.extend_from_slice(&v.to_le_bytes()),
+                        }
+                    }
+                    continue;
+                }
+                _ => bytes.extend((0..size).map(|_| rng.random::<u8>())),
             }
-            return bytes;
-        }
-        if format == WeightFormat::Q6K {
-            for _ in 0..rows * cols / 256 {
-                bytes.extend((0..192).map(|_| rng.random::<u8>()));
-                bytes.extend((0..16).map(|_| rng.random_range(-60i8..60) as u8));
-                bytes.extend_from_slice(&scale(&mut rng, 0.0002, 0.001));
+            if format == WeightFormat::Q6K {
+                for b in &mut bytes[at + 192..at + 208] {
+                    *b = rng.random_range(-60i8..60) as u8;
+                }
             }
-            return bytes;
-        }
-        for _ in 0..rows * cols / BLOCK {
-            bytes.extend_from_slice(&f16::from_f32(rng.random_range(0.001..0.05)).to_le_bytes());
-            if format == WeightFormat::Q4_1 {
-                bytes.extend_from_slice(&f16::from_f32(rng.random_range(-0.4..0.0)).to_le_bytes());
+            for &(offset, is_min) in scale_fields(format) {
+                let v: f32 = match (is_min, block % 8) {
+                    (false, 7) => 0.0,
+                    (false, _) => rng.random_range(0.0005..0.01),
+                    (true, _) => rng.random_range(-0.4..0.0),
+                };
+                bytes[at + offset..at + offset + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
             }
-            let n = if format == WeightFormat::Q8_0 { 32 } else { 16 };
-            bytes.extend((0..n).map(|_| rng.random::<u8>()));
         }
         bytes
     }
@@ -587,13 +794,91 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0..2.0)).collect()
     }
 
-    const FORMATS: [(WeightFormat, GgmlDType); 5] = [
+    /// Every format candle reads, with its GGUF type: candle's dequantization is GGML's.
+    const FORMATS: [(WeightFormat, GgmlDType); 13] = [
         (WeightFormat::Q4_0, GgmlDType::Q4_0),
         (WeightFormat::Q4_1, GgmlDType::Q4_1),
+        (WeightFormat::Q5_0, GgmlDType::Q5_0),
+        (WeightFormat::Q5_1, GgmlDType::Q5_1),
         (WeightFormat::Q8_0, GgmlDType::Q8_0),
+        (WeightFormat::Q2K, GgmlDType::Q2K),
+        (WeightFormat::Q3K, GgmlDType::Q3K),
         (WeightFormat::Q4K, GgmlDType::Q4K),
+        (WeightFormat::Q5K, GgmlDType::Q5K),
         (WeightFormat::Q6K, GgmlDType::Q6K),
+        (WeightFormat::F16, GgmlDType::F16),
+        (WeightFormat::BF16, GgmlDType::BF16),
+        (WeightFormat::F32, GgmlDType::F32),
     ];
+
+    fn candle_values(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+        let q = qtensor_from_ggml(dtype, bytes, vec![rows, cols], &candle_core::Device::Cpu).unwrap();
+        q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Every value of `format`'s blocks by our formula (`WeightFormat::values`).
+    fn reference_values(format: WeightFormat, bytes: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for b in bytes.chunks_exact(format.gguf_block_bytes()) {
+            for k in 0..format.kernel_blocks() {
+                let mut v = [0f32; BLOCK];
+                format.values(b, k, &mut v);
+                out.extend_from_slice(&v);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reference_values_equal_ggmls_formulas_exactly() {
+        for (format, dtype) in FORMATS {
+            let bytes = random_gguf(format, 4, 512, 7);
+            assert_eq!(reference_values(format, &bytes), candle_values(dtype, &bytes, 4, 512), "{format:?}");
+        }
+    }
+
+    /// GGML's `dequantize_row_iq4_nl` and `dequantize_row_iq4_xs`, transcribed loop for loop
+    /// (candle has no IQ types to compare with).
+    fn ggml_iq4(format: WeightFormat, bytes: &[u8]) -> Vec<f32> {
+        let table = IQ4_VALUES;
+        let mut y = Vec::new();
+        for b in bytes.chunks_exact(format.gguf_block_bytes()) {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let mut emit = |dl: f32, qs: &[u8]| {
+                let mut block = [0f32; 32];
+                for j in 0..16 {
+                    block[j] = dl * table[(qs[j] & 0xf) as usize] as f32;
+                    block[j + 16] = dl * table[(qs[j] >> 4) as usize] as f32;
+                }
+                y.extend_from_slice(&block);
+            };
+            if format == WeightFormat::IQ4NL {
+                emit(d, &b[2..18]);
+                continue;
+            }
+            let scales_h = u16::from_le_bytes([b[2], b[3]]);
+            for ib in 0..8 {
+                let ls = ((b[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                    | (((scales_h as i32 >> (2 * ib)) & 3) << 4);
+                emit(d * (ls - 32) as f32, &b[8 + 16 * ib..8 + 16 * ib + 16]);
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn iq4_values_equal_ggmls_formulas() {
+        for format in [WeightFormat::IQ4NL, WeightFormat::IQ4XS] {
+            let bytes = random_gguf(format, 4, 512, 9);
+            let theirs = ggml_iq4(format, &bytes);
+            let ours = QuantMatrix::from_gguf_bytes(format, &bytes, 4, 512).unwrap().dequantize();
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                // IQ4_NL is exact; IQ4_XS rounds d·(sc − 32) to f16, as Q4_K its scale products.
+                let tolerance = if format == WeightFormat::IQ4NL { 0.0 } else { b.abs() / 1024.0 };
+                assert!((a - b).abs() <= tolerance, "{format:?} value {i}: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn repacking_matches_candles_dequantization() {
@@ -610,16 +895,16 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             let ours = m.dequantize();
-            // Q4_0, Q4_1 and Q8_0 keep their f16 scales: exact. Q4_K's products of two scales
-            // round to f16 (2⁻¹¹ of each term). Q6_K is requantized to 8 bits per 32 values:
-            // within half a step of the block's scale.
+            // Q4_0, Q4_1, Q5_0 and Q8_0 keep their f16 scales: exact. Q4_K's products of two
+            // scales round to f16 (2⁻¹¹ of each term). The others are requantized to 8 bits per
+            // 32 values: within half a step of the block's scale, plus its f16 rounding.
             let (bound, rounding) = match format {
                 WeightFormat::Q4K => (0.0, 1.0 / 512.0),
-                WeightFormat::Q6K => (1.0 / 254.0, 1.0 / 1024.0),
-                _ => {
+                WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q8_0 => {
                     assert_eq!(ours, theirs, "{format:?}: repacking is exact");
                     continue;
                 }
+                _ => (1.0 / 254.0, 1.0 / 1024.0),
             };
             for (block, (o, t)) in ours.chunks(BLOCK).zip(theirs.chunks(BLOCK)).enumerate() {
                 let amax = t.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -644,7 +929,7 @@ mod tests {
     #[test]
     fn matmul_is_close_to_the_f32_product_on_every_path() {
         // Odd row counts exercise the 1-3 row tails and uneven tiles; 1 and 3 tokens both layouts.
-        for (format, _) in FORMATS {
+        for format in FORMATS.map(|f| f.0).into_iter().chain([WeightFormat::IQ4NL, WeightFormat::IQ4XS]) {
             let narrow = if format.kernel_blocks() > 1 { 512 } else { 576 };
             for (rows, cols, tokens) in [(70, 1536, 11), (37, narrow, 1)] {
                 let m = QuantMatrix::from_gguf_bytes(format, &random_gguf(format, rows, cols, 4), rows, cols)

@@ -1,4 +1,6 @@
-//! Chat messages → prompt text, rendered with the model's own Jinja `tokenizer.chat_template`.
+//! Chat messages → prompt text, rendered with the model's own Jinja `tokenizer.chat_template`,
+//! or for a file without one, the built-in template of the chat format its vocabulary shows
+//! (as llama.cpp's built-in list serves such files), or a template the caller passes.
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind as JinjaKind};
 use serde::Serialize;
@@ -35,6 +37,31 @@ impl std::fmt::Debug for ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// Gemma's turns: a system message joins the first user turn; the assistant is "model".
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] | trim ~ '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{% if (message['role'] == 'user') != loop.index0 is even %}{{ raise_exception('Gemma conversations alternate user and assistant turns, starting with the user') }}{% endif %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n{{ prefix if loop.first else '' }}{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+/// ChatML (Qwen, SmolLM).
+const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Llama 3's headers.
+const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+
+/// Phi-3's role tags.
+const PHI3_TEMPLATE: &str = "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+
+/// Built-in templates by a token only their format has, tried in order.
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("<start_of_turn>", GEMMA_TEMPLATE),
+    ("<|start_header_id|>", LLAMA3_TEMPLATE),
+    ("<|im_start|>", CHATML_TEMPLATE),
+    ("<|assistant|>", PHI3_TEMPLATE),
+];
+
+/// The built-in template for a vocabulary, if it has the tokens of a known chat format.
+pub fn builtin_template(tokenizer: &Tokenizer) -> Option<&'static str> {
+    BUILTIN_TEMPLATES.iter().find(|(marker, _)| tokenizer.token_id(marker).is_some()).map(|(_, t)| *t)
+}
+
 impl ChatTemplate {
     /// Compiles a template; a syntax error names the line.
     pub fn new(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
@@ -45,6 +72,17 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(JinjaKind::InvalidOperation, msg))
         });
+        // Llama 3.x and Qwen3 templates date their system prompts.
+        env.add_function("strftime_now", |format: String| -> std::result::Result<String, JinjaError> {
+            use std::fmt::Write;
+            let mut out = String::new();
+            // chrono reports a bad format through fmt::Error (to_string() would panic on it).
+            write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+                JinjaError::new(JinjaKind::InvalidOperation, format!("strftime_now: bad format '{format}'"))
+            })?;
+            Ok(out)
+        });
+        // Templates use `loop_controls` ({% break %}, {% continue %}): minijinja's feature is on.
         env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| {
             Error::new(
                 ErrorKind::Template,

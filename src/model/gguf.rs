@@ -232,6 +232,22 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// A tensor's values as f32 whatever its block type: norm weights, biases, rope factors.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let tensor = self.tensor(name, &Device::Cpu)?;
+        let values =
+            tensor.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+        values.map_err(|e| {
+            Error::model_format(format!(
+                "'{}': cannot read tensor '{name}' as floats: {}",
+                self.path.display(),
+                candle_message(&e)
+            ))
+        })
+    }
+}
+
 /// Parses the header from memory (a vocabulary of ~50k strings), not through read calls. candle
 /// divides by `general.alignment` unchecked, so a header declaring 0 panics inside it: that is a
 /// broken file, reported as one.

@@ -5,8 +5,8 @@
 
 pub mod chat;
 pub mod gguf;
-pub mod llama;
 pub mod tokenizer;
+pub mod transformer;
 
 use std::any::Any;
 use std::path::Path;
@@ -125,7 +125,11 @@ pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 /// Loads a GGUF model, its tokenizer and chat template.
 pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedModel> {
     let file = GgufFile::open(opts.model_path)?;
-    let architecture = file.str("general.architecture")?.to_string();
+    // Refused before the tokenizer is built: the architecture is what a user needs to hear about.
+    let architecture = file.str("general.architecture")?;
+    if transformer::Family::of(architecture).is_none() {
+        return Err(transformer::unsupported_architecture(&file, architecture));
+    }
     let from_gguf = opts.tokenizer_path.is_none() && file.has_key("tokenizer.ggml.model");
     let other_tokenizer = match opts.tokenizer_path {
         _ if from_gguf => None,
@@ -150,18 +154,8 @@ pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedMode
         // weights: it runs on another thread, over the same parsed file, while this one loads them.
         let file = &file;
         let from_metadata = from_gguf.then(|| scope.spawn(move || Tokenizer::from_gguf(file)));
-        let model: Result<Arc<dyn LanguageModel>> = match architecture.as_str() {
-            "llama" => {
-                llama::Llama::load(file, opts, progress).map(|m| Arc::new(m) as Arc<dyn LanguageModel>)
-            }
-            other => Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "'{}': architecture '{other}' is not supported (supported: llama)",
-                    opts.model_path.display()
-                ),
-            )),
-        };
+        let model: Result<Arc<dyn LanguageModel>> = transformer::Transformer::load(file, opts, progress)
+            .map(|m| Arc::new(m) as Arc<dyn LanguageModel>);
         let tokenizer = match (from_metadata, other_tokenizer) {
             (Some(handle), _) => {
                 handle.join().unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())))
@@ -174,7 +168,9 @@ pub fn load(opts: &LoadOptions<'_>, progress: Progress<'_>) -> Result<LoadedMode
     // A tokenizer problem is reported first, as when the two were loaded one after the other.
     let tokenizer = tokenizer?;
     let model = model?;
-    let chat_template = match file.opt_str("tokenizer.chat_template") {
+    let template_source =
+        file.opt_str("tokenizer.chat_template").or_else(|| chat::builtin_template(&tokenizer));
+    let chat_template = match template_source {
         Some(src) => Some(Arc::new(ChatTemplate::new(src, &tokenizer)?)),
         None => None,
     };

@@ -7,9 +7,9 @@ use crate::model::gguf::GgufFile;
 
 /// More layers than any released model has by an order of magnitude: a larger count is a
 /// corrupt or hostile header, refused before a per-layer table is sized from it.
-pub const MAX_LAYERS: usize = 1024;
+pub(super) const MAX_LAYERS: usize = 1024;
 /// Widths, heads and FFN sizes above this are refused the same way.
-pub const MAX_WIDTH: usize = 1 << 17;
+pub(super) const MAX_WIDTH: usize = 1 << 17;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -145,7 +145,9 @@ fn positive(file: &GgufFile, key: &str, default: f32) -> Result<f32> {
     match file.opt_f32(key) {
         None => Ok(default),
         Some(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Some(v) => Err(Error::model_format(format!("'{}': {key} is {v}, expected > 0", file.path().display()))),
+        Some(v) => {
+            Err(Error::model_format(format!("'{}': {key} is {v}, expected > 0", file.path().display())))
+        }
     }
 }
 
@@ -179,7 +181,10 @@ fn local_layers(file: &GgufFile, family: &Family, n_layers: usize, windowed: boo
     if file.has_key(&key) && file.opt_u64(&key).is_none() {
         return Err(Error::new(
             ErrorKind::Unsupported,
-            format!("'{}': {key} is not a single period (per-layer lists are not supported)", file.path().display()),
+            format!(
+                "'{}': {key} is not a single period (per-layer lists are not supported)",
+                file.path().display()
+            ),
         ));
     }
     let period = file.opt_u64(&key).map(|p| p as usize).unwrap_or(default_period);
@@ -253,7 +258,12 @@ impl RopeConfig {
 
     /// Each pair's angle per position, for a layer with rope base `base`: the pair's frequency,
     /// divided by its factor, times the position scale.
-    pub fn inverse_frequencies(&self, head_dim: usize, base: f32, factors: Option<&[f32]>) -> Result<Vec<f32>> {
+    pub fn inverse_frequencies(
+        &self,
+        head_dim: usize,
+        base: f32,
+        factors: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
         let half = head_dim / 2;
         if let Some(f) = factors.filter(|f| f.len() != half) {
             return Err(Error::model_format(format!(

@@ -24,7 +24,7 @@ pub enum Activation {
 
 /// Which layers attend over a sliding window, when the GGUF declares
 /// `<arch>.attention.sliding_window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SlidingLayers {
     /// Every layer (Mistral-style models).
     All,
@@ -57,7 +57,7 @@ pub struct Family {
 /// Every supported family. Q/K/V biases, fused `attn_qkv` and fused gate-up `ffn_up` tensors,
 /// tied output embeddings and rope frequency factors are read wherever a file has them, for
 /// every family, as llama.cpp does.
-pub const FAMILIES: &[Family] = &[
+const FAMILIES: &[Family] = &[
     Family {
         architecture: "llama",
         rope: RopeStyle::Interleaved,

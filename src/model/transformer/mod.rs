@@ -18,10 +18,10 @@ pub use native::NativeCache;
 
 use std::any::Any;
 
-use config::Config;
 use super::gguf::GgufFile;
 use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
 use crate::error::{Error, ErrorKind, Result};
+use config::Config;
 use tensors::{TensorCache, TensorTransformer};
 
 pub struct Transformer {

@@ -185,7 +185,11 @@ impl NativeTransformer {
         self.inverse_frequencies
             .iter()
             .map(|table| {
-                table.iter().map(|f| (pos as f32 * f).sin_cos()).map(|(s, c)| (c * factor, s * factor)).unzip()
+                table
+                    .iter()
+                    .map(|f| (pos as f32 * f).sin_cos())
+                    .map(|(s, c)| (c * factor, s * factor))
+                    .unzip()
             })
             .collect()
     }
@@ -230,7 +234,8 @@ impl NativeTransformer {
             .flat_map(|(i, b)| (0..b.tokens.len()).map(move |t| (i, b.cache.len + t)))
             .collect();
         let starts: Vec<usize> = batch.iter().map(|b| b.cache.len).collect();
-        let angles: Vec<Vec<(Vec<f32>, Vec<f32>)>> = rows.iter().map(|&(_, pos)| self.rope_angles(pos)).collect();
+        let angles: Vec<Vec<(Vec<f32>, Vec<f32>)>> =
+            rows.iter().map(|&(_, pos)| self.rope_angles(pos)).collect();
         let mut step = Step::new(&self.config, n);
         let mut x = self.embed(batch, n);
         for (l, layer) in self.layers.iter().enumerate() {
@@ -383,7 +388,8 @@ impl NativeTransformer {
             attend(isa, queries, cache, seen, c.attention_scale, &mut scores, out);
         };
         // Parallel only when there is enough work to pay for waking threads.
-        let work: usize = rows.iter().map(|&(_, pos)| pos + 1 - first_position(pos)).sum::<usize>() * c.n_heads * hd;
+        let work: usize =
+            rows.iter().map(|&(_, pos)| pos + 1 - first_position(pos)).sum::<usize>() * c.n_heads * hd;
         if rows.len() * c.n_kv_heads > 1 && work > 1 << 16 {
             out.par_chunks_mut(group * hd).enumerate().for_each(|(i, o)| one_item(i, o));
         } else {

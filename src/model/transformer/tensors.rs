@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::Config;
 use super::family::{Activation, RopeStyle};
-use super::weights::weight_format;
 use super::interrupted;
+use super::weights::weight_format;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::QuantMatrix;
 use crate::model::gguf::GgufFile;
@@ -300,7 +300,12 @@ impl TensorTransformer {
     /// Appends `tokens` to `cache` and returns the last token's logits; on failure or
     /// interruption the cache is rolled back to where the step began (a half-applied step
     /// leaves layers with different lengths).
-    pub fn forward(&self, tokens: &[u32], cache: &mut TensorCache, interrupt: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut TensorCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
         let before = cache.len;
         match self.forward_inner(tokens, cache, interrupt) {
             Ok(Some(logits)) => Ok(logits),
