@@ -157,6 +157,30 @@ fn a_file_without_a_template_gets_its_formats_built_in_one() {
 }
 
 #[test]
+fn a_callers_template_replaces_the_models() {
+    let dir = TempDir::new("owntemplate");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let config = EngineConfig {
+        model_path: path,
+        threads: 1,
+        seed: Some(5),
+        chat_template: Some("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}".into()),
+        ..Default::default()
+    };
+    let engine = Engine::load(&config, None).unwrap();
+    let chat = Prompt::Chat(vec![ChatMessage::new("user", "hello")]);
+    let expected = Prompt::Text("[user] hello\n".into());
+    let (a, b) = (
+        engine.new_session().generate(&chat, &greedy(4)).unwrap(),
+        engine.new_session().generate(&expected, &greedy(4)).unwrap(),
+    );
+    assert_eq!(a.tokens, b.tokens);
+    let broken = EngineConfig { chat_template: Some("{% for %}".into()), ..config };
+    let err = Engine::load(&broken, None).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Template, "{err}");
+}
+
+#[test]
 fn broken_chat_templates_name_the_problem() {
     let dir = TempDir::new("badtemplate");
     let bad_syntax = TinyModel {

@@ -40,6 +40,10 @@ struct Args {
     /// Context length served per session; 0 = the model's, capped at 8192.
     #[arg(long, value_name = "N", default_value_t = 0)]
     context: usize,
+    /// A Jinja chat template file replacing the model's own (as llama-server's
+    /// --chat-template-file).
+    #[arg(long, env = "MAZE_CHAT_TEMPLATE_FILE", value_name = "FILE.jinja")]
+    chat_template_file: Option<PathBuf>,
     /// Stop when standard input closes (for a supervising process).
     #[arg(long)]
     stop_on_stdin_eof: bool,
@@ -56,10 +60,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let chat_template = match &args.chat_template_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the chat template '{}': {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let engine_config = EngineConfig {
         model_path: args.model,
         threads: args.threads,
         context_length: args.context,
+        chat_template,
         ..EngineConfig::default()
     };
     let config = ServerConfig {

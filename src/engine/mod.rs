@@ -52,6 +52,9 @@ pub struct EngineConfig {
     /// Where the model runs. A GPU needs a build with the `cuda` feature; there the forward
     /// pass is candle's (our own kernels are CPU-only).
     pub device: ComputeDevice,
+    /// A Jinja chat template replacing the file's `tokenizer.chat_template` (or, for a file
+    /// without one, its format's built-in template).
+    pub chat_template: Option<String>,
 }
 
 /// Where an engine computes.
@@ -114,7 +117,7 @@ impl LocalEngine {
         if !progress(0.0) {
             return Err(Error::load_cancelled());
         }
-        let loaded = model::load(
+        let mut loaded = model::load(
             &LoadOptions {
                 model_path: &config.model_path,
                 tokenizer_path: config.tokenizer_path.as_deref(),
@@ -124,6 +127,9 @@ impl LocalEngine {
             },
             progress,
         )?;
+        if let Some(source) = &config.chat_template {
+            loaded.chat_template = Some(Arc::new(ChatTemplate::new(source, &loaded.tokenizer)?));
+        }
         let prefix_cache = config.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES);
         Self::start(
             loaded.model,

@@ -85,6 +85,9 @@ pub struct maze_engine_params {
     /// -1 (default) = CPU; n >= 0 = CUDA device n, which needs a library built with the `cuda`
     /// feature (else MAZE_STATUS_UNSUPPORTED) and runs candle's GPU forward pass.
     pub gpu_device: i32,
+    /// Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
+    /// built-in one of its chat format for files without a template. NULL = the model's.
+    pub chat_template: *const c_char,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -108,6 +111,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         request_timeout_ms: 0,
         prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
         gpu_device: -1,
+        chat_template: std::ptr::null(),
     }
 }
 
@@ -131,6 +135,10 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
     } else {
         Some(PathBuf::from(arg_cstr(p.tokenizer_path, "params.tokenizer_path")?))
     };
+    let chat_template = match p.chat_template.is_null() {
+        true => None,
+        false => Some(arg_cstr(p.chat_template, "params.chat_template")?.to_string()),
+    };
     Ok(EngineConfig {
         model_path: PathBuf::from(path),
         tokenizer_path,
@@ -139,6 +147,7 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
         seed: (p.seed != MAZE_SEED_RANDOM).then_some(p.seed),
         constraint_cache_limit: p.constraint_cache_limit as usize,
         prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
+        chat_template,
         device: match p.gpu_device {
             -1 => ComputeDevice::Cpu,
             n if n >= 0 => ComputeDevice::Cuda(n as usize),
@@ -180,7 +189,7 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<Option<RemoteConfig
     Ok(None)
 }
 
-/// Loads a GGUF model (Llama family) and starts its worker — or, with `model_path` NULL,
+/// Loads a GGUF model (llama, qwen2, qwen3, gemma3 or phi3) and starts its worker — or, with `model_path` NULL,
 /// connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
 /// MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
 ///
