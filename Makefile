@@ -36,8 +36,11 @@ toolchain:
 	@command -v $(GO) >/dev/null || { echo "error: go not found; install Go 1.26 (https://go.dev/dl) for the Go module tests" >&2; exit 1; }
 	@command -v valgrind >/dev/null || { echo "installing valgrind ..."; (apt-get install -y -q valgrind >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q valgrind >/dev/null)) || { echo "error: valgrind missing and could not be installed" >&2; exit 1; }; }
 
+# The default model, and the other families' real models the tests compare with llama.cpp.
 model:
 	@scripts/fetch-model.sh >/dev/null
+	@scripts/fetch-model.sh qwen2.5-coder >/dev/null
+	@scripts/fetch-model.sh gemma3 >/dev/null
 
 lib:
 	$(CARGO) build --release --lib

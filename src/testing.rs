@@ -44,6 +44,8 @@ pub struct TinyModel {
     pub extra_tensors: Vec<(String, Vec<f32>)>,
     /// Tensors left out, by full name (for broken-file tests).
     pub omit_tensors: Vec<String>,
+    /// Matrices written as zeros, by name within a layer ("ffn_down": a layer without FFN).
+    pub zeroed: Vec<String>,
 }
 
 /// How a tiny model's tensors are laid out.
@@ -97,6 +99,7 @@ impl Default for TinyModel {
             extra_metadata: Vec::new(),
             extra_tensors: Vec::new(),
             omit_tensors: Vec::new(),
+            zeroed: Vec::new(),
         }
     }
 }
@@ -128,6 +131,7 @@ impl TinyModel {
         };
         let mut random_as =
             |name: &str, rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
+                let scale = if self.zeroed.iter().any(|z| z == name) { 0.0 } else { scale };
                 let data: Vec<f32> =
                     (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
                 QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
@@ -340,14 +344,24 @@ pub fn compare_forward(
 
 /// As [`compare_forward`], for any two forward passes.
 pub fn compare_steps(
-    mut a: Steps<'_>,
-    mut b: Steps<'_>,
+    a: Steps<'_>,
+    b: Steps<'_>,
     prompt: &[u32],
     steps: &[u32],
 ) -> crate::Result<ForwardComparison> {
     let split = prompt.len() / 2;
     let mut chunks: Vec<&[u32]> = vec![&prompt[..split], &prompt[split..]];
     chunks.extend(steps.chunks(1));
+    compare_chunks(a, b, &chunks)
+}
+
+/// As [`compare_steps`], appending `chunks` one after another (candle's Gemma 3 reference
+/// cannot take a second multi-token chunk: its mask concatenation mixes dtypes).
+pub fn compare_chunks(
+    mut a: Steps<'_>,
+    mut b: Steps<'_>,
+    chunks: &[&[u32]],
+) -> crate::Result<ForwardComparison> {
     let ranked = |l: &[f32]| {
         let mut ids: Vec<usize> = (0..l.len()).collect();
         ids.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
@@ -355,7 +369,7 @@ pub fn compare_steps(
         ids
     };
     let mut out = ForwardComparison { worst_relative_gap: 0.0, same_argmax: 0, argmax_in_top3: 0, steps: 0 };
-    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
         let (la, lb) = (a(chunk)?, b(chunk)?);
         let scale = la.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         let gap = la.iter().zip(&lb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));

@@ -63,6 +63,10 @@ impl EngineBackend for LocalEngine {
         Ok(vec![LocalEngine::info(self).name.clone()])
     }
 
+    fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        LocalEngine::score(self, tokens)
+    }
+
     fn new_session(&self) -> Box<dyn SessionBackend> {
         Box::new(LocalEngine::new_session(self))
     }

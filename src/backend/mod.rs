@@ -58,6 +58,10 @@ pub trait EngineBackend: Any + Send + Sync {
     /// The names of the models the engine serves.
     fn list_models(&self) -> Result<Vec<String>>;
 
+    /// The log-probability of each token after the ones before it (see
+    /// [`crate::engine::LocalEngine::score`]).
+    fn score(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+
     fn new_session(&self) -> Box<dyn SessionBackend>;
 }
 

@@ -139,6 +139,12 @@ impl Engine {
     }
 
     /// Opens a new, empty session.
+    /// The log-probability (natural log) of each token of `tokens` after the ones before it:
+    /// `tokens.len() − 1` values, the first for `tokens[1]`. A remote engine refuses it.
+    pub fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.backend.score(tokens)
+    }
+
     pub fn new_session(&self) -> Session {
         Session { backend: self.backend.new_session() }
     }

@@ -248,6 +248,32 @@ impl LocalEngine {
         self.inner.compiler.fingerprint()
     }
 
+    /// The log-probability (natural log) of each token of `tokens` after the ones before it:
+    /// `tokens.len() − 1` values, the first for `tokens[1]`. Start with BOS (or a context) to
+    /// score a text's first token. Runs in one pass over the text, between the steps of
+    /// running generations.
+    pub fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.len() < 2 {
+            return Err(Error::invalid_argument(format!(
+                "scoring needs at least 2 tokens (a first one to condition on), got {}",
+                tokens.len()
+            )));
+        }
+        if tokens.len() > self.inner.info.context_length {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "{} tokens to score exceed the context length {}",
+                    tokens.len(),
+                    self.inner.info.context_length
+                ),
+            ));
+        }
+        let (reply, scores) = std::sync::mpsc::channel();
+        self.inner.send(Command::Score(worker::ScoreJob { tokens: tokens.to_vec(), reply }))?;
+        scores.recv().map_err(|_| worker::worker_gone())?
+    }
+
     /// Opens a new, empty session.
     pub fn new_session(&self) -> LocalSession {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);

@@ -35,8 +35,15 @@ pub(crate) type SessionId = u64;
 
 pub(crate) enum Command {
     Generate(Box<Job>),
+    Score(ScoreJob),
     Reset { session: SessionId },
     Close { session: SessionId },
+}
+
+/// A text to score: the log-probability of each of its tokens after the ones before.
+pub(crate) struct ScoreJob {
+    pub tokens: Vec<u32>,
+    pub reply: Sender<crate::error::Result<Vec<f32>>>,
 }
 
 /// One generation request, tokenized and validated.
@@ -221,12 +228,30 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Generate(job) => self.start(job),
+            Command::Score(job) => {
+                let scores = self.score(&job.tokens);
+                // The caller may have gone (its thread ended); nothing to tell it then.
+                let _ = job.reply.send(scores);
+            }
             Command::Reset { session } | Command::Close { session } => {
                 if let Some(seq) = self.sequences.remove(&session) {
                     self.prefixes.keep(seq);
                 }
             }
         }
+    }
+
+    /// Scores a text in one pass on a fresh cache, between two generation steps (running
+    /// generations wait for it, as for a long prompt's prefill).
+    fn score(&self, tokens: &[u32]) -> crate::error::Result<Vec<f32>> {
+        let model = &self.model;
+        self.pool.install(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let mut cache = model.new_cache();
+                model.score(&tokens[..tokens.len() - 1], &tokens[1..], cache.as_mut(), &|| false)
+            }))
+            .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())))
+        })
     }
 
     fn start(&mut self, job: Box<Job>) {

@@ -831,9 +831,14 @@ mod tests {
 
     #[test]
     fn reference_values_equal_ggmls_formulas_exactly() {
-        for (format, dtype) in FORMATS {
+        // Q4_K's reference is its repacked form, whose scale products round to f16 (bounded in
+        // repacking_matches_candles_dequantization); every other format's is GGML's formula.
+        for (format, dtype) in FORMATS.into_iter().filter(|f| f.0 != WeightFormat::Q4K) {
             let bytes = random_gguf(format, 4, 512, 7);
-            assert_eq!(reference_values(format, &bytes), candle_values(dtype, &bytes, 4, 512), "{format:?}");
+            let (ours, theirs) = (reference_values(format, &bytes), candle_values(dtype, &bytes, 4, 512));
+            let first_difference = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+            assert_eq!(first_difference, None, "{format:?}");
+            assert_eq!(ours.len(), theirs.len());
         }
     }
 

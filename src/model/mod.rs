@@ -88,6 +88,63 @@ pub trait LanguageModel: Send + Sync {
     ) -> Vec<Result<Vec<f32>>> {
         items.iter_mut().map(|it| self.forward(it.tokens, &mut *it.cache, interrupt)).collect()
     }
+
+    /// Appends `tokens` to `cache` and returns the log-probability (natural log) the model
+    /// gives `next[i]` right after `tokens[i]`, for every i (`next` is as long as `tokens`).
+    /// Scoring a text is `tokens` = its ids but the last, `next` = its ids but the first. This
+    /// default steps one position at a time; a batched implementation computes every position
+    /// in one pass.
+    fn score(
+        &self,
+        tokens: &[u32],
+        next: &[u32],
+        cache: &mut dyn SequenceCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
+        score_step_by_step(self, tokens, next, cache, interrupt)
+    }
+}
+
+/// [`LanguageModel::score`] one position at a time, through [`LanguageModel::forward`].
+pub fn score_step_by_step<M: LanguageModel + ?Sized>(
+    model: &M,
+    tokens: &[u32],
+    next: &[u32],
+    cache: &mut dyn SequenceCache,
+    interrupt: &dyn Fn() -> bool,
+) -> Result<Vec<f32>> {
+    check_score_arguments(tokens, next, model.info().vocab_size)?;
+    let mut out = Vec::with_capacity(tokens.len());
+    for (&token, &following) in tokens.iter().zip(next) {
+        let logits = model.forward(&[token], cache, interrupt)?;
+        out.push(log_softmax_at(&logits, following as usize));
+    }
+    Ok(out)
+}
+
+/// [`LanguageModel::score`]'s arguments: as many targets as tokens, each inside the vocabulary.
+pub fn check_score_arguments(tokens: &[u32], next: &[u32], vocab_size: usize) -> Result<()> {
+    if tokens.len() != next.len() || tokens.is_empty() {
+        return Err(Error::invalid_argument(format!(
+            "scoring needs one following token per token: {} tokens, {} following",
+            tokens.len(),
+            next.len()
+        )));
+    }
+    match next.iter().position(|&id| id as usize >= vocab_size) {
+        Some(i) => Err(Error::invalid_argument(format!(
+            "token {i} to score has id {}, outside the vocabulary (size {vocab_size})",
+            next[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `ln softmax(logits)[at]`, computed stably (in f64: a 262k-entry sum).
+pub fn log_softmax_at(logits: &[f32], at: usize) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    (logits[at] - max) as f32 - sum.ln() as f32
 }
 
 /// One sequence's tokens for [`LanguageModel::forward_batch`].

@@ -65,6 +65,10 @@ impl EngineBackend for RemoteEngine {
         self.models()
     }
 
+    fn score(&self, _: &[u32]) -> Result<Vec<f32>> {
+        Err(self.needs_local("score"))
+    }
+
     fn new_session(&self) -> Box<dyn SessionBackend> {
         Box::new(RemoteEngine::new_session(self))
     }

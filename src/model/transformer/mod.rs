@@ -19,7 +19,10 @@ pub use native::NativeCache;
 use std::any::Any;
 
 use super::gguf::GgufFile;
-use super::{BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress, SequenceCache, DEFAULT_MAX_CONTEXT};
+use super::{
+    check_score_arguments, score_step_by_step, BatchStep, LanguageModel, LoadOptions, ModelInfo, Progress,
+    SequenceCache, DEFAULT_MAX_CONTEXT,
+};
 use crate::error::{Error, ErrorKind, Result};
 use config::Config;
 use tensors::{TensorCache, TensorTransformer};
@@ -180,6 +183,22 @@ impl LanguageModel for Transformer {
                 m.forward(tokens, cache, interrupt)
             }
         }
+    }
+
+    fn score(
+        &self,
+        tokens: &[u32],
+        next: &[u32],
+        cache: &mut dyn SequenceCache,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
+        let Implementation::Native(m) = &self.imp else {
+            return score_step_by_step(self, tokens, next, cache, interrupt);
+        };
+        check_score_arguments(tokens, next, self.info.vocab_size)?;
+        self.check(tokens, cache.len())?;
+        let cache = cache.as_any_mut().downcast_mut::<NativeCache>().ok_or_else(wrong_cache)?;
+        m.score(native::BatchItem { tokens, cache }, next, interrupt).ok_or_else(interrupted)
     }
 
     fn forward_batch(

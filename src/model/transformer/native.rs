@@ -18,6 +18,7 @@ use super::family::{Activation, RopeStyle};
 use crate::kernels::attention::{attend, HeadCache};
 use crate::kernels::elementwise::{dot, gelu_tanh_mul, rotate_halves, rotate_pairs, silu_mul};
 use crate::kernels::{Isa, QuantMatrix, QuantizedActivations};
+use crate::model::log_softmax_at;
 
 pub(super) struct NativeLayer {
     pub attn_norm: Vec<f32>,
@@ -226,6 +227,13 @@ impl NativeTransformer {
         batch: &mut [BatchItem<'_>],
         interrupt: &dyn Fn() -> bool,
     ) -> Option<Vec<Vec<f32>>> {
+        let x = self.run_layers(batch, interrupt)?;
+        Some(self.logits(batch, &x))
+    }
+
+    /// Appends each item's tokens to its cache and returns every row's final hidden state
+    /// (before the output norm). `None` when `interrupt` fired; every cache is then as it was.
+    fn run_layers(&self, batch: &mut [BatchItem<'_>], interrupt: &dyn Fn() -> bool) -> Option<Vec<f32>> {
         let n: usize = batch.iter().map(|b| b.tokens.len()).sum();
         // (item, position) of every row of the batch.
         let rows: Vec<(usize, usize)> = batch
@@ -251,7 +259,27 @@ impl NativeTransformer {
         for b in batch.iter_mut() {
             b.cache.len += b.tokens.len();
         }
-        Some(self.logits(batch, &x))
+        Some(x)
+    }
+
+    /// Appends one sequence's tokens to its cache and returns `ln p(next[i])` after each token
+    /// i, every position in one pass. `None` when `interrupt` fired (the cache as it was).
+    pub(super) fn score(
+        &self,
+        item: BatchItem<'_>,
+        next: &[u32],
+        interrupt: &dyn Fn() -> bool,
+    ) -> Option<Vec<f32>> {
+        // Output rows per chunk: each row's logits are a vocabulary of floats (1 MiB at 262k).
+        const ROWS: usize = 16;
+        let x = self.run_layers(&mut [item], interrupt)?;
+        let dim = self.config.dim;
+        let mut out = Vec::with_capacity(next.len());
+        for (rows, targets) in x.chunks(ROWS * dim).zip(next.chunks(ROWS)) {
+            let logits = self.output_rows(rows);
+            out.extend(logits.iter().zip(targets).map(|(l, &t)| log_softmax_at(l, t as usize)));
+        }
+        Some(out)
     }
 
     /// `x += attention(norm(x))` for one layer, appending this step's keys and values to each
@@ -339,12 +367,18 @@ impl NativeTransformer {
             })
             .flat_map(|end| x[(end - 1) * dim..end * dim].iter().copied())
             .collect();
-        let mut last = vec![0f32; last_rows.len()];
-        rms_norm_rows(&mut last, &last_rows, &self.output_norm, self.config.rms_eps);
-        let mut logits: Vec<Vec<f32>> = batch.iter().map(|_| vec![0f32; self.output.rows]).collect();
+        self.output_rows(&last_rows)
+    }
+
+    /// The logits of hidden rows: output norm, output layer, soft-capping where the model has it.
+    fn output_rows(&self, rows: &[f32]) -> Vec<Vec<f32>> {
+        let mut normed = vec![0f32; rows.len()];
+        rms_norm_rows(&mut normed, rows, &self.output_norm, self.config.rms_eps);
+        let mut logits: Vec<Vec<f32>> =
+            (0..rows.len() / self.config.dim).map(|_| vec![0f32; self.output.rows]).collect();
         let mut outs: Vec<&mut [f32]> = logits.iter_mut().map(Vec::as_mut_slice).collect();
         self.output.matmul_into(
-            &QuantizedActivations::quantize(&last, self.output.cols),
+            &QuantizedActivations::quantize(&normed, self.output.cols),
             Isa::detect(),
             &mut outs,
         );
