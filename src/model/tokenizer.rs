@@ -49,10 +49,35 @@ const QWEN2_PRES: &[&str] = &["qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// Token texts that end a generation when the model has them as control tokens (as llama.cpp's
-/// end-of-generation set), in addition to the declared EOS/EOT ids.
-const END_OF_GENERATION_TEXTS: &[&str] =
-    &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "</s>"];
+/// Token texts that end a generation, in addition to the declared EOS/EOT ids: llama.cpp's
+/// end-of-generation texts (turn and text ends) and its fill-in-the-middle pad, repository and
+/// file-separator tokens. A vocabulary that lists one of them as another type of token gets it
+/// as a control token, as llama.cpp overrides it (Qwen2.5's `</s>` is "normal"), so its text
+/// in a prompt is that token.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<reponame>",
+    "<|file_sep|>",
+];
 
 /// A loaded tokenizer. Immutable and shareable across threads.
 pub struct Tokenizer {
@@ -158,6 +183,12 @@ impl Vocab {
         }
         if texts.is_empty() {
             return Err(Error::model_format(format!("'{}': the vocabulary is empty", file.path().display())));
+        }
+        let mut types = types;
+        for (text, ty) in texts.iter().zip(types.iter_mut()) {
+            if *ty != token_type::CONTROL && END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
+                *ty = token_type::CONTROL;
+            }
         }
         Ok(Self { texts, types })
     }
