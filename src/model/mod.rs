@@ -144,7 +144,7 @@ pub fn check_score_arguments(tokens: &[u32], next: &[u32], vocab_size: usize) ->
 pub fn log_softmax_at(logits: &[f32], at: usize) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    (logits[at] - max) as f32 - sum.ln() as f32
+    (logits[at] - max) - sum.ln() as f32
 }
 
 /// One sequence's tokens for [`LanguageModel::forward_batch`].
