@@ -180,12 +180,15 @@ typedef struct maze_engine_params {
   // -1 (default) = CPU; n >= 0 = CUDA device n, which needs a library built with the `cuda`
   // feature (else MAZE_STATUS_UNSUPPORTED) and runs candle's GPU forward pass.
   int32_t gpu_device;
+  // Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
+  // built-in one of its chat format for files without a template. NULL = the model's.
+  const char *chat_template;
 } maze_engine_params;
 
 // Default engine settings (all cores, model context, random seed, no callback).
 struct maze_engine_params maze_engine_params_default(void);
 
-// Loads a GGUF model (Llama family) and starts its worker — or, with `model_path` NULL,
+// Loads a GGUF model (llama, qwen2, qwen3, gemma3 or phi3) and starts its worker — or, with `model_path` NULL,
 // connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
 // MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
 //
