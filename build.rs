@@ -115,13 +115,14 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["MAZE_SEED_RANDOM", "maze_progress_callback", "maze_engine*"],
     ),
     (
-        "Text: tokenize, detokenize, chat template",
+        "Text: tokenize, detokenize, score, chat template",
         &[
             "maze_string",
             "maze_str",
             "maze_chat_message",
             "maze_tokenize",
             "maze_detokenize",
+            "maze_score",
             "maze_chat_apply_template",
         ],
     ),

@@ -289,6 +289,34 @@ func (e *Engine) Tokenize(text string, addSpecial, parseSpecial bool) ([]uint32,
 	return ids, err
 }
 
+// Score returns the natural-log probability the model gives each token after the ones before
+// it: len(tokens)-1 values, the first for tokens[1] (start with BOS, or a context, to score a
+// text's first token). One forward pass, between the steps of running generations; for
+// ranking, classification and perplexity.
+func (e *Engine) Score(tokens []uint32) ([]float32, error) {
+	var scores []float32
+	err := e.use(func(p *C.maze_engine) error {
+		out := make([]float32, max(len(tokens)-1, 0))
+		var count C.size_t
+		var cerr *C.maze_error
+		var ids *C.uint32_t
+		if len(tokens) > 0 {
+			ids = (*C.uint32_t)(unsafe.SliceData(tokens))
+		}
+		var dst *C.float
+		if len(out) > 0 {
+			dst = (*C.float)(unsafe.SliceData(out))
+		}
+		status := C.maze_score(p, ids, C.size_t(len(tokens)), dst, C.size_t(len(out)), &count, &cerr)
+		if err := takeError(status, cerr); err != nil {
+			return err
+		}
+		scores = out[:count]
+		return nil
+	})
+	return scores, err
+}
+
 // readText runs a C call that writes text with the library's buffer protocol (the needed size
 // comes back with MAZE_STATUS_BUFFER_TOO_SMALL), growing the buffer until it fits.
 func readText(guess int, call func(buf *C.char, capacity C.size_t, outLen *C.size_t, cerr **C.maze_error) C.enum_maze_status) (string, error) {

@@ -2,6 +2,7 @@ package maze
 
 import (
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -232,4 +233,27 @@ func TestClosedHandles(t *testing.T) {
 	if err := s.Cancel(); !errors.Is(err, ErrClosed) {
 		t.Errorf("Cancel after Close: %v", err)
 	}
+}
+
+func TestScore(t *testing.T) {
+	e := sharedEngine(t)
+	ids, err := e.Tokenize("The quick brown fox jumps over the lazy dog", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scores, err := e.Score(ids)
+	if err != nil || len(scores) != len(ids)-1 {
+		t.Fatalf("%d scores for %d tokens: %v", len(scores), len(ids), err)
+	}
+	for i, lp := range scores {
+		if lp > 0 || lp < -100 {
+			t.Errorf("log-probability %d is %v", i, lp)
+		}
+	}
+	prefix, err := e.Score(ids[:3])
+	if err != nil || len(prefix) != 2 || math.Abs(float64(prefix[1]-scores[1])) > 1e-3 {
+		t.Errorf("prefix scores %v (whole %v): %v", prefix, scores[:2], err)
+	}
+	_, err = e.Score(ids[:1])
+	expectError(t, err, ErrInvalidArgument, "at least 2 tokens")
 }

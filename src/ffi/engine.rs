@@ -189,9 +189,9 @@ unsafe fn remote_config(p: &maze_engine_params) -> FfiResult<Option<RemoteConfig
     Ok(None)
 }
 
-/// Loads a GGUF model (llama, qwen2, qwen3, gemma3 or phi3) and starts its worker — or, with `model_path` NULL,
-/// connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
-/// MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
+/// Loads a GGUF model (architecture llama, qwen2, qwen3, gemma3 or phi3) and starts its worker —
+/// or, with `model_path` NULL, connects to a remote inference server (params.endpoint, else
+/// MAZE_ENDPOINT with MAZE_API_KEY, MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
 ///
 /// `model_path`: NUL-terminated UTF-8 path. `params`: NULL for defaults. On success `*out_engine`
 /// receives the engine (free with maze_engine_free). Fails with MAZE_STATUS_IO (missing file),
@@ -354,6 +354,39 @@ pub unsafe extern "C" fn maze_detokenize(
         arg_out(out_len, "out_len")?;
         let bytes = engine.engine.detokenize(ids)?;
         write_text(&bytes, buf, capacity, out_len, "the text")
+    })
+}
+
+/// Scores a token sequence: the natural-log probability the model gives each token after the
+/// ones before it (what ranking, classification and perplexity need). `tokens`: `n_tokens`
+/// ids, at least 2; start with BOS, or with a context, to score a text's first token. Writes
+/// `n_tokens - 1` values to `logprobs` (the first for `tokens[1]`) and that count to
+/// `*n_logprobs`; a `capacity` below it fails with MAZE_STATUS_BUFFER_TOO_SMALL (the needed
+/// count still written). One forward pass over the sequence on a fresh cache, between the steps
+/// of running generations. Fails with MAZE_STATUS_CONTEXT_OVERFLOW beyond the context length,
+/// MAZE_STATUS_INVALID_ARGUMENT for fewer than 2 tokens or an id outside the vocabulary,
+/// MAZE_STATUS_UNSUPPORTED on a remote engine.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn maze_score(
+    engine: *const maze_engine,
+    tokens: *const u32,
+    n_tokens: usize,
+    logprobs: *mut f32,
+    capacity: usize,
+    n_logprobs: *mut usize,
+    error: *mut *mut maze_error,
+) -> maze_status {
+    ffi_boundary!(error, {
+        let engine = maze_engine::from_ptr(engine, "engine")?;
+        let ids = arg_slice(tokens, n_tokens, "tokens")?;
+        arg_out(n_logprobs, "n_logprobs")?;
+        check_capacity(n_tokens.saturating_sub(1), capacity, n_logprobs, "the log-probabilities")?;
+        let scores = engine.engine.score(ids)?;
+        arg_out(logprobs, "logprobs")?;
+        std::ptr::copy_nonoverlapping(scores.as_ptr(), logprobs, scores.len());
+        n_logprobs.write(scores.len());
+        Ok(())
     })
 }
 

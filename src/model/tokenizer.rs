@@ -834,7 +834,8 @@ pub(crate) mod tests {
         ))
         .unwrap();
         assert!(with_eot.is_end_of_generation(eot));
-        // End-of-turn texts count only as control tokens, not as user-defined ones.
+        // End-of-turn texts count whatever type the file gives them, and become control tokens
+        // (as llama.cpp overrides them).
         let mut metadata = byte_level_metadata("smollm", HELLO_WORLD);
         let n = tok.vocab_size();
         let types = (0..n)
@@ -850,7 +851,9 @@ pub(crate) mod tests {
             .collect();
         metadata = set(metadata, "tokenizer.ggml.token_type", Value::Array(types));
         let user_defined = build(&metadata).unwrap();
-        assert!(!user_defined.is_end_of_generation(user_defined.token_id("<|endoftext|>").unwrap()));
+        let end_of_text = user_defined.token_id("<|endoftext|>").unwrap();
+        assert!(user_defined.is_end_of_generation(end_of_text));
+        assert_eq!(user_defined.encode("<|endoftext|>", false, true).unwrap(), [end_of_text]);
         assert!(user_defined.is_end_of_generation(user_defined.eos().unwrap()));
     }
 

@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -295,6 +296,42 @@ static void test_tokenizer(maze_engine *engine) {
     uint32_t bad[] = {1, 4000000000u};
     EXPECT_ERROR(maze_detokenize(engine, bad, 2, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_ARGUMENT, "position 1", "bad token id");
     EXPECT_ERROR(maze_detokenize(engine, NULL, 2, buf, sizeof buf, &len, &err), MAZE_STATUS_NULL_ARGUMENT, "tokens", "NULL tokens");
+}
+
+static void test_score(maze_engine *engine) {
+    uint32_t tokens[64];
+    size_t n = 0, n_scores = 0;
+    const char *text = "The quick brown fox jumps over the lazy dog";
+    CHECK(maze_tokenize(engine, text, strlen(text), true, false, tokens, 64, &n, NULL) == MAZE_STATUS_OK && n > 4,
+          "tokenize for scoring");
+    float all[64], prefix[64];
+    maze_error *err = NULL;
+    maze_status st = maze_score(engine, tokens, n, all, 64, &n_scores, &err);
+    CHECK(st == MAZE_STATUS_OK && n_scores == n - 1, "score: %s (%zu of %zu)", maze_error_message(err), n_scores, n);
+    maze_error_free(err);
+    for (size_t i = 0; i < n_scores; i++) {
+        CHECK(all[i] <= 0.0f && all[i] > -100.0f, "log-probability %zu is %f", i, all[i]);
+    }
+    /* Causal: a prefix scores as the start of the whole. */
+    size_t n_prefix = 0;
+    CHECK(maze_score(engine, tokens, 3, prefix, 64, &n_prefix, NULL) == MAZE_STATUS_OK && n_prefix == 2, "score prefix");
+    CHECK(fabsf(prefix[0] - all[0]) < 1e-3f && fabsf(prefix[1] - all[1]) < 1e-3f, "prefix %f %f vs %f %f",
+          prefix[0], prefix[1], all[0], all[1]);
+    /* Bad input. */
+    err = NULL;
+    st = maze_score(engine, tokens, n, all, 2, &n_scores, &err);
+    CHECK(n_scores == n - 1, "needed count %zu", n_scores);
+    expect_error(st, err, MAZE_STATUS_BUFFER_TOO_SMALL, "log-probabilities", "small score buffer");
+    err = NULL;
+    st = maze_score(engine, tokens, 1, all, 64, &n_scores, &err);
+    expect_error(st, err, MAZE_STATUS_INVALID_ARGUMENT, "at least 2 tokens", "one token to score");
+    uint32_t bad[2] = {tokens[0], 0x7fffffffu};
+    err = NULL;
+    st = maze_score(engine, bad, 2, all, 64, &n_scores, &err);
+    expect_error(st, err, MAZE_STATUS_INVALID_ARGUMENT, "outside the vocabulary", "token id out of range");
+    err = NULL;
+    st = maze_score(engine, NULL, 5, all, 64, &n_scores, &err);
+    expect_error(st, err, MAZE_STATUS_NULL_ARGUMENT, "tokens", "NULL tokens");
 }
 
 static void test_chat_template(maze_engine *engine) {
@@ -986,6 +1023,7 @@ int main(int argc, char **argv) {
     maze_engine *engine = load_engine(4096);
     test_engine_info(engine);
     test_tokenizer(engine);
+    test_score(engine);
     test_chat_template(engine);
     test_generate_and_stream(engine);
     test_seed_and_sampling(engine);

@@ -424,6 +424,20 @@ pub const Engine = struct {
         }
     }
 
+    /// The natural-log probability the model gives each token after the ones before it:
+    /// `tokens.len - 1` values (the first for `tokens[1]`), owned by the caller. Start with BOS,
+    /// or a context, to score a text's first token. One forward pass, between the steps of
+    /// running generations; for ranking, classification and perplexity.
+    pub fn score(self: *const Engine, allocator: Allocator, tokens: []const u32, diag: ?*Diagnostic) Error![]f32 {
+        const out = try allocator.alloc(f32, tokens.len -| 1);
+        errdefer allocator.free(out);
+        var n: usize = 0;
+        var err: ?*c.maze_error = null;
+        const status = c.maze_score(self.handle, tokens.ptr, tokens.len, out.ptr, out.len, &n, &err);
+        try check(status, err, diag);
+        return out;
+    }
+
     /// The exact bytes `tokens` stand for, owned by the caller.
     pub fn detokenize(self: *const Engine, allocator: Allocator, tokens: []const u32, diag: ?*Diagnostic) Error![]u8 {
         const Call = struct {

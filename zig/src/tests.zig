@@ -133,6 +133,23 @@ test "tokenize, detokenize and the chat template" {
     try testing.expect(std.mem.endsWith(u8, rendered, "<|im_start|>assistant\n"));
 }
 
+test "score" {
+    const e = try engine();
+    const a = testing.allocator;
+    const ids = try e.tokenize(a, "The quick brown fox jumps over the lazy dog", .{ .add_special = true });
+    defer a.free(ids);
+    const scores = try e.score(a, ids, null);
+    defer a.free(scores);
+    try testing.expectEqual(ids.len - 1, scores.len);
+    for (scores) |lp| try testing.expect(lp <= 0 and lp > -100);
+    const prefix = try e.score(a, ids[0..3], null);
+    defer a.free(prefix);
+    try testing.expectApproxEqAbs(scores[1], prefix[1], 1e-3);
+    var diag: maze.Diagnostic = .{};
+    try testing.expectError(error.InvalidArgument, e.score(a, ids[0..1], &diag));
+    try testing.expect(std.mem.indexOf(u8, diag.message(), "at least 2 tokens") != null);
+}
+
 test "chat" {
     const question: maze.Message = .{ .role = "user", .content = "What is the capital of France? Answer in one word." };
     const e = try engine();
