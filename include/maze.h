@@ -188,9 +188,9 @@ typedef struct maze_engine_params {
 // Default engine settings (all cores, model context, random seed, no callback).
 struct maze_engine_params maze_engine_params_default(void);
 
-// Loads a GGUF model (llama, qwen2, qwen3, gemma3 or phi3) and starts its worker — or, with `model_path` NULL,
-// connects to a remote inference server (params.endpoint, else MAZE_ENDPOINT with MAZE_API_KEY,
-// MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
+// Loads a GGUF model (architecture llama, qwen2, qwen3, gemma3 or phi3) and starts its worker —
+// or, with `model_path` NULL, connects to a remote inference server (params.endpoint, else
+// MAZE_ENDPOINT with MAZE_API_KEY, MAZE_MODEL, MAZE_PROTOCOL, MAZE_RETRIES, MAZE_TIMEOUT_MS).
 //
 // `model_path`: NUL-terminated UTF-8 path. `params`: NULL for defaults. On success `*out_engine`
 // receives the engine (free with maze_engine_free). Fails with MAZE_STATUS_IO (missing file),
@@ -234,7 +234,7 @@ bool maze_engine_token_is_end_of_generation(const struct maze_engine *engine,
                                             uint32_t token);
 
 
-// ==== Text: tokenize, detokenize, chat template ==================================================
+// ==== Text: tokenize, detokenize, score, chat template ===========================================
 
 // Text as passed across the ABI: a pointer and a length in bytes (UTF-8, no NUL needed).
 // `data` may be NULL when `len` is 0.
@@ -283,6 +283,24 @@ enum maze_status maze_detokenize(const struct maze_engine *engine,
                                  size_t capacity,
                                  size_t *out_len,
                                  struct maze_error **error);
+
+// Scores a token sequence: the natural-log probability the model gives each token after the
+// ones before it (what ranking, classification and perplexity need). `tokens`: `n_tokens`
+// ids, at least 2; start with BOS, or with a context, to score a text's first token. Writes
+// `n_tokens - 1` values to `logprobs` (the first for `tokens[1]`) and that count to
+// `*n_logprobs`; a `capacity` below it fails with MAZE_STATUS_BUFFER_TOO_SMALL (the needed
+// count still written). One forward pass over the sequence on a fresh cache, between the steps
+// of running generations. Fails with MAZE_STATUS_CONTEXT_OVERFLOW beyond the context length,
+// MAZE_STATUS_INVALID_ARGUMENT for fewer than 2 tokens or an id outside the vocabulary,
+// MAZE_STATUS_UNSUPPORTED on a remote engine.
+MAZE_NODISCARD
+enum maze_status maze_score(const struct maze_engine *engine,
+                            const uint32_t *tokens,
+                            size_t n_tokens,
+                            float *logprobs,
+                            size_t capacity,
+                            size_t *n_logprobs,
+                            struct maze_error **error);
 
 // Renders messages with the model's chat template into `buf` (same buffer protocol as
 // maze_detokenize). With `add_generation_prompt` the text ends where the assistant's reply
