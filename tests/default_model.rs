@@ -50,7 +50,9 @@ fn model_facts_match_the_file() {
     let tok = engine().local().unwrap().tokenizer();
     assert_eq!(tok.eos(), Some(2));
     assert_eq!(tok.token_text(2), Some("<|im_end|>"));
-    assert_eq!(tok.end_of_generation(), &[0, 2], "<|endoftext|> and <|im_end|>");
+    // As llama.cpp's set: <|endoftext|>, <|im_end|> and the fill-in-the-middle <reponame>.
+    assert_eq!(tok.token_text(4), Some("<reponame>"));
+    assert_eq!(tok.end_of_generation(), &[0, 2, 4], "<|endoftext|>, <|im_end|>, <reponame>");
 }
 
 #[test]
