@@ -15,6 +15,9 @@ use super::{Isa, BLOCK};
 pub enum CodeWidth {
     /// 16 bytes per block: low nibble = element j, high nibble = element j + 16 (GGUF order).
     Four,
+    /// 20 bytes per block: Four's nibbles, then one byte of fifth bits per four nibble bytes
+    /// (see [`fifth_bit_position`]); codes 0..32 with `w = code·d + m`, as Q5's 5-bit codes.
+    Five,
     /// 32 bytes per block, one byte per element biased by 128: w = (code − 128)·d, and `m` is
     /// not used (Q8_0's signed bytes, stored so that `vpdpbusd` can take them as unsigned).
     Eight,
@@ -24,8 +27,15 @@ impl CodeWidth {
     pub const fn bytes_per_block(self) -> usize {
         match self {
             CodeWidth::Four => BLOCK / 2,
+            CodeWidth::Five => BLOCK / 2 + BLOCK / 8,
             CodeWidth::Eight => BLOCK,
         }
+    }
+
+    /// Whether blocks carry an offset `m`: the unsigned 4- and 5-bit codes do, the centred
+    /// 8-bit ones do not.
+    pub const fn has_offset(self) -> bool {
+        !matches!(self, CodeWidth::Eight)
     }
 }
 
@@ -35,18 +45,54 @@ pub const GROUP: usize = 8;
 /// Bytes of one row in one chunk: four 8-bit codes, or eight 4-bit codes.
 const CHUNK: usize = 4;
 
+/// Where chunk `c` (bytes 4c..4c+4 of one row's block, as [`WeightFormat`] unpacks it) of row
+/// `r` lives in the group's block: every chunk holds 4 bytes per row, row r at 4r.
+///
+/// [`WeightFormat`]: super::matrix::WeightFormat
+pub const fn chunk_position(r: usize, c: usize) -> usize {
+    c * GROUP * CHUNK + r * CHUNK
+}
+
 /// Where code `j` (0..32) of row `r` of a block lives inside the group's codes for that block,
-/// and whether it is the high nibble. The block's codes are chunks of 32 bytes, each holding 4
-/// bytes per row (row r at 4r): 8-bit chunk c holds codes 4c..4c+4; 4-bit chunk c holds codes
-/// 4c..4c+4 in its low nibbles and 16+4c..16+4c+4 in its high ones (GGUF's nibble order). So
-/// one chunk times one broadcast 4-byte slice of activations gives every row's partial dot
-/// product in its own lane: no horizontal sums, and one scale multiply for eight rows.
+/// and whether it is the high nibble (5-bit codes: their low four bits). The block's codes are
+/// chunks of 32 bytes (see [`chunk_position`]): 8-bit chunk c holds codes 4c..4c+4; 4-bit chunk
+/// c holds codes 4c..4c+4 in its low nibbles and 16+4c..16+4c+4 in its high ones (GGUF's nibble
+/// order). So one chunk times one broadcast 4-byte slice of activations gives every row's
+/// partial dot product in its own lane: no horizontal sums, and one scale multiply for eight
+/// rows.
 pub fn code_position(width: CodeWidth, r: usize, j: usize) -> (usize, bool) {
     let (element, high) = match width {
-        CodeWidth::Four => (j % 16, j >= 16),
+        CodeWidth::Four | CodeWidth::Five => (j % 16, j >= 16),
         CodeWidth::Eight => (j, false),
     };
-    ((element / CHUNK) * GROUP * CHUNK + r * CHUNK + element % CHUNK, high)
+    (chunk_position(r, element / CHUNK) + element % CHUNK, high)
+}
+
+/// Where the fifth bit of 5-bit code `j` of row `r` lives: a byte of the fifth chunk, which
+/// mirrors the four nibble chunks byte for byte, and its bit: `c` for the low nibble of chunk c,
+/// `4 + c` for its high nibble. The kernel then gets chunk c's fifth bits into place with one
+/// 16-bit shift and a mask per nibble half, the same shift for every byte.
+pub fn fifth_bit_position(r: usize, j: usize) -> (usize, u32) {
+    let element = j % 16;
+    let nibble_chunk = (element / CHUNK) as u32;
+    (chunk_position(r, FIFTH_BITS_CHUNK) + element % CHUNK, nibble_chunk + if j >= 16 { 4 } else { 0 })
+}
+
+/// The chunk of a 5-bit block holding its fifth bits.
+const FIFTH_BITS_CHUNK: usize = 4;
+
+/// Code `j` of row `r` from a group's block of codes, unsigned as stored (8-bit: biased).
+pub fn stored_code(width: CodeWidth, codes: &[u8], r: usize, j: usize) -> u8 {
+    let (at, high) = code_position(width, r, j);
+    let nibble = if high { codes[at] >> 4 } else { codes[at] & 0x0F };
+    match width {
+        CodeWidth::Eight => codes[at],
+        CodeWidth::Four => nibble,
+        CodeWidth::Five => {
+            let (byte, bit) = fifth_bit_position(r, j);
+            nibble | (((codes[byte] >> bit) & 1) << 4)
+        }
+    }
 }
 
 /// Eight weight rows of `blocks` blocks each: block b's scale (and offset) of row r at
@@ -57,7 +103,7 @@ pub struct RowGroup<'a> {
     pub width: CodeWidth,
     pub blocks: usize,
     pub d: &'a [f16],
-    /// Empty for [`CodeWidth::Eight`].
+    /// Empty where the width has no offset ([`CodeWidth::has_offset`]).
     pub m: &'a [f16],
     pub codes: &'a [u8],
 }
@@ -85,7 +131,7 @@ pub fn group_dot(isa: Isa, w: RowGroup<'_>, a: &QuantizedActivations, t0: usize,
         max_tokens_per_call(isa)
     );
     assert!(a.blocks_per_row == w.blocks && t0 + nt <= a.tokens, "activation shape");
-    let m_len = if w.width == CodeWidth::Four { n } else { 0 };
+    let m_len = if w.width.has_offset() { n } else { 0 };
     assert!(
         w.d.len() == n && w.m.len() == m_len && w.codes.len() == n * w.width.bytes_per_block(),
         "weight shape"
@@ -113,17 +159,17 @@ pub fn group_dot_portable(w: RowGroup<'_>, a: &QuantizedActivations, t: usize, o
             let ai = t * bpr + b;
             let x = &a.qs[ai * BLOCK..(ai + 1) * BLOCK];
             let code = |j: usize| -> i32 {
-                let (at, high) = code_position(w.width, r, j);
-                match w.width {
-                    CodeWidth::Four if high => (codes[at] >> 4) as i32,
-                    CodeWidth::Four => (codes[at] & 0x0F) as i32,
-                    CodeWidth::Eight => codes[at] as i32 - 128,
+                let code = stored_code(w.width, codes, r, j) as i32;
+                if w.width.has_offset() {
+                    code
+                } else {
+                    code - 128
                 }
             };
             let isum: i32 = (0..BLOCK).map(|j| code(j) * x[j] as i32).sum();
             let wi = b * GROUP + r;
             total += w.d[wi].to_f32() * a.d[ai] * isum as f32;
-            if w.width == CodeWidth::Four {
+            if w.width.has_offset() {
                 total += w.m[wi].to_f32() * a.s[ai];
             }
         }
@@ -164,6 +210,8 @@ mod x86 {
                 match (w.width, isa == Isa::Avx512Vnni) {
                     (CodeWidth::Four, false) => four_avx2::<$nt>(w, a, t0, out),
                     (CodeWidth::Four, true) => four_vnni::<$nt>(w, a, t0, out),
+                    (CodeWidth::Five, false) => five_avx2::<$nt>(w, a, t0, out),
+                    (CodeWidth::Five, true) => five_vnni::<$nt>(w, a, t0, out),
                     (CodeWidth::Eight, false) => eight_avx2::<$nt>(w, a, t0, out),
                     (CodeWidth::Eight, true) => eight_vnni::<$nt>(w, a, t0, out),
                 }
@@ -181,6 +229,44 @@ mod x86 {
             std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack, preserves_flags));
             v
         }};
+    }
+
+    /// Chunk `c` of a group's block of codes (see [`chunk_position`]).
+    #[inline(always)]
+    unsafe fn chunk(block: *const u8, c: usize) -> __m256i {
+        _mm256_loadu_si256(block.add(chunk_position(0, c)) as *const __m256i)
+    }
+
+    /// A chunk's low and high nibbles, each in the low half of its byte.
+    #[inline(always)]
+    unsafe fn nibbles(packed: __m256i) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
+    }
+
+    /// Chunk `c`'s 5-bit codes: its nibbles with their fifth bits (bits c and 4 + c of the
+    /// fifth chunk's bytes, see [`fifth_bit_position`]) shifted to bit 4. A 16-bit shift moves
+    /// bits across the byte boundary only below bit 4 (left) or above it (right), so the mask
+    /// keeps each byte's own bit.
+    #[inline(always)]
+    unsafe fn five_bit_codes(block: *const u8, c: usize) -> (__m256i, __m256i) {
+        let (low, high) = nibbles(chunk(block, c));
+        let (fifth, bit) = (chunk(block, FIFTH_BITS_CHUNK), _mm256_set1_epi8(0x10));
+        let low_fifth = _mm256_sll_epi16(fifth, _mm_cvtsi32_si128(4 - c as i32));
+        let high_fifth = _mm256_srl_epi16(fifth, _mm_cvtsi32_si128(c as i32));
+        (
+            _mm256_or_si256(low, _mm256_and_si256(low_fifth, bit)),
+            _mm256_or_si256(high, _mm256_and_si256(high_fifth, bit)),
+        )
+    }
+
+    /// The chunks a kernel multiplies per block: 5-bit codes multiply their four nibble
+    /// chunks, the fifth bits joining them on the way.
+    const fn multiplied_chunks(width: CodeWidth) -> usize {
+        match width {
+            CodeWidth::Four | CodeWidth::Five => BLOCK / 2 / CHUNK,
+            CodeWidth::Eight => BLOCK / CHUNK,
+        }
     }
 
     /// Four activation codes from `at`, in every lane.
@@ -202,13 +288,13 @@ mod x86 {
     /// on decode: none 88, 256 B 97, 2 KiB 117 tokens/s; flat beyond.
     const PREFETCH_BYTES: usize = 2048;
 
-    /// The shared loop over a group's blocks for `NT` tokens. Per chunk of the block, `expand`
-    /// turns its 32 bytes into registers once; `step` adds one token's products to that
+    /// The shared loop over a group's blocks for `NT` tokens. Per chunk `c` of the block (codes
+    /// at `block`), `expand` turns its 32 bytes into registers once; `step` adds one token's products to that
     /// token's integer sums (one lane per row). Per block, each token's sums become floats,
     /// scaled by the eight rows' `d_w` times the token's `d_x`, plus the offset.
     macro_rules! kernel {
         ($name:ident, $features:literal, $width:expr, $offset:expr,
-         expand |$ptr:ident| $expand:expr,
+         expand |$block:ident, $c:ident| $expand:expr,
          step |$w:ident, $x:ident, $sum:ident| $step:expr,
          ints |$s:ident| $ints:expr) => {
             #[target_feature(enable = $features)]
@@ -218,7 +304,8 @@ mod x86 {
                 t0: usize,
                 out: &mut [[f32; GROUP]],
             ) {
-                const CHUNKS: usize = $width.bytes_per_block() / CHUNK;
+                const CHUNKS: usize = multiplied_chunks($width);
+                const BLOCK_BYTES: usize = GROUP * $width.bytes_per_block();
                 let bpr = w.blocks;
                 let (wd, wm, wc) = (w.d.as_ptr(), w.m.as_ptr(), w.codes.as_ptr());
                 let xq: [*const i8; NT] = std::array::from_fn(|k| a.qs.as_ptr().add((t0 + k) * bpr * BLOCK));
@@ -226,10 +313,10 @@ mod x86 {
                 let as_: [*const f32; NT] = std::array::from_fn(|k| a.s.as_ptr().add((t0 + k) * bpr));
                 let mut acc = [_mm256_setzero_ps(); NT];
                 for b in 0..bpr {
-                    let codes = wc.add(b * CHUNKS * GROUP * CHUNK);
+                    let codes = wc.add(b * BLOCK_BYTES);
                     // The hardware prefetcher alone leaves decode waiting on memory: fetch ahead.
                     // Every cache line of a block: two of 4-bit codes, four of 8-bit ones.
-                    for line in 0..CHUNKS * GROUP * CHUNK / 64 {
+                    for line in 0..BLOCK_BYTES.div_ceil(64) {
                         _mm_prefetch::<_MM_HINT_T0>(
                             codes.wrapping_add(PREFETCH_BYTES + 64 * line) as *const i8
                         );
@@ -238,7 +325,7 @@ mod x86 {
                     let mut sums = [_mm256_setzero_si256(); NT];
                     for c in 0..CHUNKS {
                         let $w = {
-                            let $ptr = codes.add(c * GROUP * CHUNK);
+                            let ($block, $c) = (codes, c);
                             $expand
                         };
                         for k in 0..NT {
@@ -283,11 +370,8 @@ mod x86 {
         "avx2,fma,f16c",
         CodeWidth::Four,
         Offset::M,
-        expand | p | {
-            let packed = _mm256_loadu_si256(p as *const __m256i);
-            let low = _mm256_set1_epi8(0x0F);
-            (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
-        },
+        expand | block,
+        c | nibbles(chunk(block, c)),
         step | w,
         x,
         sum | _mm256_add_epi16(
@@ -299,6 +383,29 @@ mod x86 {
         ),
         ints | s | _mm256_madd_epi16(s, _mm256_set1_epi16(1))
     );
+    // 5-bit: as 4-bit, but a chunk's two products per lane reach 2·2·31·127 = 15748, so each
+    // chunk's i16 sums widen to i32 at once.
+    kernel!(
+        five_avx2,
+        "avx2,fma,f16c",
+        CodeWidth::Five,
+        Offset::M,
+        expand | block,
+        c | five_bit_codes(block, c),
+        step | w,
+        x,
+        sum | _mm256_add_epi32(
+            sum,
+            _mm256_madd_epi16(
+                _mm256_add_epi16(
+                    _mm256_maddubs_epi16(w.0, slice(x)),
+                    _mm256_maddubs_epi16(w.1, slice(x.add(16)))
+                ),
+                _mm256_set1_epi16(1)
+            )
+        ),
+        ints | s | s
+    );
     // 8-bit codes would saturate vpmaddubsw, so AVX2 works on the signed weights (code − 128)
     // with the sign trick, |w| × sign(x, w), widening every product to i32, and needs no
     // offset.
@@ -307,8 +414,9 @@ mod x86 {
         "avx2,fma,f16c",
         CodeWidth::Eight,
         Offset::None,
-        expand | p | {
-            let signed = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi8(-128));
+        expand | block,
+        c | {
+            let signed = _mm256_xor_si256(chunk(block, c), _mm256_set1_epi8(-128));
             (_mm256_sign_epi8(signed, signed), signed)
         },
         step | w,
@@ -327,17 +435,26 @@ mod x86 {
     /// AVX2 emulation of it, so that everything else in them (the layouts, the offsets, the
     /// 128 bias of 8-bit codes) is tested on machines without AVX-512.
     macro_rules! vnni_kernels {
-        ($four:ident, $eight:ident, $features:literal, $dpbusd:path) => {
+        ($four:ident, $five:ident, $eight:ident, $features:literal, $dpbusd:path) => {
             kernel!(
                 $four,
                 $features,
                 CodeWidth::Four,
                 Offset::M,
-                expand | p | {
-                    let packed = _mm256_loadu_si256(p as *const __m256i);
-                    let low = _mm256_set1_epi8(0x0F);
-                    (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low))
-                },
+                expand | block,
+                c | nibbles(chunk(block, c)),
+                step | w,
+                x,
+                sum | $dpbusd($dpbusd(sum, w.0, slice(x)), w.1, slice(x.add(16))),
+                ints | s | s
+            );
+            kernel!(
+                $five,
+                $features,
+                CodeWidth::Five,
+                Offset::M,
+                expand | block,
+                c | five_bit_codes(block, c),
                 step | w,
                 x,
                 sum | $dpbusd($dpbusd(sum, w.0, slice(x)), w.1, slice(x.add(16))),
@@ -350,7 +467,8 @@ mod x86 {
                 $features,
                 CodeWidth::Eight,
                 Offset::Bias128,
-                expand | p | _mm256_loadu_si256(p as *const __m256i),
+                expand | block,
+                c | chunk(block, c),
                 step | w,
                 x,
                 sum | $dpbusd(sum, w, slice(x)),
@@ -360,12 +478,13 @@ mod x86 {
     }
     vnni_kernels!(
         four_vnni,
+        five_vnni,
         eight_vnni,
         "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
         _mm256_dpbusd_epi32
     );
     #[cfg(test)]
-    vnni_kernels!(four_vnni_emulated, eight_vnni_emulated, "avx2,fma,f16c", dpbusd_avx2);
+    vnni_kernels!(four_vnni_emulated, five_vnni_emulated, eight_vnni_emulated, "avx2,fma,f16c", dpbusd_avx2);
 
     /// `_mm256_dpbusd_epi32` with AVX2 only, exactly: bytes widened to 16 bits (`u` zero-,
     /// `s` sign-extended), even and odd bytes multiplied and paired by `vpmaddwd`, so each i32
@@ -397,6 +516,7 @@ mod x86 {
             ($nt:literal) => {
                 match w.width {
                     CodeWidth::Four => four_vnni_emulated::<$nt>(w, a, t0, out),
+                    CodeWidth::Five => five_vnni_emulated::<$nt>(w, a, t0, out),
                     CodeWidth::Eight => eight_vnni_emulated::<$nt>(w, a, t0, out),
                 }
             };
@@ -422,7 +542,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = GROUP * blocks;
         let d = (0..n).map(|_| f16::from_f32(rng.random_range(0.001..0.05))).collect();
-        let m = if width == CodeWidth::Four {
+        let m = if width.has_offset() {
             (0..n).map(|_| f16::from_f32(rng.random_range(-0.4..0.0))).collect()
         } else {
             vec![]
@@ -441,7 +561,7 @@ mod tests {
 
     #[test]
     fn every_simd_path_equals_the_reference() {
-        for width in [CodeWidth::Four, CodeWidth::Eight] {
+        for width in [CodeWidth::Four, CodeWidth::Five, CodeWidth::Eight] {
             for blocks in [1, 18, 48] {
                 let (d, m, codes, a) = case(width, blocks, blocks as u64);
                 let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
@@ -518,12 +638,16 @@ mod tests {
 
     #[test]
     fn saturated_codes_do_not_overflow() {
-        // Every 4-bit code 15 (8-bit: ±127) against activations of all +127 or all −127.
-        for (width, byte) in [(CodeWidth::Four, 0xFFu8), (CodeWidth::Eight, 0xFF), (CodeWidth::Eight, 0x01)] {
+        // Every 4-bit code 15 (5-bit: 31, 8-bit: ±127) against activations of all +127 or all −127.
+        for (width, byte) in [
+            (CodeWidth::Four, 0xFFu8),
+            (CodeWidth::Five, 0xFF),
+            (CodeWidth::Eight, 0xFF),
+            (CodeWidth::Eight, 0x01),
+        ] {
             let blocks = 4;
             let n = GROUP * blocks;
-            let (d, m) =
-                (vec![f16::ONE; n], if width == CodeWidth::Four { vec![f16::ZERO; n] } else { vec![] });
+            let (d, m) = (vec![f16::ONE; n], if width.has_offset() { vec![f16::ZERO; n] } else { vec![] });
             let codes = vec![byte; n * width.bytes_per_block()];
             let a = QuantizedActivations::quantize(
                 &[[1.0f32; BLOCK * 4], [-1.0; BLOCK * 4]].concat(),
@@ -532,6 +656,7 @@ mod tests {
             let w = RowGroup { width, blocks, d: &d, m: &m, codes: &codes };
             let weight = match width {
                 CodeWidth::Four => 15.0,
+                CodeWidth::Five => 31.0,
                 CodeWidth::Eight => byte as f32 - 128.0,
             };
             for (path, _, dot) in paths() {
@@ -555,16 +680,50 @@ mod tests {
 
     #[test]
     fn code_positions_cover_every_code_once() {
-        for width in [CodeWidth::Four, CodeWidth::Eight] {
+        for width in [CodeWidth::Four, CodeWidth::Five, CodeWidth::Eight] {
+            // Bit i of seen[at]: some code uses bit i of byte `at`; no bit twice.
             let mut seen = vec![0u8; GROUP * width.bytes_per_block()];
+            let mut claim = |at: usize, bits: u8| {
+                assert_eq!(seen[at] & bits, 0, "{width:?}: byte {at} bits {bits:#x} used twice");
+                seen[at] |= bits;
+            };
             for r in 0..GROUP {
                 for j in 0..BLOCK {
                     let (at, high) = code_position(width, r, j);
-                    seen[at] += if high { 2 } else { 1 };
+                    claim(
+                        at,
+                        if width == CodeWidth::Eight {
+                            0xFF
+                        } else if high {
+                            0xF0
+                        } else {
+                            0x0F
+                        },
+                    );
+                    if width == CodeWidth::Five {
+                        let (byte, bit) = fifth_bit_position(r, j);
+                        claim(byte, 1 << bit);
+                    }
                 }
             }
-            let want = if width == CodeWidth::Four { 3 } else { 1 };
-            assert!(seen.iter().all(|&n| n == want), "{width:?}: {seen:?}");
+            assert!(seen.iter().all(|&n| n == 0xFF), "{width:?}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn five_bit_codes_read_their_fifth_bit() {
+        // One byte of fifth bits set at a time: exactly the codes it names gain 16.
+        let mut codes = vec![0u8; GROUP * CodeWidth::Five.bytes_per_block()];
+        for r in 0..GROUP {
+            for j in 0..BLOCK {
+                let (byte, bit) = fifth_bit_position(r, j);
+                codes[byte] = 1 << bit;
+                for (rr, jj) in (0..GROUP).flat_map(|rr| (0..BLOCK).map(move |jj| (rr, jj))) {
+                    let want = if (rr, jj) == (r, j) { 16 } else { 0 };
+                    assert_eq!(stored_code(CodeWidth::Five, &codes, rr, jj), want, "set ({r}, {j})");
+                }
+                codes[byte] = 0;
+            }
         }
     }
 

@@ -8,12 +8,13 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::activations::QuantizedActivations;
-use super::dot::{code_position, group_dot, max_tokens_per_call, CodeWidth, RowGroup, GROUP};
+use super::dot::{chunk_position, group_dot, max_tokens_per_call, stored_code, CodeWidth, RowGroup, GROUP};
 use super::{Isa, BLOCK};
 
 /// The GGUF block formats these kernels take. Each is repacked per 32 values into one of the
-/// two kernel forms ([`CodeWidth`]): exactly where the format's values are already
-/// `(code − 128)·d` or `code·d + m` with an f16 scale, else requantized to 8 bits per 32 values
+/// kernel forms ([`CodeWidth`]): exactly where the format's values are already
+/// `(code − 128)·d` or `code·d + m` (4- or 5-bit codes) with an f16 scale per 32 values, else
+/// requantized to 8 bits per 32 values
 /// (error at most 1/254 of the block's largest weight: finer than every such source's own step,
 /// and as llama.cpp's own dot products quantize activations to 8 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +23,9 @@ pub enum WeightFormat {
     Q4_0,
     /// 20 bytes: f16 d, f16 m, 16 bytes of nibbles; w = q·d + m.
     Q4_1,
-    /// 22 bytes: f16 d, 32 fifth bits, nibbles; w = (q − 16)·d. Exact in 8 bits.
+    /// 22 bytes: f16 d, 32 fifth bits, nibbles; w = (q − 16)·d. Exact in 5 bits.
     Q5_0,
-    /// 24 bytes: f16 d, f16 m, 32 fifth bits, nibbles; w = q·d + m. Requantized.
+    /// 24 bytes: f16 d, f16 m, 32 fifth bits, nibbles; w = q·d + m. Exact in 5 bits.
     Q5_1,
     /// 34 bytes: f16 d, 32 signed bytes; w = q·d.
     Q8_0,
@@ -37,7 +38,8 @@ pub enum WeightFormat {
     /// 144 bytes per 256 values: f16 d, f16 dmin, 6-bit scales and mins of eight 32-value
     /// sub-blocks, nibbles; w = q·(d·sc) − dmin·m. Repacked exactly as eight Q4_1-like blocks.
     Q4K,
-    /// 176 bytes per 256 values: Q4_K's layout with a fifth bit per value. Requantized.
+    /// 176 bytes per 256 values: Q4_K's layout with a fifth bit per value. Repacked exactly as
+    /// eight Q5_1-like blocks, scales rounded to f16 as Q4_K's.
     Q5K,
     /// 210 bytes per 256 values: 6-bit codes, sixteen i8 scales of 16 values, f16 d;
     /// w = d·sc·(q − 32). Requantized.
@@ -93,6 +95,7 @@ impl WeightFormat {
     const fn width(self) -> CodeWidth {
         match self {
             WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q4K => CodeWidth::Four,
+            WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => CodeWidth::Five,
             _ => CodeWidth::Eight,
         }
     }
@@ -118,10 +121,18 @@ impl WeightFormat {
             }
             WeightFormat::Q5_0 => {
                 let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                for (i, c) in dst.iter_mut().enumerate() {
-                    *c = (five_bit_code(&b[6..22], high, i) as i32 - 16 + 128) as u8;
-                }
-                (raw(0), f16::ZERO)
+                pack_five_bit_codes(|i| five_bit_code(&b[6..22], high, i), dst);
+                (raw(0), to_f16(-16.0 * half(0))?)
+            }
+            WeightFormat::Q5_1 => {
+                let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                pack_five_bit_codes(|i| five_bit_code(&b[8..24], high, i), dst);
+                (raw(0), raw(2))
+            }
+            WeightFormat::Q5K => {
+                let (sc, mn) = q4k_scale_min(k, &b[4..16]);
+                pack_five_bit_codes(|i| q5k_code(b, k, i), dst);
+                (to_f16(half(0) * sc as f32)?, to_f16(-(half(2) * mn as f32))?)
             }
             WeightFormat::IQ4NL => {
                 iq4_codes(&b[2..18], dst);
@@ -155,15 +166,7 @@ impl WeightFormat {
     /// The 32 values of kernel block `k` of GGUF block `b`, by GGML's dequantization formula:
     /// for the formats repacked by requantizing, and as the reference in tests.
     fn values(self, b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
-        let half = |at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
         match self {
-            WeightFormat::Q5_1 => {
-                let (d, m) = (half(0), half(2));
-                let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                for (i, v) in out.iter_mut().enumerate() {
-                    *v = five_bit_code(&b[8..24], high, i) as f32 * d + m;
-                }
-            }
             WeightFormat::Q2K => q2k_values(b, k, out),
             WeightFormat::Q3K => q3k_values(b, k, out),
             WeightFormat::Q5K => q5k_values(b, k, out),
@@ -186,14 +189,17 @@ impl WeightFormat {
             exact => {
                 // The exactly repacked formats: their values are their codes times their scales.
                 let mut codes = [0u8; BLOCK];
-                let cb = exact.width().bytes_per_block();
+                let width = exact.width();
+                let cb = width.bytes_per_block();
                 let (d, m) = exact.unpack(b, k, &mut codes[..cb]).unwrap_or((f16::ZERO, f16::ZERO));
+                // The unpacked chunks spread to row 0 of a group, to be read as the kernels do.
+                let mut group = [0u8; GROUP * BLOCK];
+                for (c, chunk) in codes[..cb].chunks_exact(4).enumerate() {
+                    group[chunk_position(0, c)..chunk_position(0, c) + 4].copy_from_slice(chunk);
+                }
                 for (i, v) in out.iter_mut().enumerate() {
-                    let code = match exact.width() {
-                        CodeWidth::Four if i < 16 => (codes[i] & 0xF) as f32,
-                        CodeWidth::Four => (codes[i - 16] >> 4) as f32,
-                        CodeWidth::Eight => codes[i] as f32 - 128.0,
-                    };
+                    let code = stored_code(width, &group, 0, i) as f32;
+                    let code = if width.has_offset() { code } else { code - 128.0 };
                     *v = code * d.to_f32() + m.to_f32();
                 }
             }
@@ -206,6 +212,20 @@ impl WeightFormat {
 fn five_bit_code(nibbles: &[u8], high: u32, i: usize) -> u8 {
     let nibble = if i < 16 { nibbles[i] & 0xF } else { nibbles[i - 16] >> 4 };
     nibble | ((((high >> i) & 1) as u8) << 4)
+}
+
+/// 5-bit codes `code(0..32)` as one row's block of [`CodeWidth::Five`]: bytes 0..16 their
+/// nibbles (code i low, code i + 16 high), bytes 16..20 their fifth bits, chunk by chunk as the
+/// group layout wants them (bit c of byte i: code 4c + i; bit 4 + c: code 16 + 4c + i).
+fn pack_five_bit_codes(code: impl Fn(usize) -> u8, dst: &mut [u8]) {
+    dst.fill(0);
+    for i in 0..BLOCK {
+        let (element, high) = (i % 16, i >= 16);
+        let q = code(i);
+        dst[element] |= (q & 0xF) << if high { 4 } else { 0 };
+        let bit = (element / 4) as u32 + if high { 4 } else { 0 };
+        dst[16 + element % 4] |= ((q >> 4) & 1) << bit;
+    }
 }
 
 /// IQ4 nibbles (low nibbles are values 0..16, high ones 16..32) as biased 8-bit codes.
@@ -269,18 +289,22 @@ fn q3k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
     }
 }
 
-/// The 32 values of kernel block `k` of a Q5_K block.
+/// The 32 values of kernel block `k` of a Q5_K block, by GGML's formula (the tests' reference).
 fn q5k_values(b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
     let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
     let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
     let (sc, mn) = q4k_scale_min(k, &b[4..16]);
-    let (qh, qs) = (&b[16..48], &b[48..176]);
-    let nibbles = &qs[32 * (k / 2)..32 * (k / 2) + 32];
     for (l, v) in out.iter_mut().enumerate() {
-        let low = if k.is_multiple_of(2) { nibbles[l] & 0xF } else { nibbles[l] >> 4 };
-        let q = low | (((qh[l] >> k) & 1) << 4);
-        *v = d * sc as f32 * q as f32 - dmin * mn as f32;
+        *v = d * sc as f32 * q5k_code(b, k, l) as f32 - dmin * mn as f32;
     }
+}
+
+/// Code `l` of sub-block `k` of a Q5_K block: a nibble of the 32 bytes sub-blocks 2j and
+/// 2j + 1 share (low, then high), and bit k of the l-th high-bit byte.
+fn q5k_code(b: &[u8], k: usize, l: usize) -> u8 {
+    let (qh, nibbles) = (&b[16..48], &b[48 + 32 * (k / 2)..48 + 32 * (k / 2) + 32]);
+    let low = if k.is_multiple_of(2) { nibbles[l] & 0xF } else { nibbles[l] >> 4 };
+    low | (((qh[l] >> k) & 1) << 4)
 }
 
 /// The 6-bit scale and min of Q4_K sub-block `j` from the 12 packed bytes.
@@ -414,7 +438,7 @@ impl MatrixShape {
     fn lens(&self) -> [usize; 3] {
         let slots = self.rows.div_ceil(GROUP) * GROUP * (self.cols / BLOCK);
         let width = self.format.width();
-        [slots, if width == CodeWidth::Four { slots } else { 0 }, slots * width.bytes_per_block()]
+        [slots, if width.has_offset() { slots } else { 0 }, slots * width.bytes_per_block()]
     }
 }
 
@@ -489,7 +513,7 @@ impl WeightSpace {
         }
         let width = format.width();
         let cb = width.bytes_per_block();
-        let has_m = width == CodeWidth::Four;
+        let has_m = width.has_offset();
         let ([d0, m0, c0], [dn, mn, cn]) = (self.starts[i], self.shapes[i].lens());
         let (d, m, codes) =
             (&mut self.d[d0..d0 + dn], &mut self.m[m0..m0 + mn], &mut self.codes[c0..c0 + cn]);
@@ -523,11 +547,10 @@ impl WeightSpace {
                             let block = gguf_block * format.kernel_blocks() + k;
                             let slot = block * GROUP + r;
                             let (scale, offset) = format.unpack(b, k, &mut unpacked[..cb])?;
-                            // Byte i of an unpacked block holds code i (and i + 16, 4-bit);
-                            // four consecutive codes stay together.
+                            // An unpacked block's 4-byte chunks go to their places in the group.
                             let block_codes = &mut codes[block * GROUP * cb..(block + 1) * GROUP * cb];
                             for (c, bytes) in unpacked[..cb].chunks_exact(4).enumerate() {
-                                let at = code_position(width, r, 4 * c).0;
+                                let at = chunk_position(r, c);
                                 block_codes[at..at + 4].copy_from_slice(bytes);
                             }
                             d[slot] = scale;
@@ -653,13 +676,10 @@ impl QuantMatrix {
             let slot = (group * bpr + block) * GROUP;
             let codes = &self.codes[slot * cb..(slot + GROUP) * cb];
             let d = self.d[slot + lane].to_f32();
-            let m = if width == CodeWidth::Four { self.m[slot + lane].to_f32() } else { 0.0 };
+            let m = if width.has_offset() { self.m[slot + lane].to_f32() } else { 0.0 };
             for (j, o) in dst.iter_mut().enumerate() {
-                let (at, high) = code_position(width, lane, j);
-                *o = match width {
-                    CodeWidth::Four => (if high { codes[at] >> 4 } else { codes[at] & 0x0F }) as f32 * d + m,
-                    CodeWidth::Eight => (codes[at] as i32 - 128) as f32 * d,
-                };
+                let code = stored_code(width, codes, lane, j) as f32;
+                *o = if width.has_offset() { code * d + m } else { (code - 128.0) * d };
             }
         }
     }
@@ -900,12 +920,17 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             let ours = m.dequantize();
-            // Q4_0, Q4_1, Q5_0 and Q8_0 keep their f16 scales: exact. Q4_K's products of two
-            // scales round to f16 (2⁻¹¹ of each term). The others are requantized to 8 bits per
-            // 32 values: within half a step of the block's scale, plus its f16 rounding.
+            // Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 keep their f16 scales: exact. Q4_K's and Q5_K's
+            // products of two scales round to f16 (2⁻¹¹ of each term). The others are
+            // requantized to 8 bits per 32 values: within half a step of the block's scale, plus
+            // its f16 rounding.
             let (bound, rounding) = match format {
-                WeightFormat::Q4K => (0.0, 1.0 / 512.0),
-                WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q8_0 => {
+                WeightFormat::Q4K | WeightFormat::Q5K => (0.0, 1.0 / 512.0),
+                WeightFormat::Q4_0
+                | WeightFormat::Q4_1
+                | WeightFormat::Q5_0
+                | WeightFormat::Q5_1
+                | WeightFormat::Q8_0 => {
                     assert_eq!(ours, theirs, "{format:?}: repacking is exact");
                     continue;
                 }

@@ -2,8 +2,8 @@
 //! Q8_0 path leaves most of the machine idle on small models).
 //!
 //! Weights are repacked at load with f16 scales, per block of 32: Q4_0 and Q4_1 become 4-bit
-//! codes with `w = code·d + m` (Q4_0's `m` is `−8d`), Q8_0 becomes bytes biased by 128 with
-//! `w = (code − 128)·d`. Activations are quantized per block to i8 with a scale and their sum,
+//! codes with `w = code·d + m` (Q4_0's `m` is `−8d`), Q5_0 and Q5_1 5-bit codes the same way,
+//! Q8_0 becomes bytes biased by 128 with `w = (code − 128)·d`. Activations are quantized per block to i8 with a scale and their sum,
 //! so a block's product is `d_w·d_x·Σ code·q_x + m_w·d_x·Σ q_x`: integer dot products and one
 //! float multiply-add per block. Rows are interleaved in groups of eight, one vector lane per
 //! row (see [`dot::code_position`]): a broadcast slice of activations meets eight rows at once,
