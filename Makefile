@@ -163,15 +163,29 @@ server-test: model server
 	  python3 -m pip install --quiet --disable-pip-version-check "$(OPENAI_PY)" pytest
 	MAZE_SERVER_BIN="$(CURDIR)/$(LIBDIR)/maze-server" MAZE_MODEL="$(MODEL)" python3 -m pytest -q tests/python
 
-# Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
-# build fails the benchmark still runs and the report says llama.cpp was not measured.
 # The GPU build (not part of `make test`: CI has no GPU, and nvcc takes ~20 min cold).
 cuda:
 	bash scripts/build-cuda.sh
 
-bench: model
-	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
-	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
+# Measures every model in the cache (the default one is fetched first), one after the other, each
+# beside llama.cpp's llama-bench in the same run, and writes docs/benchmarks/NAME.md per model and
+# their summary docs/BENCHMARKS.md. llama-bench is built once (cached); if that build fails the
+# benchmark still runs and the reports say llama.cpp was not measured.
+#   BENCH_RUNS     measured runs of each measure (after one warm-up run)
+#   BENCH_MODELS   the models to measure when cached, as scripts/fetch-model.sh names them
+BENCH_RUNS ?= 5
+BENCH_MODELS ?= $(shell scripts/fetch-model.sh --list)
+bench:
+	@scripts/fetch-model.sh >/dev/null
+	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; suite=; \
+	for name in $(BENCH_MODELS); do \
+	  path="$$(scripts/fetch-model.sh --path "$$name")" || exit 1; \
+	  if [ -f "$$path" ]; then suite="$${suite:+$$suite,}$$name=$$path"; \
+	  else echo "bench: $$name is not in the cache (scripts/fetch-model.sh $$name fetches it): skipped"; fi; \
+	done; \
+	test -n "$$suite" || { echo "error: none of $(BENCH_MODELS) is in the cache" >&2; exit 1; }; \
+	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --suite "$$suite" --runs $(BENCH_RUNS) \
+	  $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean
