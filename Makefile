@@ -1,8 +1,8 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: format and lint gate, Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind), Go and Zig tests,
-#               the official OpenAI Python client against maze-server
+#               (shared and static library, AddressSanitizer, valgrind, a chat with each real model),
+#               Go and Zig tests, the official OpenAI Python client against maze-server
 # Both are idempotent: they fetch and build only what is missing.
 
 SHELL := /bin/bash
@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind server go-test zig-test server-test pkgconfig bench cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -82,17 +82,20 @@ $(BUILD)/quickstart: examples/c/quickstart.c include/maze.h lib | $(BUILD)
 $(BUILD)/tiny-model.gguf: lib | $(BUILD)
 	$(CARGO) run --release --quiet $(TOOL_FEATURES) --example make-tiny-model -- $@
 
-$(BUILD)/test_api_shared: tests/c/test_api.c include/maze.h lib | $(BUILD)
+$(BUILD)/test_api_shared: tests/c/test_api.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
 # The .a path is given explicitly: -lmaze would pick the .so sitting beside it.
-$(BUILD)/test_api_static: tests/c/test_api.c include/maze.h lib | $(BUILD)
+$(BUILD)/test_api_static: tests/c/test_api.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) -pthread $< $(LIBDIR)/libmaze.a $(STATIC_LIBS) -o $@
 
-$(BUILD)/test_api_asan: tests/c/test_api.c include/maze.h lib | $(BUILD)
+$(BUILD)/test_api_asan: tests/c/test_api.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) -pthread -fsanitize=address,undefined -fno-omit-frame-pointer $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
-c-test: c-test-shared c-test-static c-test-asan c-test-valgrind
+$(BUILD)/test_real_model: tests/c/test_real_model.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test: c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models
 
 c-test-shared: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	$(BUILD)/test_api_shared "$(MODEL)"
@@ -103,6 +106,13 @@ c-test-static: $(BUILD)/test_api_static
 
 c-test-asan: $(BUILD)/test_api_asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_api_asan "$(MODEL)"
+
+# A C program chats with each real model, plainly and under a JSON schema. Gemma 3 270M is a base
+# model: --base checks only that it answers, and that its JSON obeys the schema.
+c-test-real-models: $(BUILD)/test_real_model
+	$(BUILD)/test_real_model "$(MODEL)"
+	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh qwen2.5-coder)"
+	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh gemma3)" --base
 
 # valgrind runs the whole API suite on a tiny random-weight model (the real one is too slow
 # under emulation); it must report no errors and no definite leaks.
@@ -153,15 +163,29 @@ server-test: model server
 	  python3 -m pip install --quiet --disable-pip-version-check "$(OPENAI_PY)" pytest
 	MAZE_SERVER_BIN="$(CURDIR)/$(LIBDIR)/maze-server" MAZE_MODEL="$(MODEL)" python3 -m pytest -q tests/python
 
-# Builds llama.cpp's llama-bench once (cached) to measure it beside Maze in the same run; if that
-# build fails the benchmark still runs and the report says llama.cpp was not measured.
 # The GPU build (not part of `make test`: CI has no GPU, and nvcc takes ~20 min cold).
 cuda:
 	bash scripts/build-cuda.sh
 
-bench: model
-	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; \
-	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --model "$(MODEL)" $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
+# Measures every model in the cache (the default one is fetched first), one after the other, each
+# beside llama.cpp's llama-bench in the same run, and writes docs/benchmarks/NAME.md per model and
+# their summary docs/BENCHMARKS.md. llama-bench is built once (cached); if that build fails the
+# benchmark still runs and the reports say llama.cpp was not measured.
+#   BENCH_RUNS     measured runs of each measure (after one warm-up run)
+#   BENCH_MODELS   the models to measure when cached, as scripts/fetch-model.sh names them
+BENCH_RUNS ?= 5
+BENCH_MODELS ?= $(shell scripts/fetch-model.sh --list)
+bench:
+	@scripts/fetch-model.sh >/dev/null
+	@llama_bench="$$(bash scripts/build-llama-bench.sh || true)"; suite=; \
+	for name in $(BENCH_MODELS); do \
+	  path="$$(scripts/fetch-model.sh --path "$$name")" || exit 1; \
+	  if [ -f "$$path" ]; then suite="$${suite:+$$suite,}$$name=$$path"; \
+	  else echo "bench: $$name is not in the cache (scripts/fetch-model.sh $$name fetches it): skipped"; fi; \
+	done; \
+	test -n "$$suite" || { echo "error: none of $(BENCH_MODELS) is in the cache" >&2; exit 1; }; \
+	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --suite "$$suite" --runs $(BENCH_RUNS) \
+	  $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

