@@ -427,23 +427,29 @@ fn print_load(fresh: f64, again: f64, runs: usize) {
     println!("load         {fresh:.0} ms in a fresh process, {again:.0} ms again in the same process (medians of {runs}, page cache warm)");
 }
 
-/// The load time of a fresh process (what an application pays): this program run `runs` times
-/// with `--one-load`, median.
-fn fresh_process_load(args: &Args) -> f64 {
+/// What a fresh process pays to load (what an application pays), medians of this program run
+/// `runs` times with `--one-load`: the load time, and resident memory before and after it (a
+/// fresh process, so no earlier model of a `--suite` run is counted).
+fn fresh_process_load(args: &Args) -> [f64; 3] {
     let exe = std::env::current_exe().expect("own path");
-    let times = (0..args.runs)
+    let measures: Vec<[f64; 3]> = (0..args.runs.max(1))
         .map(|_| {
             let out = std::process::Command::new(&exe)
                 .args(["--model", args.model_path(), "--threads", &args.threads.to_string(), "--one-load"])
                 .output()
                 .expect("run maze-bench --one-load");
-            String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap_or_else(|_| {
-                eprintln!("error: maze-bench --one-load printed {:?}", String::from_utf8_lossy(&out.stderr));
+            let printed = String::from_utf8_lossy(&out.stdout);
+            let numbers: Vec<f64> = printed.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            <[f64; 3]>::try_from(numbers).unwrap_or_else(|_| {
+                eprintln!(
+                    "error: maze-bench --one-load printed {printed:?} {:?}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 std::process::exit(1);
             })
         })
         .collect();
-    median(times)
+    std::array::from_fn(|i| median(measures.iter().map(|m| m[i]).collect()))
 }
 
 fn print_concurrent(sessions: usize, decode: f64, end_to_end: f64, runs: usize) {
@@ -524,10 +530,12 @@ fn engine_config(args: &Args) -> EngineConfig {
     }
 }
 
+/// Prints the load's milliseconds and the resident MiB before and after it.
 fn print_one_load(config: &EngineConfig) {
+    let rss_before = rss_mib();
     let t = Instant::now();
     let engine = load_or_exit(config);
-    println!("{}", t.elapsed().as_secs_f64() * 1e3);
+    println!("{} {rss_before} {}", t.elapsed().as_secs_f64() * 1e3, rss_mib());
     drop(engine);
 }
 
@@ -540,7 +548,7 @@ fn print_sessions_only(config: &EngineConfig, args: &Args, counts: &[usize]) {
     }
 }
 
-/// Load times (ms, medians) and resident memory (MiB) around the first load.
+/// Load times (ms, medians) and resident memory (MiB) around a load in a fresh process.
 struct LoadNumbers {
     fresh_ms: f64,
     again_ms: f64,
@@ -551,21 +559,16 @@ struct LoadNumbers {
 /// The first load warms the page cache; the median of the rest is reported, and the median of
 /// as many fresh processes. Returns the last engine loaded.
 fn measure_load(config: &EngineConfig, args: &Args) -> (Engine, LoadNumbers) {
-    let rss_before = rss_mib();
-    let mut rss_loaded = 0.0;
     let mut loads = Vec::new();
     let mut engine = None;
     for _ in 0..=args.runs {
         let t = Instant::now();
         let e = load_or_exit(config);
         loads.push(t.elapsed().as_secs_f64() * 1e3);
-        if engine.is_none() {
-            rss_loaded = rss_mib();
-        }
         engine = Some(e);
     }
     loads.remove(0);
-    let fresh_ms = fresh_process_load(args);
+    let [fresh_ms, rss_before, rss_loaded] = fresh_process_load(args);
     let load = LoadNumbers { fresh_ms, again_ms: median(loads), rss_before, rss_loaded };
     (engine.expect("loaded"), load)
 }
@@ -727,7 +730,7 @@ fn print_report(r: &Report, args: &Args) {
     }
     println!("decode       {tg:.1} tokens/s ({gen:.0} generated tokens, median of {})", args.runs);
     println!(
-        "memory       RSS {:.0} MiB before load, {:.0} MiB after the first load ({:.0} MiB file), {:.0} MiB after the runs",
+        "memory       RSS {:.0} MiB before load, {:.0} MiB after it (a fresh process; {:.0} MiB file), {:.0} MiB in this process after the runs",
         r.load.rss_before, r.load.rss_loaded, r.file_mib, r.rss_after_runs
     );
     for (n, decode, end_to_end) in &r.concurrent {
@@ -943,9 +946,9 @@ fn doc_load(r: &Report, args: &Args) -> String {
          | measure | value |\n|---|---|\n\
          | load (`Engine::load`, file in the page cache), first in a fresh process | {fresh_load_ms:.0} ms |\n\
          | load again in the same process | {load_ms:.0} ms |\n\
-         | resident memory before loading | {rss_before:.0} MiB |\n\
-         | resident memory after loading (goal, issue 19: ≤ the GGUF file, {file:.0} MiB, + 64 MiB = {bound:.0} MiB) | {rss_loaded:.0} MiB |\n\
-         | resident memory after the single-stream runs (the engine was loaded {loads} times for the load timing and {sessions} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n",
+         | resident memory of a fresh process before loading | {rss_before:.0} MiB |\n\
+         | resident memory of that process after loading (goal, issue 19: ≤ the GGUF file, {file:.0} MiB, + 64 MiB = {bound:.0} MiB) | {rss_loaded:.0} MiB |\n\
+         | resident memory of the benchmark process after the single-stream runs (earlier models of the run included; the engine was loaded {loads} times for the load timing and {sessions} sessions came and went; the allocator keeps some freed memory) | {rss_after_runs:.0} MiB |\n\n",
         file = r.file_mib,
         bound = rss_bound_mib(r),
         loads = args.runs + 1,
