@@ -108,9 +108,10 @@ c-test-asan: $(BUILD)/test_api_asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_api_asan "$(MODEL)"
 
 # A C program chats with each real model, plainly and under a JSON schema. Gemma 3 270M is a base
-# model: --base checks only that it answers, and that its JSON obeys the schema.
+# model, and SmolLM2-135M's first answer token is a near tie (26%): --base checks only that they
+# answer, and that their JSON obeys the schema (tests/default_model.rs covers SmolLM2's answers).
 c-test-real-models: $(BUILD)/test_real_model
-	$(BUILD)/test_real_model "$(MODEL)"
+	$(BUILD)/test_real_model "$(MODEL)" --base
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh qwen2.5-coder)"
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh gemma3)" --base
 
