@@ -8,7 +8,10 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::activations::QuantizedActivations;
-use super::dot::{chunk_position, group_dot, max_tokens_per_call, stored_code, CodeWidth, RowGroup, GROUP};
+use super::dot::{
+    chunk_position, fifth_bit_position, group_dot, max_tokens_per_call, stored_code, CodeWidth, RowGroup,
+    GROUP,
+};
 use super::{Isa, BLOCK};
 
 /// The GGUF block formats these kernels take. Each is repacked per 32 values into one of the
@@ -223,8 +226,10 @@ fn pack_five_bit_codes(code: impl Fn(usize) -> u8, dst: &mut [u8]) {
         let (element, high) = (i % 16, i >= 16);
         let q = code(i);
         dst[element] |= (q & 0xF) << if high { 4 } else { 0 };
-        let bit = (element / 4) as u32 + if high { 4 } else { 0 };
-        dst[16 + element % 4] |= ((q >> 4) & 1) << bit;
+        // Row 0's place in the group's fifth-bit chunk: the byte's offset within its 4-byte
+        // slice is the unpacked chunk's byte.
+        let (byte, bit) = fifth_bit_position(0, i);
+        dst[BLOCK / 2 + byte % 4] |= ((q >> 4) & 1) << bit;
     }
 }
 
