@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::model::gguf::GgmlType;
 use crate::model::tokenizer::byte_level_chars;
 
 /// ChatML, as SmolLM2 uses.
@@ -35,6 +36,11 @@ pub struct TinyModel {
     /// Per-matrix formats instead of `weight_dtype`, by name within a layer ("attn_v", as
     /// Q4_K_M files keep V in Q6_K).
     pub dtype_overrides: Vec<(String, GgmlDType)>,
+    /// Every matrix as random blocks of this type instead of `weight_dtype` (for the types
+    /// candle cannot quantize to: IQ4_NL, IQ4_XS), written as they are or, with
+    /// `dequantized_matrices`, as the F32 values they decode to.
+    pub raw_matrix_type: Option<GgmlType>,
+    pub dequantized_matrices: bool,
     /// The layout of the file, beyond what its architecture's family implies (Q/K norms and
     /// sandwich norms are written wherever the family has them).
     pub layout: TinyLayout,
@@ -95,6 +101,8 @@ impl Default for TinyModel {
             tokenizer_metadata: true,
             weight_dtype: GgmlDType::Q8_0,
             dtype_overrides: Vec::new(),
+            raw_matrix_type: None,
+            dequantized_matrices: false,
             layout: TinyLayout::default(),
             extra_metadata: Vec::new(),
             extra_tensors: Vec::new(),
@@ -129,26 +137,33 @@ impl TinyModel {
         let dtype_of = |name: &str| {
             self.dtype_overrides.iter().find(|(n, _)| n == name).map_or(self.weight_dtype, |o| o.1)
         };
-        let mut random_as =
-            |name: &str, rows: usize, cols: usize, scale: f32| -> candle_core::Result<QTensor> {
-                let scale = if self.zeroed.iter().any(|z| z == name) { 0.0 } else { scale };
-                let data: Vec<f32> =
-                    (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
-                QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))
-            };
+        let mut random_as = |name: &str,
+                             rows: usize,
+                             cols: usize,
+                             scale: f32|
+         -> candle_core::Result<RawTensor> {
+            let scale = if self.zeroed.iter().any(|z| z == name) { 0.0 } else { scale };
+            if let Some(ggml_type) = self.raw_matrix_type {
+                let raw = random_blocks(&mut rng, ggml_type, rows, cols, scale);
+                return Ok(if self.dequantized_matrices { raw.dequantized() } else { raw });
+            }
+            let data: Vec<f32> =
+                (0..rows * cols).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
+            RawTensor::of(&QTensor::quantize(&Tensor::from_vec(data, (rows, cols), &dev)?, dtype_of(name))?)
+        };
         let layout = self.layout;
         let family = crate::model::transformer::Family::of(&self.architecture);
         let (qk_norm, sandwich) = family.map_or((false, false), |f| (f.qk_norm, f.sandwich_norms));
         let mut norm_rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed);
-        let mut vector = |n: usize, around: f32, spread: f32| -> candle_core::Result<QTensor> {
+        let mut vector = |n: usize, around: f32, spread: f32| -> candle_core::Result<RawTensor> {
             let data: Vec<f32> =
                 (0..n).map(|_| around + (norm_rng.random::<f32>() * 2.0 - 1.0) * spread).collect();
-            QTensor::quantize(&Tensor::from_vec(data, n, &dev)?, GgmlDType::F32)
+            Ok(RawTensor::f32(&data))
         };
         let norm_spread = if layout.random_norms { 0.3 } else { 0.0 };
         let head_dim = layout.head_dim.unwrap_or(self.dim / self.n_heads);
         let (q_dim, kv_dim) = (self.n_heads * head_dim, self.n_kv_heads * head_dim);
-        let mut tensors: Vec<(String, QTensor)> = vec![
+        let mut tensors: Vec<(String, RawTensor)> = vec![
             // Small enough that logits stay flat: different seeds must give different samples.
             ("token_embd.weight".into(), random_as("token_embd", n_vocab, self.dim, 0.2)?),
             ("output_norm.weight".into(), vector(self.dim, 1.0, norm_spread)?),
@@ -195,8 +210,7 @@ impl TinyModel {
             ));
         }
         for (name, values) in &self.extra_tensors {
-            let t = Tensor::from_vec(values.clone(), values.len(), &dev)?;
-            tensors.push((name.clone(), QTensor::quantize(&t, GgmlDType::F32)?));
+            tensors.push((name.clone(), RawTensor::f32(values)));
         }
         tensors.retain(|(name, _)| !self.omit_tensors.contains(name));
         let types: Vec<Value> = (0..n_vocab)
@@ -249,22 +263,148 @@ impl TinyModel {
             metadata.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
         }
         let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-        candle_core::quantized::gguf_file::write(&mut file, &md, &ts)?;
-        use std::io::Write;
-        file.flush()?;
+        let ts: Vec<(&str, &RawTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        write_gguf(path, &md, &ts)?;
         Ok(())
     }
+}
+
+/// A tensor as a GGUF file stores it, of any ggml type (candle's `QTensor` has no IQ types).
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub ggml_type: GgmlType,
+    /// Outermost first.
+    pub dims: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn of(tensor: &QTensor) -> candle_core::Result<Self> {
+        let ggml_type = GgmlType::of_candle(tensor.dtype());
+        Ok(Self { ggml_type, dims: tensor.shape().dims().to_vec(), bytes: tensor.data()?.to_vec() })
+    }
+
+    pub fn f32(values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self { ggml_type: GgmlType::F32, dims: vec![values.len()], bytes }
+    }
+
+    /// The same values as F32, decoded by the kernels' dequantization (tested against GGML's).
+    pub fn dequantized(&self) -> Self {
+        let format = crate::model::transformer::weight_format(self.ggml_type).expect("a kernel format");
+        let bytes = format.dequantize(&self.bytes).iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self { ggml_type: GgmlType::F32, dims: self.dims.clone(), bytes }
+    }
+}
+
+/// Random blocks of `ggml_type` whose values stay within about `scale`: random codes and
+/// sub-block scales, the block scale set from `scale`. Types without a case here get random
+/// bytes with zero block scales (for files that must only be refused).
+pub fn random_blocks(
+    rng: &mut ChaCha8Rng,
+    ggml_type: GgmlType,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> RawTensor {
+    let blocks = rows * cols / ggml_type.block_values();
+    let size = ggml_type.block_bytes();
+    let mut bytes: Vec<u8> = (0..blocks * size).map(|_| rng.random()).collect();
+    // IQ4's largest code is 127 in magnitude; IQ4_XS's sub-block scales reach 32.
+    let d = match ggml_type {
+        GgmlType::IQ4NL => scale / 127.0,
+        GgmlType::IQ4XS => scale / (127.0 * 32.0),
+        _ => 0.0,
+    };
+    for block in bytes.chunks_exact_mut(size) {
+        block[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+    }
+    RawTensor { ggml_type, dims: vec![rows, cols], bytes }
+}
+
+/// GGUF's number for a metadata value's type.
+fn value_type_id(value: &Value) -> u32 {
+    match value {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::U8(v) => out.push(*v),
+        Value::I8(v) => out.push(*v as u8),
+        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::Bool(v) => out.push(*v as u8),
+        Value::String(v) => put_string(out, v),
+        Value::Array(items) => {
+            let element = items.first().map_or(0, value_type_id);
+            out.extend_from_slice(&element.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| put_value(out, item));
+        }
+        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+    }
+}
+
+/// Writes a GGUF (version 3, alignment 32) of any tensor types.
+pub fn write_gguf(
+    path: &Path,
+    metadata: &[(&str, &Value)],
+    tensors: &[(&str, &RawTensor)],
+) -> std::io::Result<()> {
+    const ALIGNMENT: usize = 32;
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut out, key);
+        out.extend_from_slice(&value_type_id(value).to_le_bytes());
+        put_value(&mut out, value);
+    }
+    let mut offset = 0usize;
+    for (name, tensor) in tensors {
+        put_string(&mut out, name);
+        out.extend_from_slice(&(tensor.dims.len() as u32).to_le_bytes());
+        tensor.dims.iter().rev().for_each(|&d| out.extend_from_slice(&(d as u64).to_le_bytes()));
+        out.extend_from_slice(&tensor.ggml_type.id().to_le_bytes());
+        out.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += tensor.bytes.len().next_multiple_of(ALIGNMENT);
+    }
+    for (_, tensor) in tensors {
+        out.resize(out.len().next_multiple_of(ALIGNMENT), 0);
+        out.extend_from_slice(&tensor.bytes);
+    }
+    std::fs::write(path, out)
 }
 
 /// Writes a GGUF holding only metadata (no tensors): enough to test tokenizer construction.
 pub fn write_metadata_only(path: &Path, metadata: &[(&str, Value)]) -> candle_core::Result<()> {
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    candle_core::quantized::gguf_file::write(&mut file, &md, &[])?;
-    use std::io::Write;
-    file.flush()?;
+    write_gguf(path, &md, &[])?;
     Ok(())
 }
 

@@ -570,7 +570,7 @@ fn a_panicking_model_fails_the_request_not_the_engine() {
     assert_eq!(bad.error.unwrap().kind(), ErrorKind::Panic);
 }
 
-fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {
+fn try_load_model(path: &Path, tensor_forward: bool) -> Result<Arc<dyn LanguageModel>> {
     let opts = maze::model::LoadOptions {
         model_path: path,
         tokenizer_path: None,
@@ -578,7 +578,11 @@ fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {
         device: candle_core::Device::Cpu,
         tensor_forward,
     };
-    maze::model::load(&opts, &mut |_| true).unwrap().model
+    maze::model::load(&opts, &mut |_| true).map(|m| m.model)
+}
+
+fn load_model(path: &Path, tensor_forward: bool) -> Arc<dyn LanguageModel> {
+    try_load_model(path, tensor_forward).unwrap()
 }
 
 #[test]
@@ -650,6 +654,59 @@ fn mixed_format_layers_run_on_the_native_path() {
         let c =
             maze::testing::compare_forward(native.as_ref(), tensors.as_ref(), &prompt, &[3, 99, 42]).unwrap();
         assert!(c.worst_relative_gap < 0.03 && c.same_argmax == c.steps, "{overrides:?}: {c:?}");
+    }
+}
+
+/// A model of 256-wide matrices in `raw_matrix_type` (every matrix, the embeddings included).
+fn raw_typed(ggml_type: maze::model::gguf::GgmlType, dequantized: bool) -> TinyModel {
+    TinyModel {
+        dim: 256,
+        ffn_dim: 512,
+        n_heads: 4,
+        n_kv_heads: 2,
+        raw_matrix_type: Some(ggml_type),
+        dequantized_matrices: dequantized,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn iq4_models_compute_what_their_weights_decode_to() {
+    use maze::model::gguf::GgmlType;
+    for ggml_type in [GgmlType::IQ4NL, GgmlType::IQ4XS] {
+        let (dir, twin_dir) = (TempDir::new("iq4"), TempDir::new("iq4-f32"));
+        let path = write_tiny(&dir, &raw_typed(ggml_type, false));
+        let twin = write_tiny(&twin_dir, &raw_typed(ggml_type, true));
+        let ours = load_model(&path, false);
+        assert!(ours.info().compute.starts_with("cpu native"), "{ggml_type:?}: {}", ours.info().compute);
+        // Against candle-transformers' Llama on the same weights decoded to F32 (GGML's formula):
+        // ours quantizes activations to 8 bits per 32 and keeps f16 caches (bound as for the
+        // families' references), and IQ4_XS's scale products are rounded to f16.
+        let prompt: Vec<u32> = (0..24).map(|i| (i * 17 % 250) as u32).collect();
+        let reference = maze::testing::reference_steps(&twin).unwrap();
+        let c = maze::testing::compare_steps(
+            maze::testing::model_steps(ours.as_ref()),
+            reference,
+            &prompt,
+            &[3, 99, 42],
+        )
+        .unwrap();
+        assert!(c.worst_relative_gap < 0.03 && c.argmax_in_top3 == c.steps, "{ggml_type:?}: {c:?}");
+        // candle's tensors have no IQ types: the tensor path says so instead of misreading them.
+        let err = try_load_model(&path, true).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.message().contains(&format!("is {}", ggml_type.name())), "{err}");
+    }
+}
+
+#[test]
+fn matrices_of_types_no_path_reads_are_refused_by_type() {
+    let dir = TempDir::new("iq2");
+    let path = write_tiny(&dir, &raw_typed(maze::model::gguf::GgmlType::IQ2XXS, false));
+    let err = try_load_model(&path, false).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    for says in ["is IQ2_XXS, a tensor type Maze does not read", "IQ4_NL, IQ4_XS", "Q4_K"] {
+        assert!(err.message().contains(says), "{says}: {err}");
     }
 }
 

@@ -166,6 +166,22 @@ impl WeightFormat {
         })
     }
 
+    /// Every value of `bytes`, whole GGUF blocks of this format, in order: GGML's dequantization
+    /// (the exactly repacked formats' as repacked: Q4_K's, Q5_K's and IQ4_XS's scale products
+    /// rounded to f16).
+    pub fn dequantize(self, bytes: &[u8]) -> Vec<f32> {
+        let mut out =
+            Vec::with_capacity(bytes.len() / self.gguf_block_bytes() * BLOCK * self.kernel_blocks());
+        for b in bytes.chunks_exact(self.gguf_block_bytes()) {
+            for k in 0..self.kernel_blocks() {
+                let mut v = [0f32; BLOCK];
+                self.values(b, k, &mut v);
+                out.extend_from_slice(&v);
+            }
+        }
+        out
+    }
+
     /// The 32 values of kernel block `k` of GGUF block `b`, by GGML's dequantization formula:
     /// for the formats repacked by requantizing, and as the reference in tests.
     fn values(self, b: &[u8], k: usize, out: &mut [f32; BLOCK]) {
@@ -841,26 +857,13 @@ mod tests {
         q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
-    /// Every value of `format`'s blocks by our formula (`WeightFormat::values`).
-    fn reference_values(format: WeightFormat, bytes: &[u8]) -> Vec<f32> {
-        let mut out = Vec::new();
-        for b in bytes.chunks_exact(format.gguf_block_bytes()) {
-            for k in 0..format.kernel_blocks() {
-                let mut v = [0f32; BLOCK];
-                format.values(b, k, &mut v);
-                out.extend_from_slice(&v);
-            }
-        }
-        out
-    }
-
     #[test]
     fn reference_values_equal_ggmls_formulas_exactly() {
         // Q4_K's reference is its repacked form, whose scale products round to f16 (bounded in
         // repacking_matches_candles_dequantization); every other format's is GGML's formula.
         for (format, dtype) in FORMATS.into_iter().filter(|f| f.0 != WeightFormat::Q4K) {
             let bytes = random_gguf(format, 4, 512, 7);
-            let (ours, theirs) = (reference_values(format, &bytes), candle_values(dtype, &bytes, 4, 512));
+            let (ours, theirs) = (format.dequantize(&bytes), candle_values(dtype, &bytes, 4, 512));
             let first_difference = ours.iter().zip(&theirs).position(|(a, b)| a != b);
             assert_eq!(first_difference, None, "{format:?}");
             assert_eq!(ours.len(), theirs.len());

@@ -15,6 +15,7 @@ mod weights;
 
 pub use family::Family;
 pub use native::NativeCache;
+pub use weights::weight_format;
 
 use std::any::Any;
 
@@ -45,6 +46,7 @@ impl Transformer {
         let family = Family::of(architecture).ok_or_else(|| unsupported_architecture(file, architecture))?;
         let config = Config::from_file(file, family)?;
         let mut info = model_info(file, &config, opts.context_length);
+        check_context_length(&config, info.context_length, physical_memory())?;
         if !opts.tensor_forward && opts.device.is_cpu() {
             if let Some(native) = weights::native_from_file(file, &config, info.context_length, progress)? {
                 info.vocab_size = native.output.rows;
@@ -69,6 +71,42 @@ pub fn unsupported_architecture(file: &GgufFile, architecture: &str) -> Error {
             Family::supported()
         ),
     )
+}
+
+/// Positions beyond this are refused whatever the memory: no GGUF model is trained this long.
+const MAX_CONTEXT_LENGTH: usize = 1 << 24;
+
+/// Bytes one token takes in a sequence's f16 key/value cache.
+fn kv_bytes_per_token(config: &Config) -> usize {
+    config.n_layers * 2 * config.n_kv_heads * config.head_dim * std::mem::size_of::<half::f16>()
+}
+
+/// The machine's physical memory in bytes (`usize::MAX` where it cannot be read).
+fn physical_memory() -> usize {
+    // SAFETY: sysconf reads a system constant.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    match (usize::try_from(pages), usize::try_from(page)) {
+        (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page),
+        _ => usize::MAX,
+    }
+}
+
+/// MAZE_STATUS_INVALID_ARGUMENT for a context one session's cache could not hold in `memory`
+/// bytes (or longer than [`MAX_CONTEXT_LENGTH`]), naming the limit this model has here.
+fn check_context_length(config: &Config, context_length: usize, memory: usize) -> Result<()> {
+    let per_token = kv_bytes_per_token(config).max(1);
+    let limit = (memory / per_token).min(MAX_CONTEXT_LENGTH);
+    if context_length <= limit {
+        return Ok(());
+    }
+    let mib = |bytes: usize| bytes / (1 << 20);
+    Err(Error::invalid_argument(format!(
+        "context length {context_length} is more than this model can have here: one session's key/value \
+         cache would take {} MiB ({per_token} bytes per token) of the machine's {} MiB; the limit is \
+         {limit} tokens",
+        mib(per_token.saturating_mul(context_length)),
+        mib(memory)
+    )))
 }
 
 /// What the metadata says about the model and the context it serves; the vocabulary size and

@@ -15,7 +15,7 @@ use super::interrupted;
 use super::weights::weight_format;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::QuantMatrix;
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::{GgmlType, GgufFile};
 use crate::model::{Progress, SequenceCache};
 
 /// A weight matrix: our own kernels for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K on the CPU, candle elsewhere.
@@ -400,7 +400,7 @@ fn qmatmul(t: QTensor) -> Result<QMatMul> {
 
 /// The matrix repacked for our kernels, when it is on the CPU in a format they take.
 fn own_matrix(t: &QTensor) -> Result<Option<QuantMatrix>> {
-    let Some(format) = weight_format(t.dtype()) else { return Ok(None) };
+    let Some(format) = weight_format(GgmlType::of_candle(t.dtype())) else { return Ok(None) };
     match (t.device().is_cpu(), t.shape().dims()) {
         (true, [rows, cols]) => {
             let bytes = t.data().map_err(Error::backend)?;

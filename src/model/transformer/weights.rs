@@ -5,15 +5,13 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
-
 use super::config::Config;
 use super::family::SlidingLayers;
 use super::native::{NativeLayer, NativeTransformer, SideBySide};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::dot::GROUP;
 use crate::kernels::{MatrixShape, QuantMatrix, WeightFormat, WeightSpace};
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::{GgmlType, GgufFile};
 use crate::model::Progress;
 
 /// The native model of `file`, or `None` (nothing read) when some matrix is in a format our
@@ -25,6 +23,9 @@ pub(super) fn native_from_file(
     progress: Progress<'_>,
 ) -> Result<Option<NativeTransformer>> {
     let matrices = matrix_names(file, config);
+    if let Some(err) = unreadable_matrix(file, &matrices) {
+        return Err(err);
+    }
     if !matrices.iter().all(|name| matrix_format(file, name).is_some()) {
         return Ok(None);
     }
@@ -41,23 +42,45 @@ pub(super) fn native_from_file(
 }
 
 /// The block format our kernels take for a GGUF type, if they take it.
-pub(super) fn weight_format(dtype: GgmlDType) -> Option<WeightFormat> {
-    Some(match dtype {
-        GgmlDType::Q4_0 => WeightFormat::Q4_0,
-        GgmlDType::Q4_1 => WeightFormat::Q4_1,
-        GgmlDType::Q5_0 => WeightFormat::Q5_0,
-        GgmlDType::Q5_1 => WeightFormat::Q5_1,
-        GgmlDType::Q8_0 => WeightFormat::Q8_0,
-        GgmlDType::Q2K => WeightFormat::Q2K,
-        GgmlDType::Q3K => WeightFormat::Q3K,
-        GgmlDType::Q4K => WeightFormat::Q4K,
-        GgmlDType::Q5K => WeightFormat::Q5K,
-        GgmlDType::Q6K => WeightFormat::Q6K,
-        GgmlDType::F16 => WeightFormat::F16,
-        GgmlDType::BF16 => WeightFormat::BF16,
-        GgmlDType::F32 => WeightFormat::F32,
-        GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+pub fn weight_format(ggml_type: GgmlType) -> Option<WeightFormat> {
+    Some(match ggml_type {
+        GgmlType::Q4_0 => WeightFormat::Q4_0,
+        GgmlType::Q4_1 => WeightFormat::Q4_1,
+        GgmlType::Q5_0 => WeightFormat::Q5_0,
+        GgmlType::Q5_1 => WeightFormat::Q5_1,
+        GgmlType::Q8_0 => WeightFormat::Q8_0,
+        GgmlType::Q2K => WeightFormat::Q2K,
+        GgmlType::Q3K => WeightFormat::Q3K,
+        GgmlType::Q4K => WeightFormat::Q4K,
+        GgmlType::Q5K => WeightFormat::Q5K,
+        GgmlType::Q6K => WeightFormat::Q6K,
+        GgmlType::IQ4NL => WeightFormat::IQ4NL,
+        GgmlType::IQ4XS => WeightFormat::IQ4XS,
+        GgmlType::F16 => WeightFormat::F16,
+        GgmlType::BF16 => WeightFormat::BF16,
+        GgmlType::F32 => WeightFormat::F32,
+        _ => return None,
     })
+}
+
+/// MAZE_STATUS_UNSUPPORTED for the first matrix that neither our kernels nor candle's tensors
+/// read (IQ2_XXS, say), naming its type and the ones Maze does read.
+fn unreadable_matrix(file: &GgufFile, matrices: &[String]) -> Option<Error> {
+    let (name, ggml_type) = matrices.iter().find_map(|name| {
+        let (ggml_type, _) = file.tensor_layout(name)?;
+        (weight_format(ggml_type).is_none() && ggml_type.candle().is_none()).then_some((name, ggml_type))
+    })?;
+    let readable: Vec<&str> =
+        GgmlType::all().filter(|t| weight_format(*t).is_some()).map(GgmlType::name).collect();
+    Some(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "'{}': tensor '{name}' is {}, a tensor type Maze does not read (it reads {})",
+            file.path().display(),
+            ggml_type.name(),
+            readable.join(", ")
+        ),
+    ))
 }
 
 fn matrix_format(file: &GgufFile, name: &str) -> Option<WeightFormat> {
@@ -294,8 +317,9 @@ impl Reader<'_> {
         }
         let format = weight_format(dtype).ok_or_else(|| {
             Error::model_format(format!(
-                "'{}': tensor '{name}' is {dtype:?}, not a matrix format",
-                file.path().display()
+                "'{}': tensor '{name}' is {}, not a matrix format",
+                file.path().display(),
+                dtype.name()
             ))
         })?;
         Ok(Part { format, range: file.tensor_range(name)?, rows: dims[0] })

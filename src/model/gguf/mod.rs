@@ -1,33 +1,32 @@
 //! A GGUF file opened for loading: validated header, typed metadata access, tensor reads with
-//! byte-level progress. Every failure names the file and what is wrong with it.
+//! byte-level progress. Every failure names the file and what is wrong with it. The header is
+//! Maze's own parse ([`header`]), which knows every tensor type ggml defines and keeps strings and
+//! arrays in the mapped file.
+
+mod ggml_type;
+mod header;
 
 use std::fs::File;
-use std::io::Cursor;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QTensor};
 use candle_core::Device;
+
+pub use ggml_type::GgmlType;
+use header::{ArrayValue, Header, MetaValue, TensorInfo, ValueType};
 
 use crate::error::{candle_message, Error, ErrorKind, Result};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
-/// The mapped file as a byte slice, shared with [`GgufFile::mapped`].
-struct Mapped(Arc<memmap2::Mmap>);
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 pub struct GgufFile {
     path: PathBuf,
-    content: gguf_file::Content,
+    header: Header,
     file_len: u64,
-    /// The whole file, mapped: tensor data is repacked from the page cache without a copy.
+    /// The whole file, mapped: tensor data is repacked from the page cache without a copy, and
+    /// metadata strings are read from it.
     map: Arc<memmap2::Mmap>,
 }
 
@@ -35,6 +34,16 @@ impl GgufFile {
     /// Opens and validates a GGUF file: magic, header, and that every tensor lies inside the file
     /// (so a truncated download is reported up front, not halfway through loading).
     pub fn open(path: &Path) -> Result<Self> {
+        // Checked before opening: opening a FIFO for reading blocks until a writer appears.
+        let kind = std::fs::metadata(path).map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot open model file '{}': {e}", path.display()))
+        })?;
+        if !kind.is_file() || kind.len() == 0 {
+            return Err(Error::model_format(format!(
+                "'{}' is not a GGUF model: it is empty or not a regular file",
+                path.display()
+            )));
+        }
         let file = File::open(path).map_err(|e| {
             Error::new(ErrorKind::Io, format!("cannot open model file '{}': {e}", path.display()))
         })?;
@@ -42,12 +51,6 @@ impl GgufFile {
             .metadata()
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot stat '{}': {e}", path.display())))?
             .len();
-        if file_len == 0 || !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-            return Err(Error::model_format(format!(
-                "'{}' is not a GGUF model: it is empty or not a regular file",
-                path.display()
-            )));
-        }
         // SAFETY: the map is only read; like every mmap-based loader (llama.cpp included) we rely
         // on the file not being truncated or rewritten while the model loads.
         let map = unsafe { memmap2::Mmap::map(&file) }
@@ -59,26 +62,25 @@ impl GgufFile {
                 path.display(),
             )));
         }
-        let map = Arc::new(map);
-        let content = read_header(&map).map_err(|why| {
+        let header = header::parse(&map).map_err(|why| {
             Error::model_format(format!("'{}' has a corrupt or truncated GGUF header: {why}", path.display()))
         })?;
-        let this = Self { path: path.to_path_buf(), content, file_len, map };
+        let this = Self { path: path.to_path_buf(), header, file_len, map: Arc::new(map) };
         this.check_tensor_extents()?;
         Ok(this)
     }
 
     fn check_tensor_extents(&self) -> Result<()> {
-        for (name, info) in &self.content.tensor_infos {
+        for (name, info) in &self.header.tensors {
             let bytes = stored_bytes(info).ok_or_else(|| {
                 Error::model_format(format!(
-                    "'{}': tensor '{name}' has an impossible shape {:?} for {:?}",
+                    "'{}': tensor '{name}' has an impossible shape {:?} for {}",
                     self.path.display(),
-                    info.shape.dims(),
-                    info.ggml_dtype
+                    info.dims,
+                    info.ggml_type.name()
                 ))
             })?;
-            let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            let end = self.header.data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > self.file_len {
                 return Err(Error::model_format(format!(
                     "'{}' is truncated: tensor '{name}' ends at byte {end} but the file has {} bytes",
@@ -95,57 +97,57 @@ impl GgufFile {
     }
 
     pub fn has_key(&self, key: &str) -> bool {
-        self.content.metadata.contains_key(key)
+        self.header.metadata.contains_key(key)
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.header.tensors.contains_key(name)
     }
 
     /// Total bytes of tensor data, for progress reporting.
     pub fn tensor_bytes(&self, name: &str) -> u64 {
-        self.content.tensor_infos.get(name).and_then(stored_bytes).unwrap_or(0)
+        self.header.tensors.get(name).and_then(stored_bytes).unwrap_or(0)
     }
 
-    fn value(&self, key: &str) -> Result<&gguf_file::Value> {
-        self.content.metadata.get(key).ok_or_else(|| {
+    fn value(&self, key: &str) -> Result<&MetaValue> {
+        self.header.metadata.get(key).ok_or_else(|| {
             Error::model_format(format!("'{}' lacks the GGUF metadata key '{key}'", self.path.display()))
         })
     }
 
     fn bad(&self, key: &str, e: impl std::fmt::Display) -> Error {
-        // candle's conversion errors may carry a backtrace: keep only the first line.
-        let e = e.to_string();
-        let e = e.lines().next().unwrap_or_default();
         Error::model_format(format!("'{}': metadata '{key}' has the wrong type: {e}", self.path.display()))
     }
 
+    fn wrong_type(&self, key: &str, expected: &str, found: ValueType) -> Error {
+        self.bad(key, format!("expected {expected}, found {}", found.describe()))
+    }
+
+    /// A string stored in the file: UTF-8 is checked when it is read.
+    fn text(&self, key: &str, range: &Range<usize>) -> Result<&str> {
+        std::str::from_utf8(&self.map[range.clone()])
+            .map_err(|e| self.bad(key, format!("a string that is not UTF-8 ({e})")))
+    }
+
     pub fn str(&self, key: &str) -> Result<&str> {
-        self.value(key)?.to_string().map(|s| s.as_str()).map_err(|e| self.bad(key, candle_message(&e)))
+        match self.value(key)? {
+            MetaValue::Str(range) => self.text(key, range),
+            other => Err(self.wrong_type(key, "a string", other.value_type())),
+        }
     }
 
     pub fn opt_str(&self, key: &str) -> Option<&str> {
-        self.content.metadata.get(key).and_then(|v| v.to_string().ok()).map(|s| s.as_str())
+        self.has_key(key).then(|| self.str(key).ok()).flatten()
     }
 
     /// Any integer type, as GGUF writers differ in which width they use.
     pub fn u64(&self, key: &str) -> Result<u64> {
-        use gguf_file::Value as V;
-        let v = self.value(key)?;
-        let n: i128 = match v {
-            V::U8(x) => *x as i128,
-            V::I8(x) => *x as i128,
-            V::U16(x) => *x as i128,
-            V::I16(x) => *x as i128,
-            V::U32(x) => *x as i128,
-            V::I32(x) => *x as i128,
-            V::U64(x) => *x as i128,
-            V::I64(x) => *x as i128,
-            other => {
-                return Err(self.bad(key, format!("expected an integer, found {:?}", other.value_type())))
+        match self.value(key)? {
+            MetaValue::Int(n, _) => {
+                u64::try_from(*n).map_err(|_| self.bad(key, format!("negative value {n}")))
             }
-        };
-        u64::try_from(n).map_err(|_| self.bad(key, format!("negative value {n}")))
+            other => Err(self.wrong_type(key, "an integer", other.value_type())),
+        }
     }
 
     pub fn opt_u64(&self, key: &str) -> Option<u64> {
@@ -153,11 +155,9 @@ impl GgufFile {
     }
 
     pub fn f32(&self, key: &str) -> Result<f32> {
-        use gguf_file::Value as V;
         match self.value(key)? {
-            V::F32(x) => Ok(*x),
-            V::F64(x) => Ok(*x as f32),
-            other => Err(self.bad(key, format!("expected a float, found {:?}", other.value_type()))),
+            MetaValue::Float(x, _) => Ok(*x as f32),
+            other => Err(self.wrong_type(key, "a float", other.value_type())),
         }
     }
 
@@ -166,48 +166,80 @@ impl GgufFile {
     }
 
     pub fn opt_bool(&self, key: &str) -> Option<bool> {
-        self.content.metadata.get(key).and_then(|v| v.to_bool().ok())
+        match self.header.metadata.get(key) {
+            Some(MetaValue::Bool(b)) => Some(*b),
+            _ => None,
+        }
     }
 
-    fn array(&self, key: &str) -> Result<&Vec<gguf_file::Value>> {
-        self.value(key)?.to_vec().map_err(|e| self.bad(key, e))
+    /// An array's elements, each converted by `convert` (`None`: the wrong element type).
+    fn array_of<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        convert: impl Fn(MetaValue) -> Option<T> + 'a,
+    ) -> Result<Vec<T>> {
+        let array: &ArrayValue = match self.value(key)? {
+            MetaValue::Array(array) => array,
+            other => return Err(self.wrong_type(key, expected, other.value_type())),
+        };
+        let wrong =
+            || self.bad(key, format!("expected {expected}, found an array of {}", array.element.describe()));
+        let mut out = Vec::new();
+        out.try_reserve_exact(array.len).map_err(|_| wrong())?;
+        for element in array.elements(&self.map) {
+            out.push(element.and_then(&convert).ok_or_else(wrong)?);
+        }
+        Ok(out)
     }
 
     pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
         Ok(self.str_refs(key)?.into_iter().map(str::to_string).collect())
     }
 
-    /// A string array's entries, borrowed (a 50k-entry vocabulary's merges need not be copied
-    /// before they are split).
+    /// A string array's entries, borrowed from the mapped file (a 262k-entry vocabulary is not
+    /// copied to be read).
     pub fn str_refs(&self, key: &str) -> Result<Vec<&str>> {
-        self.array(key)?
-            .iter()
-            .map(|v| v.to_string().map(String::as_str).map_err(|e| self.bad(key, e)))
-            .collect()
+        let ranges = self.array_of(key, "an array of strings", |v| match v {
+            MetaValue::Str(range) => Some(range),
+            _ => None,
+        })?;
+        ranges.iter().map(|range| self.text(key, range)).collect()
     }
 
     pub fn f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.array(key)?.iter().map(|v| v.to_f32().map_err(|e| self.bad(key, e))).collect()
+        self.array_of(key, "an array of floats", |v| match v {
+            MetaValue::Float(x, _) => Some(x as f32),
+            _ => None,
+        })
     }
 
+    /// Any integer element type whose values fit in an i32.
     pub fn i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        self.array(key)?.iter().map(|v| v.to_i32().map_err(|e| self.bad(key, e))).collect()
+        self.array_of(key, "an array of 32-bit integers", |v| match v {
+            MetaValue::Int(n, _) => i32::try_from(n).ok(),
+            _ => None,
+        })
     }
 
     /// Block type and shape (outermost dimension first) of a tensor, if the file has it.
-    pub fn tensor_layout(&self, name: &str) -> Option<(GgmlDType, Vec<usize>)> {
-        self.content.tensor_infos.get(name).map(|i| (i.ggml_dtype, i.shape.dims().to_vec()))
+    pub fn tensor_layout(&self, name: &str) -> Option<(GgmlType, Vec<usize>)> {
+        self.header.tensors.get(name).map(|i| (i.ggml_type, i.dims.clone()))
+    }
+
+    fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
+        self.header.tensors.get(name).ok_or_else(|| {
+            Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display()))
+        })
     }
 
     /// Where a tensor's raw GGUF blocks lie in [`Self::mapped`]: the caller repacks straight from
     /// the page cache (no read into a buffer, no intermediate tensor). A missing tensor is a
     /// format error that names it.
     pub fn tensor_range(&self, name: &str) -> Result<Range<usize>> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
-            Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display()))
-        })?;
+        let info = self.tensor_info(name)?;
         // In bounds: check_tensor_extents verified every tensor at open.
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let start = (self.header.data_offset + info.offset) as usize;
         Ok(start..start + self.tensor_bytes(name) as usize)
     }
 
@@ -216,13 +248,19 @@ impl GgufFile {
         self.map.clone()
     }
 
-    /// Reads one tensor. A missing tensor is a format error that names it.
+    /// Reads one tensor into candle's form. A missing tensor, or one of a type candle does not
+    /// implement, is a format error that names it.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        if !self.has_tensor(name) {
-            return Err(Error::model_format(format!("'{}' lacks the tensor '{name}'", self.path.display())));
-        }
-        // A cursor of its own per read: the file can be shared between threads while loading.
-        self.content.tensor(&mut Cursor::new(Mapped(self.map.clone())), name, device).map_err(|e| {
+        let info = self.tensor_info(name)?;
+        let dtype = info.ggml_type.candle().ok_or_else(|| {
+            Error::new(ErrorKind::Unsupported, format!(
+                "'{}': tensor '{name}' is {}, a type candle's tensors (which the GPU path runs on) do not implement",
+                self.path.display(),
+                info.ggml_type.name()
+            ))
+        })?;
+        let bytes = &self.map[self.tensor_range(name)?];
+        qtensor_from_ggml(dtype, bytes, info.dims.clone(), device).map_err(|e| {
             Error::model_format(format!(
                 "'{}': cannot read tensor '{name}': {}",
                 self.path.display(),
@@ -248,32 +286,24 @@ impl GgufFile {
     }
 }
 
-/// Parses the header from memory (a vocabulary of ~50k strings), not through read calls. candle
-/// divides by `general.alignment` unchecked, so a header declaring 0 panics inside it: that is a
-/// broken file, reported as one.
-fn read_header(map: &Arc<memmap2::Mmap>) -> std::result::Result<gguf_file::Content, String> {
-    let read = || gguf_file::Content::read(&mut Cursor::new(Mapped(map.clone())));
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
-        Ok(content) => content.map_err(|e| candle_message(&e)),
-        Err(_) => Err("the reader failed on an out-of-range value such as general.alignment 0".into()),
-    }
-}
-
 /// Bytes a tensor's blocks take in the file; `None` when its element count overflows or is not
 /// a whole number of blocks (a crafted header, which would otherwise pass the extent check).
-fn stored_bytes(info: &gguf_file::TensorInfo) -> Option<u64> {
-    let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
-    let block = info.ggml_dtype.block_size();
+fn stored_bytes(info: &TensorInfo) -> Option<u64> {
+    let elems = info.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let block = info.ggml_type.block_values();
     if !elems.is_multiple_of(block) {
         return None;
     }
-    (elems / block).checked_mul(info.ggml_dtype.type_size()).map(|b| b as u64)
+    (elems / block).checked_mul(info.ggml_type.block_bytes()).map(|b| b as u64)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use std::io::Cursor;
+
+    use candle_core::quantized::{gguf_file, GgmlDType};
     use candle_core::Tensor;
     use gguf_file::Value;
 
@@ -453,8 +483,8 @@ pub(crate) mod tests {
         let quant = tensor((0..64).map(|i| i as f32 / 64.0).collect(), (2, 32), GgmlDType::Q8_0);
         let file = open_bytes(&written(&[], &[("small", small), ("quant", quant)])).unwrap();
 
-        assert_eq!(file.tensor_layout("small"), Some((GgmlDType::F32, vec![2, 3])));
-        assert_eq!(file.tensor_layout("quant"), Some((GgmlDType::Q8_0, vec![2, 32])));
+        assert_eq!(file.tensor_layout("small"), Some((GgmlType::F32, vec![2, 3])));
+        assert_eq!(file.tensor_layout("quant"), Some((GgmlType::Q8_0, vec![2, 32])));
         assert_eq!(file.tensor_bytes("small"), 24);
         assert_eq!(file.tensor_bytes("quant"), 2 * 34);
         let map = file.mapped();
@@ -584,5 +614,85 @@ pub(crate) mod tests {
         let err = GgufFile::open(&missing).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Io);
         assert!(err.message().contains("maze-unit-no-such-file.gguf"), "{err}");
+    }
+
+    #[test]
+    fn every_ggml_type_is_measured_and_the_iq4_types_are_read() {
+        // One IQ4_XS block and two IQ4_NL blocks: types candle's reader refuses outright.
+        let mut raw = Raw::header(3, 2, 0);
+        raw.tensor_info("xs", &[256], 23, 0).tensor_info("nl", &[32, 2], 20, 160).pad_to(32);
+        raw.0.extend((0..160).map(|i| i as u8));
+        raw.0.extend((0..36).map(|i| i as u8));
+        let file = open_bytes(&raw.0).unwrap();
+        assert_eq!(file.tensor_layout("xs"), Some((GgmlType::IQ4XS, vec![256])));
+        assert_eq!(file.tensor_layout("nl"), Some((GgmlType::IQ4NL, vec![2, 32])));
+        assert_eq!((file.tensor_bytes("xs"), file.tensor_bytes("nl")), (136, 36));
+        // Not for candle's tensors: a clear refusal naming the type.
+        let err = file.tensor("xs", &Device::Cpu).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.message().contains("'xs' is IQ4_XS"), "{err}");
+    }
+
+    #[test]
+    fn header_attacks_are_refused_naming_what_is_wrong() {
+        let mut duplicate = Raw::header(3, 0, 2);
+        duplicate.kv_u32("k", 1).kv_u32("k", 2);
+        let mut deep = Raw::header(3, 0, 1);
+        deep.str("deep").u32(TYPE_ARRAY);
+        for _ in 0..8 {
+            deep.u32(TYPE_ARRAY).u64(1);
+        }
+        let mut not_utf8_key = Raw::header(3, 0, 1);
+        not_utf8_key.u64(2).0.extend_from_slice(&[0xff, 0xfe]);
+        not_utf8_key.u32(TYPE_U32).u32(0);
+        let mut twice = Raw::header(3, 2, 0);
+        twice.tensor_info("t", &[4], GGML_F32, 0).tensor_info("t", &[4], GGML_F32, 32).pad_to(32);
+        twice.f32s(&[0.0; 16]);
+        let mut misaligned = Raw::header(3, 1, 0);
+        misaligned.tensor_info("t", &[4], GGML_F32, 4).pad_to(32).f32s(&[0.0; 8]);
+        let mut unknown_type = Raw::header(3, 1, 0);
+        unknown_type.tensor_info("t", &[4], 31, 0).pad_to(32).f32s(&[0.0; 8]);
+        let cases = [
+            (duplicate.0, "metadata key 'k' occurs twice"),
+            (deep.0, "metadata 'deep': arrays nest deeper than 4 levels"),
+            (not_utf8_key.0, "a metadata key at byte 32 is not UTF-8"),
+            (twice.0, "tensor 't' occurs twice"),
+            (misaligned.0, "tensor 't' has offset 4, not a multiple of the alignment 32"),
+            (unknown_type.0, "tensor 't' has unknown tensor type id 31"),
+        ];
+        for (bytes, says) in cases {
+            let err = format_error(&bytes);
+            assert!(err.message().contains(says), "want '{says}': {err}");
+        }
+    }
+
+    #[test]
+    fn a_string_value_that_is_not_utf8_is_an_error_when_read() {
+        let mut raw = Raw::header(3, 0, 2);
+        raw.str("bad").u32(TYPE_STRING).u64(2).0.extend_from_slice(&[0xc3, 0x28]);
+        raw.str("list").u32(TYPE_ARRAY).u32(TYPE_STRING).u64(2).str("ok").u64(1).0.push(0xff);
+        let file = open_bytes(&raw.0).unwrap();
+        for err in [file.str("bad").unwrap_err(), file.str_refs("list").unwrap_err()] {
+            assert_eq!(err.kind(), ErrorKind::ModelFormat);
+            assert!(err.message().contains("not UTF-8"), "{err}");
+        }
+        assert_eq!(file.opt_str("bad"), None);
+    }
+
+    /// Opening a FIFO for reading blocks until a writer comes: it must be refused unopened.
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let path = std::env::temp_dir().join(format!("maze-unit-fifo-{}", std::process::id()));
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opening = path.clone();
+        std::thread::spawn(move || tx.send(GgufFile::open(&opening).err()));
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(20));
+        std::fs::remove_file(&path).unwrap();
+        let err = answer.expect("open returned instead of blocking").expect("refused");
+        assert_eq!(err.kind(), ErrorKind::ModelFormat);
+        assert!(err.message().contains("not a regular file"), "{err}");
     }
 }
