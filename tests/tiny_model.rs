@@ -141,6 +141,29 @@ fn bad_files_are_clear_errors() {
 }
 
 #[test]
+fn absurd_engine_parameters_are_refused_naming_the_limit() {
+    let dir = TempDir::new("params");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let with = |threads: usize, context_length: usize| {
+        let config = EngineConfig { model_path: path.clone(), threads, context_length, ..Default::default() };
+        Engine::load(&config, None)
+    };
+    // Once this spawned threads until the machine's load average passed 800.
+    let err = with(100_000, 0).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("threads 100000 is more than the limit of"), "{err}");
+    // u32::MAX positions: a key/value cache no machine holds.
+    let err = with(1, u32::MAX as usize).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    for says in ["context length 4294967295", "bytes per token", "the limit is"] {
+        assert!(err.message().contains(says), "{says}: {err}");
+    }
+    // Longer than trained is the caller's choice (rope scaling) while the cache fits.
+    let engine = with(2, 1 << 16).unwrap();
+    assert_eq!(engine.info().context_length, 1 << 16);
+}
+
+#[test]
 fn a_file_without_a_template_gets_its_formats_built_in_one() {
     // The tiny vocabulary has ChatML's tokens: without tokenizer.chat_template the engine
     // renders ChatML, as llama.cpp's built-in list does for such files.

@@ -101,14 +101,29 @@ pub(crate) struct EngineInner {
     pub(crate) compiler: Compiler,
 }
 
+/// The compute threads `requested` means: 0 is one per available core; more than
+/// [`MAX_THREADS_PER_CORE`] per core (and more than 64) is refused, as such a pool only
+/// oversubscribes the machine (100,000 threads once took it past a load average of 800).
+fn compute_threads(requested: usize) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let limit = (MAX_THREADS_PER_CORE * cores).max(64);
+    match requested {
+        0 => Ok(cores),
+        n if n <= limit => Ok(n),
+        n => Err(Error::invalid_argument(format!(
+            "threads {n} is more than the limit of {limit} ({MAX_THREADS_PER_CORE} per available core, \
+             {cores} here, and at least 64); 0 means one per core"
+        ))),
+    }
+}
+
+const MAX_THREADS_PER_CORE: usize = 4;
+
 impl LocalEngine {
     /// Loads the model and starts its worker. `progress` (fraction in [0, 1]) is called on this
     /// thread; returning `false` aborts the load with [`ErrorKind::Cancelled`].
     pub fn load(config: &EngineConfig, progress: Option<&mut dyn FnMut(f32) -> bool>) -> Result<Self> {
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            n => n,
-        };
+        let threads = compute_threads(config.threads)?;
         let mut no_progress = |_: f32| true;
         let progress: &mut dyn FnMut(f32) -> bool = match progress {
             Some(p) => p,
