@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -187,6 +187,12 @@ bench:
 	test -n "$$suite" || { echo "error: none of $(BENCH_MODELS) is in the cache" >&2; exit 1; }; \
 	$(CARGO) run --release $(TOOL_FEATURES) --bin maze-bench -- --suite "$$suite" --runs $(BENCH_RUNS) \
 	  $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
+
+# The fuzz targets of tests/fuzz.rs, each for FUZZ_SECONDS (make test runs a short smoke of
+# each with fixed seeds); a failure prints the MAZE_FUZZ_SEED that reproduces it.
+FUZZ_SECONDS ?= 300
+fuzz:
+	MAZE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release $(TOOL_FEATURES) --test fuzz -- --nocapture --test-threads 1
 
 clean:
 	$(CARGO) clean
