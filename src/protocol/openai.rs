@@ -33,7 +33,9 @@ impl Content {
                 .iter()
                 .map(|p| {
                     match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t),
+                        (Some("text"), Some(t)) => {
+                            only_keys("a text content part", p, &["type", "text"]).map(|_| t)
+                        }
                         (kind, _) => Err(Error::new(
                             ErrorKind::Unsupported,
                             format!("message content part of type {kind:?} is not supported (text only)"),
@@ -458,6 +460,13 @@ mod tests {
             .chat_messages()
             .unwrap_err();
         assert!(err.message().contains("Some(\"image_url\")"), "the part's type is named: {err}");
+        let cached = json!({"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}});
+        let err = chat(json!({"messages": [{"role": "user", "content": [cached]}]}))
+            .unwrap()
+            .chat_messages()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.message().contains("field of a text content part: `cache_control`"), "{err}");
     }
 
     #[test]
