@@ -7,9 +7,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 
-/// How to pick tokens. The defaults are llama.cpp's.
+/// How to pick tokens. The defaults are llama.cpp's. Read from JSON (the Maze protocol's
+/// `sampling`), a field it does not have is refused, not dropped.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// 0 = greedy (argmax after penalties).
     pub temperature: f32,

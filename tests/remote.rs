@@ -324,6 +324,61 @@ fn server_limits_errors_and_metrics() {
     );
 }
 
+/// Fields the server does not implement are refused with 400 naming them, over both protocols;
+/// the ones it accepts and ignores (or that ask for nothing) pass.
+#[test]
+fn unimplemented_and_unknown_request_fields_are_refused_by_name() {
+    let url = &shared_server().url;
+    let chat = |extra: &str| {
+        let body = format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], \"max_tokens\": 2, \"temperature\": 0{extra}}}"
+        );
+        http(url, &post("/v1/chat/completions", KEY, &body))
+    };
+    for (extra, named) in [
+        (", \"logprobs\": true", "`logprobs`: true"),
+        (", \"logprobs\": true, \"top_logprobs\": 2", "`top_logprobs`: 2"),
+        (", \"n\": 2", "`n`: 2"),
+        (", \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]", "`tools`"),
+        (", \"tool_choice\": \"required\"", "`tool_choice`"),
+        (", \"reasoning_effort\": \"low\"", "`reasoning_effort`"),
+        (", \"stream_options\": {\"include_usage\": true, \"extra\": 1}", "unknown field `extra`"),
+    ] {
+        let (status, text) = chat(extra);
+        assert_eq!(status, 400, "{extra}: {text}");
+        assert!(text.contains(named) && text.contains("invalid_request_error"), "{extra}: {text}");
+    }
+    let (status, text) = http(url, &post("/v1/completions", KEY, "{\"prompt\": \"Hi\", \"echo\": true}"));
+    assert!(status == 400 && text.contains("`echo`: true"), "{text}");
+    for fine in [
+        ", \"logprobs\": false, \"n\": 1, \"user\": \"u-1\", \"tools\": null",
+        ", \"service_tier\": \"auto\"",
+    ] {
+        let (status, text) = chat(fine);
+        assert_eq!(status, 200, "{fine}: {text}");
+    }
+
+    // The Maze protocol: the nested sampling object, messages and constraints too.
+    for (body, named) in [
+        (
+            "{\"prompt\": \"a\", \"sampling\": {\"temperature\": 0, \"top_kk\": 3}}",
+            "at sampling.top_kk: unknown field `top_kk`",
+        ),
+        (
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"name\": \"b\"}]}",
+            "unknown field `name`",
+        ),
+        (
+            "{\"prompt\": \"a\", \"constraints\": [{\"regex\": [\"a\"], \"priorty\": 1}]}",
+            "unknown field `priorty`",
+        ),
+    ] {
+        let (status, text) = http(url, &post("/maze/v1/generate", KEY, body));
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(named), "{body}: {text}");
+    }
+}
+
 // ------------------------------------------------------------------------------ fault injection
 
 #[derive(Clone, Copy)]

@@ -24,7 +24,7 @@ pub const MODELS_PATH: &str = "/maze/v1/models";
 pub struct GenerateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "messages_exactly")]
     pub messages: Option<Vec<ChatMessage>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<u32>>,
@@ -40,11 +40,61 @@ pub struct GenerateRequest {
     pub logprobs: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_eos: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "constraints_exactly")]
     pub constraints: Vec<Constraint>,
     /// Server-sent events: `data: {"text": ...}` per piece, then `event: result`.
     #[serde(default)]
     pub stream: bool,
+}
+
+/// A chat message as the protocol reads it: other fields (`name`, ...) are refused, not dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireMessage {
+    role: String,
+    content: String,
+}
+
+fn messages_exactly<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<ChatMessage>>, D::Error> {
+    let messages = Option::<Vec<WireMessage>>::deserialize(d)?;
+    Ok(messages.map(|list| list.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect()))
+}
+
+/// Reads the constraints, refusing any key a constraint does not use: the constraint's JSON form
+/// is what it writes back, so a key that is not written back (a typo, a second kind) would be
+/// dropped silently.
+fn constraints_exactly<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Constraint>, D::Error> {
+    use serde::de::Error as _;
+    Vec::<Value>::deserialize(d)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, given)| {
+            let constraint = Constraint::deserialize(&given).map_err(|e| D::Error::custom(format!("constraint {i}: {e}")))?;
+            let used = serde_json::to_value(&constraint).map_err(D::Error::custom)?;
+            match unused_key(&given, &used, "") {
+                None => Ok(constraint),
+                Some(key) => Err(D::Error::custom(format!(
+                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name and priority)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// The first key (as a dotted path) of `given` that `used` lacks, looking into nested objects.
+fn unused_key(given: &Value, used: &Value, path: &str) -> Option<String> {
+    let (Value::Object(given), Value::Object(used)) = (given, used) else { return None };
+    given.iter().find_map(|(key, value)| {
+        let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        match used.get(key) {
+            None => Some(here),
+            Some(kept) => unused_key(value, kept, &here),
+        }
+    })
 }
 
 impl GenerateRequest {
@@ -382,6 +432,37 @@ mod tests {
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nested_objects_refuse_keys_they_do_not_use() {
+        for (bad, says) in [
+            (json!({"prompt": "a", "sampling": {"temperature": 0, "top_kk": 5}}), "unknown field `top_kk`"),
+            (json!({"prompt": "a", "sampling": {"logprobs": true}}), "unknown field `logprobs`"),
+            (json!({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}), "unknown field `name`"),
+            (
+                json!({"prompt": "a", "constraints": [{"regex": ["a"], "nmae": "x"}]}),
+                "constraint 0: unknown field `nmae`",
+            ),
+            (
+                json!({"prompt": "a", "constraints": [{"choice": ["y"]}, {"regex": ["a"], "lark": "start: \"x\""}]}),
+                "constraint 1: unknown field `",
+            ),
+            (
+                json!({"prompt": "a", "constraints": [{"token_mask": {"allowed": [1], "forbiden": [2]}}]}),
+                "constraint 0: unknown field `token_mask.forbiden`",
+            ),
+        ] {
+            let err = parse(bad.clone()).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        // What a constraint does use passes, a nested JSON schema included.
+        let fine = json!({"prompt": "a", "sampling": {"top_k": 5}, "messages": null, "constraints": [
+            {"name": "n", "priority": 1, "json_schema": {"type": "object", "properties": {"a": {"x-extra": 1}}}},
+            {"token_mask": {"forbidden": [2]}}
+        ]});
+        let req = parse(fine).unwrap();
+        assert_eq!((req.sampling.top_k, req.constraints.len()), (5, 2));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! writes them. Structured outputs: JSON schema travels as `response_format` (chat), and regex,
 //! choice, grammar and JSON on completions as vLLM's `structured_outputs` object.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -31,7 +33,9 @@ impl Content {
                 .iter()
                 .map(|p| {
                     match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t),
+                        (Some("text"), Some(t)) => {
+                            only_keys("a text content part", p, &["type", "text"]).map(|_| t)
+                        }
                         (kind, _) => Err(Error::new(
                             ErrorKind::Unsupported,
                             format!("message content part of type {kind:?} is not supported (text only)"),
@@ -44,7 +48,9 @@ impl Content {
     }
 }
 
+/// A chat message: its other fields (`name`, `tool_calls`, ...) are refused, not dropped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: String,
     pub content: Content,
@@ -67,8 +73,9 @@ impl OneOrMany {
     }
 }
 
-/// vLLM's structured-output fields (one of them).
+/// vLLM's structured-output fields (one of them); vLLM's others are refused, not dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StructuredOutputs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<Value>,
@@ -80,7 +87,10 @@ pub struct StructuredOutputs {
     pub grammar: Option<String>,
 }
 
-/// The sampling and output fields shared by chat and completions requests.
+/// The sampling and output fields shared by chat and completions requests: the fields Maze
+/// implements. Every other field lands in `other` and is sorted by [`CommonFields::check_supported`]
+/// into accepted-and-ignored ([`IGNORED_FIELDS`]), accepted when it asks for nothing
+/// ([`UNIMPLEMENTED_FIELDS`]), or refused. A field given as `null` counts as absent.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CommonFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,24 +116,85 @@ pub struct CommonFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// vLLM's extension: generate past end-of-sequence tokens until the token limit.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, deserialize_with = "null_is_false", skip_serializing_if = "std::ops::Not::not")]
     pub ignore_eos: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<OneOrMany>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream_options: Option<Value>,
+    pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured_outputs: Option<StructuredOutputs>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logit_bias: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Value>,
+    /// The request's other fields, by name: see `check_supported`.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `stream_options`: only `include_usage` means something here; other keys are refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default, deserialize_with = "null_is_false")]
+    pub include_usage: bool,
+}
+
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// OpenAI request fields that Maze accepts and ignores: they identify or bill the caller and
+/// change nothing about the output. docs/PROTOCOL.md lists them.
+pub const IGNORED_FIELDS: &[&str] =
+    &["user", "safety_identifier", "metadata", "service_tier", "prompt_cache_key"];
+
+/// OpenAI request fields that Maze does not implement: accepted only with a value that asks for
+/// nothing (`null`, or the value named), refused otherwise with the reason. docs/PROTOCOL.md
+/// lists them. A field in none of these lists and not in [`CommonFields`] is refused.
+pub const UNIMPLEMENTED_FIELDS: &[UnimplementedField] = &[
+    UnimplementedField::new("n", &["1"], "one choice per request"),
+    UnimplementedField::new("best_of", &["1"], "one choice per request"),
+    UnimplementedField::new(
+        "logprobs",
+        &["false"],
+        "no log-probabilities over the OpenAI-compatible API; the Maze protocol returns them per token",
+    ),
+    UnimplementedField::new("top_logprobs", &["0"], "no log-probabilities over the OpenAI-compatible API"),
+    UnimplementedField::new("logit_bias", &["{}"], "use the Maze protocol's token_mask constraint"),
+    UnimplementedField::new("tools", &["[]"], "no tool calls; use a json_schema response_format"),
+    UnimplementedField::new("tool_choice", &["\"none\""], "no tool calls; use a json_schema response_format"),
+    UnimplementedField::new("parallel_tool_calls", &["true", "false"], "no tool calls"),
+    UnimplementedField::new("functions", &["[]"], "no function calls; use a json_schema response_format"),
+    UnimplementedField::new(
+        "function_call",
+        &["\"none\""],
+        "no function calls; use a json_schema response_format",
+    ),
+    UnimplementedField::new("echo", &["false"], "the prompt is not echoed"),
+    UnimplementedField::new("suffix", &["\"\""], "no insertion after a suffix"),
+    UnimplementedField::new("store", &["false"], "nothing is stored"),
+    UnimplementedField::new("modalities", &["[\"text\"]"], "text output only"),
+];
+
+/// One field of [`UNIMPLEMENTED_FIELDS`].
+pub struct UnimplementedField {
+    pub name: &'static str,
+    /// JSON texts of the values that ask for nothing (besides `null`).
+    pub accepted: &'static [&'static str],
+    pub why: &'static str,
+}
+
+impl UnimplementedField {
+    const fn new(name: &'static str, accepted: &'static [&'static str], why: &'static str) -> Self {
+        Self { name, accepted, why }
+    }
+
+    fn asks_for_nothing(&self, value: &Value) -> bool {
+        value.is_null()
+            || self.accepted.iter().any(|a| serde_json::from_str::<Value>(a).is_ok_and(|a| a == *value))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,33 +233,48 @@ impl CompletionRequest {
 }
 
 impl CommonFields {
-    /// Fields whose meaning Maze does not implement are refused, not ignored.
+    /// Refuses the fields whose meaning Maze does not implement (rather than ignoring them),
+    /// naming each: fields of [`UNIMPLEMENTED_FIELDS`] asking for something, and fields no list
+    /// knows. [`IGNORED_FIELDS`] pass.
     pub fn check_supported(&self) -> Result<()> {
-        let unsupported = |what: &str| Err(Error::new(ErrorKind::Unsupported, what.to_string()));
-        if self.n.is_some_and(|n| n != 1) {
-            return unsupported("n must be 1 (one choice per request)");
+        let refused: Vec<String> = self
+            .other
+            .iter()
+            .filter(|(name, _)| !IGNORED_FIELDS.contains(&name.as_str()))
+            .filter_map(|(name, value)| match UNIMPLEMENTED_FIELDS.iter().find(|f| f.name == name) {
+                Some(f) if f.asks_for_nothing(value) => None,
+                Some(f) => {
+                    let accepted = f.accepted.join(" or ");
+                    Some(format!(
+                        "`{name}`: {value} is not supported ({}; accepted: null or {accepted})",
+                        f.why
+                    ))
+                }
+                None => Some(format!("`{name}` is not a field maze-server takes")),
+            })
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
         }
-        if self.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|o| !o.is_empty())) {
-            return unsupported("logit_bias is not supported; use the Maze protocol's token_mask constraint");
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
-            return unsupported("tools are not supported; use a json_schema response_format");
-        }
-        Ok(())
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "unsupported request field{}: {} (docs/PROTOCOL.md lists the fields of the OpenAI-compatible API)",
+                if refused.len() == 1 { "" } else { "s" },
+                refused.join("; ")
+            ),
+        ))
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
 
     /// The constraints these fields ask for: `response_format` and `structured_outputs`.
     pub fn constraints(&self) -> Result<Vec<Constraint>> {
         let mut out = Vec::new();
         if let Some(format) = &self.response_format {
+            only_keys("response_format", format, &["type", "json_schema"])?;
             match format.get("type").and_then(Value::as_str) {
                 Some("text") | None => {}
                 Some("json_object") => {
@@ -198,6 +284,12 @@ impl CommonFields {
                     let spec = format.get("json_schema").ok_or_else(|| {
                         Error::invalid_argument("response_format json_schema lacks the json_schema object")
                     })?;
+                    // `strict` asks for what Maze always does; `description` guides models only.
+                    only_keys(
+                        "response_format.json_schema",
+                        spec,
+                        &["name", "schema", "strict", "description"],
+                    )?;
                     let schema = spec
                         .get("schema")
                         .cloned()
@@ -285,6 +377,26 @@ impl CommonFields {
     }
 }
 
+/// Refuses the keys of the object `value` (at `path`) that are not in `keys`, naming them.
+fn only_keys(path: &str, value: &Value, keys: &[&str]) -> Result<()> {
+    let Some(object) = value.as_object() else {
+        return Err(Error::invalid_argument(format!("{path} must be a JSON object, got {value}")));
+    };
+    let unknown: Vec<&str> = object.keys().map(String::as_str).filter(|k| !keys.contains(k)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "unsupported field{} of {path}: `{}` (it takes {})",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join("`, `"),
+            keys.join(", ")
+        ),
+    ))
+}
+
 /// OpenAI's finish reasons: "stop" or "length" (a stop sequence is "stop"; cancel and timeout,
 /// which OpenAI lacks, are "length": the output was cut). The exact reason is in `maze`.
 pub fn finish_reason(f: FinishReason) -> &'static str {
@@ -348,6 +460,13 @@ mod tests {
             .chat_messages()
             .unwrap_err();
         assert!(err.message().contains("Some(\"image_url\")"), "the part's type is named: {err}");
+        let cached = json!({"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}});
+        let err = chat(json!({"messages": [{"role": "user", "content": [cached]}]}))
+            .unwrap()
+            .chat_messages()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.message().contains("field of a text content part: `cache_control`"), "{err}");
     }
 
     #[test]
@@ -385,23 +504,177 @@ mod tests {
         }
     }
 
+    fn refusal(value: Value) -> Error {
+        common(value.clone()).check_supported().expect_err(&value.to_string())
+    }
+
     #[test]
     fn fields_maze_does_not_implement_are_refused_not_ignored() {
-        for fine in [json!({}), json!({"n": 1}), json!({"logit_bias": {}}), json!({"tools": null})] {
+        for fine in [
+            json!({}),
+            json!({"n": 1}),
+            json!({"n": null}),
+            json!({"logprobs": false}),
+            json!({"logprobs": null, "top_logprobs": 0}),
+            json!({"logit_bias": {}}),
+            json!({"tools": null}),
+            json!({"tools": [], "tool_choice": "none", "parallel_tool_calls": false}),
+            json!({"echo": false, "best_of": 1, "suffix": "", "store": false, "modalities": ["text"]}),
+            json!({"user": "u-1", "safety_identifier": "s", "metadata": {"k": "v"}, "service_tier": "auto", "prompt_cache_key": "p"}),
+        ] {
             common(fine.clone()).check_supported().unwrap_or_else(|e| panic!("{fine}: {e}"));
         }
-        for (bad, says) in [
-            (json!({"n": 2}), "n must be 1"),
-            (json!({"logit_bias": {"13": -100}}), "logit_bias is not supported"),
-            (json!({"tools": [{"type": "function"}]}), "tools are not supported"),
+        for (bad, field) in [
+            (json!({"n": 2}), "`n`: 2 is not supported (one choice per request"),
+            (json!({"logprobs": true}), "`logprobs`: true is not supported"),
+            (json!({"logprobs": 3}), "`logprobs`: 3 is not supported"),
+            (json!({"top_logprobs": 5}), "`top_logprobs`: 5"),
+            (json!({"logit_bias": {"13": -100}}), "`logit_bias`"),
+            (json!({"tools": [{"type": "function"}]}), "`tools`"),
+            (json!({"tool_choice": "auto"}), "`tool_choice`: \"auto\""),
+            (json!({"function_call": "auto"}), "`function_call`"),
+            (json!({"echo": true}), "`echo`"),
+            (json!({"modalities": ["text", "audio"]}), "`modalities`"),
+            (json!({"logprobz": true}), "`logprobz` is not a field maze-server takes"),
+            (json!({"reasoning_effort": "low"}), "`reasoning_effort` is not a field"),
         ] {
-            let err = common(bad).check_supported().unwrap_err();
+            let err = refusal(bad.clone());
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{bad}");
+            assert!(
+                err.message().contains(field) && err.message().contains("docs/PROTOCOL.md"),
+                "{bad}: {err}"
+            );
+        }
+        // Every offender is named, not only the first.
+        let err = refusal(json!({"logprobs": true, "top_logprobs": 2, "bogus": 1, "user": "u"}));
+        assert!(err.message().starts_with("unsupported request fields: `bogus`"), "{err}");
+        assert!(err.message().contains("`logprobs`") && err.message().contains("`top_logprobs`"), "{err}");
+        assert!(!err.message().contains("`user`"), "user is accepted: {err}");
+
+        assert!(common(json!({"stream_options": {"include_usage": true}})).include_usage());
+        assert!(!common(json!({"stream_options": {}})).include_usage());
+        assert!(!common(json!({"stream_options": null})).include_usage());
+        assert!(!common(json!({})).include_usage());
+        // null stands for absent, as OpenAI's clients send it.
+        let nulls = common(json!({"stream": null, "ignore_eos": null, "max_tokens": null}));
+        assert!(!nulls.stream && !nulls.ignore_eos && nulls.max_tokens.is_none());
+    }
+
+    #[test]
+    fn every_field_the_openai_python_client_can_send_is_implemented_ignored_or_refused() {
+        // openai 3.54.0's chat.completions.create and completions.create keyword arguments.
+        let chat_fields = [
+            "messages",
+            "model",
+            "audio",
+            "frequency_penalty",
+            "function_call",
+            "functions",
+            "logit_bias",
+            "logprobs",
+            "max_completion_tokens",
+            "max_tokens",
+            "metadata",
+            "modalities",
+            "moderation",
+            "n",
+            "parallel_tool_calls",
+            "prediction",
+            "presence_penalty",
+            "prompt_cache_key",
+            "prompt_cache_options",
+            "prompt_cache_retention",
+            "reasoning_effort",
+            "response_format",
+            "safety_identifier",
+            "seed",
+            "service_tier",
+            "stop",
+            "store",
+            "stream",
+            "stream_options",
+            "temperature",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "top_p",
+            "user",
+            "verbosity",
+            "web_search_options",
+        ];
+        let completion_fields = ["prompt", "best_of", "echo", "suffix"];
+        // messages and prompt are ChatRequest's and CompletionRequest's own.
+        let implemented = [
+            "model",
+            "frequency_penalty",
+            "max_completion_tokens",
+            "max_tokens",
+            "presence_penalty",
+            "response_format",
+            "seed",
+            "stop",
+            "stream",
+            "stream_options",
+            "temperature",
+            "top_p",
+        ];
+        for field in chat_fields.into_iter().chain(completion_fields) {
+            if field == "messages" || field == "prompt" {
+                continue;
+            }
+            let ignored = IGNORED_FIELDS.contains(&field);
+            let in_other = common(json!({ field: null })).other.contains_key(field);
+            if implemented.contains(&field) {
+                assert!(!in_other && !ignored, "{field} is implemented");
+                continue;
+            }
+            assert!(in_other, "{field} is not a typed field");
+            let outcome = common(json!({ field: {"something": "asked"} })).check_supported();
+            if ignored {
+                assert!(outcome.is_ok(), "{field} is ignored");
+            } else {
+                let err = outcome.unwrap_err();
+                assert!(err.message().contains(&format!("`{field}`")), "{field} is refused by name: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_protocol_doc_lists_each_ignored_and_unimplemented_field() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for field in IGNORED_FIELDS.iter().chain(UNIMPLEMENTED_FIELDS.iter().map(|f| &f.name)) {
+            assert!(doc.contains(&format!("`{field}`")), "docs/PROTOCOL.md does not name `{field}`");
+        }
+    }
+
+    #[test]
+    fn nested_objects_refuse_keys_they_do_not_use() {
+        let err = chat(json!({"messages": [{"role": "user", "content": "hi", "name": "bob"}]})).unwrap_err();
+        assert!(err.to_string().contains("unknown field `name`"), "{err}");
+        let err =
+            serde_json::from_value::<CommonFields>(json!({"stream_options": {"include_obfuscation": true}}))
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `include_obfuscation`"), "{err}");
+        let err = serde_json::from_value::<CommonFields>(
+            json!({"structured_outputs": {"whitespace_pattern": " "}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `whitespace_pattern`"), "{err}");
+        for (format, says) in [
+            (json!({"type": "json_object", "schema": {}}), "field of response_format: `schema`"),
+            (
+                json!({"type": "json_schema", "json_schema": {"schema": {}, "strict": true, "strictness": 1}}),
+                "field of response_format.json_schema: `strictness`",
+            ),
+        ] {
+            let err = common(json!({ "response_format": format })).constraints().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Unsupported);
             assert!(err.message().contains(says), "{err}");
         }
-        assert!(common(json!({"stream_options": {"include_usage": true}})).include_usage());
-        assert!(!common(json!({"stream_options": {}})).include_usage());
-        assert!(!common(json!({})).include_usage());
+        let err = common(json!({"response_format": "json_object"})).constraints().unwrap_err();
+        assert!(err.message().contains("response_format must be a JSON object"), "{err}");
+        let described = json!({"type": "json_schema", "json_schema": {"name": "a", "description": "d", "schema": {}, "strict": false}});
+        assert_eq!(common(json!({ "response_format": described })).constraints().unwrap().len(), 1);
     }
 
     #[test]

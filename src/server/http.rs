@@ -128,13 +128,19 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
         };
         ApiError::new(status, ErrorKind::InvalidArgument, message)
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let invalid = |at: String, e: &dyn std::fmt::Display| {
+        let at = if at.is_empty() || at == "." { String::new() } else { format!(" at {at}") };
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorKind::InvalidArgument,
-            format!("request body is not valid: {e}"),
+            format!("request body is not valid{at}: {e}"),
         )
-    })
+    };
+    let mut json = serde_json::Deserializer::from_slice(&bytes);
+    let value =
+        serde_path_to_error::deserialize(&mut json).map_err(|e| invalid(e.path().to_string(), e.inner()))?;
+    json.end().map_err(|e| invalid(String::new(), &e))?;
+    Ok(value)
 }
 
 /// A slot of the concurrency limit, held for the whole generation (streams included).

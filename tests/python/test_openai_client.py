@@ -110,4 +110,25 @@ def test_errors(client, model, server):
         openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
-    assert "n must be 1" in str(e.value)
+    assert "`n`: 2 is not supported" in str(e.value)
+
+
+def test_unimplemented_fields_are_refused_by_name(client, model):
+    hi = [{"role": "user", "content": "hi"}]
+    for kwargs, named in [
+        ({"logprobs": True}, "`logprobs`: true"),
+        ({"logprobs": True, "top_logprobs": 3}, "`top_logprobs`: 3"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "`tools`"),
+        ({"extra_body": {"logprobz": True}}, "`logprobz` is not a field"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=model, messages=hi, max_tokens=2, **kwargs)
+        assert named in str(e.value), kwargs
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt="hi", max_tokens=2, echo=True)
+    assert "`echo`: true" in str(e.value)
+    # What asks for nothing, and the fields accepted and ignored, pass.
+    r = client.chat.completions.create(
+        model=model, messages=hi, max_tokens=2, temperature=0, n=1, logprobs=False, user="u-1", metadata={"k": "v"}
+    )
+    assert r.choices[0].logprobs is None

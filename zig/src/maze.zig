@@ -4,7 +4,10 @@
 //! Handles (`Engine`, `Session`, `ConstraintSet`) wrap the C library's and are freed with
 //! `deinit`. `Result`s are copied into memory of the allocator the call was given, and freed
 //! with `deinit` too. Failures are Zig errors (one per status code); pass a `Diagnostic` to
-//! read the library's message, which names the problem.
+//! read the library's message, which names the problem. A `Diagnostic` given to `Engine.init`
+//! is kept by the engine, and one given to `engine.session` by the session (a session made
+//! without one keeps the engine's): a call with no `diag` of its own reports to its session's,
+//! else to its engine's. A kept `Diagnostic` must outlive what keeps it.
 //!
 //! Thread-safety follows the C library: an `Engine` may be used from any number of threads at
 //! once; a `Session` runs one generation at a time (another gets `error.Busy`), and `cancel`
@@ -100,8 +103,10 @@ fn errorName(comptime status: []const u8) []const u8 {
     }
 }
 
-/// Receives the status and message of a failed call (pass `&diag` in a call's options). The
-/// message comes from the call's own error object, so it is right on any thread.
+/// Receives the status and message of a failed call (pass `&diag` in a call's options, or to
+/// `Engine.init` / `engine.session` for every call on them without one). The message comes
+/// from the call's own error object, so it is right on any thread; calls on several threads at
+/// once should each pass their own, as they would overwrite a shared one.
 pub const Diagnostic = struct {
     status: Status = .ok,
     buf: [1024]u8 = undefined,
@@ -280,7 +285,7 @@ pub const Constraint = struct {
 pub fn compileDesc(engine: *const Engine, d: *const ConstraintDesc, diag: ?*Diagnostic) Error!*c.maze_constraint {
     var handle: ?*c.maze_constraint = null;
     var err: ?*c.maze_error = null;
-    try check(c.maze_constraint_new(engine.handle, @ptrCast(d), &handle, &err), err, diag);
+    try check(c.maze_constraint_new(engine.handle, @ptrCast(d), &handle, &err), err, diag orelse engine.diag);
     return handle.?;
 }
 
@@ -326,6 +331,9 @@ pub const Message = struct {
 /// opened on it stay valid after `deinit`.
 pub const Engine = struct {
     handle: *c.maze_engine,
+    /// Where calls on the engine (and sessions opened without a Diagnostic) that pass none of
+    /// their own report: Options.diag.
+    diag: ?*Diagnostic = null,
 
     pub const Options = struct {
         /// Compute threads; 0 = one per core.
@@ -346,6 +354,9 @@ pub const Engine = struct {
         gpu_device: ?u31 = null,
         /// Loading progress; returning false aborts the load (error.Cancelled).
         progress: ?Progress = null,
+        /// Receives a failure of the load, and is kept: every later call on the engine, or on
+        /// a session opened without a Diagnostic, that passes none reports to it. It must
+        /// outlive the engine and those sessions.
         diag: ?*Diagnostic = null,
     };
 
@@ -372,7 +383,7 @@ pub const Engine = struct {
         var handle: ?*c.maze_engine = null;
         var err: ?*c.maze_error = null;
         try check(c.maze_engine_new(model_path.ptr, &params, &handle, &err), err, options.diag);
-        return .{ .handle = handle.? };
+        return .{ .handle = handle.?, .diag = options.diag };
     }
 
     pub fn deinit(self: *Engine) void {
@@ -419,7 +430,7 @@ pub const Engine = struct {
                 buf = try allocator.realloc(buf, n);
                 continue;
             }
-            try check(status, err, options.diag);
+            try check(status, err, options.diag orelse self.diag);
             return allocator.realloc(buf, n);
         }
     }
@@ -434,7 +445,7 @@ pub const Engine = struct {
         var n: usize = 0;
         var err: ?*c.maze_error = null;
         const status = c.maze_score(self.handle, tokens.ptr, tokens.len, out.ptr, out.len, &n, &err);
-        try check(status, err, diag);
+        try check(status, err, diag orelse self.diag);
         return out;
     }
 
@@ -447,7 +458,7 @@ pub const Engine = struct {
                 return c.maze_detokenize(ctx.engine, ctx.tokens.ptr, ctx.tokens.len, buf, capacity, out_len, @ptrCast(err));
             }
         };
-        return readText(allocator, tokens.len * 8 + 16, Call{ .engine = self.handle, .tokens = tokens }, diag);
+        return readText(allocator, tokens.len * 8 + 16, Call{ .engine = self.handle, .tokens = tokens }, diag orelse self.diag);
     }
 
     /// `messages` rendered with the model's chat template (error.Template when it has none).
@@ -464,7 +475,7 @@ pub const Engine = struct {
         };
         var guess: usize = 256;
         for (messages) |m| guess += m.role.len + m.content.len + 32;
-        return readText(allocator, guess, Call{ .engine = self.handle, .messages = c_messages, .add = add_generation_prompt }, diag);
+        return readText(allocator, guess, Call{ .engine = self.handle, .messages = c_messages, .add = add_generation_prompt }, diag orelse self.diag);
     }
 
     /// Compiles constraints; bad ones fail with error.InvalidConstraint and a message naming
@@ -490,19 +501,22 @@ pub const Engine = struct {
     pub fn compileJson(self: *const Engine, allocator: Allocator, json: []const u8, diag: ?*Diagnostic) Error!ConstraintSet {
         var handle: ?*c.maze_constraint = null;
         var err: ?*c.maze_error = null;
-        try check(c.maze_constraint_from_json(self.handle, json.ptr, json.len, &handle, &err), err, diag);
+        try check(c.maze_constraint_from_json(self.handle, json.ptr, json.len, &handle, &err), err, diag orelse self.diag);
         errdefer c.maze_constraint_free(handle);
         const handles = try allocator.alloc(*c.maze_constraint, 1);
         handles[0] = handle.?;
         return .{ .allocator = allocator, .handles = handles };
     }
 
-    /// Opens a conversation with its own KV cache.
+    /// Opens a conversation with its own KV cache. `diag` (else the engine's) receives a
+    /// failure to open it, and is kept: every call on the session that passes no Diagnostic
+    /// reports to it. It must outlive the session.
     pub fn session(self: *const Engine, diag: ?*Diagnostic) Error!Session {
+        const kept = diag orelse self.diag;
         var handle: ?*c.maze_session = null;
         var err: ?*c.maze_error = null;
-        try check(c.maze_session_new(self.handle, &handle, &err), err, diag);
-        return .{ .handle = handle.?, .engine = self };
+        try check(c.maze_session_new(self.handle, &handle, &err), err, kept);
+        return .{ .handle = handle.?, .engine = self, .diag = kept };
     }
 };
 
@@ -674,6 +688,9 @@ pub const Session = struct {
     handle: *c.maze_session,
     /// Compiles GenerateOptions.constraints; must outlive calls that pass constraints as values.
     engine: *const Engine,
+    /// Where calls that pass no Diagnostic report (the one the session was opened with, else
+    /// the engine's).
+    diag: ?*Diagnostic = null,
 
     /// Frees the session and its KV cache; no call on it may be running.
     pub fn deinit(self: *Session) void {
@@ -690,7 +707,7 @@ pub const Session = struct {
     /// Forgets the conversation (error.Busy while generating).
     pub fn reset(self: *const Session, diag: ?*Diagnostic) Error!void {
         var err: ?*c.maze_error = null;
-        try check(c.maze_session_reset(self.handle, &err), err, diag);
+        try check(c.maze_session_reset(self.handle, &err), err, diag orelse self.diag);
     }
 
     /// Generates to the end. The Result is owned by the caller (allocated with `allocator`),
@@ -721,6 +738,7 @@ pub const Session = struct {
     }
 
     fn run(self: *const Session, allocator: Allocator, input: Input, options: GenerateOptions, callback: c.maze_stream_callback, userdata: ?*anyopaque) Error!Result {
+        const diag = options.diag orelse self.diag;
         var params = c.maze_generate_params_default();
         if (options.max_tokens) |v| params.max_tokens = v;
         if (options.temperature) |v| params.temperature = v;
@@ -744,7 +762,7 @@ pub const Session = struct {
 
         var own: ?ConstraintSet = null;
         defer if (own) |*set| set.deinit();
-        if (options.constraints.len > 0) own = try self.engine.compile(allocator, options.constraints, options.diag);
+        if (options.constraints.len > 0) own = try self.engine.compile(allocator, options.constraints, diag);
         var handles: std.ArrayList(*c.maze_constraint) = .empty;
         defer handles.deinit(allocator);
         if (own) |set| try handles.appendSlice(allocator, set.handles);
@@ -763,7 +781,7 @@ pub const Session = struct {
                 break :blk c.maze_session_chat(self.handle, @ptrCast(messages.ptr), messages.len, &params, callback, userdata, &result, &err);
             },
         };
-        try check(status, err, options.diag);
+        try check(status, err, diag);
         return Result.take(allocator, result.?);
     }
 };
@@ -788,9 +806,11 @@ pub fn Typed(comptime T: type) type {
 }
 
 /// Generates a `T`: the output is constrained by `schemaOf(T)` (compact JSON) and parsed with
-/// std.json. Fails with error.Incomplete (and the reason in options.diag) when generation ended
-/// before the value was complete, e.g. at the token limit.
+/// std.json. Fails with error.Incomplete when generation ended before the value was complete,
+/// e.g. at the token limit; the reason goes to options.diag, else to the session's Diagnostic
+/// (else the engine's), as every failure of the call does.
 pub fn generateTyped(comptime T: type, allocator: Allocator, session: *const Session, input: Input, options: GenerateOptions) Error!Typed(T) {
+    const diag = options.diag orelse session.diag;
     const compact = comptime schema.compact(schemaOf(T));
     var all: std.ArrayList(Constraint) = .empty;
     defer all.deinit(allocator);
@@ -805,13 +825,13 @@ pub fn generateTyped(comptime T: type, allocator: Allocator, session: *const Ses
         const msg = std.fmt.bufPrint(&buf, "generation ended ({s}) after {d} tokens before the {s} value was complete", .{
             @tagName(result.finish_reason), result.generated_tokens, @typeName(T),
         }) catch &buf;
-        if (options.diag) |d| d.set(.ok, msg);
+        if (diag) |d| d.set(.ok, msg);
         return error.Incomplete;
     }
     const parsed = std.json.parseFromSlice(T, allocator, result.text, .{}) catch |e| {
         var buf: [200]u8 = undefined;
         const msg = std.fmt.bufPrint(&buf, "the generated JSON does not parse as {s}: {s}", .{ @typeName(T), @errorName(e) }) catch &buf;
-        return fail(options.diag, .internal, msg);
+        return fail(diag, .internal, msg);
     };
     return .{ .parsed = parsed, .result = result };
 }

@@ -6,13 +6,14 @@ const testing = std.testing;
 const c = maze.c;
 
 var shared_engine: ?maze.Engine = null;
+/// The shared engine's Diagnostic, which it keeps (so it lives as long as the engine).
+var shared_diag: maze.Diagnostic = .{};
 
 /// One engine for the tests (loading once keeps the suite quick); the process exit frees it.
 fn engine() !*maze.Engine {
     if (shared_engine == null) {
-        var diag: maze.Diagnostic = .{};
-        shared_engine = maze.Engine.init(build_options.model, .{ .threads = 2, .seed = 7, .diag = &diag }) catch |e| {
-            std.debug.print("loading {s}: {s} ({s}); run `make model` or pass -Dmodel=PATH\n", .{ build_options.model, @errorName(e), diag.message() });
+        shared_engine = maze.Engine.init(build_options.model, .{ .threads = 2, .seed = 7, .diag = &shared_diag }) catch |e| {
+            std.debug.print("loading {s}: {s} ({s}); run `make model` or pass -Dmodel=PATH\n", .{ build_options.model, @errorName(e), shared_diag.message() });
             return e;
         };
     }
@@ -456,6 +457,40 @@ test "typed output round trip" {
     opts.diag = &diag;
     try testing.expectError(error.Incomplete, maze.generateTyped(Recipe, testing.allocator, &s, .{ .prompt = "Recipe:" }, opts));
     try testing.expect(std.mem.indexOf(u8, diag.message(), "length") != null);
+}
+
+test "a call without a Diagnostic reports to its session's, a session without one to its engine's" {
+    const e = try engine();
+    // The session's Diagnostic: generateTyped's reason, and the library's messages.
+    var session_diag: maze.Diagnostic = .{};
+    var s = try e.session(&session_diag);
+    defer s.deinit();
+    try testing.expectError(error.Incomplete, maze.generateTyped(Recipe, testing.allocator, &s, .{ .prompt = "Recipe:" }, greedy(4)));
+    try testing.expect(std.mem.indexOf(u8, session_diag.message(), "ended (length) after") != null);
+    try testing.expectEqual(maze.Status.ok, session_diag.status);
+    try testing.expectError(error.InvalidArgument, s.generate(testing.allocator, .{ .prompt = "x" }, .{ .top_p = 0 }));
+    try testing.expect(std.mem.indexOf(u8, session_diag.message(), "top_p") != null);
+    try testing.expectEqual(maze.Status.invalid_argument, session_diag.status);
+    // A call's own Diagnostic wins and leaves the session's alone.
+    var own: maze.Diagnostic = .{};
+    try testing.expectError(error.InvalidConstraint, s.generate(testing.allocator, .{ .prompt = "x" }, .{ .constraints = &.{maze.Constraint.regex(&.{"[0-9"})}, .diag = &own }));
+    try testing.expectEqual(maze.Status.invalid_constraint, own.status);
+    try testing.expect(std.mem.indexOf(u8, session_diag.message(), "top_p") != null);
+
+    // An engine's Diagnostic (given to Engine.init): its own calls and its sessions opened
+    // without one report there.
+    var engine_diag: maze.Diagnostic = .{};
+    var owned = try maze.Engine.init(build_options.model, .{ .threads = 1, .diag = &engine_diag });
+    defer owned.deinit();
+    const ids = [_]u32{1};
+    try testing.expectError(error.InvalidArgument, owned.score(testing.allocator, &ids, null));
+    try testing.expect(std.mem.indexOf(u8, engine_diag.message(), "at least 2 tokens") != null);
+    var inheriting = try owned.session(null);
+    defer inheriting.deinit();
+    try testing.expectError(error.Incomplete, maze.generateTyped(Recipe, testing.allocator, &inheriting, .{ .prompt = "Recipe:" }, greedy(3)));
+    try testing.expect(std.mem.indexOf(u8, engine_diag.message(), "ended (length) after") != null);
+    try testing.expectError(error.InvalidConstraint, owned.compile(testing.allocator, &.{maze.Constraint.regex(&.{"[0-9"})}, null));
+    try testing.expectEqual(maze.Status.invalid_constraint, engine_diag.status);
 }
 
 fn expectFailure(result: anytype, expected: maze.Error, diag: *const maze.Diagnostic, needle: []const u8) !void {

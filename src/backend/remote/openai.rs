@@ -2,7 +2,7 @@
 //! vLLM, SGLang, llama.cpp's server or OpenAI, with structured outputs mapped to
 //! `response_format` and vLLM's `structured_outputs`; what they cannot express is refused.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::sse::SseEvent;
 use super::{preview, Inner, Run, Step};
@@ -11,7 +11,7 @@ use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::maze as proto;
 use crate::protocol::openai::{
-    self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany,
+    self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany, StreamOptions,
 };
 use crate::result::{FinishReason, GenerationResult};
 
@@ -57,7 +57,7 @@ impl Inner {
             ignore_eos: opts.ignore_eos,
             stop: (!opts.stop.is_empty()).then(|| OneOrMany::Many(opts.stop.clone())),
             stream: true,
-            stream_options: Some(json!({"include_usage": true})),
+            stream_options: Some(StreamOptions { include_usage: true }),
             ..CommonFields::default()
         };
         if opts.logprobs {
