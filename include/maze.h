@@ -183,6 +183,10 @@ typedef struct maze_engine_params {
   // Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
   // built-in one of its chat format for files without a template. NULL = the model's.
   const char *chat_template;
+  // Deepest nesting a constraint may have (JSON-schema values, regex groups, Lark rules
+  // referring to rules, Lark brackets); deeper ones fail with MAZE_STATUS_INVALID_CONSTRAINT.
+  // 0 = default (128).
+  uint32_t constraint_max_depth;
 } maze_engine_params;
 
 // Default engine settings (all cores, model context, random seed, no callback).

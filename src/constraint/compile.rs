@@ -2,6 +2,7 @@
 //! xxh3-keyed LRU cache of compiled constraints.
 
 use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use lru::LruCache;
 use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 
 use super::ir::{Constraint, ConstraintKind};
+use super::limits::{nesting_depth, ConstraintLimits, MAX_DEPTH_SETTING};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::tokenizer::Tokenizer;
 
@@ -59,10 +61,7 @@ pub struct CacheStats {
 }
 
 pub struct Compiler {
-    tokenizer: Arc<Tokenizer>,
-    vocab_size: usize,
-    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
-    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    core: Arc<CompilerCore>,
     fingerprint: u64,
     cache: Mutex<LruCache<u64, Arc<Program>>>,
     hits: AtomicU64,
@@ -70,15 +69,36 @@ pub struct Compiler {
     evictions: AtomicU64,
 }
 
+/// What a compilation needs, shared with the compile thread.
+struct CompilerCore {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
+    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    limits: ConstraintLimits,
+}
+
 pub const DEFAULT_CACHE_LIMIT: usize = 256;
+
+/// Stack of the thread each compilation runs on. llguidance's compilers recurse over the
+/// grammar; with nesting bounded by [`ConstraintLimits::max_depth`] this leaves them far more
+/// room than they need (it is address space, only touched pages cost memory).
+pub const COMPILE_STACK_BYTES: usize = 256 << 20;
 
 impl Compiler {
     pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize, cache_limit: usize) -> Self {
+        Self::with_limits(tokenizer, vocab_size, cache_limit, ConstraintLimits::default())
+    }
+
+    pub fn with_limits(
+        tokenizer: Arc<Tokenizer>,
+        vocab_size: usize,
+        cache_limit: usize,
+        limits: ConstraintLimits,
+    ) -> Self {
         let fingerprint = tokenizer.fingerprint();
         Self {
-            tokenizer,
-            vocab_size,
-            factory: OnceLock::new(),
+            core: Arc::new(CompilerCore { tokenizer, vocab_size, factory: OnceLock::new(), limits }),
             fingerprint,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_limit.max(1)).expect("non-zero"))),
             hits: AtomicU64::new(0),
@@ -88,13 +108,104 @@ impl Compiler {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.core.vocab_size
     }
 
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 
+    pub fn limits(&self) -> ConstraintLimits {
+        self.core.limits
+    }
+
+    fn key(&self, c: &Constraint) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.fingerprint.to_le_bytes());
+        c.hash_canonical(&mut h);
+        h.digest()
+    }
+
+    /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
+    /// message naming the constraint and what is wrong with it.
+    pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
+        let start = Instant::now();
+        // Before hashing: the hash walks the schema too.
+        self.core.check_depth(c)?;
+        let key = self.key(c);
+        if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(CompiledConstraint {
+                constraint: c.clone(),
+                program,
+                compile_time: start.elapsed(),
+                cache_hit: true,
+            });
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let program = Arc::new(self.build_on_compile_thread(c)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(CompiledConstraint {
+            constraint: c.clone(),
+            program,
+            compile_time: start.elapsed(),
+            cache_hit: false,
+        })
+    }
+
+    /// Compiles on a thread of its own, with a known stack ([`COMPILE_STACK_BYTES`]): however
+    /// the caller's thread was made, a deep grammar cannot overflow it.
+    fn build_on_compile_thread(&self, c: &Constraint) -> Result<Program> {
+        let (core, constraint) = (self.core.clone(), c.clone());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("maze-constraint-compile".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || {
+                let built = catch_unwind(AssertUnwindSafe(|| core.build(&constraint)))
+                    .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())));
+                let _ = sender.send(built);
+            })
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("cannot start a constraint compile thread: {e}"))
+            })?;
+        receiver.recv().map_err(|_| {
+            Error::new(ErrorKind::Internal, "the constraint compile thread ended without a result")
+        })?
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        CacheStats {
+            size: cache.len(),
+            limit: cache.cap().get(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Empties the cache (the counters keep counting).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Changes the cache limit, evicting the least recently used entries beyond it.
+    pub fn set_limit(&self, limit: usize) -> Result<()> {
+        let limit = NonZeroUsize::new(limit)
+            .ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let before = cache.len();
+        cache.resize(limit);
+        self.evictions.fetch_add(before.saturating_sub(cache.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl CompilerCore {
     fn factory(&self) -> Result<&ParserFactory> {
         self.factory
             .get_or_init(|| {
@@ -120,47 +231,24 @@ impl Compiler {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the constraint engine: {e}")))
     }
 
-    fn key(&self, c: &Constraint) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(&self.fingerprint.to_le_bytes());
-        c.hash_canonical(&mut h);
-        h.digest()
-    }
-
-    /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
-    /// message naming the constraint and what is wrong with it.
-    pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
-        let start = Instant::now();
-        let key = self.key(c);
-        if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(CompiledConstraint {
-                constraint: c.clone(),
-                program,
-                compile_time: start.elapsed(),
-                cache_hit: true,
-            });
+    /// Refuses a constraint nested deeper than [`ConstraintLimits::max_depth`], naming the limit.
+    fn check_depth(&self, c: &Constraint) -> Result<()> {
+        let (depth, what) = nesting_depth(&c.kind);
+        let max = self.limits.max_depth;
+        if depth > max {
+            return Err(Error::new(
+                ErrorKind::InvalidConstraint,
+                format!(
+                    "{}: {what} {depth} deep, over the limit of {max} ({MAX_DEPTH_SETTING})",
+                    describe(c)
+                ),
+            ));
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let program = Arc::new(self.build(c)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(CompiledConstraint {
-            constraint: c.clone(),
-            program,
-            compile_time: start.elapsed(),
-            cache_hit: false,
-        })
+        Ok(())
     }
 
     fn build(&self, c: &Constraint) -> Result<Program> {
-        let what = if c.name.is_empty() {
-            format!("{} constraint", c.kind.label())
-        } else {
-            format!("constraint '{}' ({})", c.name, c.kind.label())
-        };
+        let what = describe(c);
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
         let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
             let factory = self.factory()?;
@@ -228,31 +316,64 @@ impl Compiler {
             }
         }
     }
+}
 
-    pub fn stats(&self) -> CacheStats {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        CacheStats {
-            size: cache.len(),
-            limit: cache.cap().get(),
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
+/// "constraint 'name' (kind)", or "kind constraint" without a name.
+fn describe(c: &Constraint) -> String {
+    if c.name.is_empty() {
+        format!("{} constraint", c.kind.label())
+    } else {
+        format!("constraint '{}' ({})", c.name, c.kind.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constraint::limits::tests::lark_chain;
+    use crate::model::tokenizer::tests::smollm;
+
+    fn compiler(limits: ConstraintLimits) -> Compiler {
+        let tok = Arc::new(smollm());
+        let vocab = tok.vocab_size();
+        Compiler::with_limits(tok, vocab, 16, limits)
+    }
+
+    #[test]
+    fn constraints_nested_past_the_depth_limit_are_refused_naming_the_limit() {
+        let c = compiler(ConstraintLimits::default());
+        let err = c.compile(&Constraint::lark("chain", lark_chain(5000))).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(msg.starts_with("constraint 'chain' (lark): rules refer to rules 5001 deep"), "{msg}");
+        assert!(msg.contains("limit of 128") && msg.contains("constraint_max_depth"), "{msg}");
+
+        let mut schema = serde_json::json!({"type": "string"});
+        for _ in 0..200 {
+            schema = serde_json::json!({"type": "array", "items": schema});
         }
+        let err = c.compile(&Constraint::json_schema("deep", schema)).err().unwrap();
+        assert!(err.message().contains("the schema nests 201 deep"), "{err}");
+        let regex = format!("{}a{}", "(".repeat(129), ")".repeat(129));
+        let err = c.compile(&Constraint::regex("groups", regex)).err().unwrap();
+        assert!(err.message().contains("regex groups nest 129 deep"), "{err}");
+        assert_eq!(c.stats().misses, 0, "refused before compiling");
+        // Within the limit, all compile.
+        c.compile(&Constraint::lark("short chain", lark_chain(100))).unwrap();
     }
 
-    /// Empties the cache (the counters keep counting).
-    pub fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// Changes the cache limit, evicting the least recently used entries beyond it.
-    pub fn set_limit(&self, limit: usize) -> Result<()> {
-        let limit = NonZeroUsize::new(limit)
-            .ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let before = cache.len();
-        cache.resize(limit);
-        self.evictions.fetch_add(before.saturating_sub(cache.len()) as u64, Ordering::Relaxed);
-        Ok(())
+    /// The compile thread's stack, not the caller's, carries the grammar: a chain far past the
+    /// default limit compiles (or fails cleanly) from a thread with a small stack, where
+    /// llguidance's recursion would overflow it.
+    #[test]
+    fn compilation_runs_on_its_own_large_stack() {
+        let c = compiler(ConstraintLimits { max_depth: 100_000 });
+        let small_stack = std::thread::Builder::new().stack_size(256 << 10);
+        let compiled = small_stack
+            .spawn(move || c.compile(&Constraint::lark("chain", lark_chain(2000))).map(|c| c.cache_hit))
+            .unwrap()
+            .join()
+            .expect("no overflow on the caller's stack");
+        assert_eq!(compiled, Ok(false));
     }
 }

@@ -8,6 +8,7 @@ use super::{
     FfiError, FfiResult, Handle, MAZE_SEED_RANDOM,
 };
 use crate::backend::remote::{Protocol, RemoteConfig};
+use crate::constraint::{ConstraintLimits, DEFAULT_MAX_DEPTH};
 use crate::engine::EngineSpec;
 use crate::model::chat::ChatMessage;
 use crate::{ComputeDevice, Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
@@ -88,6 +89,10 @@ pub struct maze_engine_params {
     /// Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
     /// built-in one of its chat format for files without a template. NULL = the model's.
     pub chat_template: *const c_char,
+    /// Deepest nesting a constraint may have (JSON-schema values, regex groups, Lark rules
+    /// referring to rules, Lark brackets); deeper ones fail with MAZE_STATUS_INVALID_CONSTRAINT.
+    /// 0 = default (128).
+    pub constraint_max_depth: u32,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -112,6 +117,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
         gpu_device: -1,
         chat_template: std::ptr::null(),
+        constraint_max_depth: 0,
     }
 }
 
@@ -148,6 +154,12 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
         constraint_cache_limit: p.constraint_cache_limit as usize,
         prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
         chat_template,
+        constraint_limits: ConstraintLimits {
+            max_depth: match p.constraint_max_depth {
+                0 => DEFAULT_MAX_DEPTH,
+                n => n as usize,
+            },
+        },
         device: match p.gpu_device {
             -1 => ComputeDevice::Cpu,
             n if n >= 0 => ComputeDevice::Cuda(n as usize),
