@@ -187,6 +187,28 @@ typedef struct maze_engine_params {
   // referring to rules, Lark brackets); deeper ones fail with MAZE_STATUS_INVALID_CONSTRAINT.
   // 0 = default (128).
   uint32_t constraint_max_depth;
+  // Largest constraint in bytes of text (schema JSON, grammar, patterns or options together);
+  // 0 = default (262144).
+  uint32_t constraint_max_bytes;
+  // Longest a constraint may take to compile (first mask included); 0 = default (10000 ms).
+  uint32_t constraint_compile_timeout_ms;
+  // Reserved, keep 0.
+  uint32_t reserved2;
+  // llguidance lexer fuel for building a lexer; 0 = default (1000000).
+  uint64_t constraint_initial_lexer_fuel;
+  // llguidance lexer fuel for one token mask; 0 = default (200000).
+  uint64_t constraint_step_lexer_fuel;
+  // llguidance Earley items in one row; 0 = default (2000).
+  uint32_t constraint_max_items_in_row;
+  // llguidance Earley items for one token mask; 0 = default (50000).
+  uint32_t constraint_step_max_items;
+  // llguidance lexer states; 0 = default (250000).
+  uint32_t constraint_max_lexer_states;
+  // llguidance grammar symbols after compilation; 0 = default (500000).
+  uint32_t constraint_max_grammar_size;
+  // Match very large regexes against the whole vocabulary while building the lexer (faster
+  // masks, slower compilation). Default true.
+  bool constraint_precompute_large_lexemes;
 } maze_engine_params;
 
 // Default engine settings (all cores, model context, random seed, no callback).

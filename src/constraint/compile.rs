@@ -4,16 +4,19 @@
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::{ParserFactory, TokenParser};
+use llguidance::{CancellationHandle, ParserFactory, TokenParser};
 use lru::LruCache;
 use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 
 use super::ir::{Constraint, ConstraintKind};
-use super::limits::{nesting_depth, ConstraintLimits, MAX_DEPTH_SETTING};
+use super::limits::{
+    nesting_depth, text_size, ConstraintLimits, COMPILE_TIMEOUT_SETTING, MAX_DEPTH_SETTING, MAX_SIZE_SETTING,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::tokenizer::Tokenizer;
 
@@ -80,6 +83,16 @@ struct CompilerCore {
 
 pub const DEFAULT_CACHE_LIMIT: usize = 256;
 
+/// How often a caller waiting for a compilation looks at its stop condition.
+const STOP_POLL: Duration = Duration::from_millis(2);
+
+/// What the compile thread tells the caller waiting for it.
+enum FromCompile {
+    /// Stops the llguidance work under way (sent before it starts).
+    Cancel(CancellationHandle),
+    Done(Result<Program>),
+}
+
 /// Stack of the thread each compilation runs on. llguidance's compilers recurse over the
 /// grammar; with nesting bounded by [`ConstraintLimits::max_depth`] this leaves them far more
 /// room than they need (it is address space, only touched pages cost memory).
@@ -129,9 +142,20 @@ impl Compiler {
     /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
     /// message naming the constraint and what is wrong with it.
     pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
+        self.compile_until(c, &|| None)
+    }
+
+    /// Like [`Compiler::compile`], giving up as soon as `stop` returns an error (a cancelled or
+    /// timed-out call): the compile thread is told to stop and left to end on its own.
+    pub fn compile_until(
+        &self,
+        c: &Constraint,
+        stop: &dyn Fn() -> Option<Error>,
+    ) -> Result<CompiledConstraint> {
         let start = Instant::now();
         // Before hashing: the hash walks the schema too.
         self.core.check_depth(c)?;
+        self.core.check_size(c)?;
         let key = self.key(c);
         if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +167,7 @@ impl Compiler {
             });
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let program = Arc::new(self.build_on_compile_thread(c)?);
+        let program = Arc::new(self.build_on_compile_thread(c, stop)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
@@ -157,24 +181,59 @@ impl Compiler {
     }
 
     /// Compiles on a thread of its own, with a known stack ([`COMPILE_STACK_BYTES`]): however
-    /// the caller's thread was made, a deep grammar cannot overflow it.
-    fn build_on_compile_thread(&self, c: &Constraint) -> Result<Program> {
+    /// the caller's thread was made, a deep grammar cannot overflow it. Waits at most
+    /// [`ConstraintLimits::compile_timeout`], and only while `stop` says nothing; then the
+    /// compile thread's llguidance work is cancelled (what cannot be cancelled is bounded by
+    /// the fuel limits) and the thread ends on its own.
+    fn build_on_compile_thread(&self, c: &Constraint, stop: &dyn Fn() -> Option<Error>) -> Result<Program> {
         let (core, constraint) = (self.core.clone(), c.clone());
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("maze-constraint-compile".into())
             .stack_size(COMPILE_STACK_BYTES)
             .spawn(move || {
-                let built = catch_unwind(AssertUnwindSafe(|| core.build(&constraint)))
+                let built = catch_unwind(AssertUnwindSafe(|| core.build(&constraint, &sender)))
                     .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())));
-                let _ = sender.send(built);
+                let _ = sender.send(FromCompile::Done(built));
             })
             .map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("cannot start a constraint compile thread: {e}"))
             })?;
-        receiver.recv().map_err(|_| {
-            Error::new(ErrorKind::Internal, "the constraint compile thread ended without a result")
-        })?
+        let timeout = self.core.limits.compile_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut handles = Vec::new();
+        let give_up = |handles: &[CancellationHandle], e: Error| {
+            handles.iter().for_each(CancellationHandle::cancel);
+            Err(e)
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let e = Error::new(
+                    ErrorKind::InvalidConstraint,
+                    format!(
+                        "{}: compiling took longer than the limit of {} ms ({COMPILE_TIMEOUT_SETTING})",
+                        describe(c),
+                        timeout.as_millis()
+                    ),
+                );
+                return give_up(&handles, e);
+            }
+            if let Some(e) = stop() {
+                return give_up(&handles, e);
+            }
+            match receiver.recv_timeout((deadline - now).min(STOP_POLL)) {
+                Ok(FromCompile::Cancel(h)) => handles.push(h),
+                Ok(FromCompile::Done(built)) => return built,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "the constraint compile thread ended without a result",
+                    ))
+                }
+            }
+        }
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -225,6 +284,7 @@ impl CompilerCore {
                     Arc::new(MazeTokEnv { trie: TokTrie::from(&info, &words), tokenizer: tok.clone() });
                 let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
                 factory.quiet();
+                *factory.limits_mut() = self.limits.parser_limits();
                 Ok(factory)
             })
             .as_ref()
@@ -247,14 +307,31 @@ impl CompilerCore {
         Ok(())
     }
 
-    fn build(&self, c: &Constraint) -> Result<Program> {
+    /// Refuses a constraint bigger than [`ConstraintLimits::max_size_bytes`], naming the limit.
+    fn check_size(&self, c: &Constraint) -> Result<()> {
+        let (size, max) = (text_size(&c.kind), self.limits.max_size_bytes);
+        if size > max {
+            return Err(Error::new(
+                ErrorKind::InvalidConstraint,
+                format!("{}: {size} bytes, over the limit of {max} ({MAX_SIZE_SETTING})", describe(c)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, c: &Constraint, waiting: &Sender<FromCompile>) -> Result<Program> {
         let what = describe(c);
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
         let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
             let factory = self.factory()?;
             let mut parser = factory.create_parser(grammar).map_err(|e| bad(format!("{part}{e}")))?;
             // Some problems only surface when the parser starts; find them now, not mid-request.
-            let mut probe = llguidance::Matcher::new(Ok(parser.deep_clone()));
+            let mut probe_parser = parser.deep_clone();
+            let handle = probe_parser.enable_cancellation();
+            let mut probe = llguidance::Matcher::new(Ok(probe_parser));
+            if waiting.send(FromCompile::Cancel(handle)).is_err() {
+                return Err(Error::new(ErrorKind::Cancelled, "nobody waits for this compilation"));
+            }
             if let Err(e) = probe.compute_mask() {
                 return Err(bad(format!("{part}{e}")));
             }
@@ -367,7 +444,7 @@ mod tests {
     /// llguidance's recursion would overflow it.
     #[test]
     fn compilation_runs_on_its_own_large_stack() {
-        let c = compiler(ConstraintLimits { max_depth: 100_000 });
+        let c = compiler(ConstraintLimits { max_depth: 100_000, ..Default::default() });
         let small_stack = std::thread::Builder::new().stack_size(256 << 10);
         let compiled = small_stack
             .spawn(move || c.compile(&Constraint::lark("chain", lark_chain(2000))).map(|c| c.cache_hit))
@@ -375,5 +452,40 @@ mod tests {
             .join()
             .expect("no overflow on the caller's stack");
         assert_eq!(compiled, Ok(false));
+    }
+
+    #[test]
+    fn oversized_constraints_are_refused_naming_the_limit() {
+        let c = compiler(ConstraintLimits::default());
+        let options: Vec<String> = (0..100_000).map(|i| format!("option{i}")).collect();
+        let err = c.compile(&Constraint::choice("many", options)).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(
+            msg.starts_with("constraint 'many' (choice): 1188890 bytes, over the limit of 262144"),
+            "{msg}"
+        );
+        assert!(msg.contains("constraint_max_bytes"), "{msg}");
+        assert_eq!(c.stats().misses, 0, "refused before compiling");
+        let small = compiler(ConstraintLimits { max_size_bytes: 10, ..Default::default() });
+        assert!(small.compile(&Constraint::regex("r", "[0-9]{1,20}")).is_err());
+        small.compile(&Constraint::regex("r", "[0-9]+")).unwrap();
+    }
+
+    /// Two adjacent `/a+/` lexemes: llguidance's forced-byte loop never ends on it. The
+    /// compilation is cut at the compile timeout (and its thread told to stop).
+    #[test]
+    fn a_compilation_that_does_not_end_is_cut_at_the_limit() {
+        let limits = ConstraintLimits { compile_timeout: Duration::from_millis(300), ..Default::default() };
+        let c = compiler(limits);
+        let err = c.compile(&Constraint::lark("ambiguous", "start: A B\nA: /a+/\nB: /a+/\n")).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(msg.contains("compiling took longer than the limit of 300 ms"), "{msg}");
+        assert!(msg.contains("constraint_compile_timeout_ms"), "{msg}");
+        // A stop from the caller ends the wait too, with the caller's error.
+        let stop = || Some(Error::new(ErrorKind::Cancelled, "cancelled by the caller"));
+        let err = c.compile_until(&Constraint::regex("r", "[0-9]+"), &stop).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
     }
 }

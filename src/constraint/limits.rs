@@ -2,6 +2,8 @@
 //! before llguidance sees the constraint, with loops rather than recursion so that the check
 //! itself cannot overflow a stack) and, passed on to llguidance, its parser limits.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::ir::ConstraintKind;
@@ -15,7 +17,35 @@ pub struct ConstraintLimits {
     /// regex groups, Lark rules referring to rules (the longest chain) and brackets in a Lark
     /// expression. Default [`DEFAULT_MAX_DEPTH`].
     pub max_depth: usize,
+    /// Largest constraint accepted, in bytes of its text (the schema as JSON, the grammar, the
+    /// patterns or options together). Default [`DEFAULT_MAX_SIZE_BYTES`].
+    pub max_size_bytes: usize,
+    /// Longest a compilation may take (wall clock, the first mask included); past it the
+    /// constraint is refused. Default [`DEFAULT_COMPILE_TIMEOUT`].
+    pub compile_timeout: Duration,
+    /// llguidance: lexer fuel for building the lexer (regex AST nodes). Default 1,000,000.
+    pub initial_lexer_fuel: u64,
+    /// llguidance: lexer fuel for one token mask. Default 200,000.
+    pub step_lexer_fuel: u64,
+    /// llguidance: Earley items in one row (the grammar's branching). Default 2000.
+    pub max_items_in_row: usize,
+    /// llguidance: Earley items created for one token mask. Default 50,000.
+    pub step_max_items: usize,
+    /// llguidance: lexer states (memory, ~1-2 kB each). Default 250,000.
+    pub max_lexer_states: usize,
+    /// llguidance: grammar symbols after compilation. Default 500,000.
+    pub max_grammar_size: usize,
+    /// llguidance: match very large regexes against the whole token trie while building the
+    /// lexer (faster masks, slower compilation). Default true.
+    pub precompute_large_lexemes: bool,
 }
+
+/// Default [`ConstraintLimits::max_size_bytes`]: 256 KiB. A choice among 30,000 short options
+/// (~330 kB) already takes over a second to compile on a tiny vocabulary.
+pub const DEFAULT_MAX_SIZE_BYTES: usize = 256 << 10;
+
+/// Default [`ConstraintLimits::compile_timeout`].
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default [`ConstraintLimits::max_depth`]: serde_json refuses JSON text nested deeper than 128
 /// anyway, and no practical grammar chains rules that deep.
@@ -23,13 +53,71 @@ pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 impl Default for ConstraintLimits {
     fn default() -> Self {
-        Self { max_depth: DEFAULT_MAX_DEPTH }
+        let l = llguidance::api::ParserLimits::default();
+        Self {
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            initial_lexer_fuel: l.initial_lexer_fuel,
+            step_lexer_fuel: l.step_lexer_fuel,
+            max_items_in_row: l.max_items_in_row,
+            step_max_items: l.step_max_items,
+            max_lexer_states: l.max_lexer_states,
+            max_grammar_size: l.max_grammar_size,
+            precompute_large_lexemes: l.precompute_large_lexemes,
+        }
+    }
+}
+
+impl ConstraintLimits {
+    /// The llguidance parser limits these set.
+    pub(crate) fn parser_limits(&self) -> llguidance::api::ParserLimits {
+        llguidance::api::ParserLimits {
+            max_items_in_row: self.max_items_in_row,
+            initial_lexer_fuel: self.initial_lexer_fuel,
+            step_lexer_fuel: self.step_lexer_fuel,
+            step_max_items: self.step_max_items,
+            max_lexer_states: self.max_lexer_states,
+            max_grammar_size: self.max_grammar_size,
+            precompute_large_lexemes: self.precompute_large_lexemes,
+            verbose_errors: false,
+        }
+    }
+}
+
+/// The constraint's size in bytes of text (see [`ConstraintLimits::max_size_bytes`]).
+pub(crate) fn text_size(kind: &ConstraintKind) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match kind {
+        ConstraintKind::JsonSchema(v) => {
+            let mut count = Count(0);
+            let _ = serde_json::to_writer(&mut count, v);
+            count.0
+        }
+        ConstraintKind::Lark(g) => g.len(),
+        ConstraintKind::Regex(items) | ConstraintKind::Choice(items) => {
+            items.iter().map(|i| i.len() + 1).sum()
+        }
+        ConstraintKind::TokenMask { .. } => 0,
     }
 }
 
 /// Where each limit is set, for error messages.
 pub(crate) const MAX_DEPTH_SETTING: &str =
     "EngineConfig::constraint_limits.max_depth, C: maze_engine_params.constraint_max_depth";
+pub(crate) const MAX_SIZE_SETTING: &str =
+    "EngineConfig::constraint_limits.max_size_bytes, C: maze_engine_params.constraint_max_bytes";
+pub(crate) const COMPILE_TIMEOUT_SETTING: &str =
+    "EngineConfig::constraint_limits.compile_timeout, C: maze_engine_params.constraint_compile_timeout_ms";
 
 /// How deep the constraint nests, and in what (for the error message).
 pub(crate) fn nesting_depth(kind: &ConstraintKind) -> (usize, &'static str) {
