@@ -381,8 +381,9 @@ typedef struct maze_generate_params {
   // first one that appears; it is never streamed.
   const struct maze_string *stop;
   size_t n_stop;
-  // Wall-clock limit in milliseconds from the call (queueing included); 0 = none. When it
-  // passes the result finishes with MAZE_FINISH_TIMEOUT.
+  // Wall-clock limit in milliseconds from the call (constraint compilation, tokenization and
+  // queueing included); 0 = none. When it passes the result finishes with
+  // MAZE_FINISH_TIMEOUT.
   uint32_t timeout_ms;
   // Record each generated token's log-probability (maze_result_logprobs). Default false.
   bool logprobs;
@@ -460,9 +461,12 @@ enum maze_status maze_session_chat(const struct maze_session *session,
                                    struct maze_result **out_result,
                                    struct maze_error **error);
 
-// Stops the session's running generation (prefill included) from any thread. The generate call
-// returns soon after with MAZE_FINISH_CANCELLED. A no-op when idle: it does not affect the next
-// generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
+// Stops the session's call in flight from any thread, wherever it is: compiling its
+// constraints, tokenizing, queued, prefilling or decoding. The generate call returns soon after
+// with MAZE_FINISH_CANCELLED (cancelled before generation began: no text, every constraint
+// violated). A call is in flight from the moment it has checked that the session is not busy
+// until it returns; a cancel outside that span is a no-op and does not affect the next call.
+// Fails only with MAZE_STATUS_NULL_ARGUMENT.
 enum maze_status maze_session_cancel(const struct maze_session *session);
 
 // Forgets the conversation: the next call starts from an empty context (a remote session keeps

@@ -36,6 +36,20 @@ pub struct ConstraintReport {
     pub reason: Option<String>,
 }
 
+impl ConstraintReport {
+    /// A constraint that cannot vouch for the text (it stopped before the end): violated, with
+    /// `why`.
+    pub fn unproven(c: &super::Constraint, why: &str) -> Self {
+        Self {
+            name: c.name.clone(),
+            kind: c.kind.tag(),
+            priority: c.priority,
+            outcome: ConstraintOutcome::Violated,
+            reason: Some(why.to_string()),
+        }
+    }
+}
+
 /// Timing and counts of constraint work in one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ConstraintStats {
