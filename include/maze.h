@@ -38,7 +38,8 @@ extern "C" {
 
 // One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
 // number of generations at once, and freed once none uses it... or any time: generations keep
-// what they need.
+// what they need. While the handle lives its compiled form is kept (on a local engine): the
+// compile cache may evict it, generations using the handle never compile it again.
 typedef struct maze_constraint maze_constraint;
 
 // A loaded model with its worker, or a connection to a remote server. Thread-safe: every

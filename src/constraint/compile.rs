@@ -1,6 +1,7 @@
 //! Constraint IR → llguidance parsers, through one parser factory per tokenizer, with an
 //! xxh3-keyed LRU cache of compiled constraints.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,9 @@ pub struct Compiler {
     core: Arc<CompilerCore>,
     fingerprint: u64,
     cache: Mutex<LruCache<u64, Arc<Program>>>,
+    /// Programs of constraints a caller holds (a `maze_constraint` handle), by key with their
+    /// holders' count: kept compiled whatever the cache evicts.
+    held: Mutex<HashMap<u64, (Arc<Program>, usize)>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -114,6 +118,7 @@ impl Compiler {
             core: Arc::new(CompilerCore { tokenizer, vocab_size, factory: OnceLock::new(), limits }),
             fingerprint,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_limit.max(1)).expect("non-zero"))),
+            held: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -157,7 +162,9 @@ impl Compiler {
         self.core.check_depth(c)?;
         self.core.check_size(c)?;
         let key = self.key(c);
-        if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let held = || self.held.lock().unwrap_or_else(|p| p.into_inner()).get(&key).map(|(p, _)| p.clone());
+        if let Some(program) = cached.or_else(held) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(CompiledConstraint {
                 constraint: c.clone(),
@@ -232,6 +239,28 @@ impl Compiler {
                         "the constraint compile thread ended without a result",
                     ))
                 }
+            }
+        }
+    }
+
+    /// Compiles `c` (or takes it from the cache) and keeps its compiled form until as many
+    /// [`Compiler::release`] calls with the returned key: the cache may evict it meanwhile,
+    /// compiling it again never happens.
+    pub fn hold(&self, c: &Constraint) -> Result<u64> {
+        let compiled = self.compile(c)?;
+        let key = self.key(c);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.entry(key).or_insert_with(|| (compiled.program.clone(), 0)).1 += 1;
+        Ok(key)
+    }
+
+    /// Gives up one hold taken by [`Compiler::hold`].
+    pub fn release(&self, key: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = held.get_mut(&key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                held.remove(&key);
             }
         }
     }
@@ -487,5 +516,29 @@ mod tests {
         let stop = || Some(Error::new(ErrorKind::Cancelled, "cancelled by the caller"));
         let err = c.compile_until(&Constraint::regex("r", "[0-9]+"), &stop).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
+    }
+
+    #[test]
+    fn a_held_constraint_stays_compiled_after_eviction() {
+        let c = compiler(ConstraintLimits::default());
+        c.set_limit(1).unwrap();
+        let held = Constraint::regex("held", "[0-9]+");
+        let key = c.hold(&held).unwrap();
+        for i in 0..5 {
+            c.compile(&Constraint::regex("other", format!("x{i}"))).unwrap();
+        }
+        let before = c.stats();
+        assert!(before.evictions >= 5, "{before:?}");
+        let again = c.compile(&held).unwrap();
+        assert!(again.cache_hit);
+        assert_eq!(c.stats().misses, before.misses, "no recompilation");
+        // Released, it goes the way of any evicted entry.
+        c.release(key);
+        for i in 0..2 {
+            c.compile(&Constraint::regex("other", format!("y{i}"))).unwrap();
+        }
+        let before = c.stats().misses;
+        assert!(!c.compile(&held).unwrap().cache_hit);
+        assert_eq!(c.stats().misses, before + 1);
     }
 }

@@ -84,6 +84,19 @@ impl ComputeDevice {
     }
 }
 
+/// A constraint kept compiled by its engine while this lives (see
+/// [`LocalEngine::hold_constraint`]).
+pub struct HeldConstraint {
+    engine: LocalEngine,
+    key: u64,
+}
+
+impl Drop for HeldConstraint {
+    fn drop(&mut self) {
+        self.engine.inner.compiler.release(self.key);
+    }
+}
+
 /// Default budget of [`EngineConfig::prefix_cache_bytes`].
 pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 64 << 20;
 
@@ -245,6 +258,13 @@ impl LocalEngine {
     /// that bad input is reported before any generation.
     pub fn compile_constraint(&self, constraint: &Constraint) -> Result<CompiledConstraint> {
         self.inner.compiler.compile(constraint)
+    }
+
+    /// Compiles a constraint and keeps its compiled form for as long as the returned value
+    /// lives, whatever the cache evicts.
+    pub fn hold_constraint(&self, constraint: &Constraint) -> Result<HeldConstraint> {
+        let key = self.inner.compiler.hold(constraint)?;
+        Ok(HeldConstraint { engine: self.clone(), key })
     }
 
     pub fn constraint_cache_stats(&self) -> CacheStats {
