@@ -38,7 +38,8 @@ extern "C" {
 
 // One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
 // number of generations at once, and freed once none uses it... or any time: generations keep
-// what they need.
+// what they need. While the handle lives its compiled form is kept (on a local engine): the
+// compile cache may evict it, generations using the handle never compile it again.
 typedef struct maze_constraint maze_constraint;
 
 // A loaded model with its worker, or a connection to a remote server. Thread-safe: every
@@ -183,6 +184,32 @@ typedef struct maze_engine_params {
   // Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
   // built-in one of its chat format for files without a template. NULL = the model's.
   const char *chat_template;
+  // Deepest nesting a constraint may have (JSON-schema values, regex groups, Lark rules
+  // referring to rules, Lark brackets); deeper ones fail with MAZE_STATUS_INVALID_CONSTRAINT.
+  // 0 = default (128).
+  uint32_t constraint_max_depth;
+  // Largest constraint in bytes of text (schema JSON, grammar, patterns or options together);
+  // 0 = default (262144).
+  uint32_t constraint_max_bytes;
+  // Longest a constraint may take to compile (first mask included); 0 = default (10000 ms).
+  uint32_t constraint_compile_timeout_ms;
+  // Reserved, keep 0.
+  uint32_t reserved2;
+  // llguidance lexer fuel for building a lexer; 0 = default (1000000).
+  uint64_t constraint_initial_lexer_fuel;
+  // llguidance lexer fuel for one token mask; 0 = default (200000).
+  uint64_t constraint_step_lexer_fuel;
+  // llguidance Earley items in one row; 0 = default (2000).
+  uint32_t constraint_max_items_in_row;
+  // llguidance Earley items for one token mask; 0 = default (50000).
+  uint32_t constraint_step_max_items;
+  // llguidance lexer states; 0 = default (250000).
+  uint32_t constraint_max_lexer_states;
+  // llguidance grammar symbols after compilation; 0 = default (500000).
+  uint32_t constraint_max_grammar_size;
+  // Match very large regexes against the whole vocabulary while building the lexer (faster
+  // masks, slower compilation). Default true.
+  bool constraint_precompute_large_lexemes;
 } maze_engine_params;
 
 // Default engine settings (all cores, model context, random seed, no callback).
@@ -355,8 +382,9 @@ typedef struct maze_generate_params {
   // first one that appears; it is never streamed.
   const struct maze_string *stop;
   size_t n_stop;
-  // Wall-clock limit in milliseconds from the call (queueing included); 0 = none. When it
-  // passes the result finishes with MAZE_FINISH_TIMEOUT.
+  // Wall-clock limit in milliseconds from the call (constraint compilation, tokenization and
+  // queueing included); 0 = none. When it passes the result finishes with
+  // MAZE_FINISH_TIMEOUT.
   uint32_t timeout_ms;
   // Record each generated token's log-probability (maze_result_logprobs). Default false.
   bool logprobs;
@@ -434,9 +462,12 @@ enum maze_status maze_session_chat(const struct maze_session *session,
                                    struct maze_result **out_result,
                                    struct maze_error **error);
 
-// Stops the session's running generation (prefill included) from any thread. The generate call
-// returns soon after with MAZE_FINISH_CANCELLED. A no-op when idle: it does not affect the next
-// generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
+// Stops the session's call in flight from any thread, wherever it is: compiling its
+// constraints, tokenizing, queued, prefilling or decoding. The generate call returns soon after
+// with MAZE_FINISH_CANCELLED (cancelled before generation began: no text, every constraint
+// violated). A call is in flight from the moment it has checked that the session is not busy
+// until it returns; a cancel outside that span is a no-op and does not affect the next call.
+// Fails only with MAZE_STATUS_NULL_ARGUMENT.
 enum maze_status maze_session_cancel(const struct maze_session *session);
 
 // Forgets the conversation: the next call starts from an empty context (a remote session keeps

@@ -785,3 +785,51 @@ fn a_batch_computes_exactly_what_its_items_compute_alone() {
     assert_eq!(out[0].as_ref().unwrap_err().kind(), ErrorKind::Cancelled);
     assert_eq!(ok.len(), 1);
 }
+
+/// Two adjacent `/a+/` lexemes: llguidance's compilation of it does not end (cut at the compile
+/// time limit, 10 s by default). A call's timeout and a cancel reach it while it compiles.
+fn never_compiles() -> Constraint {
+    Constraint::lark("ambiguous", "start: A B\nA: /a+/\nB: /a+/\n")
+}
+
+#[test]
+fn a_calls_timeout_counts_from_the_call_and_covers_compilation() {
+    let dir = TempDir::new("compile-timeout");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let session = engine.new_session();
+    let opts = GenerateOptions {
+        timeout: Some(Duration::from_millis(100)),
+        constraints: vec![never_compiles()],
+        ..greedy(4)
+    };
+    let r = session.generate(&Prompt::Text("hello".into()), &opts).expect("a result, not an error");
+    assert_eq!(r.finish_reason, FinishReason::Timeout);
+    assert!(r.tokens.is_empty() && r.text.is_empty());
+    assert_eq!(r.validation[0].outcome, ConstraintOutcome::Violated);
+    let why = r.validation[0].reason.as_deref().unwrap();
+    assert_eq!(why, "the call ended (timeout) before generation began");
+    assert!(r.stats.total_time < Duration::from_secs(5), "cut at the call's timeout: {:?}", r.stats);
+}
+
+#[test]
+fn a_cancel_during_compilation_sticks_to_the_call() {
+    let dir = TempDir::new("compile-cancel");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let session = Arc::new(engine.new_session());
+    let s2 = session.clone();
+    // One cancel, as soon as the call is in flight (while it compiles).
+    let canceller = std::thread::spawn(move || {
+        while !s2.is_busy() {
+            std::thread::yield_now();
+        }
+        s2.cancel();
+    });
+    let opts = GenerateOptions { constraints: vec![never_compiles()], ..greedy(4) };
+    let r = session.generate(&Prompt::Text("hello".into()), &opts).expect("a result, not an error");
+    canceller.join().unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    assert!(r.stats.total_time < Duration::from_secs(5), "not left to the compile limit: {:?}", r.stats);
+    // The next call is not affected.
+    let r = session.generate(&Prompt::Text("hello".into()), &greedy(2)).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Length);
+}

@@ -38,8 +38,8 @@ impl EngineBackend for LocalEngine {
         self.tokenizer().is_end_of_generation(token)
     }
 
-    fn check_constraint(&self, constraint: &Constraint) -> Result<()> {
-        self.compile_constraint(constraint).map(drop)
+    fn check_constraint(&self, constraint: &Constraint) -> Result<Option<crate::engine::HeldConstraint>> {
+        self.hold_constraint(constraint).map(Some)
     }
 
     fn constraint_cache_stats(&self) -> Result<CacheStats> {

@@ -43,8 +43,9 @@ pub trait EngineBackend: Any + Send + Sync {
     fn is_end_of_generation(&self, token: u32) -> bool;
 
     /// Reports a bad constraint before any generation: compiled here (and cached) when the
-    /// engine enforces constraints itself; a server checks its own.
-    fn check_constraint(&self, constraint: &Constraint) -> Result<()>;
+    /// engine enforces constraints itself, its compiled form kept while the returned value
+    /// lives; a server checks its own (`None`).
+    fn check_constraint(&self, constraint: &Constraint) -> Result<Option<crate::engine::HeldConstraint>>;
 
     fn constraint_cache_stats(&self) -> Result<CacheStats>;
 

@@ -1,17 +1,23 @@
 //! Constraint IR → llguidance parsers, through one parser factory per tokenizer, with an
 //! xxh3-keyed LRU cache of compiled constraints.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::{ParserFactory, TokenParser};
+use llguidance::{CancellationHandle, ParserFactory, TokenParser};
 use lru::LruCache;
 use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 
 use super::ir::{Constraint, ConstraintKind};
+use super::limits::{
+    nesting_depth, text_size, ConstraintLimits, COMPILE_TIMEOUT_SETTING, MAX_DEPTH_SETTING, MAX_SIZE_SETTING,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::tokenizer::Tokenizer;
 
@@ -59,28 +65,60 @@ pub struct CacheStats {
 }
 
 pub struct Compiler {
-    tokenizer: Arc<Tokenizer>,
-    vocab_size: usize,
-    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
-    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    core: Arc<CompilerCore>,
     fingerprint: u64,
     cache: Mutex<LruCache<u64, Arc<Program>>>,
+    /// Programs of constraints a caller holds (a `maze_constraint` handle), by key with their
+    /// holders' count: kept compiled whatever the cache evicts.
+    held: Mutex<HashMap<u64, (Arc<Program>, usize)>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
 }
 
+/// What a compilation needs, shared with the compile thread.
+struct CompilerCore {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
+    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    limits: ConstraintLimits,
+}
+
 pub const DEFAULT_CACHE_LIMIT: usize = 256;
+
+/// How often a caller waiting for a compilation looks at its stop condition.
+const STOP_POLL: Duration = Duration::from_millis(2);
+
+/// What the compile thread tells the caller waiting for it.
+enum FromCompile {
+    /// Stops the llguidance work under way (sent before it starts).
+    Cancel(CancellationHandle),
+    Done(Result<Program>),
+}
+
+/// Stack of the thread each compilation runs on. llguidance's compilers recurse over the
+/// grammar; with nesting bounded by [`ConstraintLimits::max_depth`] this leaves them far more
+/// room than they need (it is address space, only touched pages cost memory).
+pub const COMPILE_STACK_BYTES: usize = 256 << 20;
 
 impl Compiler {
     pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize, cache_limit: usize) -> Self {
+        Self::with_limits(tokenizer, vocab_size, cache_limit, ConstraintLimits::default())
+    }
+
+    pub fn with_limits(
+        tokenizer: Arc<Tokenizer>,
+        vocab_size: usize,
+        cache_limit: usize,
+        limits: ConstraintLimits,
+    ) -> Self {
         let fingerprint = tokenizer.fingerprint();
         Self {
-            tokenizer,
-            vocab_size,
-            factory: OnceLock::new(),
+            core: Arc::new(CompilerCore { tokenizer, vocab_size, factory: OnceLock::new(), limits }),
             fingerprint,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_limit.max(1)).expect("non-zero"))),
+            held: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -88,13 +126,174 @@ impl Compiler {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.core.vocab_size
     }
 
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 
+    pub fn limits(&self) -> ConstraintLimits {
+        self.core.limits
+    }
+
+    fn key(&self, c: &Constraint) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.fingerprint.to_le_bytes());
+        c.hash_canonical(&mut h);
+        h.digest()
+    }
+
+    /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
+    /// message naming the constraint and what is wrong with it.
+    pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
+        self.compile_until(c, &|| None)
+    }
+
+    /// Like [`Compiler::compile`], giving up as soon as `stop` returns an error (a cancelled or
+    /// timed-out call): the compile thread is told to stop and left to end on its own.
+    pub fn compile_until(
+        &self,
+        c: &Constraint,
+        stop: &dyn Fn() -> Option<Error>,
+    ) -> Result<CompiledConstraint> {
+        let start = Instant::now();
+        // Before hashing: the hash walks the schema too.
+        self.core.check_depth(c)?;
+        self.core.check_size(c)?;
+        let key = self.key(c);
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let held = || self.held.lock().unwrap_or_else(|p| p.into_inner()).get(&key).map(|(p, _)| p.clone());
+        if let Some(program) = cached.or_else(held) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(CompiledConstraint {
+                constraint: c.clone(),
+                program,
+                compile_time: start.elapsed(),
+                cache_hit: true,
+            });
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let program = Arc::new(self.build_on_compile_thread(c, stop)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(CompiledConstraint {
+            constraint: c.clone(),
+            program,
+            compile_time: start.elapsed(),
+            cache_hit: false,
+        })
+    }
+
+    /// Compiles on a thread of its own, with a known stack ([`COMPILE_STACK_BYTES`]): however
+    /// the caller's thread was made, a deep grammar cannot overflow it. Waits at most
+    /// [`ConstraintLimits::compile_timeout`], and only while `stop` says nothing; then the
+    /// compile thread's llguidance work is cancelled (what cannot be cancelled is bounded by
+    /// the fuel limits) and the thread ends on its own.
+    fn build_on_compile_thread(&self, c: &Constraint, stop: &dyn Fn() -> Option<Error>) -> Result<Program> {
+        let (core, constraint) = (self.core.clone(), c.clone());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("maze-constraint-compile".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || {
+                let built = catch_unwind(AssertUnwindSafe(|| core.build(&constraint, &sender)))
+                    .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())));
+                let _ = sender.send(FromCompile::Done(built));
+            })
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("cannot start a constraint compile thread: {e}"))
+            })?;
+        let timeout = self.core.limits.compile_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut handles = Vec::new();
+        let give_up = |handles: &[CancellationHandle], e: Error| {
+            handles.iter().for_each(CancellationHandle::cancel);
+            Err(e)
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let e = Error::new(
+                    ErrorKind::InvalidConstraint,
+                    format!(
+                        "{}: compiling took longer than the limit of {} ms ({COMPILE_TIMEOUT_SETTING})",
+                        describe(c),
+                        timeout.as_millis()
+                    ),
+                );
+                return give_up(&handles, e);
+            }
+            if let Some(e) = stop() {
+                return give_up(&handles, e);
+            }
+            match receiver.recv_timeout((deadline - now).min(STOP_POLL)) {
+                Ok(FromCompile::Cancel(h)) => handles.push(h),
+                Ok(FromCompile::Done(built)) => return built,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "the constraint compile thread ended without a result",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Compiles `c` (or takes it from the cache) and keeps its compiled form until as many
+    /// [`Compiler::release`] calls with the returned key: the cache may evict it meanwhile,
+    /// compiling it again never happens.
+    pub fn hold(&self, c: &Constraint) -> Result<u64> {
+        let compiled = self.compile(c)?;
+        let key = self.key(c);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.entry(key).or_insert_with(|| (compiled.program.clone(), 0)).1 += 1;
+        Ok(key)
+    }
+
+    /// Gives up one hold taken by [`Compiler::hold`].
+    pub fn release(&self, key: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = held.get_mut(&key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        CacheStats {
+            size: cache.len(),
+            limit: cache.cap().get(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Empties the cache (the counters keep counting).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Changes the cache limit, evicting the least recently used entries beyond it.
+    pub fn set_limit(&self, limit: usize) -> Result<()> {
+        let limit = NonZeroUsize::new(limit)
+            .ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let before = cache.len();
+        cache.resize(limit);
+        self.evictions.fetch_add(before.saturating_sub(cache.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl CompilerCore {
     fn factory(&self) -> Result<&ParserFactory> {
         self.factory
             .get_or_init(|| {
@@ -114,59 +313,54 @@ impl Compiler {
                     Arc::new(MazeTokEnv { trie: TokTrie::from(&info, &words), tokenizer: tok.clone() });
                 let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
                 factory.quiet();
+                *factory.limits_mut() = self.limits.parser_limits();
                 Ok(factory)
             })
             .as_ref()
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the constraint engine: {e}")))
     }
 
-    fn key(&self, c: &Constraint) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(&self.fingerprint.to_le_bytes());
-        c.hash_canonical(&mut h);
-        h.digest()
+    /// Refuses a constraint nested deeper than [`ConstraintLimits::max_depth`], naming the limit.
+    fn check_depth(&self, c: &Constraint) -> Result<()> {
+        let (depth, what) = nesting_depth(&c.kind);
+        let max = self.limits.max_depth;
+        if depth > max {
+            return Err(Error::new(
+                ErrorKind::InvalidConstraint,
+                format!(
+                    "{}: {what} {depth} deep, over the limit of {max} ({MAX_DEPTH_SETTING})",
+                    describe(c)
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    /// Compiles (or fetches from the cache) one constraint. Bad input fails here, with a
-    /// message naming the constraint and what is wrong with it.
-    pub fn compile(&self, c: &Constraint) -> Result<CompiledConstraint> {
-        let start = Instant::now();
-        let key = self.key(c);
-        if let Some(program) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(CompiledConstraint {
-                constraint: c.clone(),
-                program,
-                compile_time: start.elapsed(),
-                cache_hit: true,
-            });
+    /// Refuses a constraint bigger than [`ConstraintLimits::max_size_bytes`], naming the limit.
+    fn check_size(&self, c: &Constraint) -> Result<()> {
+        let (size, max) = (text_size(&c.kind), self.limits.max_size_bytes);
+        if size > max {
+            return Err(Error::new(
+                ErrorKind::InvalidConstraint,
+                format!("{}: {size} bytes, over the limit of {max} ({MAX_SIZE_SETTING})", describe(c)),
+            ));
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let program = Arc::new(self.build(c)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(CompiledConstraint {
-            constraint: c.clone(),
-            program,
-            compile_time: start.elapsed(),
-            cache_hit: false,
-        })
+        Ok(())
     }
 
-    fn build(&self, c: &Constraint) -> Result<Program> {
-        let what = if c.name.is_empty() {
-            format!("{} constraint", c.kind.label())
-        } else {
-            format!("constraint '{}' ({})", c.name, c.kind.label())
-        };
+    fn build(&self, c: &Constraint, waiting: &Sender<FromCompile>) -> Result<Program> {
+        let what = describe(c);
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
         let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
             let factory = self.factory()?;
             let mut parser = factory.create_parser(grammar).map_err(|e| bad(format!("{part}{e}")))?;
             // Some problems only surface when the parser starts; find them now, not mid-request.
-            let mut probe = llguidance::Matcher::new(Ok(parser.deep_clone()));
+            let mut probe_parser = parser.deep_clone();
+            let handle = probe_parser.enable_cancellation();
+            let mut probe = llguidance::Matcher::new(Ok(probe_parser));
+            if waiting.send(FromCompile::Cancel(handle)).is_err() {
+                return Err(Error::new(ErrorKind::Cancelled, "nobody waits for this compilation"));
+            }
             if let Err(e) = probe.compute_mask() {
                 return Err(bad(format!("{part}{e}")));
             }
@@ -228,31 +422,123 @@ impl Compiler {
             }
         }
     }
+}
 
-    pub fn stats(&self) -> CacheStats {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        CacheStats {
-            size: cache.len(),
-            limit: cache.cap().get(),
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
+/// "constraint 'name' (kind)", or "kind constraint" without a name.
+fn describe(c: &Constraint) -> String {
+    if c.name.is_empty() {
+        format!("{} constraint", c.kind.label())
+    } else {
+        format!("constraint '{}' ({})", c.name, c.kind.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constraint::limits::tests::lark_chain;
+    use crate::model::tokenizer::tests::smollm;
+
+    fn compiler(limits: ConstraintLimits) -> Compiler {
+        let tok = Arc::new(smollm());
+        let vocab = tok.vocab_size();
+        Compiler::with_limits(tok, vocab, 16, limits)
+    }
+
+    #[test]
+    fn constraints_nested_past_the_depth_limit_are_refused_naming_the_limit() {
+        let c = compiler(ConstraintLimits::default());
+        let err = c.compile(&Constraint::lark("chain", lark_chain(5000))).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(msg.starts_with("constraint 'chain' (lark): rules refer to rules 5001 deep"), "{msg}");
+        assert!(msg.contains("limit of 128") && msg.contains("constraint_max_depth"), "{msg}");
+
+        let mut schema = serde_json::json!({"type": "string"});
+        for _ in 0..200 {
+            schema = serde_json::json!({"type": "array", "items": schema});
         }
+        let err = c.compile(&Constraint::json_schema("deep", schema)).err().unwrap();
+        assert!(err.message().contains("the schema nests 201 deep"), "{err}");
+        let regex = format!("{}a{}", "(".repeat(129), ")".repeat(129));
+        let err = c.compile(&Constraint::regex("groups", regex)).err().unwrap();
+        assert!(err.message().contains("regex groups nest 129 deep"), "{err}");
+        assert_eq!(c.stats().misses, 0, "refused before compiling");
+        // Within the limit, all compile.
+        c.compile(&Constraint::lark("short chain", lark_chain(100))).unwrap();
     }
 
-    /// Empties the cache (the counters keep counting).
-    pub fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// The compile thread's stack, not the caller's, carries the grammar: a chain far past the
+    /// default limit compiles (or fails cleanly) from a thread with a small stack, where
+    /// llguidance's recursion would overflow it.
+    #[test]
+    fn compilation_runs_on_its_own_large_stack() {
+        let c = compiler(ConstraintLimits { max_depth: 100_000, ..Default::default() });
+        let small_stack = std::thread::Builder::new().stack_size(256 << 10);
+        let compiled = small_stack
+            .spawn(move || c.compile(&Constraint::lark("chain", lark_chain(2000))).map(|c| c.cache_hit))
+            .unwrap()
+            .join()
+            .expect("no overflow on the caller's stack");
+        assert_eq!(compiled, Ok(false));
     }
 
-    /// Changes the cache limit, evicting the least recently used entries beyond it.
-    pub fn set_limit(&self, limit: usize) -> Result<()> {
-        let limit = NonZeroUsize::new(limit)
-            .ok_or_else(|| Error::invalid_argument("the constraint cache limit must be at least 1"))?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let before = cache.len();
-        cache.resize(limit);
-        self.evictions.fetch_add(before.saturating_sub(cache.len()) as u64, Ordering::Relaxed);
-        Ok(())
+    #[test]
+    fn oversized_constraints_are_refused_naming_the_limit() {
+        let c = compiler(ConstraintLimits::default());
+        let options: Vec<String> = (0..100_000).map(|i| format!("option{i}")).collect();
+        let err = c.compile(&Constraint::choice("many", options)).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(
+            msg.starts_with("constraint 'many' (choice): 1188890 bytes, over the limit of 262144"),
+            "{msg}"
+        );
+        assert!(msg.contains("constraint_max_bytes"), "{msg}");
+        assert_eq!(c.stats().misses, 0, "refused before compiling");
+        let small = compiler(ConstraintLimits { max_size_bytes: 10, ..Default::default() });
+        assert!(small.compile(&Constraint::regex("r", "[0-9]{1,20}")).is_err());
+        small.compile(&Constraint::regex("r", "[0-9]+")).unwrap();
+    }
+
+    /// Two adjacent `/a+/` lexemes: llguidance's forced-byte loop never ends on it. The
+    /// compilation is cut at the compile timeout (and its thread told to stop).
+    #[test]
+    fn a_compilation_that_does_not_end_is_cut_at_the_limit() {
+        let limits = ConstraintLimits { compile_timeout: Duration::from_millis(300), ..Default::default() };
+        let c = compiler(limits);
+        let err = c.compile(&Constraint::lark("ambiguous", "start: A B\nA: /a+/\nB: /a+/\n")).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(msg.contains("compiling took longer than the limit of 300 ms"), "{msg}");
+        assert!(msg.contains("constraint_compile_timeout_ms"), "{msg}");
+        // A stop from the caller ends the wait too, with the caller's error.
+        let stop = || Some(Error::new(ErrorKind::Cancelled, "cancelled by the caller"));
+        let err = c.compile_until(&Constraint::regex("r", "[0-9]+"), &stop).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
+    }
+
+    #[test]
+    fn a_held_constraint_stays_compiled_after_eviction() {
+        let c = compiler(ConstraintLimits::default());
+        c.set_limit(1).unwrap();
+        let held = Constraint::regex("held", "[0-9]+");
+        let key = c.hold(&held).unwrap();
+        for i in 0..5 {
+            c.compile(&Constraint::regex("other", format!("x{i}"))).unwrap();
+        }
+        let before = c.stats();
+        assert!(before.evictions >= 5, "{before:?}");
+        let again = c.compile(&held).unwrap();
+        assert!(again.cache_hit);
+        assert_eq!(c.stats().misses, before.misses, "no recompilation");
+        // Released, it goes the way of any evicted entry.
+        c.release(key);
+        for i in 0..2 {
+            c.compile(&Constraint::regex("other", format!("y{i}"))).unwrap();
+        }
+        let before = c.stats().misses;
+        assert!(!c.compile(&held).unwrap().cache_hit);
+        assert_eq!(c.stats().misses, before + 1);
     }
 }

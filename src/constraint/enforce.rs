@@ -36,6 +36,20 @@ pub struct ConstraintReport {
     pub reason: Option<String>,
 }
 
+impl ConstraintReport {
+    /// A constraint that cannot vouch for the text (it stopped before the end): violated, with
+    /// `why`.
+    pub fn unproven(c: &super::Constraint, why: &str) -> Self {
+        Self {
+            name: c.name.clone(),
+            kind: c.kind.tag(),
+            priority: c.priority,
+            outcome: ConstraintOutcome::Violated,
+            reason: Some(why.to_string()),
+        }
+    }
+}
+
 /// Timing and counts of constraint work in one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ConstraintStats {
@@ -107,13 +121,14 @@ impl Enforcer {
         }
     }
 
-    fn active(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| s.relaxed.is_none())
-    }
-
-    /// True when some active grammar has ended (nothing more may be generated).
-    pub fn grammar_finished(&self) -> bool {
-        self.active().any(|s| s.matchers.iter().any(|m| m.is_stopped()))
+    /// True when some active grammar has ended complete (nothing more may be generated). A
+    /// grammar stopped where its output is incomplete is a dead end, not an end: the next mask
+    /// reports it.
+    pub fn grammar_finished(&mut self) -> bool {
+        self.slots
+            .iter_mut()
+            .filter(|s| s.relaxed.is_none())
+            .any(|s| s.matchers.iter_mut().any(|m| m.is_stopped() && complete(m)))
     }
 
     fn slot_mask(&mut self, i: usize) -> Result<SimpleVob> {
@@ -135,8 +150,19 @@ impl Enforcer {
             }
             Program::Grammars(_) => {
                 let mut combined: Option<SimpleVob> = None;
+                let tokens = self.tokens;
                 for matcher in &mut slot.matchers {
-                    let m = matcher.compute_mask_or_eos().map_err(|e| grammar_error(&slot.compiled, e))?;
+                    // Stopped incomplete: no token continues it, and ending leaves it unmet.
+                    if matcher.is_stopped() && !complete(matcher) {
+                        return Err(dead_end(&slot.compiled, tokens, matcher.get_error()));
+                    }
+                    let m = matcher.compute_mask_or_eos().map_err(|e| {
+                        if complete(matcher) {
+                            grammar_error(&slot.compiled, e)
+                        } else {
+                            dead_end(&slot.compiled, tokens, Some(e.to_string()))
+                        }
+                    })?;
                     if m.len() != vocab {
                         return Err(Error::new(
                             ErrorKind::Internal,
@@ -268,7 +294,7 @@ impl Enforcer {
                 } else if slot.matchers.is_empty() {
                     (ConstraintOutcome::Satisfied, None)
                 } else {
-                    let accepting = slot.matchers.iter_mut().all(|m| m.is_accepting().unwrap_or(false) || m.is_stopped() && !m.is_error());
+                    let accepting = slot.matchers.iter_mut().all(complete);
                     if accepting && natural_end {
                         (ConstraintOutcome::Satisfied, None)
                     } else if !natural_end {
@@ -301,6 +327,25 @@ impl Enforcer {
             forced_tokens: self.forced,
         }
     }
+}
+
+/// Whether the matcher's output so far is a complete match (an error never is).
+fn complete(m: &mut Matcher) -> bool {
+    !m.is_error() && m.is_accepting().unwrap_or(false)
+}
+
+/// A grammar that can neither go on nor end here.
+fn dead_end(c: &CompiledConstraint, tokens: usize, detail: Option<String>) -> Error {
+    let detail =
+        detail.map(|d| format!(" (llguidance: {})", d.lines().next().unwrap_or(""))).unwrap_or_default();
+    Error::new(
+        ErrorKind::InvalidConstraint,
+        format!(
+            "constraint '{}' ({}) reached a dead end after {tokens} generated tokens: no token can continue it and the output is not complete under it, so it could not be continued{detail}",
+            c.constraint.name,
+            c.constraint.kind.label()
+        ),
+    )
 }
 
 fn grammar_error(c: &CompiledConstraint, e: impl std::fmt::Display) -> Error {
@@ -604,5 +649,28 @@ mod tests {
         let mut short = [1.0f32; 2];
         apply_mask(&mask, &mut short);
         assert_eq!(short, [inf, 1.0]);
+    }
+
+    #[test]
+    fn a_grammar_at_a_dead_end_fails_by_name_and_is_not_satisfied() {
+        let s = Setup::new();
+        // After "a" the grammar needs an `x`, which can never be produced.
+        let mut e = s.enforcer(&[Constraint::lark("stuck", "start: \"a\" x\nx: x \"b\"\n")]);
+        assert_eq!(e.compute_mask().unwrap().to_list(), s.ids(&["a"]));
+        e.commit(s.id("a")).unwrap();
+        assert!(e.take_forced().is_empty());
+        assert!(!e.grammar_finished(), "a dead end is not the grammar's end");
+        let err = e.compute_mask().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        let msg = err.message();
+        assert!(
+            msg.starts_with("constraint 'stuck' (lark) reached a dead end after 1 generated tokens"),
+            "{msg}"
+        );
+        assert!(msg.contains("could not be continued"), "{msg}");
+        for (ended_by, natural) in [("error", false), ("stop", true)] {
+            let report = &e.reports(ended_by, natural)[0];
+            assert_eq!(report.outcome, ConstraintOutcome::Violated, "{ended_by}");
+        }
     }
 }

@@ -113,6 +113,12 @@ impl Engine {
 
     /// Reports a bad constraint before any generation (see [`EngineBackend::check_constraint`]).
     pub fn check_constraint(&self, constraint: &Constraint) -> Result<()> {
+        self.backend.check_constraint(constraint).map(drop)
+    }
+
+    /// Like [`Engine::check_constraint`], keeping a local engine's compiled form while the
+    /// returned value lives (`None` for a server, which compiles its own).
+    pub fn hold_constraint(&self, constraint: &Constraint) -> Result<Option<super::HeldConstraint>> {
         self.backend.check_constraint(constraint)
     }
 

@@ -22,7 +22,9 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::constraint::{CacheStats, CompiledConstraint, Compiler, Constraint, DEFAULT_CACHE_LIMIT};
+use crate::constraint::{
+    CacheStats, CompiledConstraint, Compiler, Constraint, ConstraintLimits, DEFAULT_CACHE_LIMIT,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::{ChatMessage, ChatTemplate};
 use crate::model::tokenizer::Tokenizer;
@@ -55,6 +57,8 @@ pub struct EngineConfig {
     /// A Jinja chat template replacing the file's `tokenizer.chat_template` (or, for a file
     /// without one, its format's built-in template).
     pub chat_template: Option<String>,
+    /// Bounds on constraint compilation (nesting depth, ...); see [`ConstraintLimits`].
+    pub constraint_limits: ConstraintLimits,
 }
 
 /// Where an engine computes.
@@ -77,6 +81,19 @@ impl ComputeDevice {
                 Device::new_cuda(ordinal).map_err(|e| Error::new(ErrorKind::Backend, format!("cannot open CUDA device {ordinal}: {e}")))
             }
         }
+    }
+}
+
+/// A constraint kept compiled by its engine while this lives (see
+/// [`LocalEngine::hold_constraint`]).
+pub struct HeldConstraint {
+    engine: LocalEngine,
+    key: u64,
+}
+
+impl Drop for HeldConstraint {
+    fn drop(&mut self) {
+        self.engine.inner.compiler.release(self.key);
     }
 }
 
@@ -154,6 +171,7 @@ impl LocalEngine {
             config.seed,
             config.constraint_cache_limit,
             prefix_cache,
+            config.constraint_limits,
         )
     }
 
@@ -165,9 +183,19 @@ impl LocalEngine {
         threads: usize,
         seed: Option<u64>,
     ) -> Result<Self> {
-        Self::start(model, tokenizer, chat_template, threads.max(1), seed, 0, DEFAULT_PREFIX_CACHE_BYTES)
+        Self::start(
+            model,
+            tokenizer,
+            chat_template,
+            threads.max(1),
+            seed,
+            0,
+            DEFAULT_PREFIX_CACHE_BYTES,
+            ConstraintLimits::default(),
+        )
     }
 
+    #[allow(clippy::too_many_arguments)] // private: the parts of an EngineConfig, resolved
     fn start(
         model: Arc<dyn LanguageModel>,
         tokenizer: Arc<Tokenizer>,
@@ -176,6 +204,7 @@ impl LocalEngine {
         seed: Option<u64>,
         cache_limit: usize,
         prefix_cache_bytes: usize,
+        constraint_limits: ConstraintLimits,
     ) -> Result<Self> {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             Error::new(ErrorKind::Internal, format!("cannot start the {what}: {e}"))
@@ -192,10 +221,11 @@ impl LocalEngine {
             .build()
             .map_err(|e| internal("runtime", &e))?;
         let info = model.info().clone();
-        let compiler = Compiler::new(
+        let compiler = Compiler::with_limits(
             tokenizer.clone(),
             info.vocab_size,
             if cache_limit == 0 { DEFAULT_CACHE_LIMIT } else { cache_limit },
+            constraint_limits,
         );
         let (sender, receiver) = std::sync::mpsc::channel();
         let worker = Worker::new(model, tokenizer.clone(), pool, prefix_cache_bytes);
@@ -243,6 +273,13 @@ impl LocalEngine {
     /// that bad input is reported before any generation.
     pub fn compile_constraint(&self, constraint: &Constraint) -> Result<CompiledConstraint> {
         self.inner.compiler.compile(constraint)
+    }
+
+    /// Compiles a constraint and keeps its compiled form for as long as the returned value
+    /// lives, whatever the cache evicts.
+    pub fn hold_constraint(&self, constraint: &Constraint) -> Result<HeldConstraint> {
+        let key = self.inner.compiler.hold(constraint)?;
+        Ok(HeldConstraint { engine: self.clone(), key })
     }
 
     pub fn constraint_cache_stats(&self) -> CacheStats {

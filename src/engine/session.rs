@@ -98,10 +98,23 @@ impl LocalSession {
     ) -> Result<GenerationResult> {
         let submitted = Instant::now();
         let created_unix_ms = unix_millis_now();
-        let (prompt, constraints) = self.prepare(prompt, opts)?;
-        let _busy = self.claim()?;
-        let running = self.run_switch(opts.timeout);
+        // The call is in flight from here: its timeout counts and a cancel sticks to it through
+        // compilation and tokenization too.
+        let (_busy, running) = self.claim(opts.timeout)?;
         let seed = opts.sampling.seed.unwrap_or_else(|| self.engine.next_seed());
+        let control = running.control.clone();
+        let stopped = |control: &Control| control.stop_reason().map(|r| (r, submitted.elapsed()));
+        let (prompt, constraints) = match self.prepare(prompt, opts, &control) {
+            Ok(ready) => ready,
+            Err(e) if e.kind() == ErrorKind::Cancelled && control.is_stopped() => {
+                let (reason, took) = stopped(&control).expect("stopped");
+                return Ok(self.ended_before_generating(reason, took, opts, seed, created_unix_ms));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some((reason, took)) = stopped(&control) {
+            return Ok(self.ended_before_generating(reason, took, opts, seed, created_unix_ms));
+        }
         let (events, receiver) = mpsc::channel();
         self.engine.send(Command::Generate(Box::new(Job {
             session: self.id,
@@ -120,16 +133,23 @@ impl LocalSession {
 
     /// Checks the options, compiles the constraints and tokenizes the prompt, which must leave
     /// room in the context for one generated token.
+    /// Compilation gives up (with [`ErrorKind::Cancelled`]) once `control` is stopped.
     fn prepare(
         &self,
         prompt: &Prompt,
         opts: &GenerateOptions,
+        control: &Control,
     ) -> Result<(Vec<u32>, Vec<Arc<CompiledConstraint>>)> {
         opts.sampling.validate()?;
+        let stop = || {
+            control.stop_reason().map(|r| {
+                Error::new(ErrorKind::Cancelled, format!("the call ended ({}) while compiling", r.as_str()))
+            })
+        };
         let constraints = opts
             .constraints
             .iter()
-            .map(|c| self.engine.compiler.compile(c).map(Arc::new))
+            .map(|c| self.engine.compiler.compile_until(c, &stop).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let prompt = self.engine.prompt_tokens(prompt)?;
         let ctx = self.engine.info.context_length;
@@ -145,24 +165,45 @@ impl LocalSession {
         Ok((prompt, constraints))
     }
 
-    /// Marks the session busy until the guard drops; refused while another generation runs.
-    fn claim(&self) -> Result<BusyGuard<'_>> {
+    /// Marks the session busy until the guards drop (refused while another generation runs),
+    /// with a fresh stop switch for the call, reachable by [`LocalSession::cancel`] and armed
+    /// with the timeout. Both happen under the switch's lock, so a cancel that sees the session
+    /// busy reaches this call.
+    fn claim(&self, timeout: Option<Duration>) -> Result<(BusyGuard<'_>, RunningGuard<'_>)> {
+        let mut slot = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(Error::new(
                 ErrorKind::Busy,
                 "this session is already generating; use another session or wait",
             ));
         }
-        Ok(BusyGuard(&self.busy))
+        let control = Arc::new(Control::new());
+        *slot = Some(control.clone());
+        drop(slot);
+        let timer = timeout.map(|t| self.engine.start_timer(t, control.clone()));
+        Ok((BusyGuard(&self.busy), RunningGuard { slot: &self.running, control, timer }))
     }
 
-    /// A fresh stop switch for the request, reachable by [`Session::cancel`] and armed with the
-    /// timeout until the guard drops.
-    fn run_switch(&self, timeout: Option<Duration>) -> RunningGuard<'_> {
-        let control = Arc::new(Control::new());
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(control.clone());
-        let timer = timeout.map(|t| self.engine.start_timer(t, control.clone()));
-        RunningGuard { slot: &self.running, control, timer }
+    /// The result of a call cancelled or timed out before it reached the model (while its
+    /// constraints compiled or its prompt was tokenized): no text, every constraint unproven.
+    fn ended_before_generating(
+        &self,
+        reason: FinishReason,
+        took: Duration,
+        opts: &GenerateOptions,
+        seed: u64,
+        created_unix_ms: u64,
+    ) -> GenerationResult {
+        let why = format!("the call ended ({}) before generation began", reason.as_str());
+        let validation = opts.constraints.iter().map(|c| ConstraintReport::unproven(c, &why)).collect();
+        let outcome = Outcome {
+            finish: reason,
+            stats: GenerationStats { total_time: took, ..Default::default() },
+            error: None,
+            validation,
+            constraint_stats: None,
+        };
+        self.result(Delivered::new(opts.logprobs), outcome, opts, seed, created_unix_ms)
     }
 
     /// The result: what the caller was given, and how the worker says the request ended unless
@@ -206,8 +247,9 @@ impl LocalSession {
         }
     }
 
-    /// Stops the running generation, if any (prefill included). Safe from any thread; a no-op
-    /// when idle — it does not affect the next generation.
+    /// Stops the call in flight, if any, wherever it is: compiling its constraints, tokenizing,
+    /// queued, prefilling or decoding. Safe from any thread. A no-op when no call is in flight
+    /// (none has entered, or the last has returned): it does not affect the next generation.
     pub fn cancel(&self) {
         if let Some(control) = self.running.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             control.cancel();

@@ -585,7 +585,7 @@ fn plan_prefill(prompt: &[u32], next: usize, budget: &mut usize) -> Option<Plan>
 /// computing them; or ends the request.
 fn plan_decode(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active, seq: &Sequence) -> Plan {
     let Phase::Decode { logits, mask } = &mut a.phase else { unreachable!("only decoding requests") };
-    let id = match sample_next(logits, mask.take(), a.enforcer.as_ref(), &mut a.sampler, &seq.tokens) {
+    let id = match sample_next(logits, mask.take(), a.enforcer.as_mut(), &mut a.sampler, &seq.tokens) {
         Ok(id) => id,
         Err(end) => return end,
     };
@@ -604,7 +604,7 @@ fn plan_decode(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active,
     if let Some(end) = stream_tokens(model, tokenizer, a, seq, &tokens, logprob) {
         return end;
     }
-    if a.enforcer.as_ref().is_some_and(|e| e.grammar_finished()) {
+    if a.enforcer.as_mut().is_some_and(|e| e.grammar_finished()) {
         return Plan::Finished(FinishReason::Stop, None);
     }
     Plan::Compute { tokens, after: After::Decode }
@@ -615,7 +615,7 @@ fn plan_decode(model: &dyn LanguageModel, tokenizer: &Tokenizer, a: &mut Active,
 fn sample_next(
     logits: &[f32],
     mask: Option<MaskResult>,
-    enforcer: Option<&Enforcer>,
+    enforcer: Option<&mut Enforcer>,
     sampler: &mut Sampler,
     history: &[u32],
 ) -> Result<u32, Plan> {

@@ -41,9 +41,13 @@ pub struct maze_constraint_desc {
 
 /// One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
 /// number of generations at once, and freed once none uses it... or any time: generations keep
-/// what they need.
+/// what they need. While the handle lives its compiled form is kept (on a local engine): the
+/// compile cache may evict it, generations using the handle never compile it again.
 pub struct maze_constraint {
     pub(crate) constraints: Vec<Constraint>,
+    /// Keeps the compiled forms while the handle lives: the compile cache may evict them,
+    /// generations with this handle never recompile.
+    _held: Vec<crate::engine::HeldConstraint>,
 }
 
 impl Handle for maze_constraint {}
@@ -112,10 +116,11 @@ unsafe fn finish(
     constraints: Vec<Constraint>,
     out: *mut *mut maze_constraint,
 ) -> FfiResult<()> {
+    let mut held = Vec::new();
     for c in &constraints {
-        engine.engine.check_constraint(c)?;
+        held.extend(engine.engine.hold_constraint(c)?);
     }
-    maze_constraint { constraints }.box_into(out, "out_constraint")
+    maze_constraint { constraints, _held: held }.box_into(out, "out_constraint")
 }
 
 /// Builds and compiles a constraint from a descriptor. Fails with

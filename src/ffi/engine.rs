@@ -8,6 +8,7 @@ use super::{
     FfiError, FfiResult, Handle, MAZE_SEED_RANDOM,
 };
 use crate::backend::remote::{Protocol, RemoteConfig};
+use crate::constraint::ConstraintLimits;
 use crate::engine::EngineSpec;
 use crate::model::chat::ChatMessage;
 use crate::{ComputeDevice, Engine, EngineConfig, DEFAULT_PREFIX_CACHE_BYTES};
@@ -88,6 +89,32 @@ pub struct maze_engine_params {
     /// Optional Jinja chat template (NUL-terminated UTF-8) replacing the model's own, or the
     /// built-in one of its chat format for files without a template. NULL = the model's.
     pub chat_template: *const c_char,
+    /// Deepest nesting a constraint may have (JSON-schema values, regex groups, Lark rules
+    /// referring to rules, Lark brackets); deeper ones fail with MAZE_STATUS_INVALID_CONSTRAINT.
+    /// 0 = default (128).
+    pub constraint_max_depth: u32,
+    /// Largest constraint in bytes of text (schema JSON, grammar, patterns or options together);
+    /// 0 = default (262144).
+    pub constraint_max_bytes: u32,
+    /// Longest a constraint may take to compile (first mask included); 0 = default (10000 ms).
+    pub constraint_compile_timeout_ms: u32,
+    /// Reserved, keep 0.
+    pub reserved2: u32,
+    /// llguidance lexer fuel for building a lexer; 0 = default (1000000).
+    pub constraint_initial_lexer_fuel: u64,
+    /// llguidance lexer fuel for one token mask; 0 = default (200000).
+    pub constraint_step_lexer_fuel: u64,
+    /// llguidance Earley items in one row; 0 = default (2000).
+    pub constraint_max_items_in_row: u32,
+    /// llguidance Earley items for one token mask; 0 = default (50000).
+    pub constraint_step_max_items: u32,
+    /// llguidance lexer states; 0 = default (250000).
+    pub constraint_max_lexer_states: u32,
+    /// llguidance grammar symbols after compilation; 0 = default (500000).
+    pub constraint_max_grammar_size: u32,
+    /// Match very large regexes against the whole vocabulary while building the lexer (faster
+    /// masks, slower compilation). Default true.
+    pub constraint_precompute_large_lexemes: bool,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -112,6 +139,17 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         prefix_cache_mib: (DEFAULT_PREFIX_CACHE_BYTES >> 20) as u32,
         gpu_device: -1,
         chat_template: std::ptr::null(),
+        constraint_max_depth: 0,
+        constraint_max_bytes: 0,
+        constraint_compile_timeout_ms: 0,
+        reserved2: 0,
+        constraint_initial_lexer_fuel: 0,
+        constraint_step_lexer_fuel: 0,
+        constraint_max_items_in_row: 0,
+        constraint_step_max_items: 0,
+        constraint_max_lexer_states: 0,
+        constraint_max_grammar_size: 0,
+        constraint_precompute_large_lexemes: ConstraintLimits::default().precompute_large_lexemes,
     }
 }
 
@@ -148,6 +186,7 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
         constraint_cache_limit: p.constraint_cache_limit as usize,
         prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
         chat_template,
+        constraint_limits: constraint_limits(p),
         device: match p.gpu_device {
             -1 => ComputeDevice::Cpu,
             n if n >= 0 => ComputeDevice::Cuda(n as usize),
@@ -159,6 +198,28 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
             }
         },
     })
+}
+
+/// The constraint limits the params set, each 0 giving its default.
+fn constraint_limits(p: &maze_engine_params) -> ConstraintLimits {
+    let d = ConstraintLimits::default();
+    let or = |value: u64, default: u64| if value == 0 { default } else { value };
+    let or_usize = |value: u32, default: usize| or(value as u64, default as u64) as usize;
+    ConstraintLimits {
+        max_depth: or_usize(p.constraint_max_depth, d.max_depth),
+        max_size_bytes: or_usize(p.constraint_max_bytes, d.max_size_bytes),
+        compile_timeout: std::time::Duration::from_millis(or(
+            p.constraint_compile_timeout_ms as u64,
+            d.compile_timeout.as_millis() as u64,
+        )),
+        initial_lexer_fuel: or(p.constraint_initial_lexer_fuel, d.initial_lexer_fuel),
+        step_lexer_fuel: or(p.constraint_step_lexer_fuel, d.step_lexer_fuel),
+        max_items_in_row: or_usize(p.constraint_max_items_in_row, d.max_items_in_row),
+        step_max_items: or_usize(p.constraint_step_max_items, d.step_max_items),
+        max_lexer_states: or_usize(p.constraint_max_lexer_states, d.max_lexer_states),
+        max_grammar_size: or_usize(p.constraint_max_grammar_size, d.max_grammar_size),
+        precompute_large_lexemes: p.constraint_precompute_large_lexemes,
+    }
 }
 
 /// The server params.endpoint names, with the other remote params; `None` without an endpoint.

@@ -62,8 +62,9 @@ pub struct maze_generate_params {
     /// first one that appears; it is never streamed.
     pub stop: *const maze_string,
     pub n_stop: usize,
-    /// Wall-clock limit in milliseconds from the call (queueing included); 0 = none. When it
-    /// passes the result finishes with MAZE_FINISH_TIMEOUT.
+    /// Wall-clock limit in milliseconds from the call (constraint compilation, tokenization and
+    /// queueing included); 0 = none. When it passes the result finishes with
+    /// MAZE_FINISH_TIMEOUT.
     pub timeout_ms: u32,
     /// Record each generated token's log-probability (maze_result_logprobs). Default false.
     pub logprobs: bool,
@@ -277,9 +278,12 @@ pub unsafe extern "C" fn maze_session_chat(
     })
 }
 
-/// Stops the session's running generation (prefill included) from any thread. The generate call
-/// returns soon after with MAZE_FINISH_CANCELLED. A no-op when idle: it does not affect the next
-/// generation. Fails only with MAZE_STATUS_NULL_ARGUMENT.
+/// Stops the session's call in flight from any thread, wherever it is: compiling its
+/// constraints, tokenizing, queued, prefilling or decoding. The generate call returns soon after
+/// with MAZE_FINISH_CANCELLED (cancelled before generation began: no text, every constraint
+/// violated). A call is in flight from the moment it has checked that the session is not busy
+/// until it returns; a cancel outside that span is a no-op and does not affect the next call.
+/// Fails only with MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> maze_status {
     ffi_boundary!({

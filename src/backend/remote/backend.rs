@@ -40,9 +40,9 @@ impl EngineBackend for RemoteEngine {
         false
     }
 
-    fn check_constraint(&self, _: &Constraint) -> Result<()> {
+    fn check_constraint(&self, _: &Constraint) -> Result<Option<crate::engine::HeldConstraint>> {
         // The server compiles and checks constraints itself.
-        Ok(())
+        Ok(None)
     }
 
     fn constraint_cache_stats(&self) -> Result<CacheStats> {

@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::constraint::{ConstraintOutcome, ConstraintReport};
+use crate::constraint::ConstraintReport;
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::ModelInfo;
@@ -538,16 +538,7 @@ impl Run {
 
     /// Constraint reports for text that stopped before the end: no constraint vouches for it.
     fn cut_reports(opts: &GenerateOptions, why: &str) -> Vec<ConstraintReport> {
-        opts.constraints
-            .iter()
-            .map(|c| ConstraintReport {
-                name: c.name.clone(),
-                kind: c.kind.tag(),
-                priority: c.priority,
-                outcome: ConstraintOutcome::Violated,
-                reason: Some(why.to_string()),
-            })
-            .collect()
+        opts.constraints.iter().map(|c| ConstraintReport::unproven(c, why)).collect()
     }
 
     fn interrupted(&self, why: Interrupt, opts: &GenerateOptions, model: &str) -> GenerationResult {
