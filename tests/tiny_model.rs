@@ -163,6 +163,66 @@ fn absurd_engine_parameters_are_refused_naming_the_limit() {
     assert_eq!(engine.info().context_length, 1 << 16);
 }
 
+/// The address-space limit of a container the default model fits in.
+const CONTAINER_LIMIT: u64 = 2 << 30;
+
+/// Run in a child process (`MAZE_AS_CHILD` names the model): loads the model under
+/// [`CONTAINER_LIMIT`] of address space and prints how that went. An allocation that aborts
+/// kills the child, which the parent sees.
+#[test]
+fn child_under_an_address_space_limit() {
+    let Ok(path) = std::env::var("MAZE_AS_CHILD") else { return };
+    let limit = libc::rlimit { rlim_cur: CONTAINER_LIMIT, rlim_max: CONTAINER_LIMIT };
+    // SAFETY: setrlimit reads the struct; this process is the test's own child.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let outcome = load(Path::new(&path)).and_then(|engine| {
+        engine.new_session().generate(&Prompt::Text("Hello".into()), &greedy(2)).map(|_| ())
+    });
+    match outcome {
+        Ok(()) => println!("outcome=ok"),
+        Err(e) => println!("outcome={:?}: {e}", e.kind()),
+    }
+}
+
+fn under_address_space_limit(model: &Path) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "child_under_an_address_space_limit", "--nocapture", "--test-threads", "1"])
+        .env("MAZE_AS_CHILD", model)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the child died: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // libtest prints the test's name on the same line before it.
+    let at = stdout.find("outcome=").unwrap_or(stdout.len());
+    stdout[at..].lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn an_absurd_layer_count_is_refused_within_a_containers_address_space() {
+    // block_count 2^32 - 1 once grew the process past 3 GiB before failing, and under a 2 GiB
+    // limit the failed allocation aborted the host.
+    let dir = TempDir::new("rlimit");
+    let model = TinyModel {
+        extra_metadata: vec![("block_count".into(), Value::U32(u32::MAX))],
+        ..Default::default()
+    };
+    let outcome = under_address_space_limit(&write_tiny(&dir, &model));
+    assert!(outcome.starts_with("outcome=ModelFormat") && outcome.contains("block_count"), "{outcome}");
+    // A sane model loads and generates under the same limit.
+    let outcome = under_address_space_limit(&write_tiny(&dir, &TinyModel::default()));
+    assert_eq!(outcome, "outcome=ok");
+    // And so does the real default model, where make test names it.
+    if let Ok(real) = std::env::var("MAZE_MODEL") {
+        assert_eq!(under_address_space_limit(Path::new(&real)), "outcome=ok", "{real}");
+    }
+}
+
 #[test]
 fn a_file_without_a_template_gets_its_formats_built_in_one() {
     // The tiny vocabulary has ChatML's tokens: without tokenizer.chat_template the engine

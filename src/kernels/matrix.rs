@@ -370,22 +370,41 @@ fn to_f16(v: f32) -> Result<f16, String> {
     }
 }
 
-/// A zeroed buffer of `n` bytes whose pages are not yet touched (a large `calloc` maps fresh
-/// zero pages), on Linux advised to use transparent huge pages: the repacked model is ~100 MB,
-/// and with 4 KiB pages every one of them costs a fault on its first write.
-fn zeroed_bytes(n: usize) -> Vec<u8> {
-    let buffer = vec![0u8; n];
-    advise_huge_pages(buffer.as_ptr() as usize, n);
-    buffer
+/// Integer types whose all-zero bytes are the value 0.
+trait ZeroBits: Copy {}
+impl ZeroBits for u8 {}
+impl ZeroBits for u16 {}
+
+/// `n` zeroed values whose pages are not yet touched (the allocator's zeroed memory maps fresh
+/// zero pages), on Linux advised to use transparent huge pages: the repacked model is hundreds
+/// of MB, and with 4 KiB pages every page costs a fault on its first write. The largest
+/// allocation of a load, so a refusal is an error, not an abort of the host process.
+fn try_zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>, String> {
+    let refused = || {
+        format!("cannot allocate {} MiB for the repacked weights", (n as u128 * size_of::<T>() as u128) >> 20)
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| refused())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: a layout of non-zero size; the memory is n zeroed T, which ZeroBits makes valid
+    // values, and the Vec frees it with the same layout through the same global allocator.
+    let buffer = unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+        if ptr.is_null() {
+            return Err(refused());
+        }
+        Vec::from_raw_parts(ptr, n, n)
+    };
+    advise_huge_pages(buffer.as_ptr() as usize, layout.size());
+    Ok(buffer)
 }
 
-/// As [`zeroed_bytes`], for f16 values (allocated as `u16`, which `vec!` also zeroes by
-/// `calloc`: filling f16 zeros would touch every page before the advice).
-fn zeroed_halves(n: usize) -> Vec<f16> {
+/// As [`try_zeroed`], for f16 values (allocated as `u16`: filling f16 zeros would touch every
+/// page before the advice).
+fn try_zeroed_halves(n: usize) -> Result<Vec<f16>, String> {
     use half::vec::HalfBitsVecExt;
-    let buffer = vec![0u16; n];
-    advise_huge_pages(buffer.as_ptr() as usize, 2 * n);
-    buffer.reinterpret_into()
+    Ok(try_zeroed::<u16>(n)?.reinterpret_into())
 }
 
 fn advise_huge_pages(start: usize, len: usize) {
@@ -478,22 +497,42 @@ pub struct WeightSpace {
     codes: Vec<u8>,
 }
 
+/// Why [`WeightSpace::new`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpaceError {
+    /// A row length the kernels cannot take.
+    Shape(String),
+    /// The memory for the repacked weights could not be had.
+    Memory(String),
+}
+
+impl std::fmt::Display for SpaceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpaceError::Shape(why) | SpaceError::Memory(why) => f.write_str(why),
+        }
+    }
+}
+
 impl WeightSpace {
-    /// Zeroed room for `shapes`; refuses a row length the kernels cannot take.
-    pub fn new(shapes: Vec<MatrixShape>) -> Result<Self, String> {
+    /// Zeroed room for `shapes`; refuses a row length the kernels cannot take, and reports
+    /// memory it cannot get instead of aborting.
+    pub fn new(shapes: Vec<MatrixShape>) -> Result<Self, SpaceError> {
         let mut starts = Vec::with_capacity(shapes.len());
         let mut end = [0usize; 3];
         for shape in &shapes {
             let per_gguf_block = BLOCK * shape.format.kernel_blocks();
             if shape.cols == 0 || shape.cols % per_gguf_block != 0 {
-                return Err(format!(
+                return Err(SpaceError::Shape(format!(
                     "{:?} row length {} is not a multiple of {per_gguf_block}",
                     shape.format, shape.cols
-                ));
+                )));
             }
             starts.push(end);
             for (e, len) in end.iter_mut().zip(shape.lens()) {
-                *e += len;
+                *e = e
+                    .checked_add(len)
+                    .ok_or_else(|| SpaceError::Memory("the repacked weights overflow".into()))?;
             }
         }
         let filled = vec![false; shapes.len()];
@@ -501,9 +540,9 @@ impl WeightSpace {
             shapes,
             starts,
             filled,
-            d: zeroed_halves(end[0]),
-            m: zeroed_halves(end[1]),
-            codes: zeroed_bytes(end[2]),
+            d: try_zeroed_halves(end[0]).map_err(SpaceError::Memory)?,
+            m: try_zeroed_halves(end[1]).map_err(SpaceError::Memory)?,
+            codes: try_zeroed(end[2]).map_err(SpaceError::Memory)?,
         })
     }
 
@@ -632,7 +671,8 @@ impl QuantMatrix {
         cols: usize,
     ) -> Result<Self, String> {
         let rows = parts.iter().map(|p| p.1).sum();
-        let mut space = WeightSpace::new(vec![MatrixShape { format, rows, cols }])?;
+        let mut space =
+            WeightSpace::new(vec![MatrixShape { format, rows, cols }]).map_err(|e| e.to_string())?;
         space.fill(0, parts)?;
         Ok(space.finish().remove(0))
     }
@@ -1084,5 +1124,17 @@ mod tests {
             assert!(QuantMatrix::from_gguf_bytes(format, &vec![0; n], 1, 31).is_err());
             assert!(QuantMatrix::from_gguf_bytes(format, &vec![0; n - 1], 1, 32).is_err());
         }
+    }
+
+    #[test]
+    fn memory_the_machine_lacks_is_an_error_not_an_abort() {
+        // 2^45 codes and scales (tens of TiB): the allocator refuses, the host lives on.
+        let shape = MatrixShape { format: WeightFormat::Q8_0, rows: 1 << 30, cols: 1 << 20 };
+        match WeightSpace::new(vec![shape]) {
+            Err(SpaceError::Memory(why)) => assert!(why.contains("cannot allocate"), "{why}"),
+            other => panic!("expected a memory error, got {:?}", other.map(|_| ())),
+        }
+        let overflowing = vec![MatrixShape { format: WeightFormat::Q8_0, rows: 1 << 40, cols: 1 << 22 }; 64];
+        assert!(matches!(WeightSpace::new(overflowing), Err(SpaceError::Memory(_))));
     }
 }

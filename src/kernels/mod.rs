@@ -19,7 +19,7 @@ pub mod elementwise;
 pub mod matrix;
 
 pub use activations::QuantizedActivations;
-pub use matrix::{MatrixShape, QuantMatrix, WeightFormat, WeightSpace};
+pub use matrix::{MatrixShape, QuantMatrix, SpaceError, WeightFormat, WeightSpace};
 
 /// Values per quantization block, for weights and activations alike.
 pub const BLOCK: usize = 32;

@@ -73,6 +73,12 @@ pub fn unsupported_architecture(file: &GgufFile, architecture: &str) -> Error {
     )
 }
 
+/// Grows `cache` for `tokens` more positions before a step, failing the step (not the host)
+/// when the memory is not there.
+fn reserve_cache(cache: &mut NativeCache, tokens: usize) -> Result<()> {
+    cache.reserve(tokens).map_err(|why| Error::new(ErrorKind::Backend, why))
+}
+
 /// Positions beyond this are refused whatever the memory: no GGUF model is trained this long.
 const MAX_CONTEXT_LENGTH: usize = 1 << 24;
 
@@ -213,6 +219,7 @@ impl LanguageModel for Transformer {
         match &self.imp {
             Implementation::Native(m) => {
                 let cache = cache.as_any_mut().downcast_mut::<NativeCache>().ok_or_else(wrong_cache)?;
+                reserve_cache(cache, tokens.len())?;
                 let mut batch = [native::BatchItem { tokens, cache }];
                 m.forward_batch(&mut batch, interrupt).and_then(|mut l| l.pop()).ok_or_else(interrupted)
             }
@@ -236,6 +243,7 @@ impl LanguageModel for Transformer {
         check_score_arguments(tokens, next, self.info.vocab_size)?;
         self.check(tokens, cache.len())?;
         let cache = cache.as_any_mut().downcast_mut::<NativeCache>().ok_or_else(wrong_cache)?;
+        reserve_cache(cache, tokens.len())?;
         m.score(native::BatchItem { tokens, cache }, next, interrupt).ok_or_else(interrupted)
     }
 
@@ -254,10 +262,13 @@ impl LanguageModel for Transformer {
             match self.check(it.tokens, it.cache.len()) {
                 Err(e) => results.push(Some(Err(e))),
                 Ok(()) => match it.cache.as_any_mut().downcast_mut::<NativeCache>() {
-                    Some(cache) => {
-                        results.push(None);
-                        batch.push(native::BatchItem { tokens: it.tokens, cache });
-                    }
+                    Some(cache) => match reserve_cache(cache, it.tokens.len()) {
+                        Ok(()) => {
+                            results.push(None);
+                            batch.push(native::BatchItem { tokens: it.tokens, cache });
+                        }
+                        Err(e) => results.push(Some(Err(e))),
+                    },
                     None => results.push(Some(Err(wrong_cache()))),
                 },
             }

@@ -108,6 +108,18 @@ impl NativeCache {
         Self { layers: vec![vec![HeadRows::default(); n_kv_heads]; n_layers], len: 0, head_dim }
     }
 
+    /// Room for `additional` more positions in every head, or an error: a cache that cannot
+    /// grow fails its step instead of aborting the host process when the allocator refuses.
+    pub(super) fn reserve(&mut self, additional: usize) -> Result<(), String> {
+        let values = additional.saturating_mul(self.head_dim);
+        for rows in self.layers.iter_mut().flatten() {
+            rows.keys.try_reserve(values).and_then(|()| rows.values.try_reserve(values)).map_err(|_| {
+                format!("out of memory: the key/value cache cannot grow by {additional} positions")
+            })?;
+        }
+        Ok(())
+    }
+
     /// Forgets every position at or after `len` (also repairs a step that stopped halfway,
     /// where early layers hold more positions than `len`).
     pub(super) fn cut(&mut self, len: usize) {
@@ -451,5 +463,20 @@ impl Step {
             gate_up: vec![0f32; n * 2 * c.ffn_dim],
             act: vec![0f32; n * c.ffn_dim],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_that_cannot_grow_says_so_and_keeps_what_it_has() {
+        let mut cache = NativeCache::new(2, 2, 64);
+        cache.reserve(16).unwrap();
+        append_f16(&mut cache.layers[0][0].keys, &[1.0; 64]);
+        let err = cache.reserve(usize::MAX / 64).unwrap_err();
+        assert!(err.contains("out of memory") && err.contains("cannot grow"), "{err}");
+        assert_eq!(cache.layers[0][0].keys.len(), 64, "what the cache held is kept");
     }
 }

@@ -10,7 +10,7 @@ use super::family::SlidingLayers;
 use super::native::{NativeLayer, NativeTransformer, SideBySide};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::dot::GROUP;
-use crate::kernels::{MatrixShape, QuantMatrix, WeightFormat, WeightSpace};
+use crate::kernels::{MatrixShape, QuantMatrix, SpaceError, WeightFormat, WeightSpace};
 use crate::model::gguf::{GgmlType, GgufFile};
 use crate::model::Progress;
 
@@ -405,7 +405,10 @@ impl MatrixPlan {
     /// Repacks every planned matrix into one [`WeightSpace`] (a few huge allocations for the
     /// whole model), reporting progress as the fraction of `total` GGUF bytes repacked.
     fn repack(self, data: &[u8], total: u64, progress: Progress<'_>) -> Result<Vec<Arc<QuantMatrix>>> {
-        let mut space = WeightSpace::new(self.shapes).map_err(Error::model_format)?;
+        let mut space = WeightSpace::new(self.shapes).map_err(|e| match e {
+            SpaceError::Shape(why) => Error::model_format(why),
+            SpaceError::Memory(why) => Error::new(ErrorKind::Backend, format!("out of memory: {why}")),
+        })?;
         let mut done = 0u64;
         for (i, parts) in self.parts.iter().enumerate() {
             let bytes: Vec<(&[u8], usize)> = parts.iter().map(|p| (&data[p.range.clone()], p.rows)).collect();
