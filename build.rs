@@ -126,10 +126,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "maze_chat_apply_template",
         ],
     ),
-    ("Sessions: generate and stream", &["maze_generate_params*", "maze_stream_callback", "maze_session*"]),
+    (
+        "Sessions: generate and stream",
+        &["maze_generate_params*", "maze_stream_callback", "maze_session*", "maze_cancel_token*"],
+    ),
     (
         "Constraints: JSON schema, Lark grammar, regex, choice, token mask",
-        &["maze_constraint*", "maze_engine_constraint_cache*"],
+        &["maze_constraint*", "maze_engine_constraint_cache*", "maze_engine_constraint_setup_time_us"],
     ),
     (
         "Results: text, tokens, finish reason, statistics, validation",

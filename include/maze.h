@@ -36,6 +36,14 @@ extern "C" {
 
 // ==== Handles (opaque; see the ownership and threads line at the top) ============================
 
+// A cancel switch the caller owns, for generate calls (maze_generate_params.cancel). Unlike
+// maze_session_cancel, it has no window to miss: once cancelled it stays cancelled, and every
+// call given it ends with MAZE_FINISH_CANCELLED, at once if it starts after the cancel.
+// Thread-safe: cancel it from any thread at any time; one token may serve many calls, on any
+// sessions, at once. Free it with maze_cancel_token_free; calls already given it keep what they
+// need.
+typedef struct maze_cancel_token maze_cancel_token;
+
 // One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
 // number of generations at once, and freed once none uses it... or any time: generations keep
 // what they need. While the handle lives its compiled form is kept (on a local engine): the
@@ -191,7 +199,8 @@ typedef struct maze_engine_params {
   // Largest constraint in bytes of text (schema JSON, grammar, patterns or options together);
   // 0 = default (262144).
   uint32_t constraint_max_bytes;
-  // Longest a constraint may take to compile (first mask included); 0 = default (10000 ms).
+  // Longest a constraint may take to compile (first mask included, the engine's one-time
+  // setup not: see prepare_constraints); 0 = default (10000 ms).
   uint32_t constraint_compile_timeout_ms;
   // Reserved, keep 0.
   uint32_t reserved2;
@@ -210,6 +219,10 @@ typedef struct maze_engine_params {
   // Match very large regexes against the whole vocabulary while building the lexer (faster
   // masks, slower compilation). Default true.
   bool constraint_precompute_large_lexemes;
+  // Build the one-time constraint setup (token trie and parser factory: 0.1-1 s, growing
+  // with the vocabulary) while loading, instead of in the first constrained request
+  // (maze_result_constraint_setup_time_us). Default false.
+  bool prepare_constraints;
 } maze_engine_params;
 
 // Default engine settings (all cores, model context, random seed, no callback).
@@ -396,6 +409,10 @@ typedef struct maze_generate_params {
   // output, benchmarks); the end tokens stay in the output. A constrained request still stops
   // where its grammar ends. Default false.
   bool ignore_eos;
+  // A cancel token (maze_cancel_token_new) that stops this call when cancelled, also when
+  // the cancel comes before the call starts; NULL = none. maze_session_cancel works either
+  // way.
+  const struct maze_cancel_token *cancel;
 } maze_generate_params;
 
 // Streaming callback: `text` is the next piece of generated text (`len` bytes of whole UTF-8
@@ -408,6 +425,24 @@ typedef struct maze_generate_params {
 typedef bool (*maze_stream_callback)(const char *text,
                                      size_t len,
                                      void *userdata);
+
+// Creates a token that is not cancelled. Fails only with MAZE_STATUS_NULL_ARGUMENT.
+MAZE_NODISCARD
+enum maze_status maze_cancel_token_new(struct maze_cancel_token **out_token,
+                                       struct maze_error **error);
+
+// Cancels the token: every call running with it stops wherever it is (compiling, tokenizing,
+// queued, prefilling, decoding) and every later call given it ends as cancelled before it
+// starts. Idempotent; there is no un-cancel (make a new token). Fails only with
+// MAZE_STATUS_NULL_ARGUMENT.
+enum maze_status maze_cancel_token_cancel(const struct maze_cancel_token *token);
+
+// Whether the token has been cancelled; false for NULL.
+bool maze_cancel_token_is_cancelled(const struct maze_cancel_token *token);
+
+// Frees a token. NULL is a no-op. Calls already given it are unaffected (nothing can cancel them
+// through it any more).
+void maze_cancel_token_free(struct maze_cancel_token *token);
 
 // Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
 struct maze_generate_params maze_generate_params_default(void);
@@ -562,6 +597,11 @@ enum maze_status maze_engine_constraint_cache_stats(const struct maze_engine *en
                                                     struct maze_constraint_cache_stats *out,
                                                     struct maze_error **error);
 
+// How long the engine's one-time constraint setup (token trie and parser factory) took, in
+// microseconds; 0 while it has not been built (it is built by the first constrained request,
+// or at load with maze_engine_params.prepare_constraints), for a remote engine and for NULL.
+double maze_engine_constraint_setup_time_us(const struct maze_engine *engine);
+
 // Empties the constraint compile cache (counters keep counting).
 MAZE_NODISCARD
 enum maze_status maze_engine_constraint_cache_clear(const struct maze_engine *engine,
@@ -647,8 +687,8 @@ bool maze_result_constraints_satisfied(const struct maze_result *result);
 
 // Validation as JSON: `{"satisfied": bool, "constraints": [{"name", "kind", "priority",
 // "outcome": "satisfied"|"violated"|"relaxed", "reason"?}], "stats": {"compile_time_us",
-// "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid until
-// maze_result_free; "" for NULL.
+// "setup_time_us", "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid
+// until maze_result_free; "" for NULL.
 const char *maze_result_validation_json(const struct maze_result *result);
 
 // Provenance as JSON: model, architecture, created_unix_ms, constraints (name, kind,
@@ -658,6 +698,12 @@ const char *maze_result_provenance_json(const struct maze_result *result);
 
 // Time spent compiling the request's constraints, in microseconds (cache hits cost little).
 double maze_result_constraint_compile_time_us(const struct maze_result *result);
+
+// Of maze_result_constraint_compile_time_us, the engine's one-time constraint setup (token trie
+// and parser factory, 0.1-1 s with the vocabulary) this request waited for: nonzero only on the
+// engine's first constrained request, and never when maze_engine_params.prepare_constraints
+// built it at load (maze_engine_constraint_setup_time_us says what it cost).
+double maze_result_constraint_setup_time_us(const struct maze_result *result);
 
 // Mean time to compute one token's constraint mask, in microseconds (0 without constraints).
 double maze_result_mean_mask_time_us(const struct maze_result *result);

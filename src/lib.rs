@@ -34,7 +34,7 @@ pub mod testing;
 
 pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport, ConstraintTag};
 pub use engine::{
-    ComputeDevice, Engine, EngineConfig, EngineSpec, GenerateOptions, Prompt, Session,
+    CancelToken, ComputeDevice, Engine, EngineConfig, EngineSpec, GenerateOptions, Prompt, Session,
     DEFAULT_PREFIX_CACHE_BYTES,
 };
 pub use error::{Error, ErrorKind, Result};

@@ -174,6 +174,16 @@ fn chat_answers(engine: &Engine, knows_facts: bool) {
         vec![Constraint::json_schema("capital", schema)],
     );
     assert!(json.constraints_satisfied(), "{:?}: {:?}", json.text, json.validation);
+    // The engine's first constrained request pays, and reports, the one-time setup.
+    let stats = json.constraint_stats.expect("constraint stats");
+    let setup = engine.constraint_setup_time().expect("set up by this request");
+    assert!((stats.setup_time_us - setup.as_secs_f64() * 1e6).abs() < 1.0, "{stats:?} vs {setup:?}");
+    eprintln!(
+        "{}: constraint setup {:.0} ms of a first compile of {:.0} ms",
+        engine.info().architecture,
+        stats.setup_time_us / 1e3,
+        stats.compile_time_us / 1e3
+    );
     let parsed: Value = serde_json::from_str(&json.text).unwrap_or_else(|e| panic!("{:?}: {e}", json.text));
     assert!(parsed["city"].is_string() && parsed["country"].is_string(), "{parsed}");
 }

@@ -893,3 +893,75 @@ fn a_cancel_during_compilation_sticks_to_the_call() {
     let r = session.generate(&Prompt::Text("hello".into()), &greedy(2)).unwrap();
     assert_eq!(r.finish_reason, FinishReason::Length);
 }
+
+#[test]
+fn a_token_cancelled_before_the_call_ends_it_before_any_work() {
+    let dir = TempDir::new("token-early");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let session = engine.new_session();
+    let token = CancelToken::new();
+    token.cancel();
+    let opts = GenerateOptions { cancel: Some(token.clone()), ..greedy(0) };
+    let r = session.generate(&Prompt::Text("hello".into()), &opts).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    assert!(r.tokens.is_empty() && r.text.is_empty(), "{r:?}");
+    // A cancelled token stays cancelled; a session's next call without it is not affected.
+    let r = session.generate(&Prompt::Text("hello".into()), &opts).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    let r = session.generate(&Prompt::Text("hello".into()), &greedy(2)).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn a_token_stops_calls_in_flight_on_every_session_holding_it() {
+    let dir = TempDir::new("token-running");
+    let engine = load(&write_tiny(&dir, &TinyModel::default())).unwrap();
+    let token = CancelToken::new();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (session, token) = (engine.new_session(), token.clone());
+            std::thread::spawn(move || {
+                let opts = GenerateOptions { cancel: Some(token), ..greedy(0) };
+                session.generate(&Prompt::Text("hello".into()), &opts).unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    token.cancel();
+    for call in calls {
+        let r = call.join().unwrap();
+        assert_eq!(r.finish_reason, FinishReason::Cancelled, "a context-long generation was stopped");
+        assert!(r.tokens.len() < 1000, "{} tokens", r.tokens.len());
+    }
+}
+
+#[test]
+fn the_first_constraints_setup_cost_is_reported_or_paid_at_load() {
+    let dir = TempDir::new("setup");
+    let path = write_tiny(&dir, &TinyModel::default());
+    let constrained = |c: Constraint| GenerateOptions { constraints: vec![c], ..greedy(4) };
+    let lazy = load(&path).unwrap();
+    assert_eq!(lazy.constraint_setup_time(), None);
+    let session = lazy.new_session();
+    let first =
+        session.generate(&Prompt::Text("a".into()), &constrained(Constraint::regex("a", "[a-z]+"))).unwrap();
+    let setup = lazy.constraint_setup_time().expect("built by the first constrained request");
+    let stats = first.constraint_stats.unwrap();
+    assert!(stats.setup_time_us > 0.0 && stats.setup_time_us <= stats.compile_time_us, "{stats:?}");
+    assert!((stats.setup_time_us - setup.as_secs_f64() * 1e6).abs() < 1.0, "{stats:?} vs {setup:?}");
+    let second =
+        session.generate(&Prompt::Text("a".into()), &constrained(Constraint::regex("b", "[0-9]+"))).unwrap();
+    assert_eq!(second.constraint_stats.unwrap().setup_time_us, 0.0, "paid once per engine");
+
+    let eager = Engine::load(
+        &EngineConfig { model_path: path, prepare_constraints: true, ..Default::default() },
+        None,
+    )
+    .unwrap();
+    assert!(eager.constraint_setup_time().is_some(), "built at load");
+    let first = eager
+        .new_session()
+        .generate(&Prompt::Text("a".into()), &constrained(Constraint::regex("a", "[a-z]+")))
+        .unwrap();
+    assert_eq!(first.constraint_stats.unwrap().setup_time_us, 0.0);
+}

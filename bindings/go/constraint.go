@@ -175,7 +175,7 @@ func (s *ConstraintSet) Len() int {
 // Close frees the compiled constraints once calls using them have returned. Closing twice is a
 // no-op.
 func (s *ConstraintSet) Close() error {
-	if s.guard.close(nil) {
+	if s.guard.close() {
 		s.cleanup.Stop()
 		freeConstraints(s.handles)
 	}

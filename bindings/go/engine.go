@@ -6,6 +6,7 @@ package maze
 import "C"
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"runtime"
@@ -41,6 +42,9 @@ type Options struct {
 	TokenizerPath string
 	// ConstraintCacheLimit is how many compiled constraints the engine caches; 0 = 256.
 	ConstraintCacheLimit int
+	// PrepareConstraints builds the one-time constraint setup (token trie and parser factory,
+	// 0.1-1 s with the vocabulary) during the load instead of in the first constrained request.
+	PrepareConstraints bool
 	// PrefixCacheMiB is the memory kept for the keys and values of closed or reset sessions,
 	// which a new session whose prompt opens the same way (16 tokens or more) copies instead of
 	// recomputing; 0 = 64 MiB, negative = keep none (live sessions' prefixes are still shared).
@@ -162,6 +166,7 @@ func NewEngine(opts Options) (*Engine, error) {
 	if params.n_ctx, err = u32("Options.ContextLength", opts.ContextLength); err != nil {
 		return nil, err
 	}
+	params.prepare_constraints = C.bool(opts.PrepareConstraints)
 	if params.constraint_cache_limit, err = u32("Options.ConstraintCacheLimit", opts.ConstraintCacheLimit); err != nil {
 		return nil, err
 	}
@@ -232,7 +237,7 @@ func NewEngine(opts Options) (*Engine, error) {
 // Close frees the engine once calls running on it have returned. Sessions opened on it stay
 // usable. Closing twice is a no-op.
 func (e *Engine) Close() error {
-	if e.guard.close(nil) {
+	if e.guard.close() {
 		e.cleanup.Stop()
 		C.maze_engine_free(e.ptr)
 	}
@@ -419,6 +424,17 @@ func (e *Engine) ClearConstraintCache() error {
 	})
 }
 
+// ConstraintSetupTime is how long the one-time constraint setup took: 0 until it has been
+// built (by the first constrained request, or at load with Options.PrepareConstraints), and
+// for a remote engine.
+func (e *Engine) ConstraintSetupTime() time.Duration {
+	if e.guard.enter() != nil {
+		return 0
+	}
+	defer e.guard.leave()
+	return micros(C.maze_engine_constraint_setup_time_us(e.ptr))
+}
+
 // SetConstraintCacheLimit sets how many compiled constraints the cache keeps (>= 1).
 func (e *Engine) SetConstraintCacheLimit(limit int) error {
 	if limit < 1 {
@@ -464,6 +480,7 @@ func (e *Engine) NewSession() (*Session, error) {
 			return err
 		}
 		s = &Session{ptr: ptr, engine: e, guard: newGuard()}
+		s.closing, s.closeCalls = context.WithCancel(context.Background())
 		s.cleanup = runtime.AddCleanup(s, func(p *C.maze_session) { C.maze_session_free(p) }, ptr)
 		return nil
 	})

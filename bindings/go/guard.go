@@ -37,33 +37,17 @@ func (g *guard) leave() {
 	}
 }
 
-// close marks the handle closed and waits for running calls. While it waits it runs interrupt
-// (non-blocking) every few milliseconds: a call that had entered but not yet reached the
-// library when Close began would miss a single interrupt. It reports false when the handle was
-// already closed.
-func (g *guard) close(interrupt func()) bool {
+// close marks the handle closed and waits for running calls (the owner cancels them first).
+// It reports false when the handle was already closed.
+func (g *guard) close() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return false
 	}
 	g.closed = true
-	if g.inflight == 0 {
-		return true
-	}
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	if interrupt != nil {
-		go func() {
-			defer close(stopped)
-			repeatUntil(stop, interrupt)
-		}()
-	} else {
-		close(stopped)
-	}
 	for g.inflight > 0 {
 		g.idle.Wait()
 	}
-	close(stop)
-	<-stopped
 	return true
 }

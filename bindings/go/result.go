@@ -47,6 +47,7 @@ type ConstraintOutcome struct {
 // ConstraintStats measure the constraint work of a request.
 type ConstraintStats struct {
 	CompileTimeMicros  float64 `json:"compile_time_us"`
+	SetupTimeMicros    float64 `json:"setup_time_us"`
 	MeanMaskTimeMicros float64 `json:"mean_mask_time_us"`
 	MasksComputed      uint64  `json:"masks_computed"`
 	ForcedTokens       uint64  `json:"forced_tokens"`
@@ -78,8 +79,12 @@ type Result struct {
 	// ProvenanceJSON records model, constraints, sampling parameters and the seed used.
 	ProvenanceJSON        string
 	ConstraintCompileTime time.Duration
-	MeanMaskTime          time.Duration
-	ForcedTokens          int
+	// ConstraintSetupTime is the part of ConstraintCompileTime spent on the engine's one-time
+	// constraint setup (only the engine's first constrained request pays it, unless
+	// Options.PrepareConstraints built it at load).
+	ConstraintSetupTime time.Duration
+	MeanMaskTime        time.Duration
+	ForcedTokens        int
 }
 
 func micros(us C.double) time.Duration { return time.Duration(float64(us) * float64(time.Microsecond)) }
@@ -103,6 +108,7 @@ func takeResult(r *C.maze_result) *Result {
 		ValidationJSON:         C.GoString(C.maze_result_validation_json(r)),
 		ProvenanceJSON:         C.GoString(C.maze_result_provenance_json(r)),
 		ConstraintCompileTime:  micros(C.maze_result_constraint_compile_time_us(r)),
+		ConstraintSetupTime:    micros(C.maze_result_constraint_setup_time_us(r)),
 		MeanMaskTime:           micros(C.maze_result_mean_mask_time_us(r)),
 		ForcedTokens:           int(C.maze_result_forced_tokens(r)),
 	}

@@ -104,13 +104,17 @@ type Session struct {
 	guard      *guard
 	cleanup    runtime.Cleanup
 	generating sync.Mutex
+	// closing ends when Close begins; it cancels the calls in flight.
+	closing    context.Context
+	closeCalls context.CancelFunc
 }
 
 // Close cancels a running generation, waits for calls on the session to return, and frees the
 // session and its KV cache. It must not be called from the session's own stream callback.
 // Closing twice is a no-op.
 func (s *Session) Close() error {
-	if s.guard.close(func() { C.maze_session_cancel(s.ptr) }) {
+	s.closeCalls()
+	if s.guard.close() {
 		s.cleanup.Stop()
 		C.maze_session_free(s.ptr)
 	}
@@ -237,21 +241,23 @@ func (s *Session) run(ctx context.Context, req *Request, onText func(string) boo
 		defer args.callback.Delete()
 	}
 
-	// Cancel when ctx ends, and again every few milliseconds until the call returns: a single
-	// cancel landing before the library has registered the generation would be a no-op.
-	finished := make(chan struct{})
-	watcherDone := make(chan struct{})
-	stopWatching := context.AfterFunc(ctx, func() {
-		defer close(watcherDone)
-		repeatUntil(finished, func() { C.maze_session_cancel(s.ptr) })
-	})
+	// A cancel token ends the call when ctx ends or the session closes: cancelled once, it
+	// stops the call wherever it is, also before the library has started the call.
+	var token *C.maze_cancel_token
+	var tokenErr *C.maze_error
+	if err := takeError(C.maze_cancel_token_new(&token, &tokenErr), tokenErr); err != nil {
+		return nil, err
+	}
+	defer C.maze_cancel_token_free(token)
+	params.cancel = token
+	cancel := func() { C.maze_cancel_token_cancel(token) }
+	stopOnDone := afterFunc(ctx, cancel)
+	stopOnClose := afterFunc(s.closing, cancel)
 	var out *C.maze_result
 	var cerr *C.maze_error
 	status := callGenerate(s.ptr, &args, &out, &cerr)
-	close(finished)
-	if !stopWatching() {
-		<-watcherDone
-	}
+	stopOnDone()
+	stopOnClose()
 
 	if err := takeError(status, cerr); err != nil {
 		if cb != nil {
@@ -274,16 +280,17 @@ func (s *Session) run(ctx context.Context, req *Request, onText func(string) boo
 	return res, nil
 }
 
-// repeatUntil runs f now and every 2 ms until stop is closed.
-func repeatUntil(stop <-chan struct{}, f func()) {
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for {
+// afterFunc is context.AfterFunc whose stop also waits for f when f has already started, so
+// what f uses may be freed after stop returns.
+func afterFunc(ctx context.Context, f func()) (stop func()) {
+	done := make(chan struct{})
+	stopF := context.AfterFunc(ctx, func() {
+		defer close(done)
 		f()
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
+	})
+	return func() {
+		if !stopF() {
+			<-done
 		}
 	}
 }

@@ -421,3 +421,39 @@ func TestSharedPromptPrefix(t *testing.T) {
 		t.Errorf("with PrefixCacheMiB < 0 a closed session's prefix was reused (%d tokens)", res.CachedTokens)
 	}
 }
+
+// A context cancelled as the call starts, before the library has registered it, still ends
+// the call: the cancel sticks through the call's token (no window, no re-cancelling).
+func TestCancelRacingTheCallsStart(t *testing.T) {
+	s := newSession(t, sharedEngine(t))
+	for round := range 40 {
+		ctx, cancel := context.WithCancel(t.Context())
+		go cancel()
+		res, err := s.Generate(ctx, Request{Prompt: "The history of Rome", Params: greedy(300)})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("round %d: the call outlived its cancelled context: %+v, %v", round, res, err)
+		}
+		if res != nil && (res.FinishReason != FinishCancelled || res.GeneratedTokens >= 300) {
+			t.Fatalf("round %d: %+v", round, res)
+		}
+	}
+}
+
+func TestConstraintSetupTimeIsReportedOrPaidAtLoad(t *testing.T) {
+	e, err := NewEngine(Options{ModelPath: modelPath(t), PrepareConstraints: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.ConstraintSetupTime() <= 0 {
+		t.Errorf("PrepareConstraints: setup time %v", e.ConstraintSetupTime())
+	}
+	s := newSession(t, e)
+	res, err := s.Generate(t.Context(), Request{Prompt: "Count:", Params: greedy(4), Constraints: []Constraint{Regex("[0-9]+")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ConstraintSetupTime != 0 || res.Validation.Stats == nil || res.Validation.Stats.SetupTimeMicros != 0 {
+		t.Errorf("built at load, yet the first request paid %v (%+v)", res.ConstraintSetupTime, res.Validation.Stats)
+	}
+}

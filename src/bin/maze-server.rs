@@ -44,6 +44,10 @@ struct Args {
     /// --chat-template-file).
     #[arg(long, env = "MAZE_CHAT_TEMPLATE_FILE", value_name = "FILE.jinja")]
     chat_template_file: Option<PathBuf>,
+    /// Build the constraint machinery (token trie, parser factory: 0.1-1 s) in the first
+    /// request with a schema or grammar instead of at start-up.
+    #[arg(long)]
+    lazy_constraints: bool,
     /// Stop when standard input closes (for a supervising process).
     #[arg(long)]
     stop_on_stdin_eof: bool,
@@ -72,6 +76,7 @@ fn run(args: Args) -> Result<(), String> {
         threads: args.threads,
         context_length: args.context,
         chat_template,
+        prepare_constraints: !args.lazy_constraints,
         ..EngineConfig::default()
     };
     let config = ServerConfig {

@@ -42,8 +42,11 @@ impl TokenizerEnv for MazeTokEnv {
 pub struct CompiledConstraint {
     pub constraint: Constraint,
     pub(crate) program: Arc<Program>,
-    /// Time this compilation took (zero when it came from the cache).
+    /// Time this compilation took (zero when it came from the cache), `setup_time` included.
     pub compile_time: Duration,
+    /// The engine's one-time constraint setup (token trie, parser factory) that took place
+    /// while this compilation waited for it; zero once the engine has it.
+    pub setup_time: Duration,
     pub cache_hit: bool,
 }
 
@@ -80,8 +83,9 @@ pub struct Compiler {
 struct CompilerCore {
     tokenizer: Arc<Tokenizer>,
     vocab_size: usize,
-    /// Built on first use: the token trie and parser factory cost ~0.1-0.2 s.
-    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    /// Built on first use (or at load, [`Compiler::prepare`]): the token trie and parser
+    /// factory cost 0.1-1 s, growing with the vocabulary.
+    factory: OnceLock<std::result::Result<Setup, String>>,
     limits: ConstraintLimits,
 }
 
@@ -90,8 +94,17 @@ pub const DEFAULT_CACHE_LIMIT: usize = 256;
 /// How often a caller waiting for a compilation looks at its stop condition.
 const STOP_POLL: Duration = Duration::from_millis(2);
 
+/// The engine's constraint machinery, and how long building it took.
+struct Setup {
+    factory: ParserFactory,
+    took: Duration,
+}
+
 /// What the compile thread tells the caller waiting for it.
 enum FromCompile {
+    /// The engine's one-time setup is done: the compile time limit counts from here, since
+    /// the setup's cost is the vocabulary's, not the constraint's.
+    SetUp,
     /// Stops the llguidance work under way (sent before it starts).
     Cancel(CancellationHandle),
     Done(Result<Program>),
@@ -137,6 +150,19 @@ impl Compiler {
         self.core.limits
     }
 
+    /// Builds the one-time constraint setup now (an engine option does this at load) rather
+    /// than in the first constrained request; returns how long it took (zero if it was built).
+    pub fn prepare(&self) -> Result<Duration> {
+        let built_before = self.setup_time().is_some();
+        self.core.factory()?;
+        Ok(if built_before { Duration::ZERO } else { self.setup_time().unwrap_or_default() })
+    }
+
+    /// How long the one-time constraint setup took, once it has been built.
+    pub fn setup_time(&self) -> Option<Duration> {
+        self.core.factory.get()?.as_ref().ok().map(|s| s.took)
+    }
+
     fn key(&self, c: &Constraint) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.fingerprint.to_le_bytes());
@@ -158,6 +184,7 @@ impl Compiler {
         stop: &dyn Fn() -> Option<Error>,
     ) -> Result<CompiledConstraint> {
         let start = Instant::now();
+        let set_up_before = self.core.factory.get().is_some();
         // Before hashing: the hash walks the schema too.
         self.core.check_depth(c)?;
         self.core.check_size(c)?;
@@ -170,6 +197,7 @@ impl Compiler {
                 constraint: c.clone(),
                 program,
                 compile_time: start.elapsed(),
+                setup_time: Duration::ZERO,
                 cache_hit: true,
             });
         }
@@ -179,12 +207,13 @@ impl Compiler {
         if cache.push(key, program.clone()).is_some_and(|(old, _)| old != key) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(CompiledConstraint {
-            constraint: c.clone(),
-            program,
-            compile_time: start.elapsed(),
-            cache_hit: false,
-        })
+        let compile_time = start.elapsed();
+        let setup_time = if set_up_before {
+            Duration::ZERO
+        } else {
+            self.setup_time().unwrap_or_default().min(compile_time)
+        };
+        Ok(CompiledConstraint { constraint: c.clone(), program, compile_time, setup_time, cache_hit: false })
     }
 
     /// Compiles on a thread of its own, with a known stack ([`COMPILE_STACK_BYTES`]): however
@@ -199,15 +228,22 @@ impl Compiler {
             .name("maze-constraint-compile".into())
             .stack_size(COMPILE_STACK_BYTES)
             .spawn(move || {
-                let built = catch_unwind(AssertUnwindSafe(|| core.build(&constraint, &sender)))
-                    .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())));
+                let built = catch_unwind(AssertUnwindSafe(|| {
+                    if !matches!(constraint.kind, ConstraintKind::TokenMask { .. }) {
+                        core.factory()?;
+                    }
+                    let _ = sender.send(FromCompile::SetUp);
+                    core.build(&constraint, &sender)
+                }))
+                .unwrap_or_else(|payload| Err(Error::from_panic(payload.as_ref())));
                 let _ = sender.send(FromCompile::Done(built));
             })
             .map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("cannot start a constraint compile thread: {e}"))
             })?;
         let timeout = self.core.limits.compile_timeout;
-        let deadline = Instant::now() + timeout;
+        // Set once the setup is done; until then only `stop` ends the wait.
+        let mut deadline: Option<Instant> = None;
         let mut handles = Vec::new();
         let give_up = |handles: &[CancellationHandle], e: Error| {
             handles.iter().for_each(CancellationHandle::cancel);
@@ -215,7 +251,7 @@ impl Compiler {
         };
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 let e = Error::new(
                     ErrorKind::InvalidConstraint,
                     format!(
@@ -229,7 +265,9 @@ impl Compiler {
             if let Some(e) = stop() {
                 return give_up(&handles, e);
             }
-            match receiver.recv_timeout((deadline - now).min(STOP_POLL)) {
+            let wait = deadline.map_or(STOP_POLL, |d| (d - now).min(STOP_POLL));
+            match receiver.recv_timeout(wait) {
+                Ok(FromCompile::SetUp) => deadline = Some(Instant::now() + timeout),
                 Ok(FromCompile::Cancel(h)) => handles.push(h),
                 Ok(FromCompile::Done(built)) => return built,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -297,6 +335,7 @@ impl CompilerCore {
     fn factory(&self) -> Result<&ParserFactory> {
         self.factory
             .get_or_init(|| {
+                let start = Instant::now();
                 let tok = &self.tokenizer;
                 let eos = tok.eos().unwrap_or(0);
                 let mut info = TokRxInfo::new(self.vocab_size as u32, eos);
@@ -314,9 +353,10 @@ impl CompilerCore {
                 let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
                 factory.quiet();
                 *factory.limits_mut() = self.limits.parser_limits();
-                Ok(factory)
+                Ok(Setup { factory, took: start.elapsed() })
             })
             .as_ref()
+            .map(|s| &s.factory)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the constraint engine: {e}")))
     }
 

@@ -53,8 +53,13 @@ impl ConstraintReport {
 /// Timing and counts of constraint work in one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ConstraintStats {
-    /// Compilation time of this request's constraints (cache hits cost microseconds).
+    /// Compilation time of this request's constraints (cache hits cost microseconds),
+    /// `setup_time_us` included.
     pub compile_time_us: f64,
+    /// The engine's one-time constraint setup (token trie and parser factory, 0.1-1 s) paid
+    /// by this request; 0 once the engine has it (from its first constrained request, or from
+    /// load with `EngineConfig::prepare_constraints`).
+    pub setup_time_us: f64,
     /// Mean time to compute one step's combined mask.
     pub mean_mask_time_us: f64,
     pub p50_mask_time_us: f64,
@@ -86,6 +91,7 @@ pub struct Enforcer {
     masks: u64,
     forced: usize,
     compile_time: Duration,
+    setup_time: Duration,
     tokens: usize,
 }
 
@@ -96,6 +102,7 @@ impl Enforcer {
     /// `end_tokens`: the model's end-of-generation ids (allowed only when every grammar accepts).
     pub fn new(compiled: Vec<Arc<CompiledConstraint>>, vocab_size: usize, end_tokens: Vec<u32>) -> Self {
         let compile_time = compiled.iter().map(|c| c.compile_time).sum();
+        let setup_time = compiled.iter().map(|c| c.setup_time).sum();
         let slots = compiled
             .into_iter()
             .map(|c| {
@@ -117,6 +124,7 @@ impl Enforcer {
             masks: 0,
             forced: 0,
             compile_time,
+            setup_time,
             tokens: 0,
         }
     }
@@ -318,6 +326,7 @@ impl Enforcer {
             p50_mask_time_us: pct(0.5),
             p99_mask_time_us: pct(0.99),
             compile_time_us: self.compile_time.as_secs_f64() * 1e6,
+            setup_time_us: self.setup_time.as_secs_f64() * 1e6,
             mean_mask_time_us: if self.masks > 0 {
                 self.mask_time.as_secs_f64() * 1e6 / self.masks as f64
             } else {

@@ -20,8 +20,8 @@ pub struct ConstraintLimits {
     /// Largest constraint accepted, in bytes of its text (the schema as JSON, the grammar, the
     /// patterns or options together). Default [`DEFAULT_MAX_SIZE_BYTES`].
     pub max_size_bytes: usize,
-    /// Longest a compilation may take (wall clock, the first mask included); past it the
-    /// constraint is refused. Default [`DEFAULT_COMPILE_TIMEOUT`].
+    /// Longest a compilation may take (wall clock, the first mask included, the engine's
+    /// one-time setup not); past it the constraint is refused. Default [`DEFAULT_COMPILE_TIMEOUT`].
     pub compile_timeout: Duration,
     /// llguidance: lexer fuel for building the lexer (regex AST nodes). Default 1,000,000.
     pub initial_lexer_fuel: u64,

@@ -126,6 +126,12 @@ impl Engine {
         self.backend.constraint_cache_stats()
     }
 
+    /// How long the local engine's one-time constraint setup took; `None` until it has been
+    /// built, and for a remote engine (its server does the work).
+    pub fn constraint_setup_time(&self) -> Option<std::time::Duration> {
+        self.local().and_then(|l| l.constraint_setup_time())
+    }
+
     pub fn clear_constraint_cache(&self) -> Result<()> {
         self.backend.clear_constraint_cache()
     }

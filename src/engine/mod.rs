@@ -1,12 +1,14 @@
 //! The engine: a loaded model, its worker thread and the internal Tokio runtime. Thread-safe;
 //! share it freely and open any number of sessions on it.
 
+mod cancel;
 mod control;
 mod facade;
 mod session;
 mod text;
 mod worker;
 
+pub use cancel::CancelToken;
 pub use facade::{Engine, EngineSpec, Session};
 pub use session::{GenerateOptions, LocalSession, Prompt};
 pub use text::{Delta, TextAssembler};
@@ -59,6 +61,9 @@ pub struct EngineConfig {
     pub chat_template: Option<String>,
     /// Bounds on constraint compilation (nesting depth, ...); see [`ConstraintLimits`].
     pub constraint_limits: ConstraintLimits,
+    /// Build the one-time constraint setup (token trie and parser factory, 0.1-1 s with the
+    /// vocabulary) during the load instead of in the first constrained request.
+    pub prepare_constraints: bool,
 }
 
 /// Where an engine computes.
@@ -163,7 +168,7 @@ impl LocalEngine {
             loaded.chat_template = Some(Arc::new(ChatTemplate::new(source, &loaded.tokenizer)?));
         }
         let prefix_cache = config.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES);
-        Self::start(
+        let engine = Self::start(
             loaded.model,
             loaded.tokenizer,
             loaded.chat_template,
@@ -172,7 +177,11 @@ impl LocalEngine {
             config.constraint_cache_limit,
             prefix_cache,
             config.constraint_limits,
-        )
+        )?;
+        if config.prepare_constraints {
+            engine.inner.compiler.prepare()?;
+        }
+        Ok(engine)
     }
 
     /// Starts an engine over an already-built model (custom architectures, tests).
@@ -284,6 +293,12 @@ impl LocalEngine {
 
     pub fn constraint_cache_stats(&self) -> CacheStats {
         self.inner.compiler.stats()
+    }
+
+    /// How long the one-time constraint setup took; `None` until it has been built (by the
+    /// first constrained request, or at load with [`EngineConfig::prepare_constraints`]).
+    pub fn constraint_setup_time(&self) -> Option<Duration> {
+        self.inner.compiler.setup_time()
     }
 
     pub fn clear_constraint_cache(&self) {

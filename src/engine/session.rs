@@ -5,6 +5,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cancel::{CancelLink, CancelToken};
 use super::control::Control;
 use super::worker::{worker_gone, Command, Event, Job, Outcome, SessionId};
 use super::EngineInner;
@@ -46,6 +47,9 @@ pub struct GenerateOptions {
     /// output, benchmarks). The end tokens are kept in the output. A constrained request still
     /// stops where its grammar ends.
     pub ignore_eos: bool,
+    /// A caller's token: cancelling it ends this call as cancelled wherever it is, also when
+    /// the cancel comes before the call starts (see [`CancelToken`]).
+    pub cancel: Option<CancelToken>,
 }
 
 impl Default for GenerateOptions {
@@ -58,6 +62,7 @@ impl Default for GenerateOptions {
             logprobs: false,
             constraints: Vec::new(),
             ignore_eos: false,
+            cancel: None,
         }
     }
 }
@@ -100,7 +105,7 @@ impl LocalSession {
         let created_unix_ms = unix_millis_now();
         // The call is in flight from here: its timeout counts and a cancel sticks to it through
         // compilation and tokenization too.
-        let (_busy, running) = self.claim(opts.timeout)?;
+        let (_busy, running) = self.claim(opts.timeout, opts.cancel.as_ref())?;
         let seed = opts.sampling.seed.unwrap_or_else(|| self.engine.next_seed());
         let control = running.control.clone();
         let stopped = |control: &Control| control.stop_reason().map(|r| (r, submitted.elapsed()));
@@ -167,9 +172,13 @@ impl LocalSession {
 
     /// Marks the session busy until the guards drop (refused while another generation runs),
     /// with a fresh stop switch for the call, reachable by [`LocalSession::cancel`] and armed
-    /// with the timeout. Both happen under the switch's lock, so a cancel that sees the session
-    /// busy reaches this call.
-    fn claim(&self, timeout: Option<Duration>) -> Result<(BusyGuard<'_>, RunningGuard<'_>)> {
+    /// with the timeout and linked to the caller's token. Both happen under the switch's lock, so
+    /// a cancel that sees the session busy reaches this call.
+    fn claim(
+        &self,
+        timeout: Option<Duration>,
+        token: Option<&CancelToken>,
+    ) -> Result<(BusyGuard<'_>, RunningGuard<'_>)> {
         let mut slot = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(Error::new(
@@ -181,7 +190,11 @@ impl LocalSession {
         *slot = Some(control.clone());
         drop(slot);
         let timer = timeout.map(|t| self.engine.start_timer(t, control.clone()));
-        Ok((BusyGuard(&self.busy), RunningGuard { slot: &self.running, control, timer }))
+        let link = token.map(|token| {
+            let control = control.clone();
+            token.link(move || control.cancel())
+        });
+        Ok((BusyGuard(&self.busy), RunningGuard { slot: &self.running, control, timer, _link: link }))
     }
 
     /// The result of a call cancelled or timed out before it reached the model (while its
@@ -290,6 +303,7 @@ struct RunningGuard<'a> {
     slot: &'a Mutex<Option<Arc<Control>>>,
     control: Arc<Control>,
     timer: Option<AbortHandle>,
+    _link: Option<CancelLink>,
 }
 
 impl Drop for RunningGuard<'_> {

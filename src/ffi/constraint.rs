@@ -216,6 +216,18 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_stats(
     })
 }
 
+/// How long the engine's one-time constraint setup (token trie and parser factory) took, in
+/// microseconds; 0 while it has not been built (it is built by the first constrained request,
+/// or at load with maze_engine_params.prepare_constraints), for a remote engine and for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn maze_engine_constraint_setup_time_us(engine: *const maze_engine) -> f64 {
+    ffi_boundary!({
+        maze_engine::from_nullable(engine)
+            .and_then(|e| e.engine.constraint_setup_time())
+            .map_or(0.0, |t| t.as_secs_f64() * 1e6)
+    })
+}
+
 /// Empties the constraint compile cache (counters keep counting).
 #[no_mangle]
 #[must_use]

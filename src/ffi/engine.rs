@@ -96,7 +96,8 @@ pub struct maze_engine_params {
     /// Largest constraint in bytes of text (schema JSON, grammar, patterns or options together);
     /// 0 = default (262144).
     pub constraint_max_bytes: u32,
-    /// Longest a constraint may take to compile (first mask included); 0 = default (10000 ms).
+    /// Longest a constraint may take to compile (first mask included, the engine's one-time
+    /// setup not: see prepare_constraints); 0 = default (10000 ms).
     pub constraint_compile_timeout_ms: u32,
     /// Reserved, keep 0.
     pub reserved2: u32,
@@ -115,6 +116,10 @@ pub struct maze_engine_params {
     /// Match very large regexes against the whole vocabulary while building the lexer (faster
     /// masks, slower compilation). Default true.
     pub constraint_precompute_large_lexemes: bool,
+    /// Build the one-time constraint setup (token trie and parser factory: 0.1-1 s, growing
+    /// with the vocabulary) while loading, instead of in the first constrained request
+    /// (maze_result_constraint_setup_time_us). Default false.
+    pub prepare_constraints: bool,
 }
 
 /// Default engine settings (all cores, model context, random seed, no callback).
@@ -150,6 +155,7 @@ pub extern "C" fn maze_engine_params_default() -> maze_engine_params {
         constraint_max_lexer_states: 0,
         constraint_max_grammar_size: 0,
         constraint_precompute_large_lexemes: ConstraintLimits::default().precompute_large_lexemes,
+        prepare_constraints: false,
     }
 }
 
@@ -187,6 +193,7 @@ unsafe fn local_config(path: &str, p: &maze_engine_params) -> FfiResult<EngineCo
         prefix_cache_bytes: Some((p.prefix_cache_mib as usize) << 20),
         chat_template,
         constraint_limits: constraint_limits(p),
+        prepare_constraints: p.prepare_constraints,
         device: match p.gpu_device {
             -1 => ComputeDevice::Cpu,
             n if n >= 0 => ComputeDevice::Cuda(n as usize),

@@ -11,6 +11,7 @@
 
 // The header groups these modules' items into sections (see SECTIONS in build.rs).
 mod boundary;
+pub mod cancel;
 pub mod constraint;
 pub mod engine;
 pub mod error;

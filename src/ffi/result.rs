@@ -172,8 +172,8 @@ pub unsafe extern "C" fn maze_result_constraints_satisfied(result: *const maze_r
 
 /// Validation as JSON: `{"satisfied": bool, "constraints": [{"name", "kind", "priority",
 /// "outcome": "satisfied"|"violated"|"relaxed", "reason"?}], "stats": {"compile_time_us",
-/// "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid until
-/// maze_result_free; "" for NULL.
+/// "setup_time_us", "mean_mask_time_us", "masks_computed", "forced_tokens"} | null}`. Valid
+/// until maze_result_free; "" for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_validation_json(result: *const maze_result) -> *const c_char {
     getter!(result, c"".as_ptr(), |r| r.validation_json.as_ptr())
@@ -191,6 +191,15 @@ pub unsafe extern "C" fn maze_result_provenance_json(result: *const maze_result)
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_constraint_compile_time_us(result: *const maze_result) -> f64 {
     getter!(result, 0.0, |r| r.result.constraint_stats.map(|s| s.compile_time_us).unwrap_or(0.0))
+}
+
+/// Of maze_result_constraint_compile_time_us, the engine's one-time constraint setup (token trie
+/// and parser factory, 0.1-1 s with the vocabulary) this request waited for: nonzero only on the
+/// engine's first constrained request, and never when maze_engine_params.prepare_constraints
+/// built it at load (maze_engine_constraint_setup_time_us says what it cost).
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_constraint_setup_time_us(result: *const maze_result) -> f64 {
+    getter!(result, 0.0, |r| r.result.constraint_stats.map(|s| s.setup_time_us).unwrap_or(0.0))
 }
 
 /// Mean time to compute one token's constraint mask, in microseconds (0 without constraints).

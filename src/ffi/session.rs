@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
+use super::cancel::maze_cancel_token;
 use super::constraint::maze_constraint;
 use super::engine::{maze_chat_message, maze_engine, read_messages};
 use super::result::maze_result;
@@ -76,6 +77,10 @@ pub struct maze_generate_params {
     /// output, benchmarks); the end tokens stay in the output. A constrained request still stops
     /// where its grammar ends. Default false.
     pub ignore_eos: bool,
+    /// A cancel token (maze_cancel_token_new) that stops this call when cancelled, also when
+    /// the cancel comes before the call starts; NULL = none. maze_session_cancel works either
+    /// way.
+    pub cancel: *const maze_cancel_token,
 }
 
 /// Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
@@ -102,6 +107,7 @@ pub extern "C" fn maze_generate_params_default() -> maze_generate_params {
         constraints: std::ptr::null(),
         n_constraints: 0,
         ignore_eos: o.ignore_eos,
+        cancel: std::ptr::null(),
     }
 }
 
@@ -146,6 +152,7 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
             .collect::<FfiResult<Vec<_>>>()?
             .concat(),
         ignore_eos: p.ignore_eos,
+        cancel: maze_cancel_token::from_nullable(p.cancel).map(|t| t.token.clone()),
     })
 }
 

@@ -143,6 +143,7 @@ impl GenerateRequest {
             logprobs: self.logprobs,
             constraints: self.constraints,
             ignore_eos: self.ignore_eos,
+            cancel: None,
         };
         Ok((prompt, opts))
     }
@@ -361,6 +362,7 @@ mod tests {
                 Constraint::token_mask("mask", vec![1, 2], vec![3]),
             ],
             ignore_eos: true,
+            cancel: None,
         }
     }
 

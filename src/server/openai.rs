@@ -90,6 +90,7 @@ fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOpt
         logprobs: false,
         constraints: f.constraints()?,
         ignore_eos: f.ignore_eos,
+        cancel: None,
     })
 }
 

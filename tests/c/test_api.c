@@ -671,6 +671,66 @@ static void test_cancel_timeout_busy(maze_engine *engine) {
     maze_constraint_free(no_end);
 }
 
+static maze_constraint *make_constraint(maze_engine *engine, const maze_constraint_desc *d);
+
+/* A cancel token: no window to miss (cancelled before the call, it ends the call at once), one
+ * token stops every call holding it, and the one-time constraint setup is reported. */
+static void test_cancel_token(maze_engine *engine) {
+    maze_error *err = NULL;
+    EXPECT_ERROR(maze_cancel_token_new(NULL, &err), MAZE_STATUS_NULL_ARGUMENT, "out_token", "token_new NULL");
+    CHECK(maze_cancel_token_cancel(NULL) == MAZE_STATUS_NULL_ARGUMENT, "token cancel NULL");
+    CHECK(!maze_cancel_token_is_cancelled(NULL), "is_cancelled NULL");
+    maze_cancel_token_free(NULL);
+    CHECK(maze_engine_constraint_setup_time_us(NULL) == 0, "setup time NULL");
+    maze_constraint_desc d = maze_constraint_desc_default();
+    maze_string pattern = maze_str("[a-z]+");
+    d.kind = MAZE_CONSTRAINT_KIND_REGEX;
+    d.items = &pattern;
+    d.n_items = 1;
+    maze_constraint_free(make_constraint(engine, &d));
+    CHECK(maze_engine_constraint_setup_time_us(engine) > 0, "setup built with a grammar (%.0f us)",
+          maze_engine_constraint_setup_time_us(engine));
+
+    maze_cancel_token *early = NULL;
+    CHECK(maze_cancel_token_new(&early, &err) == MAZE_STATUS_OK && early, "token_new");
+    CHECK(!maze_cancel_token_is_cancelled(early), "fresh token");
+    CHECK(maze_cancel_token_cancel(early) == MAZE_STATUS_OK && maze_cancel_token_is_cancelled(early), "cancelled");
+    maze_session *s = new_session(engine);
+    maze_generate_params p = maze_generate_params_default();
+    p.max_tokens = 0;
+    p.cancel = early;
+    maze_result *r = generate(s, "Tell me everything about the sea.", &p, NULL);
+    CHECK(maze_result_finish_reason(r) == MAZE_FINISH_REASON_CANCELLED && maze_result_generated_tokens(r) == 0,
+          "cancelled before the call: %s, %u tokens", maze_finish_reason_name(maze_result_finish_reason(r)),
+          maze_result_generated_tokens(r));
+    maze_result_free(r);
+    maze_cancel_token_free(early);
+
+    /* Cancelled during decoding from another thread, on two sessions at once. */
+    maze_cancel_token *shared = NULL;
+    CHECK(maze_cancel_token_new(&shared, &err) == MAZE_STATUS_OK, "token_new");
+    job jobs[2];
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        jobs[i] = (job){.session = i == 0 ? s : new_session(engine), .prompt = "Tell me everything about the sea."};
+        jobs[i].params = maze_generate_params_default();
+        jobs[i].params.max_tokens = 0;
+        jobs[i].params.ignore_eos = true;
+        jobs[i].params.cancel = shared;
+        pthread_create(&threads[i], NULL, run_job, &jobs[i]);
+    }
+    for (int i = 0; i < 2; i++) wait_for_chunks(&jobs[i], 2);
+    CHECK(maze_cancel_token_cancel(shared) == MAZE_STATUS_OK, "token cancel");
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(jobs[i].status == MAZE_STATUS_OK && maze_result_finish_reason(jobs[i].result) == MAZE_FINISH_REASON_CANCELLED,
+              "session %d: %s", i, maze_finish_reason_name(maze_result_finish_reason(jobs[i].result)));
+        maze_result_free(jobs[i].result);
+        maze_session_free(jobs[i].session);
+    }
+    maze_cancel_token_free(shared);
+}
+
 static void test_concurrent_sessions(maze_engine *engine) {
     enum { N = 3 };
     job jobs[N];
@@ -1017,6 +1077,7 @@ int main(int argc, char **argv) {
     test_seed_and_sampling(engine);
     test_stop_sequences_and_callback_stop(engine);
     test_cancel_timeout_busy(engine);
+    test_cancel_token(engine);
     test_concurrent_sessions(engine);
     test_chat_and_tokens(engine);
     test_generate_errors(engine);

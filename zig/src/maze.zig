@@ -346,6 +346,9 @@ pub const Engine = struct {
         tokenizer_path: ?[:0]const u8 = null,
         /// Compiled constraints the cache keeps; 0 = 256.
         constraint_cache_limit: u32 = 0,
+        /// Build the one-time constraint setup (token trie, parser factory: 0.1-1 s with the
+        /// vocabulary) while loading instead of in the first constrained request.
+        prepare_constraints: bool = false,
         /// Memory (MiB) for closed or reset sessions' keys and values, which a new session whose
         /// prompt opens the same way (16+ tokens) copies; null = 64, 0 = keep none.
         prefix_cache_mib: ?u32 = null,
@@ -374,6 +377,7 @@ pub const Engine = struct {
         if (options.seed) |s| params.seed = s;
         if (options.tokenizer_path) |p| params.tokenizer_path = p.ptr;
         params.constraint_cache_limit = options.constraint_cache_limit;
+        params.prepare_constraints = options.prepare_constraints;
         if (options.prefix_cache_mib) |mib| params.prefix_cache_mib = mib;
         if (options.gpu_device) |device| params.gpu_device = device;
         if (options.progress) |p| {
@@ -389,6 +393,12 @@ pub const Engine = struct {
     pub fn deinit(self: *Engine) void {
         c.maze_engine_free(self.handle);
         self.* = undefined;
+    }
+
+    /// How long the one-time constraint setup took, in microseconds: 0 until it has been built
+    /// (by the first constrained request, or at load with Options.prepare_constraints).
+    pub fn constraintSetupTimeUs(self: *const Engine) f64 {
+        return c.maze_engine_constraint_setup_time_us(self.handle);
     }
 
     /// Facts about the model; the strings live as long as the engine.
@@ -623,6 +633,9 @@ pub const Result = struct {
     /// Model, constraints, sampling parameters and the seed used.
     provenance_json: []u8,
     constraint_compile_time_us: f64,
+    /// Of constraint_compile_time_us, the engine's one-time constraint setup (only its first
+    /// constrained request pays it, unless Options.prepare_constraints built it at load).
+    constraint_setup_time_us: f64,
     mean_mask_time_us: f64,
     forced_tokens: u32,
 
@@ -677,6 +690,7 @@ pub const Result = struct {
             .validation_json = validation,
             .provenance_json = provenance,
             .constraint_compile_time_us = c.maze_result_constraint_compile_time_us(r),
+            .constraint_setup_time_us = c.maze_result_constraint_setup_time_us(r),
             .mean_mask_time_us = c.maze_result_mean_mask_time_us(r),
             .forced_tokens = c.maze_result_forced_tokens(r),
         };

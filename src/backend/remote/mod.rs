@@ -134,7 +134,7 @@ impl RemoteEngine {
 pub struct RemoteSession {
     inner: Arc<Inner>,
     busy: AtomicBool,
-    cancel: Mutex<Option<watch::Sender<bool>>>,
+    cancel: Mutex<Option<Arc<watch::Sender<bool>>>>,
 }
 
 impl RemoteSession {
@@ -154,8 +154,11 @@ impl RemoteSession {
             return Err(Error::new(ErrorKind::Busy, "the session is already generating"));
         }
         let (tx, rx) = watch::channel(false);
-        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let tx = Arc::new(tx);
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let link = opts.cancel.as_ref().map(|token| token.link(move || _ = tx.send(true)));
         let result = self.inner.runtime.block_on(self.inner.generate(prompt, opts, rx, &mut on_text));
+        drop(link);
         *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.busy.store(false, Ordering::Release);
         result
