@@ -421,3 +421,299 @@ fn fuzz_request_parsing() {
         Ok(parsed)
     });
 }
+
+/// JSON-schema keywords (supported, unsupported and misspelt), regex and Lark fragments: the
+/// constraint target builds its inputs from these more often than not.
+const SCHEMA_KEYWORDS: [&str; 34] = [
+    "type",
+    "properties",
+    "required",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "additionalProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "not",
+    "if",
+    "then",
+    "dependencies",
+    "prefixItems",
+    "x-guidance",
+    "propertyNames",
+    "multipleOf",
+    "patternProperties",
+    "minProperties",
+    "tpye",
+];
+const SCHEMA_TYPES: [&str; 8] = ["object", "string", "integer", "number", "boolean", "null", "array", "date"];
+const FORMATS: [&str; 7] = ["date", "date-time", "email", "uri", "uuid", "regex", "made-up"];
+const REGEX_PIECES: [&str; 24] = [
+    "a", "[0-9]", "\\d", "+", "*", "?", "{2,5}", "{100000}", "(", ")", "|", ".", "^", "$", "\\", "[^a]",
+    "(?:", "\\p{L}", "{", "}", "\\b", "(?i)", "x{0,}", "[a-",
+];
+const LARK_PIECES: [&str; 24] = [
+    "start: ",
+    "a",
+    " b",
+    "\"x\"",
+    "/[0-9]+/",
+    " | ",
+    "\n",
+    "a: ",
+    "b: ",
+    "start",
+    "%import common.NUMBER\n",
+    "NUMBER",
+    "(",
+    ")",
+    "*",
+    "+",
+    "?",
+    "%json {\"type\": \"integer\"}",
+    "A: /a+/\n",
+    "%ignore \" \"\n",
+    "~",
+    "[",
+    "]",
+    "\"\"",
+];
+
+fn from_pieces(u: &mut Unstructured, pieces: &[&str], most: usize) -> arbitrary::Result<String> {
+    if u.ratio(1, 6)? {
+        return u.arbitrary();
+    }
+    (0..u.int_in_range(0..=most)?).map(|_| Ok(pieces[u.choose_index(pieces.len())?])).collect()
+}
+
+/// A JSON schema of bounded depth, mostly made of real keywords with values of the right shape.
+fn schema(u: &mut Unstructured, depth: usize) -> arbitrary::Result<serde_json::Value> {
+    use serde_json::{json, Value};
+    if depth == 0 || u.ratio(1, 10)? {
+        return match u.int_in_range(0..=3)? {
+            0 => Ok(Value::Bool(u.arbitrary()?)),
+            1 => json(u, 1),
+            _ => Ok(json!({"type": SCHEMA_TYPES[u.choose_index(SCHEMA_TYPES.len())?]})),
+        };
+    }
+    let mut object = serde_json::Map::new();
+    for _ in 0..u.int_in_range(1..=4)? {
+        let key = SCHEMA_KEYWORDS[u.choose_index(SCHEMA_KEYWORDS.len())?];
+        let value = match key {
+            "type" => Value::from(SCHEMA_TYPES[u.choose_index(SCHEMA_TYPES.len())?]),
+            "properties" | "$defs" | "definitions" | "patternProperties" | "dependencies" => {
+                let mut props = serde_json::Map::new();
+                for i in 0..u.int_in_range(0..=3)? {
+                    props.insert(format!("p{i}"), schema(u, depth - 1)?);
+                }
+                Value::Object(props)
+            }
+            "required" => {
+                Value::from((0..u.int_in_range(0..=3)?).map(|i| format!("p{i}")).collect::<Vec<_>>())
+            }
+            "items" | "not" | "if" | "then" | "additionalProperties" | "propertyNames" => {
+                schema(u, depth - 1)?
+            }
+            "anyOf" | "oneOf" | "allOf" | "prefixItems" => Value::Array(
+                (0..u.int_in_range(0..=3)?).map(|_| schema(u, depth - 1)).collect::<Result<_, _>>()?,
+            ),
+            "$ref" => Value::from(
+                ["#", "#/$defs/p0", "#/definitions/p1", "#/nowhere", "http://x/y"][u.choose_index(5)?],
+            ),
+            "pattern" => Value::from(from_pieces(u, &REGEX_PIECES, 8)?),
+            "format" => Value::from(FORMATS[u.choose_index(FORMATS.len())?]),
+            "x-guidance" => {
+                json!({"lenient": u.arbitrary::<bool>()?, "whitespace_flexible": u.arbitrary::<bool>()?})
+            }
+            _ => match u.int_in_range(0..=2)? {
+                0 => Value::from(u.int_in_range(-2..=20)?),
+                1 => Value::from(u.arbitrary::<i64>()?),
+                _ => json(u, 1)?,
+            },
+        };
+        object.insert(key.to_string(), value);
+    }
+    Ok(Value::Object(object))
+}
+
+/// Any constraint kind, sometimes in its JSON text form (the parser is fuzzed along).
+fn constraint(u: &mut Unstructured, vocab: u32) -> arbitrary::Result<Result<maze::Constraint, maze::Error>> {
+    use maze::Constraint;
+    let strings = |u: &mut Unstructured, pieces: &[&str]| -> arbitrary::Result<Vec<String>> {
+        (0..u.int_in_range(0..=4)?).map(|_| from_pieces(u, pieces, 8)).collect()
+    };
+    Ok(Ok(match u.int_in_range(0..=5)? {
+        0 => Constraint::json_schema("s", schema(u, 4)?),
+        1 => Constraint::new("r", 0, maze::ConstraintKind::Regex(strings(u, &REGEX_PIECES)?)),
+        2 => Constraint::lark("l", from_pieces(u, &LARK_PIECES, 16)?),
+        3 => Constraint::choice("c", strings(u, &REGEX_PIECES)?),
+        4 => {
+            let ids = |u: &mut Unstructured| -> arbitrary::Result<Vec<u32>> {
+                (0..u.int_in_range(0..=4)?).map(|_| u.int_in_range(0..=vocab + 2)).collect()
+            };
+            Constraint::token_mask("m", ids(u)?, ids(u)?)
+        }
+        _ => {
+            let kind = ["json_schema", "regex", "lark", "choice", "token_mask", "name", "priority"];
+            let mut object = serde_json::Map::new();
+            for _ in 0..u.int_in_range(1..=3)? {
+                let key = kind[u.choose_index(kind.len())?];
+                let value = match key {
+                    "json_schema" => schema(u, 3)?,
+                    "lark" => serde_json::Value::from(from_pieces(u, &LARK_PIECES, 12)?),
+                    "regex" | "choice" => serde_json::Value::from(strings(u, &REGEX_PIECES)?),
+                    _ => json(u, 2)?,
+                };
+                object.insert(key.to_string(), value);
+            }
+            return Ok(Constraint::list_from_json(&serde_json::Value::Object(object).to_string())
+                .map(|mut list| list.remove(0)));
+        }
+    }))
+}
+
+#[test]
+fn fuzz_constraint_compile() {
+    use maze::constraint::{Compiler, ConstraintLimits, Enforcer};
+    let dir = scratch("constraint");
+    let tokenizer = tiny_tokenizer(&dir);
+    let vocab = tokenizer.vocab_size() as u32;
+    // Tight bounds keep each input short; they are what a hostile input meets in production too.
+    let limits = ConstraintLimits { compile_timeout: Duration::from_secs(2), ..Default::default() };
+    let compiler = Compiler::with_limits(tokenizer.clone(), vocab as usize, 64, limits);
+    let end = tokenizer.eos().into_iter().collect::<Vec<_>>();
+    fuzz("constraints", 3000, |u| {
+        let Ok(c) = constraint(u, vocab)? else { return Ok(false) };
+        let compiled = match compiler.compile(&c) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                // Bad input is the caller's error, named as such: anything else is a defect.
+                assert!(
+                    matches!(e.kind(), maze::ErrorKind::InvalidConstraint | maze::ErrorKind::InvalidArgument),
+                    "{c:?}: {e:?}"
+                );
+                assert!(!e.message().is_empty());
+                return Ok(false);
+            }
+        };
+        // What compiles can be enforced: a few steps of masks and commits, then the report.
+        let mut enforcer = Enforcer::new(vec![std::sync::Arc::new(compiled)], vocab as usize, end.clone());
+        for _ in 0..u.int_in_range(1..=12)? {
+            let Ok(mask) = enforcer.compute_mask() else { break };
+            let allowed: Vec<u32> = (0..vocab).filter(|&t| mask.is_allowed(t)).collect();
+            let Some(&token) = allowed.get(u.choose_index(allowed.len().max(1))?) else { break };
+            if enforcer.commit(token).is_err() || enforcer.grammar_finished() {
+                break;
+            }
+            let _ = enforcer.take_forced();
+        }
+        let _ = enforcer.reports("length", false);
+        Ok(true)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A C string argument: bytes (any, UTF-8 or not) or, now and then, NULL with a length.
+fn c_text(
+    u: &mut Unstructured,
+    keep: &mut Vec<Vec<u8>>,
+    pieces: &[&str],
+) -> arbitrary::Result<maze::ffi::maze_string> {
+    if u.ratio(1, 16)? {
+        return Ok(maze::ffi::maze_string { data: std::ptr::null(), len: u.int_in_range(0..=3)? });
+    }
+    let bytes = match u.ratio(1, 5)? {
+        true => u.arbitrary::<Vec<u8>>()?,
+        false => from_pieces(u, pieces, 10)?.into_bytes(),
+    };
+    keep.push(bytes);
+    let bytes = keep.last().expect("just pushed");
+    Ok(maze::ffi::maze_string { data: bytes.as_ptr().cast(), len: bytes.len() })
+}
+
+#[test]
+fn fuzz_constraint_descriptors() {
+    use maze::ffi::constraint::{
+        maze_constraint_desc, maze_constraint_desc_default, maze_constraint_free, maze_constraint_new,
+    };
+    use maze::ffi::engine::{maze_engine_free, maze_engine_new, maze_engine_params_default};
+    use maze::ffi::error::maze_error_free;
+    use maze::ffi::maze_status;
+    let dir = scratch("descriptors");
+    let path = dir.join("tiny.gguf");
+    TinyModel::default().write(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut params = maze_engine_params_default();
+    params.n_threads = 1;
+    params.constraint_compile_timeout_ms = 2000;
+    let mut engine = std::ptr::null_mut();
+    let status = unsafe { maze_engine_new(c_path.as_ptr(), &params, &mut engine, std::ptr::null_mut()) };
+    assert_eq!(status, maze_status::Ok);
+    let full = std::mem::size_of::<maze_constraint_desc>() as u32;
+    fuzz("descriptors", 2000, |u| {
+        let mut keep = Vec::new();
+        let mut d = maze_constraint_desc_default();
+        d.struct_size = match u.int_in_range(0..=7)? {
+            0 => 0,
+            1 => u.int_in_range(1..=full)?,
+            2 => full + u.int_in_range(1..=64)?,
+            _ => full,
+        };
+        d.kind = match u.ratio(1, 8)? {
+            true => u.arbitrary()?,
+            false => u.int_in_range(0..=4)?,
+        };
+        d.priority = u.arbitrary()?;
+        d.name = c_text(u, &mut keep, &["name", "\u{0}", "é"])?;
+        d.text = match d.kind {
+            0 => {
+                let text = schema(u, 4)?.to_string().into_bytes();
+                keep.push(text);
+                let text = keep.last().expect("just pushed");
+                maze::ffi::maze_string { data: text.as_ptr().cast(), len: text.len() }
+            }
+            _ => c_text(u, &mut keep, &LARK_PIECES)?,
+        };
+        let items = (0..u.int_in_range(0..=4)?)
+            .map(|_| c_text(u, &mut keep, &REGEX_PIECES))
+            .collect::<arbitrary::Result<Vec<_>>>()?;
+        let ids: Vec<u32> =
+            (0..u.int_in_range(0..=4)?).map(|_| u.int_in_range(0..=600)).collect::<Result<_, _>>()?;
+        // NULL arrays with a count must be refused, not read.
+        let null_items = u.ratio(1, 10)?;
+        d.items = if null_items { std::ptr::null() } else { items.as_ptr() };
+        d.n_items = if null_items { u.int_in_range(1..=3)? } else { items.len() };
+        d.allowed_tokens = ids.as_ptr();
+        d.n_allowed_tokens = ids.len();
+        d.forbidden_tokens = if u.ratio(1, 10)? { std::ptr::null() } else { ids.as_ptr() };
+        d.n_forbidden_tokens = u.int_in_range(0..=ids.len())?;
+        let (mut handle, mut error) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let status = unsafe { maze_constraint_new(engine, &d, &mut handle, &mut error) };
+        unsafe {
+            maze_error_free(error);
+            maze_constraint_free(handle);
+        }
+        assert_ne!(status, maze_status::Panic, "a panic reached the boundary");
+        assert!(
+            !matches!(status, maze_status::Internal | maze_status::Backend),
+            "bad input reported as the library's fault: {status:?}"
+        );
+        Ok(status == maze_status::Ok)
+    });
+    unsafe { maze_engine_free(engine) };
+    let _ = std::fs::remove_dir_all(&dir);
+}
