@@ -3,6 +3,7 @@
 //! fresh session that is cancelled when the client goes away.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -228,19 +229,41 @@ pub(crate) fn take_slot(state: &Arc<AppState>) -> Result<Slot, ApiError> {
     Ok(Slot { _permit: permit, state: state.clone() })
 }
 
-/// Cancels the session when dropped armed: a client that disconnects drops the handler's
-/// future mid-generation.
+/// The client's side of a generation. Dropped armed (the client went away, dropping the
+/// handler's future or the response stream), it cancels the session and marks the client gone,
+/// which [`run_generation`] checks at each piece of text: that also stops a generation whose
+/// cancel came before it had started (`Session::cancel` is a no-op then).
 struct CancelOnDrop {
     session: Arc<Session>,
+    gone: Arc<AtomicBool>,
     armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(session: &Arc<Session>) -> Self {
+        Self { session: session.clone(), gone: Arc::new(AtomicBool::new(false)), armed: true }
+    }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
+            self.gone.store(true, Ordering::Release);
             self.session.cancel();
         }
     }
+}
+
+/// The blocking part of a generation: stops at the first piece of text after the client has
+/// gone, or when `on_text` says so.
+fn run_generation(
+    session: &Session,
+    prompt: &Prompt,
+    opts: &GenerateOptions,
+    gone: &AtomicBool,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> crate::Result<GenerationResult> {
+    session.generate_streaming(prompt, opts, |text| !gone.load(Ordering::Acquire) && on_text(text))
 }
 
 /// Runs a whole generation on a fresh session. The slot goes with the generation, not with the
@@ -253,9 +276,10 @@ pub(crate) async fn generate(
 ) -> Result<GenerationResult, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
-    let mut cancel = CancelOnDrop { session: session.clone(), armed: true };
+    let mut cancel = CancelOnDrop::new(&session);
+    let gone = cancel.gone.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let result = session.generate(&prompt, &opts);
+        let result = run_generation(&session, &prompt, &opts, &gone, |_| true);
         drop(slot);
         result
     })
@@ -288,12 +312,14 @@ pub(crate) async fn generate_stream(
 ) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
-    let cancel = CancelOnDrop { session: session.clone(), armed: true };
+    let cancel = CancelOnDrop::new(&session);
+    let gone = cancel.gone.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let result =
-            session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
+        let result = run_generation(&session, &prompt, &opts, &gone, |text| {
+            tx.send(Piece::Text(text.to_string())).is_ok()
+        });
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
@@ -339,4 +365,36 @@ pub(crate) async fn maze_generate(
         Piece::Done(Ok(result)) => json_event(&GenerateResponse::from_result(&result)).event("result"),
         Piece::Done(Err(e)) => json_event(&ErrorBody { error: WireError::from(&e) }).event("error"),
     })))
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::result::FinishReason;
+
+    /// A client that leaves before its generation has started: `Session::cancel` finds nothing
+    /// to cancel, and the generation must stop all the same (it ran to `max_tokens` before,
+    /// holding its slot).
+    #[test]
+    fn a_client_gone_before_the_generation_starts_stops_it() {
+        let engine = crate::server::tests::tiny_engine();
+        let session = Arc::new(engine.new_session());
+        let opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..GenerateOptions::default() };
+        let prompt = Prompt::Text("hello".into());
+
+        let cancel = CancelOnDrop::new(&session);
+        let gone = cancel.gone.clone();
+        drop(cancel);
+        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
+        assert_eq!(r.finish_reason, FinishReason::Cancelled);
+        assert!(r.stats.generated_tokens < 10, "{} tokens", r.stats.generated_tokens);
+
+        // Kept (disarmed, as a finished request leaves it), it stops nothing.
+        let mut cancel = CancelOnDrop::new(&session);
+        let gone = cancel.gone.clone();
+        cancel.armed = false;
+        drop(cancel);
+        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
+        assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Length, 200));
+    }
 }

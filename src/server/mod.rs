@@ -156,7 +156,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> String {
 }
 
 #[cfg(all(test, feature = "testing"))]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Instant;
@@ -175,13 +175,21 @@ mod tests {
         _engine: Engine,
     }
 
-    fn start() -> Running {
-        let path = std::env::temp_dir().join(format!("maze-server-tests-{}.gguf", std::process::id()));
+    /// An engine on a tiny random model (byte-level vocabulary).
+    pub(crate) fn tiny_engine() -> Engine {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("maze-server-tests-{}-{n}.gguf", std::process::id()));
         TinyModel::default().write(&path).unwrap();
         let engine =
             Engine::load(&EngineConfig { model_path: path.clone(), ..EngineConfig::default() }, None)
                 .unwrap();
         let _ = std::fs::remove_file(&path);
+        engine
+    }
+
+    fn start() -> Running {
+        let engine = tiny_engine();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let config = ServerConfig { max_body_bytes: LIMIT, read_timeout: TIMEOUT, ..ServerConfig::default() };
