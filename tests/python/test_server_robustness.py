@@ -19,7 +19,7 @@ import pytest
 
 SLOTS = 2
 BODY_LIMIT = 64 << 10
-READ_TIMEOUT_S = 2
+READ_TIMEOUT_S = 3
 HI = [{"role": "user", "content": "hi"}]
 CHAT, COMPLETIONS, MAZE = "/v1/chat/completions", "/v1/completions", "/maze/v1/generate"
 
@@ -278,9 +278,11 @@ def test_huge_headers(server, extra):
 
 
 def test_slow_client_does_not_block_others(server):
+    # A client sends its body a byte at a time, and holds its last byte until another client has
+    # been served in full: the slow one must not hold the others up, and then gets its answer.
     body = json.dumps({"messages": HI, "max_tokens": 2, "temperature": 0}).encode()
-    data = post_head("/v1/chat/completions", length=len(body)) + body
-    head_sent, done = threading.Event(), threading.Event()
+    data = post_head(CHAT, length=len(body)) + body
+    head_sent, other_served = threading.Event(), threading.Event()
     result = {}
 
     def slow():
@@ -289,25 +291,28 @@ def test_slow_client_does_not_block_others(server):
             head = len(data) - len(body)
             s.sendall(data[:head])
             head_sent.set()
-            for i in range(head, len(data)):
+            for i in range(head, len(data) - 1):
                 s.sendall(data[i : i + 1])
-                time.sleep(0.015)  # the client's pace (within the read timeout), not synchronisation
+                time.sleep(0.005)  # the client's pace, not synchronisation
+            result["other_served_first"] = other_served.wait(READ_TIMEOUT_S - 0.5)
+            s.sendall(data[-1:])
             result["response"] = read_response(s)
         except Exception as e:  # reported by the assertions below
             result["error"] = e
         finally:
             s.close()
-            done.set()
 
     t = threading.Thread(target=slow)
     t.start()
-    assert head_sent.wait(10)
-    # Another client is served while the slow one is still sending its body.
-    r = chat(server, max_tokens=2)
-    assert r["choices"][0]["message"]["role"] == "assistant"
-    assert not done.is_set(), "the slow client finished first; the overlap was not tested"
-    t.join(60)
+    try:
+        assert head_sent.wait(10)
+        r = chat(server, max_tokens=1)
+        assert r["choices"][0]["message"]["role"] == "assistant"
+        other_served.set()
+    finally:
+        t.join(60)
     assert "error" not in result, result.get("error")
+    assert result["other_served_first"], "the other request was not served while the slow one sent"
     status, _, reply = result["response"]
     assert status == 200, reply[:300]
     assert json.loads(reply)["choices"][0]["finish_reason"] in ("stop", "length")
