@@ -61,7 +61,7 @@ pub(crate) struct AppState {
     metrics: Metrics,
 }
 
-/// The routes of the server, for `axum::serve` or tests.
+/// The routes of the server, for [`serve`] (which adds the header and idle timeouts) or tests.
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
