@@ -34,6 +34,11 @@ struct Args {
     /// Larger request bodies are refused with 413.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Seconds a request's headers, and then its body, may take to arrive: a late body is
+    /// refused with 408, a connection with late headers (or idle that long) is closed.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout_secs: u64,
     /// Compute threads; 0 = one per available core.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
@@ -83,6 +88,7 @@ fn run(args: Args) -> Result<(), String> {
         api_key: args.api_key,
         max_body_bytes: args.max_body_bytes,
         max_concurrent: args.max_concurrent.max(1),
+        read_timeout: std::time::Duration::from_secs(args.read_timeout_secs),
     };
     let engine = Engine::load(&engine_config, None)
         .map_err(|e| format!("loading {}: {e}", engine_config.model_path.display()))?;

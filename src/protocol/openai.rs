@@ -4,8 +4,11 @@
 //! choice, grammar and JSON on completions as vLLM's `structured_outputs` object.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use crate::constraint::{Constraint, ConstraintKind};
@@ -18,11 +21,37 @@ pub const COMPLETIONS_PATH: &str = "/v1/completions";
 pub const MODELS_PATH: &str = "/v1/models";
 
 /// Message content: a string, or a list of parts of which the text parts count.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<Value>),
+}
+
+/// By hand rather than `untagged`, whose error names no type ("did not match any variant").
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(text) => Ok(Content::Text(text)),
+            Value::Array(parts) => Ok(Content::Parts(parts)),
+            other => Err(de::Error::custom(format!(
+                "expected a string or an array of content parts, got {}",
+                json_kind(&other)
+            ))),
+        }
+    }
+}
+
+/// What kind of JSON value `v` is, for errors ("a number"); the value itself may be large.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 impl Content {
@@ -57,11 +86,32 @@ pub struct Message {
 }
 
 /// A string or a list of strings (`stop`, completion `prompt`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand rather than `untagged`, whose error names no type ("did not match any variant").
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let wrong = |v: &Value| {
+            de::Error::custom(format!("expected a string or an array of strings, got {}", json_kind(v)))
+        };
+        match Value::deserialize(d)? {
+            Value::String(one) => Ok(OneOrMany::One(one)),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    other => Err(wrong(&Value::Array(vec![other]))),
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map(OneOrMany::Many),
+            other => Err(wrong(&other)),
+        }
+    }
 }
 
 impl OneOrMany {
@@ -197,18 +247,94 @@ impl UnimplementedField {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(flatten)]
     pub common: CommonFields,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CompletionRequest {
     pub prompt: OneOrMany,
     #[serde(flatten)]
     pub common: CommonFields,
+}
+
+impl<'de> Deserialize<'de> for ChatRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (messages, common) = d.deserialize_map(RequestVisitor::new("messages", "a chat request"))?;
+        Ok(Self { messages, common })
+    }
+}
+
+impl<'de> Deserialize<'de> for CompletionRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (prompt, common) = d.deserialize_map(RequestVisitor::new("prompt", "a completion request"))?;
+        Ok(Self { prompt, common })
+    }
+}
+
+/// Reads a request object: its `primary` field (`messages`, `prompt`) and the [`CommonFields`].
+/// By hand rather than `#[serde(flatten)]`, which buffers the other fields and so loses which
+/// one was wrong ("invalid type: string, expected usize" and no name): here each field is
+/// checked while its key is current, so the error (and serde_path_to_error's path) names it.
+/// What is not a JSON object is refused as such.
+struct RequestVisitor<P> {
+    primary: &'static str,
+    what: &'static str,
+    primary_type: PhantomData<P>,
+}
+
+impl<P> RequestVisitor<P> {
+    fn new(primary: &'static str, what: &'static str) -> Self {
+        Self { primary, what, primary_type: PhantomData }
+    }
+}
+
+impl<'de, P: Deserialize<'de>> Visitor<'de> for RequestVisitor<P> {
+    type Value = (P, CommonFields);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} (a JSON object with `{}`)", self.what, self.primary)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut primary = None;
+        let mut rest = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.primary {
+                if primary.is_some() {
+                    return Err(de::Error::duplicate_field(self.primary));
+                }
+                primary = Some(map.next_value()?);
+            } else {
+                let value = map.next_value_seed(CommonField(&key))?;
+                if rest.insert(key.clone(), value).is_some() {
+                    return Err(de::Error::custom(format!("duplicate field `{key}`")));
+                }
+            }
+        }
+        let primary = primary.ok_or_else(|| de::Error::missing_field(self.primary))?;
+        // Every field has passed alone; together they cannot fail but for a bug.
+        let common = CommonFields::deserialize(Value::Object(rest)).map_err(de::Error::custom)?;
+        Ok((primary, common))
+    }
+}
+
+/// One field of [`CommonFields`], read and checked alone.
+struct CommonField<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for CommonField<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        let value = Value::deserialize(d)?;
+        let mut alone = json!({});
+        alone[self.0] = value;
+        CommonFields::deserialize(&alone).map_err(de::Error::custom)?;
+        Ok(alone[self.0].take())
+    }
 }
 
 impl ChatRequest {
@@ -275,7 +401,17 @@ impl CommonFields {
         let mut out = Vec::new();
         if let Some(format) = &self.response_format {
             only_keys("response_format", format, &["type", "json_schema"])?;
-            match format.get("type").and_then(Value::as_str) {
+            let kind = match format.get("type") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(kind)) => Some(kind.as_str()),
+                Some(other) => {
+                    return Err(Error::invalid_argument(format!(
+                        "response_format type must be a string (text, json_object or json_schema), got {}",
+                        json_kind(other)
+                    )))
+                }
+            };
+            match kind {
                 Some("text") | None => {}
                 Some("json_object") => {
                     out.push(Constraint::json_schema("json_object", json!({"type": "object"})))
@@ -294,7 +430,16 @@ impl CommonFields {
                         .get("schema")
                         .cloned()
                         .ok_or_else(|| Error::invalid_argument("response_format.json_schema lacks schema"))?;
-                    let name = spec.get("name").and_then(Value::as_str).unwrap_or("response_format");
+                    let name = match spec.get("name") {
+                        None | Some(Value::Null) => "response_format",
+                        Some(Value::String(name)) => name.as_str(),
+                        Some(other) => {
+                            return Err(Error::invalid_argument(format!(
+                                "response_format.json_schema name must be a string, got {}",
+                                json_kind(other)
+                            )))
+                        }
+                    };
                     out.push(Constraint::json_schema(name, schema));
                 }
                 Some(other) => {
@@ -795,5 +940,77 @@ mod tests {
         assert_eq!(parse_finish_reason(Some("stop"), None), FinishReason::Stop);
         assert_eq!(parse_finish_reason(Some("content_filter"), None), FinishReason::Stop);
         assert_eq!(parse_finish_reason(None, None), FinishReason::Stop);
+    }
+
+    /// Each wrong field is named where the server shows it (serde_path_to_error's path; with
+    /// `#[serde(flatten)]` it was empty), and what is not a request object is refused as such.
+    #[cfg(feature = "server")]
+    #[test]
+    fn request_errors_name_the_field() {
+        fn err<T: serde::de::DeserializeOwned + fmt::Debug>(text: &str) -> String {
+            let e = serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_str(text))
+                .unwrap_err();
+            format!("{}: {}", e.path(), e.inner())
+        }
+        let m = r#""messages": [{"role": "user", "content": "hi"}]"#;
+        for (body, named) in [
+            (
+                format!(r#"{{{m}, "max_tokens": "ten"}}"#),
+                r#"max_tokens: invalid type: string "ten", expected usize"#,
+            ),
+            (format!(r#"{{{m}, "temperature": [1]}}"#), "temperature: invalid type: sequence, expected f32"),
+            (format!(r#"{{{m}, "stream": 1}}"#), "stream: invalid type: integer `1`, expected a boolean"),
+            (
+                format!(r#"{{{m}, "stop": 5}}"#),
+                "stop: expected a string or an array of strings, got a number",
+            ),
+            (
+                format!(r#"{{{m}, "stop": ["a", 5]}}"#),
+                "stop: expected a string or an array of strings, got an array",
+            ),
+            (format!(r#"{{{m}, "stream_options": {{"x": 1}}}}"#), "stream_options: unknown field `x`"),
+            (format!(r#"{{{m}, "top_k": 1, "top_k": 2}}"#), "duplicate field `top_k`"),
+            (format!(r#"{{{m}, {m}}}"#), "duplicate field `messages`"),
+            (r#"{"max_tokens": 1}"#.to_string(), "missing field `messages`"),
+            (
+                r#"{"messages": [{"role": "user", "content": 5}]}"#.to_string(),
+                "messages[0].content: expected a string or an array of content parts, got a number",
+            ),
+            (
+                "[1]".to_string(),
+                "invalid type: sequence, expected a chat request (a JSON object with `messages`)",
+            ),
+        ] {
+            let e = err::<ChatRequest>(&body);
+            assert!(e.contains(named), "{body}: {e}");
+        }
+        let e = err::<CompletionRequest>(r#"{"prompt": "x", "seed": -1}"#);
+        assert!(e.contains("seed: invalid value: integer `-1`"), "{e}");
+        let e = err::<CompletionRequest>(r#"{"prompt": 5}"#);
+        assert!(e.contains("prompt: expected a string or an array of strings, got a number"), "{e}");
+        let ok: ChatRequest =
+            serde_json::from_str(&format!(r#"{{{m}, "max_tokens": 3, "stop": ["x"], "future": 1}}"#))
+                .unwrap();
+        assert_eq!(ok.common.max_tokens, Some(3));
+        assert_eq!(
+            ok.common.other.get("future"),
+            Some(&json!(1)),
+            "unknown fields still reach check_supported"
+        );
+    }
+
+    #[test]
+    fn response_format_type_and_name_must_be_strings() {
+        for (format, named) in [
+            (json!({"type": 5}), "response_format type must be a string"),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": 1, "schema": {}}}),
+                "json_schema name must be a string",
+            ),
+        ] {
+            let err = common(json!({"response_format": format})).constraints().unwrap_err();
+            assert!(err.message().contains(named), "{err}");
+        }
+        assert!(common(json!({"response_format": {"type": null}})).constraints().unwrap().is_empty());
     }
 }

@@ -3,10 +3,9 @@
 //! fresh session that is cancelled when the client goes away.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -79,6 +78,15 @@ pub(crate) async fn not_found(req: Request) -> ApiError {
     )
 }
 
+/// A known path asked with a method it does not take.
+pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::InvalidArgument,
+        format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
 /// Checks the API key (health checks are open) and counts every response by route and status.
 pub(crate) async fn authorize_and_count(
     State(state): State<Arc<AppState>>,
@@ -117,17 +125,64 @@ fn has_key(headers: &HeaderMap, key: &str) -> bool {
     bearer.is_some_and(matches) || plain.is_some_and(matches)
 }
 
-/// Parses a JSON body; a body over the size limit is 413, malformed JSON 400.
-pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body is larger than the server's limit".to_string()
-        } else {
-            rejection.body_text()
-        };
-        ApiError::new(status, ErrorKind::InvalidArgument, message)
-    })?;
+/// Reads a request's body: at most `max_body_bytes` of it (413 beyond, before any of it is read
+/// when the declared length says so) within `read_timeout` (408 after), then parses it as JSON.
+pub(crate) async fn parse_body<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<T, ApiError> {
+    let bytes = read_body(state, req).await?;
+    parse_json(&bytes)
+}
+
+async fn read_body(state: &AppState, req: Request) -> Result<Vec<u8>, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::InvalidArgument,
+            format!("request body is larger than the server's limit of {limit} bytes (--max-body-bytes)"),
+        )
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body().into_data_stream();
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidArgument,
+                    format!("cannot read the request body: {e}"),
+                )
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.try_reserve(chunk.len()).map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorKind::Backend,
+                    format!("out of memory reading a request body of {} bytes", bytes.len() + chunk.len()),
+                )
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    let timeout = state.config.read_timeout;
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::InvalidArgument,
+            format!("request body not received within {} s (--read-timeout-secs)", timeout.as_secs_f64()),
+        )
+    })??;
+    Ok(bytes)
+}
+
+/// Parses a JSON request body; malformed JSON is 400 naming where it went wrong.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let invalid = |at: String, e: &dyn std::fmt::Display| {
         let at = if at.is_empty() || at == "." { String::new() } else { format!(" at {at}") };
         ApiError::new(
@@ -136,7 +191,13 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
             format!("request body is not valid{at}: {e}"),
         )
     };
-    let mut json = serde_json::Deserializer::from_slice(&bytes);
+    // Every request is an object: say so, rather than what a struct read from an array lacks.
+    if bytes.iter().find(|b| !b" \t\r\n".contains(b)).is_some_and(|&b| b != b'{') {
+        let got = serde_json::from_slice(bytes).map_err(|e| invalid(String::new(), &e))?;
+        let got = format!("expected a JSON object, got {}", crate::protocol::openai::json_kind(&got));
+        return Err(invalid(String::new(), &got));
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
     let value =
         serde_path_to_error::deserialize(&mut json).map_err(|e| invalid(e.path().to_string(), e.inner()))?;
     json.end().map_err(|e| invalid(String::new(), &e))?;
@@ -168,22 +229,46 @@ pub(crate) fn take_slot(state: &Arc<AppState>) -> Result<Slot, ApiError> {
     Ok(Slot { _permit: permit, state: state.clone() })
 }
 
-/// Cancels the session when dropped armed: a client that disconnects drops the handler's
-/// future mid-generation.
+/// The client's side of a generation. Dropped armed (the client went away, dropping the
+/// handler's future or the response stream), it cancels the session and marks the client gone,
+/// which [`run_generation`] checks at each piece of text: that also stops a generation whose
+/// cancel came before it had started (`Session::cancel` is a no-op then).
 struct CancelOnDrop {
     session: Arc<Session>,
+    gone: Arc<AtomicBool>,
     armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(session: &Arc<Session>) -> Self {
+        Self { session: session.clone(), gone: Arc::new(AtomicBool::new(false)), armed: true }
+    }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
+            self.gone.store(true, Ordering::Release);
             self.session.cancel();
         }
     }
 }
 
-/// Runs a whole generation on a fresh session.
+/// The blocking part of a generation: stops at the first piece of text after the client has
+/// gone, or when `on_text` says so.
+fn run_generation(
+    session: &Session,
+    prompt: &Prompt,
+    opts: &GenerateOptions,
+    gone: &AtomicBool,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> crate::Result<GenerationResult> {
+    session.generate_streaming(prompt, opts, |text| !gone.load(Ordering::Acquire) && on_text(text))
+}
+
+/// Runs a whole generation on a fresh session. The slot goes with the generation, not with the
+/// request: a client that disconnects cancels the session, and the slot is free once the
+/// generation has actually stopped.
 pub(crate) async fn generate(
     state: &Arc<AppState>,
     prompt: Prompt,
@@ -191,18 +276,23 @@ pub(crate) async fn generate(
 ) -> Result<GenerationResult, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
-    let mut cancel = CancelOnDrop { session: session.clone(), armed: true };
-    let result =
-        tokio::task::spawn_blocking(move || session.generate(&prompt, &opts)).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorKind::Internal,
-                format!("generation task failed: {e}"),
-            )
-        })??;
+    let mut cancel = CancelOnDrop::new(&session);
+    let gone = cancel.gone.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = run_generation(&session, &prompt, &opts, &gone, |_| true);
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal,
+            format!("generation task failed: {e}"),
+        )
+    })??;
     cancel.armed = false;
     state.metrics.count_tokens(&result);
-    drop(slot);
     Ok(result)
 }
 
@@ -214,7 +304,7 @@ pub(crate) enum Piece {
 
 /// Starts a streamed generation. Errors before the first token come back as an HTTP error;
 /// after that the pieces arrive in order and `Done` ends the stream. Dropping the stream
-/// (client gone) cancels the generation.
+/// (client gone) cancels the generation at once, and its slot is free when it has stopped.
 pub(crate) async fn generate_stream(
     state: &Arc<AppState>,
     prompt: Prompt,
@@ -222,23 +312,31 @@ pub(crate) async fn generate_stream(
 ) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
     let slot = take_slot(state)?;
     let session = Arc::new(state.engine.new_session());
+    let cancel = CancelOnDrop::new(&session);
+    let gone = cancel.gone.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let result =
-            session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
+        let result = run_generation(&session, &prompt, &opts, &gone, |text| {
+            tx.send(Piece::Text(text.to_string())).is_ok()
+        });
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
-        let _ = tx.send(Piece::Done(result.map(Box::new)));
         drop(slot);
+        let _ = tx.send(Piece::Done(result.map(Box::new)));
     });
     let mut rx = UnboundedReceiverStream::new(rx);
     let first = rx.next().await;
     if let Some(Piece::Done(Err(e))) = first {
         return Err(e.into());
     }
-    Ok(stream::iter(first).chain(rx))
+    // The guard lives as long as the stream: dropped with it, it cancels the session (a no-op
+    // once the generation has ended).
+    Ok(stream::iter(first).chain(rx).map(move |piece| {
+        let _ = &cancel;
+        piece
+    }))
 }
 
 pub(crate) fn sse<S: Stream<Item = Event> + Send + 'static>(events: S) -> Response {
@@ -252,9 +350,9 @@ pub(crate) fn json_event<T: serde::Serialize>(value: &T) -> Event {
 /// `POST /maze/v1/generate`.
 pub(crate) async fn maze_generate(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let request: GenerateRequest = parse_body(body)?;
+    let request: GenerateRequest = parse_body(&state, req).await?;
     let stream = request.stream;
     let (prompt, opts) = request.into_call()?;
     if !stream {
@@ -267,4 +365,36 @@ pub(crate) async fn maze_generate(
         Piece::Done(Ok(result)) => json_event(&GenerateResponse::from_result(&result)).event("result"),
         Piece::Done(Err(e)) => json_event(&ErrorBody { error: WireError::from(&e) }).event("error"),
     })))
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::result::FinishReason;
+
+    /// A client that leaves before its generation has started: `Session::cancel` finds nothing
+    /// to cancel, and the generation must stop all the same (it ran to `max_tokens` before,
+    /// holding its slot).
+    #[test]
+    fn a_client_gone_before_the_generation_starts_stops_it() {
+        let engine = crate::server::tests::tiny_engine();
+        let session = Arc::new(engine.new_session());
+        let opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..GenerateOptions::default() };
+        let prompt = Prompt::Text("hello".into());
+
+        let cancel = CancelOnDrop::new(&session);
+        let gone = cancel.gone.clone();
+        drop(cancel);
+        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
+        assert_eq!(r.finish_reason, FinishReason::Cancelled);
+        assert!(r.stats.generated_tokens < 10, "{} tokens", r.stats.generated_tokens);
+
+        // Kept (disarmed, as a finished request leaves it), it stops nothing.
+        let mut cancel = CancelOnDrop::new(&session);
+        let gone = cancel.gone.clone();
+        cancel.armed = false;
+        drop(cancel);
+        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
+        assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Length, 200));
+    }
 }

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
@@ -34,11 +32,8 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> axum::Json<Val
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request: ChatRequest = parse_body(body)?;
+pub(crate) async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let request: ChatRequest = parse_body(&state, req).await?;
     let prompt = Prompt::Chat(request.chat_messages()?);
     respond(&state, &request.common, prompt, Kind::Chat).await
 }
@@ -46,9 +41,9 @@ pub(crate) async fn chat(
 /// `POST /v1/completions`.
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let request: CompletionRequest = parse_body(body)?;
+    let request: CompletionRequest = parse_body(&state, req).await?;
     let prompt = Prompt::Text(request.prompt_text()?);
     respond(&state, &request.common, prompt, Kind::Completion).await
 }
