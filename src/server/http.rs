@@ -3,7 +3,6 @@
 //! fresh session that is cancelled when the client goes away.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -17,7 +16,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::AppState;
-use crate::engine::{GenerateOptions, Prompt, Session};
+use crate::engine::{CancelToken, GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::maze::{ErrorBody, GenerateRequest, GenerateResponse, TextEvent, WireError};
 use crate::result::GenerationResult;
@@ -229,41 +228,30 @@ pub(crate) fn take_slot(state: &Arc<AppState>) -> Result<Slot, ApiError> {
     Ok(Slot { _permit: permit, state: state.clone() })
 }
 
-/// The client's side of a generation. Dropped armed (the client went away, dropping the
-/// handler's future or the response stream), it cancels the session and marks the client gone,
-/// which [`run_generation`] checks at each piece of text: that also stops a generation whose
-/// cancel came before it had started (`Session::cancel` is a no-op then).
+/// The client's side of a generation: dropped armed (the client went away, dropping the
+/// handler's future or the response stream), it cancels the generation's token, which stops it
+/// wherever it is, also when it has not started yet (its blocking task not yet running, as
+/// under load: `Session::cancel` would be a no-op then).
 struct CancelOnDrop {
-    session: Arc<Session>,
-    gone: Arc<AtomicBool>,
+    token: CancelToken,
     armed: bool,
 }
 
 impl CancelOnDrop {
-    fn new(session: &Arc<Session>) -> Self {
-        Self { session: session.clone(), gone: Arc::new(AtomicBool::new(false)), armed: true }
+    /// Links `opts` to a fresh token that this guard cancels.
+    fn new(opts: &mut GenerateOptions) -> Self {
+        let token = CancelToken::new();
+        opts.cancel = Some(token.clone());
+        Self { token, armed: true }
     }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            self.gone.store(true, Ordering::Release);
-            self.session.cancel();
+            self.token.cancel();
         }
     }
-}
-
-/// The blocking part of a generation: stops at the first piece of text after the client has
-/// gone, or when `on_text` says so.
-fn run_generation(
-    session: &Session,
-    prompt: &Prompt,
-    opts: &GenerateOptions,
-    gone: &AtomicBool,
-    mut on_text: impl FnMut(&str) -> bool,
-) -> crate::Result<GenerationResult> {
-    session.generate_streaming(prompt, opts, |text| !gone.load(Ordering::Acquire) && on_text(text))
 }
 
 /// Runs a whole generation on a fresh session. The slot goes with the generation, not with the
@@ -272,14 +260,13 @@ fn run_generation(
 pub(crate) async fn generate(
     state: &Arc<AppState>,
     prompt: Prompt,
-    opts: GenerateOptions,
+    mut opts: GenerateOptions,
 ) -> Result<GenerationResult, ApiError> {
     let slot = take_slot(state)?;
-    let session = Arc::new(state.engine.new_session());
-    let mut cancel = CancelOnDrop::new(&session);
-    let gone = cancel.gone.clone();
+    let session = state.engine.new_session();
+    let mut cancel = CancelOnDrop::new(&mut opts);
     let result = tokio::task::spawn_blocking(move || {
-        let result = run_generation(&session, &prompt, &opts, &gone, |_| true);
+        let result = session.generate(&prompt, &opts);
         drop(slot);
         result
     })
@@ -308,18 +295,16 @@ pub(crate) enum Piece {
 pub(crate) async fn generate_stream(
     state: &Arc<AppState>,
     prompt: Prompt,
-    opts: GenerateOptions,
+    mut opts: GenerateOptions,
 ) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
     let slot = take_slot(state)?;
-    let session = Arc::new(state.engine.new_session());
-    let cancel = CancelOnDrop::new(&session);
-    let gone = cancel.gone.clone();
+    let session = state.engine.new_session();
+    let cancel = CancelOnDrop::new(&mut opts);
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let result = run_generation(&session, &prompt, &opts, &gone, |text| {
-            tx.send(Piece::Text(text.to_string())).is_ok()
-        });
+        let result =
+            session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
@@ -372,29 +357,25 @@ mod tests {
     use super::*;
     use crate::result::FinishReason;
 
-    /// A client that leaves before its generation has started: `Session::cancel` finds nothing
-    /// to cancel, and the generation must stop all the same (it ran to `max_tokens` before,
-    /// holding its slot).
+    /// A client that leaves before its generation has started: `Session::cancel` would find
+    /// nothing to cancel, and the generation must stop all the same (it ran to `max_tokens`
+    /// before, holding its slot).
     #[test]
     fn a_client_gone_before_the_generation_starts_stops_it() {
         let engine = crate::server::tests::tiny_engine();
-        let session = Arc::new(engine.new_session());
-        let opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..GenerateOptions::default() };
+        let session = engine.new_session();
         let prompt = Prompt::Text("hello".into());
-
-        let cancel = CancelOnDrop::new(&session);
-        let gone = cancel.gone.clone();
-        drop(cancel);
-        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
-        assert_eq!(r.finish_reason, FinishReason::Cancelled);
-        assert!(r.stats.generated_tokens < 10, "{} tokens", r.stats.generated_tokens);
+        let mut opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..GenerateOptions::default() };
+        drop(CancelOnDrop::new(&mut opts));
+        let r = session.generate(&prompt, &opts).unwrap();
+        assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Cancelled, 0));
 
         // Kept (disarmed, as a finished request leaves it), it stops nothing.
-        let mut cancel = CancelOnDrop::new(&session);
-        let gone = cancel.gone.clone();
+        let mut opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..GenerateOptions::default() };
+        let mut cancel = CancelOnDrop::new(&mut opts);
         cancel.armed = false;
         drop(cancel);
-        let r = run_generation(&session, &prompt, &opts, &gone, |_| true).unwrap();
+        let r = session.generate(&prompt, &opts).unwrap();
         assert_eq!((r.finish_reason, r.stats.generated_tokens), (FinishReason::Length, 200));
     }
 }
