@@ -59,6 +59,7 @@ fn tables() -> Vec<CEnum> {
         include!("src/tables/status.rs"),
         include!("src/tables/finish_reason.rs"),
         include!("src/tables/constraint_kind.rs"),
+        include!("src/tables/json_flag.rs"),
         include!("src/tables/protocol.rs"),
     ]
 }
@@ -129,7 +130,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("Sessions: generate and stream", &["maze_generate_params*", "maze_stream_callback", "maze_session*"]),
     (
         "Constraints: JSON schema, Lark grammar, regex, choice, token mask",
-        &["maze_constraint*", "maze_engine_constraint_cache*"],
+        &["maze_constraint*", "maze_json_flag", "maze_engine_constraint_cache*"],
     ),
     (
         "Results: text, tokens, finish reason, statistics, validation",

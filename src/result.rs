@@ -50,7 +50,9 @@ pub struct GenerationResult {
 
 impl GenerationResult {
     /// True when every constraint was enforced throughout and the output is complete under it
-    /// (vacuously true without constraints).
+    /// (vacuously true without constraints). A lenient JSON schema that left keywords out
+    /// ([`crate::constraint::ConstraintOutcome::PartiallyEnforced`]) makes it false; formats
+    /// ignored as annotations do not.
     pub fn constraints_satisfied(&self) -> bool {
         self.validation.iter().all(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied)
     }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::constraint::{Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats, ConstraintTag};
+use crate::constraint::{
+    Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats, ConstraintTag, IgnoredFormat,
+    RelaxedKeyword,
+};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
@@ -78,7 +81,7 @@ fn constraints_exactly<'de, D: serde::Deserializer<'de>>(
             match unused_key(&given, &used, "") {
                 None => Ok(constraint),
                 Some(key) => Err(D::Error::custom(format!(
-                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name and priority)"
+                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name, priority and json_options)"
                 ))),
             }
         })
@@ -196,6 +199,10 @@ pub struct WireReport {
     pub outcome: ConstraintOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaxed_keywords: Vec<RelaxedKeyword>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_formats: Vec<IgnoredFormat>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,6 +257,8 @@ impl GenerateResponse {
                         priority: v.priority,
                         outcome: v.outcome,
                         reason: v.reason.clone(),
+                        relaxed_keywords: v.relaxed_keywords.clone(),
+                        ignored_formats: v.ignored_formats.clone(),
                     })
                     .collect(),
                 stats: r.constraint_stats,
@@ -297,6 +306,8 @@ impl GenerateResponse {
                         priority: v.priority,
                         outcome: v.outcome,
                         reason: v.reason,
+                        relaxed_keywords: v.relaxed_keywords,
+                        ignored_formats: v.ignored_formats,
                     })
                 })
                 .collect(),

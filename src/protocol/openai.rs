@@ -338,6 +338,10 @@ impl CommonFields {
         match constraints {
             [] => Ok(()),
             [c] => match &c.kind {
+                ConstraintKind::JsonSchema(_) if c.json_options.as_ref().is_some_and(|o| *o != Default::default()) => refuse(format!(
+                    "constraint '{}': json_options (lenient, coerce_one_of, whitespace, strict_formats) cannot be sent over the OpenAI-compatible API; use the Maze protocol",
+                    c.name
+                )),
                 ConstraintKind::JsonSchema(schema) if chat => {
                     let name = if c.name.is_empty() { "output" } else { &c.name };
                     self.response_format = Some(json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}}));
