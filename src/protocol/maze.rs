@@ -463,6 +463,10 @@ mod tests {
                 json!({"prompt": "a", "constraints": [{"token_mask": {"allowed": [1], "forbiden": [2]}}]}),
                 "constraint 0: unknown field `token_mask.forbiden`",
             ),
+            (
+                json!({"prompt": "a", "constraints": [{"json_schema": {}, "json_options": {"lenent": true}}]}),
+                "constraint 0: unknown field `lenent`",
+            ),
         ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
@@ -470,10 +474,12 @@ mod tests {
         // What a constraint does use passes, a nested JSON schema included.
         let fine = json!({"prompt": "a", "sampling": {"top_k": 5}, "messages": null, "constraints": [
             {"name": "n", "priority": 1, "json_schema": {"type": "object", "properties": {"a": {"x-extra": 1}}}},
-            {"token_mask": {"forbidden": [2]}}
+            {"token_mask": {"forbidden": [2]}},
+            {"json_schema": {"not": {}}, "json_options": {"lenient": true, "whitespace_pattern": null}}
         ]});
         let req = parse(fine).unwrap();
-        assert_eq!((req.sampling.top_k, req.constraints.len()), (5, 2));
+        assert!(req.constraints[2].json_options.as_ref().is_some_and(|o| o.lenient), "the options travel");
+        assert_eq!((req.sampling.top_k, req.constraints.len()), (5, 3));
     }
 
     #[test]
@@ -506,7 +512,9 @@ mod tests {
             "validation": {
                 "satisfied": false,
                 "constraints": [
-                    {"name": "number", "kind": "regex", "priority": 2, "outcome": "satisfied"},
+                    {"name": "number", "kind": "regex", "priority": 2, "outcome": "partially_enforced", "reason": "r",
+                     "relaxed_keywords": [{"keyword": "not", "pointer": "/not", "note": "not enforced"}],
+                     "ignored_formats": [{"format": "regex", "pointer": "/format"}]},
                     {"name": "mask", "kind": "token_mask", "priority": 0, "outcome": "relaxed", "reason": "why"},
                     {"name": "new", "kind": "quantum", "priority": 0, "outcome": "violated", "reason": "r"}
                 ],
@@ -528,6 +536,10 @@ mod tests {
         assert_eq!((result.stats.prompt_tokens, result.stats.cached_tokens), (5, 2));
         assert_eq!(result.validation[1].outcome, ConstraintOutcome::Relaxed);
         assert_eq!(result.validation[1].reason.as_deref(), Some("why"));
+        // What a lenient schema left out, and the formats it ignored, come across.
+        assert_eq!(result.validation[0].outcome, ConstraintOutcome::PartiallyEnforced);
+        assert_eq!(result.validation[0].relaxed_keywords[0].pointer, "/not");
+        assert_eq!(result.validation[0].ignored_formats[0].format, "regex");
         assert!(!result.constraints_satisfied());
         // Provenance: the server's model and seed, the rest from the request.
         let p = &result.provenance;
@@ -549,6 +561,7 @@ mod tests {
             .collect();
         // The third report names a kind this client does not know and no constraint it sent.
         assert_eq!(kinds, ["regex", "token_mask"], "a report for no constraint of the request is dropped");
+        assert_eq!(again["validation"]["constraints"][0], sent["validation"]["constraints"][0]);
         assert_eq!(again["validation"]["satisfied"], false);
         assert_eq!(again["provenance"]["seed"], 77);
     }

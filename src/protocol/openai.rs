@@ -765,6 +765,8 @@ mod tests {
     fn what_one_structured_output_cannot_carry_is_refused() {
         let two_patterns =
             Constraint::new("both", 0, ConstraintKind::Regex(vec!["a.*".into(), ".*b".into()]));
+        let lenient = Constraint::json_schema("lenient", json!({"not": {}}))
+            .with_json_options(crate::constraint::JsonSchemaOptions { lenient: true, ..Default::default() });
         let cases = [
             (
                 vec![Constraint::token_mask("m", vec![], vec![1])],
@@ -772,7 +774,11 @@ mod tests {
             ),
             (vec![two_patterns], "constraint 'both': 2 regexes that must all match"),
             (vec![Constraint::regex("a", "a"), Constraint::regex("b", "b")], "2 constraints at once"),
+            (vec![lenient.clone()], "constraint 'lenient': json_options"),
         ];
+        // Default options are no options: the schema goes out as usual.
+        let defaults = Constraint::json_schema("d", json!({})).with_json_options(Default::default());
+        CommonFields::default().set_constraints(&[defaults], true).unwrap();
         for (constraints, says) in cases {
             let err = CommonFields::default().set_constraints(&constraints, true).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Unsupported);
