@@ -558,7 +558,10 @@ struct maze_constraint_desc maze_constraint_desc_default(void);
 
 // Builds and compiles a constraint from a descriptor. Fails with
 // MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
-// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+// part: a JSON-schema keyword or format Maze does not enforce by its JSON pointer, e.g.
+// `unsupported keyword "not" at /properties/a/not`), MAZE_STATUS_ABI_MISMATCH,
+// MAZE_STATUS_INVALID_ARGUMENT (an unknown kind or json_flags bit), MAZE_STATUS_INVALID_UTF8,
+// MAZE_STATUS_NULL_ARGUMENT.
 MAZE_NODISCARD
 enum maze_status maze_constraint_new(const struct maze_engine *engine,
                                      const struct maze_constraint_desc *desc,
@@ -568,7 +571,10 @@ enum maze_status maze_constraint_new(const struct maze_engine *engine,
 // Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 // `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 // `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
+// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
+// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
+// docs/CONSTRAINTS.md).
 MAZE_NODISCARD
 enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
                                            const char *json,

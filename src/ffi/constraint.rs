@@ -170,7 +170,10 @@ unsafe fn finish(
 
 /// Builds and compiles a constraint from a descriptor. Fails with
 /// MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
-/// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+/// part: a JSON-schema keyword or format Maze does not enforce by its JSON pointer, e.g.
+/// `unsupported keyword "not" at /properties/a/not`), MAZE_STATUS_ABI_MISMATCH,
+/// MAZE_STATUS_INVALID_ARGUMENT (an unknown kind or json_flags bit), MAZE_STATUS_INVALID_UTF8,
+/// MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn maze_constraint_new(
@@ -191,7 +194,10 @@ pub unsafe extern "C" fn maze_constraint_new(
 /// Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 /// `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 /// `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
+/// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
+/// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
+/// docs/CONSTRAINTS.md).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn maze_constraint_from_json(
