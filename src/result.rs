@@ -81,13 +81,21 @@ pub struct AppliedConstraint {
     pub name: String,
     pub kind: crate::constraint::ConstraintTag,
     pub priority: i32,
+    /// A JSON schema's compile options, when given: they change what is generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_options: Option<crate::constraint::JsonSchemaOptions>,
 }
 
 impl AppliedConstraint {
     pub fn list(constraints: &[crate::constraint::Constraint]) -> Vec<Self> {
         constraints
             .iter()
-            .map(|c| Self { name: c.name.clone(), kind: c.kind.tag(), priority: c.priority })
+            .map(|c| Self {
+                name: c.name.clone(),
+                kind: c.kind.tag(),
+                priority: c.priority,
+                json_options: c.json_options.clone(),
+            })
             .collect()
     }
 }

@@ -330,6 +330,8 @@ fn lenient_json_schemas_name_every_relaxed_keyword_and_are_not_satisfied() {
     let validation: Value = serde_json::from_str(&r.validation_json()).unwrap();
     assert_eq!(validation["satisfied"], false);
     assert_eq!(validation["constraints"][0]["relaxed_keywords"][2]["keyword"], "not");
+    let provenance: Value = serde_json::from_str(&r.provenance_json()).unwrap();
+    assert_eq!(provenance["constraints"][0]["json_options"]["lenient"], true, "{provenance}");
 }
 
 #[test]
