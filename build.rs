@@ -59,6 +59,7 @@ fn tables() -> Vec<CEnum> {
         include!("src/tables/status.rs"),
         include!("src/tables/finish_reason.rs"),
         include!("src/tables/constraint_kind.rs"),
+        include!("src/tables/json_flag.rs"),
         include!("src/tables/protocol.rs"),
     ]
 }
@@ -132,7 +133,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     (
         "Constraints: JSON schema, Lark grammar, regex, choice, token mask",
-        &["maze_constraint*", "maze_engine_constraint_cache*", "maze_engine_constraint_setup_time_us"],
+        &[
+            "maze_constraint*",
+            "maze_json_flag",
+            "maze_engine_constraint_cache*",
+            "maze_engine_constraint_setup_time_us",
+        ],
     ),
     (
         "Results: text, tokens, finish reason, statistics, validation",

@@ -529,6 +529,22 @@ typedef enum maze_constraint_kind {
   MAZE_CONSTRAINT_KIND_CHOICE = 4,
 } maze_constraint_kind;
 
+// Bits of maze_constraint_desc.json_flags (OR them; 0 keeps the defaults: compact JSON,
+// unsupported keywords refused, unknown formats ignored as annotations).
+typedef enum maze_json_flag {
+  // Compile keywords Maze cannot enforce (not, if/then/else, dependencies, ...) by leaving
+  // them out; the validation report lists each with its JSON pointer and the outcome is
+  // "partially_enforced", not satisfied.
+  MAZE_JSON_FLAG_LENIENT = 1,
+  // Approximate a oneOf whose branches are not provably disjoint with anyOf (reported as a
+  // relaxed keyword); without it such a schema is refused.
+  MAZE_JSON_FLAG_COERCE_ONE_OF = 2,
+  // Allow JSON whitespace between tokens (default: compact JSON).
+  MAZE_JSON_FLAG_WHITESPACE_FLEXIBLE = 4,
+  // Refuse a format Maze does not enforce instead of ignoring it as an annotation.
+  MAZE_JSON_FLAG_STRICT_FORMATS = 8,
+} maze_json_flag;
+
 // Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
 // its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
 typedef struct maze_constraint_desc {
@@ -551,6 +567,16 @@ typedef struct maze_constraint_desc {
   size_t n_allowed_tokens;
   const uint32_t *forbidden_tokens;
   size_t n_forbidden_tokens;
+  // JSON schema only: maze_json_flag bits, OR-ed (0: compact JSON, keywords Maze cannot
+  // enforce refused naming their JSON pointer, unknown formats ignored as annotations and
+  // listed in the validation report). Non-zero on another kind fails. Added after
+  // n_forbidden_tokens: a caller whose struct_size ends before it gets the defaults.
+  uint32_t json_flags;
+  // Reserved, keep 0.
+  uint32_t json_reserved;
+  // JSON schema only: a regex for the whitespace allowed between tokens, replacing
+  // MAZE_JSON_FLAG_WHITESPACE_FLEXIBLE's; empty (the default) leaves it unset.
+  struct maze_string json_whitespace_pattern;
 } maze_constraint_desc;
 
 // Constraint compile-cache counters.
@@ -567,7 +593,10 @@ struct maze_constraint_desc maze_constraint_desc_default(void);
 
 // Builds and compiles a constraint from a descriptor. Fails with
 // MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
-// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+// part: a JSON-schema keyword or format Maze does not enforce by its JSON pointer, e.g.
+// `unsupported keyword "not" at /properties/a/not`), MAZE_STATUS_ABI_MISMATCH,
+// MAZE_STATUS_INVALID_ARGUMENT (an unknown kind or json_flags bit), MAZE_STATUS_INVALID_UTF8,
+// MAZE_STATUS_NULL_ARGUMENT.
 MAZE_NODISCARD
 enum maze_status maze_constraint_new(const struct maze_engine *engine,
                                      const struct maze_constraint_desc *desc,
@@ -577,7 +606,10 @@ enum maze_status maze_constraint_new(const struct maze_engine *engine,
 // Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 // `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 // `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
+// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
+// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
+// docs/CONSTRAINTS.md).
 MAZE_NODISCARD
 enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
                                            const char *json,

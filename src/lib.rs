@@ -32,7 +32,9 @@ pub mod server;
 #[doc(hidden)]
 pub mod testing;
 
-pub use constraint::{Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport, ConstraintTag};
+pub use constraint::{
+    Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport, ConstraintTag, JsonSchemaOptions,
+};
 pub use engine::{
     CancelToken, ComputeDevice, Engine, EngineConfig, EngineSpec, GenerateOptions, Prompt, Session,
     DEFAULT_PREFIX_CACHE_BYTES,

@@ -50,7 +50,9 @@ pub struct GenerationResult {
 
 impl GenerationResult {
     /// True when every constraint was enforced throughout and the output is complete under it
-    /// (vacuously true without constraints).
+    /// (vacuously true without constraints). A lenient JSON schema that left keywords out
+    /// ([`crate::constraint::ConstraintOutcome::PartiallyEnforced`]) makes it false; formats
+    /// ignored as annotations do not.
     pub fn constraints_satisfied(&self) -> bool {
         self.validation.iter().all(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied)
     }
@@ -79,13 +81,21 @@ pub struct AppliedConstraint {
     pub name: String,
     pub kind: crate::constraint::ConstraintTag,
     pub priority: i32,
+    /// A JSON schema's compile options, when given: they change what is generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_options: Option<crate::constraint::JsonSchemaOptions>,
 }
 
 impl AppliedConstraint {
     pub fn list(constraints: &[crate::constraint::Constraint]) -> Vec<Self> {
         constraints
             .iter()
-            .map(|c| Self { name: c.name.clone(), kind: c.kind.tag(), priority: c.priority })
+            .map(|c| Self {
+                name: c.name.clone(),
+                kind: c.kind.tag(),
+                priority: c.priority,
+                json_options: c.json_options.clone(),
+            })
             .collect()
     }
 }

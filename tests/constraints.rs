@@ -289,3 +289,111 @@ fn the_compile_cache_hits_counts_and_evicts() {
     assert_eq!(e.constraint_cache_stats().size, 0);
     assert!(!e.compile_constraint(&c1).unwrap().cache_hit);
 }
+
+/// `json_options` through the JSON form, on the real model: without `lenient` unsupported
+/// keywords are refused by JSON pointer; with it the output is generated, the keywords left out
+/// are listed, and the result is not reported satisfied.
+#[test]
+fn lenient_json_schemas_name_every_relaxed_keyword_and_are_not_satisfied() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "kind": {"enum": ["a", "b"]},
+            "n": {"type": "integer", "minimum": 0, "maximum": 9, "not": {"const": 5}},
+        },
+        "required": ["kind", "n"],
+        "additionalProperties": false,
+        "if": {"properties": {"kind": {"const": "a"}}},
+        "then": {"properties": {"n": {"maximum": 3}}},
+        "dependencies": {"kind": ["n"]},
+    });
+    let e = engine().check_constraint(&Constraint::json_schema("strict", schema.clone())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
+    assert!(
+        e.message().contains(
+            "unsupported keywords \"dependencies\" at /dependencies, \"if\" at /if, \"not\" at /properties/n/not, \"then\" at /then"
+        ),
+        "every one is named: {e}"
+    );
+
+    let text = json!({"name": "loose", "json_schema": schema, "json_options": {"lenient": true}}).to_string();
+    let constraints = Constraint::list_from_json(&text).unwrap();
+    let r = constrained("Give a kind and a number as JSON.", constraints, 60);
+    assert_eq!(r.finish_reason, FinishReason::Stop, "{}", r.text);
+    let value: Value = serde_json::from_str(&r.text).expect("JSON output");
+    assert!(value["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)), "enforced parts hold: {value}");
+    let report = &r.validation[0];
+    assert_eq!(report.outcome, ConstraintOutcome::PartiallyEnforced, "{}", r.validation_json());
+    let pointers: Vec<&str> = report.relaxed_keywords.iter().map(|k| k.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/dependencies", "/if", "/properties/n/not", "/then"]);
+    assert!(!r.constraints_satisfied());
+    let validation: Value = serde_json::from_str(&r.validation_json()).unwrap();
+    assert_eq!(validation["satisfied"], false);
+    assert_eq!(validation["constraints"][0]["relaxed_keywords"][2]["keyword"], "not");
+    let provenance: Value = serde_json::from_str(&r.provenance_json()).unwrap();
+    assert_eq!(provenance["constraints"][0]["json_options"]["lenient"], true, "{provenance}");
+}
+
+#[test]
+fn unknown_formats_are_ignored_annotations_unless_strict() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "pattern": {"type": "string", "format": "regex", "maxLength": 10},
+            "link": {"type": "string", "format": "uri-reference", "maxLength": 20},
+            "code": {"type": "string", "format": "made-up", "maxLength": 6},
+            "day": {"type": "string", "format": "date"},
+        },
+        "required": ["pattern", "link", "code", "day"],
+        "additionalProperties": false,
+    });
+    let r = constrained(
+        "Fill in the record as JSON.",
+        vec![Constraint::json_schema("formats", schema.clone())],
+        120,
+    );
+    let value: Value = serde_json::from_str(&r.text).expect("JSON output");
+    let day = value["day"].as_str().unwrap();
+    assert!(day.len() == 10 && day.as_bytes()[4] == b'-', "the known format is enforced: {day}");
+    assert!(r.constraints_satisfied(), "formats are annotations: {}", r.validation_json());
+    let ignored: Vec<(&str, &str)> =
+        r.validation[0].ignored_formats.iter().map(|f| (f.format.as_str(), f.pointer.as_str())).collect();
+    assert_eq!(
+        ignored,
+        [
+            ("made-up", "/properties/code/format"),
+            ("uri-reference", "/properties/link/format"),
+            ("regex", "/properties/pattern/format")
+        ]
+    );
+
+    let strict = Constraint::json_schema("strict", schema)
+        .with_json_options(JsonSchemaOptions { strict_formats: true, ..Default::default() });
+    let e = engine().check_constraint(&strict).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConstraint);
+    assert!(
+        e.message().contains("unknown formats \"made-up\" at /properties/code/format, \"uri-reference\" at /properties/link/format, \"regex\" at /properties/pattern/format"),
+        "{e}"
+    );
+}
+
+#[test]
+fn coerce_one_of_approximates_and_says_so() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"n": {"oneOf": [{"type": "integer", "maximum": 50}, {"type": "integer", "minimum": 10}]}},
+        "required": ["n"],
+        "additionalProperties": false,
+    });
+    let e = engine().check_constraint(&Constraint::json_schema("exact", schema.clone())).unwrap_err();
+    assert!(e.message().contains("unsupported keyword \"oneOf\" at /properties/n/oneOf"), "{e}");
+    assert!(e.message().contains("coerce_one_of"), "{e}");
+    let coerced = Constraint::json_schema("coerced", schema)
+        .with_json_options(JsonSchemaOptions { coerce_one_of: true, ..Default::default() });
+    let r = constrained("Give a number as JSON.", vec![coerced], 30);
+    let value: Value = serde_json::from_str(&r.text).expect("JSON output");
+    assert!(value["n"].is_i64(), "{value}");
+    assert_eq!(r.validation[0].outcome, ConstraintOutcome::PartiallyEnforced, "{}", r.validation_json());
+    assert_eq!(r.validation[0].relaxed_keywords[0].pointer, "/properties/n/oneOf");
+    assert!(!r.constraints_satisfied());
+}

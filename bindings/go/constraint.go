@@ -56,6 +56,48 @@ type Constraint struct {
 	// Allowed and Forbidden are token ids (KindTokenMask): every generated token is in Allowed
 	// (when non-empty) and never in Forbidden.
 	Allowed, Forbidden []uint32
+	// JSON says how a JSON schema (KindJSONSchema) is compiled; other kinds refuse anything but
+	// the zero value.
+	JSON JSONOptions
+}
+
+// JSONOptions are the JSON-schema options of maze_constraint_desc (json_flags and
+// json_whitespace_pattern; see docs/CONSTRAINTS.md). The zero value keeps the defaults: compact
+// JSON, keywords Maze cannot enforce refused naming their JSON pointer, unknown formats ignored
+// as annotations.
+type JSONOptions struct {
+	// Lenient leaves out keywords Maze cannot enforce (not, if/then/else, dependencies, ...);
+	// validation lists each under relaxed_keywords, with outcome "partially_enforced", and the
+	// result is not ConstraintsSatisfied.
+	Lenient bool
+	// CoerceOneOf approximates a oneOf whose branches are not provably disjoint with anyOf
+	// (reported as a relaxed keyword).
+	CoerceOneOf bool
+	// WhitespaceFlexible allows JSON whitespace between tokens.
+	WhitespaceFlexible bool
+	// StrictFormats refuses a format Maze does not enforce instead of ignoring it.
+	StrictFormats bool
+	// WhitespacePattern is a regex for the whitespace between tokens, replacing
+	// WhitespaceFlexible; empty leaves it unset.
+	WhitespacePattern string
+}
+
+func (o JSONOptions) flags() C.uint32_t {
+	var bits C.uint32_t
+	for _, f := range []struct {
+		on  bool
+		bit C.uint32_t
+	}{
+		{o.Lenient, C.MAZE_JSON_FLAG_LENIENT},
+		{o.CoerceOneOf, C.MAZE_JSON_FLAG_COERCE_ONE_OF},
+		{o.WhitespaceFlexible, C.MAZE_JSON_FLAG_WHITESPACE_FLEXIBLE},
+		{o.StrictFormats, C.MAZE_JSON_FLAG_STRICT_FORMATS},
+	} {
+		if f.on {
+			bits |= f.bit
+		}
+	}
+	return bits
 }
 
 // JSONSchema constrains the output to a JSON value valid under schema (a JSON Schema text).
@@ -82,6 +124,9 @@ func (c Constraint) Named(name string) Constraint { c.Name = name; return c }
 // WithPriority returns c with a priority (higher wins when constraints conflict).
 func (c Constraint) WithPriority(priority int32) Constraint { c.Priority = priority; return c }
 
+// WithJSONOptions returns c with options for compiling its JSON schema.
+func (c Constraint) WithJSONOptions(o JSONOptions) Constraint { c.JSON = o; return c }
+
 // desc fills a maze_constraint_desc with copies of c's data in mem.
 func (m *cMemory) constraintDesc(c *Constraint) C.maze_constraint_desc {
 	d := C.maze_constraint_desc_default()
@@ -92,6 +137,8 @@ func (m *cMemory) constraintDesc(c *Constraint) C.maze_constraint_desc {
 	d.items, d.n_items = m.strs(c.Items)
 	d.allowed_tokens, d.n_allowed_tokens = m.tokens(c.Allowed)
 	d.forbidden_tokens, d.n_forbidden_tokens = m.tokens(c.Forbidden)
+	d.json_flags = c.JSON.flags()
+	d.json_whitespace_pattern = m.str(c.JSON.WhitespacePattern)
 	return d
 }
 

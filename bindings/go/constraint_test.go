@@ -168,6 +168,43 @@ func TestCompiledSetsAndCache(t *testing.T) {
 	e.SetConstraintCacheLimit(256)
 }
 
+func TestJSONSchemaOptions(t *testing.T) {
+	t.Run("lenient", func(t *testing.T) {
+		schema := `{"type":"object","properties":{"n":{"type":"integer","minimum":0,"maximum":9}},"required":["n"],"additionalProperties":false,"not":{"required":["m"]}}`
+		res := generate(t, 30, "Give a number as JSON.", JSONSchema(schema).Named("loose").WithJSONOptions(JSONOptions{Lenient: true}))
+		var v struct{ N *int }
+		if err := json.Unmarshal([]byte(res.Text), &v); err != nil || v.N == nil || *v.N < 0 || *v.N > 9 {
+			t.Errorf("output %q: %v", res.Text, err)
+		}
+		if res.ConstraintsSatisfied || res.Validation.Satisfied {
+			t.Errorf("a lenient schema reported satisfied: %+v", res.Validation)
+		}
+		c := res.Validation.Constraints[0]
+		if c.Outcome != "partially_enforced" || len(c.RelaxedKeywords) != 1 || c.RelaxedKeywords[0].Keyword != "not" || c.RelaxedKeywords[0].Pointer != "/not" {
+			t.Errorf("report %+v", c)
+		}
+	})
+	t.Run("ignored formats", func(t *testing.T) {
+		schema := `{"type":"object","properties":{"r":{"type":"string","format":"uri-reference","maxLength":12}},"required":["r"],"additionalProperties":false}`
+		res := generate(t, 40, "Give a link as JSON.", JSONSchema(schema).Named("formats"))
+		checkSatisfied(t, res, "formats", "json_schema")
+		f := res.Validation.Constraints[0].IgnoredFormats
+		if len(f) != 1 || f[0].Format != "uri-reference" || f[0].Pointer != "/properties/r/format" {
+			t.Errorf("ignored formats %+v", f)
+		}
+	})
+	t.Run("whitespace pattern", func(t *testing.T) {
+		// Only the pattern's whitespace may appear between tokens: compiling it is enough to
+		// show it reached the library, a bad one is refused there.
+		schema := `{"type":"object"}`
+		if _, err := sharedEngine(t).Compile(JSONSchema(schema).WithJSONOptions(JSONOptions{WhitespacePattern: "[ ]{0,2}"})); err != nil {
+			t.Fatal(err)
+		}
+		_, err := sharedEngine(t).Compile(JSONSchema(schema).WithJSONOptions(JSONOptions{WhitespacePattern: "(("}))
+		expectError(t, err, ErrInvalidConstraint, "")
+	})
+}
+
 func TestConstraintErrors(t *testing.T) {
 	e := sharedEngine(t)
 	cases := []struct {
@@ -181,6 +218,9 @@ func TestConstraintErrors(t *testing.T) {
 		{"bad grammar", Lark(`start: undefined_rule`), "undefined_rule"},
 		{"token out of range", TokenMask([]uint32{1 << 30}, nil), "1073741824"},
 		{"empty choice", Choice(), ""},
+		{"unsupported keywords by pointer", JSONSchema(`{"properties": {"a": {"not": {}}}, "if": {}}`), `unsupported keywords "if" at /if, "not" at /properties/a/not`},
+		{"strict formats", JSONSchema(`{"type": "string", "format": "regex"}`).WithJSONOptions(JSONOptions{StrictFormats: true}), `unknown format "regex" at /format`},
+		{"JSON options on a grammar", Lark(`start: "x"`).WithJSONOptions(JSONOptions{Lenient: true}), "MAZE_CONSTRAINT_KIND_JSON_SCHEMA"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -35,13 +35,31 @@ type Validation struct {
 	Stats       *ConstraintStats    `json:"stats"`
 }
 
-// ConstraintOutcome is one constraint's fate: Outcome is "satisfied", "violated" or "relaxed".
+// ConstraintOutcome is one constraint's fate: Outcome is "satisfied", "violated", "relaxed" or
+// "partially_enforced" (a lenient JSON schema: RelaxedKeywords were not enforced).
 type ConstraintOutcome struct {
 	Name     string `json:"name"`
 	Kind     string `json:"kind"`
 	Priority int32  `json:"priority"`
 	Outcome  string `json:"outcome"`
 	Reason   string `json:"reason,omitempty"`
+	// RelaxedKeywords are the JSON-schema keywords that were not enforced.
+	RelaxedKeywords []RelaxedKeyword `json:"relaxed_keywords,omitempty"`
+	// IgnoredFormats are format values Maze does not enforce, ignored as annotations.
+	IgnoredFormats []IgnoredFormat `json:"ignored_formats,omitempty"`
+}
+
+// RelaxedKeyword is a JSON-schema keyword left out or approximated, at a JSON pointer.
+type RelaxedKeyword struct {
+	Keyword string `json:"keyword"`
+	Pointer string `json:"pointer"`
+	Note    string `json:"note"`
+}
+
+// IgnoredFormat is a format value that was not enforced, at a JSON pointer.
+type IgnoredFormat struct {
+	Format  string `json:"format"`
+	Pointer string `json:"pointer"`
 }
 
 // ConstraintStats measure the constraint work of a request.

@@ -18,6 +18,7 @@ use super::ir::{Constraint, ConstraintKind};
 use super::limits::{
     nesting_depth, text_size, ConstraintLimits, COMPILE_TIMEOUT_SETTING, MAX_DEPTH_SETTING, MAX_SIZE_SETTING,
 };
+use super::schema::{self, SchemaNotes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::tokenizer::Tokenizer;
 
@@ -51,8 +52,9 @@ pub struct CompiledConstraint {
 }
 
 pub(crate) enum Program {
-    /// One parser per pattern/grammar; all must accept.
-    Grammars(Vec<TokenParser>),
+    /// One parser per pattern/grammar; all must accept. The notes say what of a JSON schema is
+    /// not enforced (empty for other kinds).
+    Grammars(Vec<TokenParser>, SchemaNotes),
     /// A fixed mask: `allowed` (None = everything) minus `forbidden`.
     Mask { allowed: Option<Vec<u32>>, forbidden: Vec<u32> },
 }
@@ -184,6 +186,12 @@ impl Compiler {
         stop: &dyn Fn() -> Option<Error>,
     ) -> Result<CompiledConstraint> {
         let start = Instant::now();
+        if c.json_options.is_some() && !matches!(c.kind, ConstraintKind::JsonSchema(_)) {
+            return Err(Error::new(
+                ErrorKind::InvalidConstraint,
+                format!("{}: json_options apply only to json_schema constraints", describe(c)),
+            ));
+        }
         let set_up_before = self.core.factory.get().is_some();
         // Before hashing: the hash walks the schema too.
         self.core.check_depth(c)?;
@@ -391,9 +399,10 @@ impl CompilerCore {
     fn build(&self, c: &Constraint, waiting: &Sender<FromCompile>) -> Result<Program> {
         let what = describe(c);
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
-        let parse = |grammar: TopLevelGrammar, part: &str| -> Result<TokenParser> {
+        // `explain` words llguidance's message for the caller (which pattern, where in a schema).
+        let parse = |grammar: TopLevelGrammar, explain: &dyn Fn(String) -> String| -> Result<TokenParser> {
             let factory = self.factory()?;
-            let mut parser = factory.create_parser(grammar).map_err(|e| bad(format!("{part}{e}")))?;
+            let mut parser = factory.create_parser(grammar).map_err(|e| bad(explain(e.to_string())))?;
             // Some problems only surface when the parser starts; find them now, not mid-request.
             let mut probe_parser = parser.deep_clone();
             let handle = probe_parser.enable_cancellation();
@@ -402,7 +411,7 @@ impl CompilerCore {
                 return Err(Error::new(ErrorKind::Cancelled, "nobody waits for this compilation"));
             }
             if let Err(e) = probe.compute_mask() {
-                return Err(bad(format!("{part}{e}")));
+                return Err(bad(explain(e.to_string())));
             }
             parser.start_without_prompt();
             Ok(parser)
@@ -412,19 +421,20 @@ impl CompilerCore {
                 if !schema.is_object() && !schema.is_boolean() {
                     return Err(bad("a JSON schema must be an object or a boolean".into()));
                 }
-                // Compact JSON unless the schema says otherwise: free whitespace only costs tokens.
-                let mut schema = schema.clone();
-                if let Some(obj) = schema.as_object_mut() {
-                    obj.entry("x-guidance")
-                        .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
-                }
-                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_json_schema(schema), "")?]))
+                let mut prepared = schema::prepare(schema, c.json_options.as_ref()).map_err(bad)?;
+                let grammar = TopLevelGrammar::from_json_schema(prepared.schema.clone());
+                let mut parser = parse(grammar, &|e| prepared.explain(&e))?;
+                prepared.absorb_warnings(&parser.grammar_warnings());
+                Ok(Program::Grammars(vec![parser], prepared.notes))
             }
             ConstraintKind::Lark(grammar) => {
                 if grammar.trim().is_empty() {
                     return Err(bad("the grammar is empty".into()));
                 }
-                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_lark(grammar.clone()), "")?]))
+                Ok(Program::Grammars(
+                    vec![parse(TopLevelGrammar::from_lark(grammar.clone()), &|e| e)?],
+                    SchemaNotes::default(),
+                ))
             }
             ConstraintKind::Regex(patterns) => {
                 if patterns.is_empty() {
@@ -433,9 +443,11 @@ impl CompilerCore {
                 let parsers = patterns
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| parse(TopLevelGrammar::from_regex(p), &format!("pattern {i} /{p}/: ")))
+                    .map(|(i, p)| {
+                        parse(TopLevelGrammar::from_regex(p), &|e| format!("pattern {i} /{p}/: {e}"))
+                    })
                     .collect::<Result<Vec<_>>>()?;
-                Ok(Program::Grammars(parsers))
+                Ok(Program::Grammars(parsers, SchemaNotes::default()))
             }
             ConstraintKind::Choice(options) => {
                 if options.is_empty() {
@@ -444,7 +456,10 @@ impl CompilerCore {
                 let alternatives: Vec<String> =
                     options.iter().map(|o| serde_json::to_string(o).expect("strings serialize")).collect();
                 let grammar = format!("start: {}", alternatives.join(" | "));
-                Ok(Program::Grammars(vec![parse(TopLevelGrammar::from_lark(grammar), "")?]))
+                Ok(Program::Grammars(
+                    vec![parse(TopLevelGrammar::from_lark(grammar), &|e| e)?],
+                    SchemaNotes::default(),
+                ))
             }
             ConstraintKind::TokenMask { allowed, forbidden } => {
                 for (list, ids) in [("allowed", allowed), ("forbidden", forbidden)] {
@@ -477,6 +492,7 @@ fn describe(c: &Constraint) -> String {
 mod tests {
     use super::*;
     use crate::constraint::limits::tests::lark_chain;
+    use crate::constraint::JsonSchemaOptions;
     use crate::model::tokenizer::tests::smollm;
 
     fn compiler(limits: ConstraintLimits) -> Compiler {
@@ -556,6 +572,124 @@ mod tests {
         let stop = || Some(Error::new(ErrorKind::Cancelled, "cancelled by the caller"));
         let err = c.compile_until(&Constraint::regex("r", "[0-9]+"), &stop).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
+    }
+
+    fn schema_error(c: &Compiler, schema: serde_json::Value, options: Option<JsonSchemaOptions>) -> String {
+        let mut constraint = Constraint::json_schema("s", schema);
+        constraint.json_options = options;
+        let err = c.compile(&constraint).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        err.message().to_string()
+    }
+
+    fn notes(compiled: &CompiledConstraint) -> &SchemaNotes {
+        match &*compiled.program {
+            Program::Grammars(_, notes) => notes,
+            Program::Mask { .. } => panic!("a schema compiles to a grammar"),
+        }
+    }
+
+    #[test]
+    fn unsupported_schema_keywords_are_refused_by_pointer_or_relaxed_when_lenient() {
+        use serde_json::json;
+        let c = compiler(ConstraintLimits::default());
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer", "not": {"const": 3}}}});
+        let msg = schema_error(&c, schema.clone(), None);
+        assert!(
+            msg.starts_with("constraint 's' (json_schema): unsupported keyword \"not\" at /properties/a/not"),
+            "{msg}"
+        );
+        let lenient = JsonSchemaOptions { lenient: true, ..Default::default() };
+        let compiled =
+            c.compile(&Constraint::json_schema("s", schema).with_json_options(lenient.clone())).unwrap();
+        let relaxed = &notes(&compiled).relaxed;
+        assert_eq!(relaxed.len(), 1);
+        assert_eq!((relaxed[0].keyword.as_str(), relaxed[0].pointer.as_str()), ("not", "/properties/a/not"));
+
+        // llguidance itself refuses min/maxProperties over optional properties; the message
+        // gets the place, and lenient compiles it with a note.
+        let counted = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "maxProperties": 1});
+        let msg = schema_error(&c, counted.clone(), None);
+        assert!(
+            msg.contains("unsupported keyword \"minProperties/maxProperties\" at /maxProperties"),
+            "{msg}"
+        );
+        let compiled = c.compile(&Constraint::json_schema("s", counted).with_json_options(lenient)).unwrap();
+        assert_eq!(notes(&compiled).relaxed[0].pointer, "/maxProperties");
+    }
+
+    #[test]
+    fn one_of_compiles_when_disjoint_and_is_approximated_only_on_request() {
+        use serde_json::json;
+        let c = compiler(ConstraintLimits::default());
+        let disjoint = json!({"oneOf": [{"type": "string"}, {"type": "integer"}]});
+        let compiled = c.compile(&Constraint::json_schema("s", disjoint)).unwrap();
+        assert_eq!(notes(&compiled), &SchemaNotes::default(), "exact: nothing relaxed");
+
+        let overlapping =
+            json!({"type": "object", "properties": {"n": {"oneOf": [{"type": "integer"}, {"minimum": 0}]}}});
+        let msg = schema_error(&c, overlapping.clone(), None);
+        assert!(msg.contains("unsupported keyword \"oneOf\" at /properties/n/oneOf"), "{msg}");
+        assert!(msg.contains("coerce_one_of"), "{msg}");
+        let coerce = JsonSchemaOptions { coerce_one_of: true, ..Default::default() };
+        let compiled =
+            c.compile(&Constraint::json_schema("s", overlapping).with_json_options(coerce)).unwrap();
+        let relaxed = &notes(&compiled).relaxed;
+        assert_eq!(relaxed.len(), 1, "{relaxed:?}");
+        assert_eq!(
+            (relaxed[0].keyword.as_str(), relaxed[0].pointer.as_str()),
+            ("oneOf", "/properties/n/oneOf")
+        );
+        assert!(relaxed[0].note.contains("anyOf"), "{relaxed:?}");
+    }
+
+    #[test]
+    fn unknown_formats_compile_as_annotations_unless_strict() {
+        use serde_json::json;
+        let c = compiler(ConstraintLimits::default());
+        for format in ["regex", "uri-reference", "made-up"] {
+            let schema = json!({"type": "object", "properties": {"f": {"type": "string", "format": format}}});
+            let compiled = c.compile(&Constraint::json_schema("s", schema.clone())).unwrap();
+            let ignored = &notes(&compiled).ignored_formats;
+            assert_eq!(
+                (ignored[0].format.as_str(), ignored[0].pointer.as_str()),
+                (format, "/properties/f/format")
+            );
+            let strict = JsonSchemaOptions { strict_formats: true, ..Default::default() };
+            let msg = schema_error(&c, schema, Some(strict));
+            assert!(msg.contains(&format!("unknown format \"{format}\" at /properties/f/format")), "{msg}");
+        }
+        let known = json!({"type": "string", "format": "date-time"});
+        let strict = JsonSchemaOptions { strict_formats: true, ..Default::default() };
+        let compiled = c.compile(&Constraint::json_schema("s", known).with_json_options(strict)).unwrap();
+        assert_eq!(notes(&compiled), &SchemaNotes::default());
+    }
+
+    #[test]
+    fn json_options_are_part_of_the_cache_key_and_only_for_schemas() {
+        use serde_json::json;
+        let c = compiler(ConstraintLimits::default());
+        let schema = json!({"type": "object"});
+        c.compile(&Constraint::json_schema("s", schema.clone())).unwrap();
+        let defaults =
+            Constraint::json_schema("s", schema.clone()).with_json_options(JsonSchemaOptions::default());
+        assert!(c.compile(&defaults).unwrap().cache_hit, "absent options are the defaults");
+        let flexible = JsonSchemaOptions { whitespace_flexible: true, ..Default::default() };
+        assert!(
+            !c.compile(&Constraint::json_schema("s", schema.clone()).with_json_options(flexible))
+                .unwrap()
+                .cache_hit
+        );
+        let pattern = JsonSchemaOptions { whitespace_pattern: Some(" ?".into()), ..Default::default() };
+        assert!(
+            !c.compile(&Constraint::json_schema("s", schema).with_json_options(pattern)).unwrap().cache_hit
+        );
+        let err = c
+            .compile(&Constraint::regex("r", "a").with_json_options(JsonSchemaOptions::default()))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidConstraint);
+        assert!(err.message().contains("json_options apply only to json_schema"), "{err}");
     }
 
     #[test]

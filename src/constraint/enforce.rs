@@ -10,6 +10,7 @@ use serde::Serialize;
 use toktrie::SimpleVob;
 
 use super::compile::{CompiledConstraint, Program};
+use super::schema::{IgnoredFormat, RelaxedKeyword, SchemaNotes};
 use crate::error::{Error, ErrorKind, Result};
 
 /// How a constraint fared.
@@ -22,6 +23,10 @@ pub enum ConstraintOutcome {
     Violated,
     /// Dropped mid-generation to resolve a conflict with higher-priority constraints.
     Relaxed,
+    /// A JSON schema compiled without some of its keywords (`json_options.lenient`, or a `oneOf`
+    /// approximated by `anyOf`): the output is complete under everything that was enforced, but
+    /// may break the keywords listed in the report's `relaxed_keywords`. Not satisfied.
+    PartiallyEnforced,
 }
 
 /// One constraint's line in a result's validation.
@@ -31,9 +36,16 @@ pub struct ConstraintReport {
     pub kind: super::ConstraintTag,
     pub priority: i32,
     pub outcome: ConstraintOutcome,
-    /// Why, for `Violated` and `Relaxed`.
+    /// Why, for `Violated`, `Relaxed` and `PartiallyEnforced`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// JSON schema keywords that were not enforced, each with its JSON pointer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relaxed_keywords: Vec<RelaxedKeyword>,
+    /// `format` values Maze does not enforce, ignored as annotations (JSON Schema's default for
+    /// `format`): they alone leave the outcome `satisfied`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_formats: Vec<IgnoredFormat>,
 }
 
 impl ConstraintReport {
@@ -46,6 +58,8 @@ impl ConstraintReport {
             priority: c.priority,
             outcome: ConstraintOutcome::Violated,
             reason: Some(why.to_string()),
+            relaxed_keywords: Vec::new(),
+            ignored_formats: Vec::new(),
         }
     }
 }
@@ -77,7 +91,7 @@ struct Slot {
 
 impl Slot {
     fn is_grammar(&self) -> bool {
-        matches!(*self.compiled.program, Program::Grammars(_))
+        matches!(*self.compiled.program, Program::Grammars(..))
     }
 }
 
@@ -107,7 +121,7 @@ impl Enforcer {
             .into_iter()
             .map(|c| {
                 let matchers = match &*c.program {
-                    Program::Grammars(parsers) => {
+                    Program::Grammars(parsers, _) => {
                         parsers.iter().map(|p| Matcher::new(Ok(p.clone()))).collect()
                     }
                     Program::Mask { .. } => Vec::new(),
@@ -156,7 +170,7 @@ impl Enforcer {
                 forbidden.iter().for_each(|&t| m.disallow_token(t));
                 Ok(m)
             }
-            Program::Grammars(_) => {
+            Program::Grammars(..) => {
                 let mut combined: Option<SimpleVob> = None;
                 let tokens = self.tokens;
                 for matcher in &mut slot.matchers {
@@ -297,13 +311,24 @@ impl Enforcer {
             .iter_mut()
             .map(|slot| {
                 let c = &slot.compiled.constraint;
+                let empty = SchemaNotes::default();
+                let notes = match &*slot.compiled.program {
+                    Program::Grammars(_, notes) => notes,
+                    Program::Mask { .. } => &empty,
+                };
                 let (outcome, reason) = if let Some(why) = &slot.relaxed {
                     (ConstraintOutcome::Relaxed, Some(why.clone()))
                 } else if slot.matchers.is_empty() {
                     (ConstraintOutcome::Satisfied, None)
                 } else {
                     let accepting = slot.matchers.iter_mut().all(complete);
-                    if accepting && natural_end {
+                    if accepting && natural_end && !notes.relaxed.is_empty() {
+                        let why = format!(
+                            "complete under what was enforced; {} schema keyword(s) listed in relaxed_keywords were not enforced",
+                            notes.relaxed.len()
+                        );
+                        (ConstraintOutcome::PartiallyEnforced, Some(why))
+                    } else if accepting && natural_end {
                         (ConstraintOutcome::Satisfied, None)
                     } else if !natural_end {
                         (ConstraintOutcome::Violated, Some(format!("generation ended ({ended_by}) before the output was checked complete")))
@@ -311,7 +336,15 @@ impl Enforcer {
                         (ConstraintOutcome::Violated, Some(format!("generation ended ({ended_by}) with the output incomplete under this constraint")))
                     }
                 };
-                ConstraintReport { name: c.name.clone(), kind: c.kind.tag(), priority: c.priority, outcome, reason }
+                ConstraintReport {
+                    name: c.name.clone(),
+                    kind: c.kind.tag(),
+                    priority: c.priority,
+                    outcome,
+                    reason,
+                    relaxed_keywords: notes.relaxed.clone(),
+                    ignored_formats: notes.ignored_formats.clone(),
+                }
             })
             .collect()
     }
@@ -376,8 +409,9 @@ pub fn apply_mask(mask: &Mask, logits: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::constraint::{Compiler, Constraint};
+    use crate::constraint::{Compiler, Constraint, JsonSchemaOptions};
     use crate::model::tokenizer::{tests::smollm, Tokenizer};
+    use serde_json::json;
 
     /// The SmolLM-style test vocabulary: 256 byte tokens, "hello"/" world" merges, and
     /// <|endoftext|>, <|im_start|>, <|im_end|> (two of which end a generation).
@@ -628,6 +662,85 @@ mod tests {
         assert!(e.grammar_finished());
         assert_eq!(e.reports("stop", true)[0].outcome, ConstraintOutcome::Satisfied);
         assert!(e.commit(s.id("o")).is_err(), "an ended grammar takes no more tokens");
+    }
+
+    fn schema(schema: serde_json::Value, options: JsonSchemaOptions) -> Constraint {
+        Constraint::json_schema("s", schema).with_json_options(options)
+    }
+
+    #[test]
+    fn a_lenient_schema_is_partially_enforced_and_names_what_it_left_out() {
+        let s = Setup::new();
+        let lenient = JsonSchemaOptions { lenient: true, ..Default::default() };
+        // `not` is left out: the lowest digit, 0, is what `not` forbids, and it is generated.
+        let integer = json!({"type": "integer", "minimum": 0, "not": {"const": 0}});
+        let mut e = s.enforcer(&[schema(integer, lenient)]);
+        assert_eq!(s.drive(&mut e), "0");
+        let report = &e.reports("stop", true)[0];
+        assert_eq!(report.outcome, ConstraintOutcome::PartiallyEnforced);
+        assert!(report.reason.as_deref().unwrap().contains("relaxed_keywords"), "{report:?}");
+        assert_eq!(report.relaxed_keywords.len(), 1);
+        assert_eq!(
+            (report.relaxed_keywords[0].keyword.as_str(), report.relaxed_keywords[0].pointer.as_str()),
+            ("not", "/not")
+        );
+        let line = serde_json::to_value(report).unwrap();
+        assert_eq!(line["outcome"], "partially_enforced");
+        assert_eq!(line["relaxed_keywords"][0]["pointer"], "/not");
+        // Incomplete, it is violated, and still says what was left out.
+        let mut cut = s.enforcer(&[schema(
+            json!({"type": "array", "uniqueItems": true}),
+            JsonSchemaOptions { lenient: true, ..Default::default() },
+        )]);
+        cut.commit(s.id("[")).unwrap();
+        let report = &cut.reports("length", false)[0];
+        assert_eq!(report.outcome, ConstraintOutcome::Violated);
+        assert_eq!(report.relaxed_keywords[0].keyword, "uniqueItems");
+    }
+
+    #[test]
+    fn ignored_formats_are_listed_and_leave_the_schema_satisfied() {
+        let s = Setup::new();
+        let mut e = s.enforcer(&[Constraint::json_schema(
+            "s",
+            json!({"type": "string", "format": "regex", "maxLength": 1}),
+        )]);
+        let text = s.drive(&mut e);
+        assert!(serde_json::from_str::<String>(&text).is_ok_and(|t| t.chars().count() <= 1), "{text}");
+        let report = &e.reports("stop", true)[0];
+        assert_eq!((report.outcome, report.reason.as_deref()), (ConstraintOutcome::Satisfied, None));
+        assert_eq!(report.ignored_formats.len(), 1);
+        assert_eq!(
+            (report.ignored_formats[0].format.as_str(), report.ignored_formats[0].pointer.as_str()),
+            ("regex", "/format")
+        );
+        assert_eq!(serde_json::to_value(report).unwrap()["ignored_formats"][0]["format"], "regex");
+        // Nothing ignored, nothing listed.
+        let mut plain =
+            s.enforcer(&[Constraint::json_schema("p", json!({"type": "string", "maxLength": 1}))]);
+        s.drive(&mut plain);
+        let line = serde_json::to_value(&plain.reports("stop", true)[0]).unwrap();
+        assert!(line.get("ignored_formats").is_none() && line.get("relaxed_keywords").is_none(), "{line}");
+    }
+
+    #[test]
+    fn whitespace_between_tokens_is_compact_flexible_or_a_pattern() {
+        let s = Setup::new();
+        let object = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
+        let after_brace = |options: JsonSchemaOptions| {
+            let mut e = s.enforcer(&[schema(object.clone(), options)]);
+            e.commit(s.id("{")).unwrap();
+            e.compute_mask().unwrap()
+        };
+        // Byte-level pieces: Ġ is a space, Ċ a newline.
+        let (space, newline) = (s.id("Ġ"), s.id("Ċ"));
+        let compact = after_brace(JsonSchemaOptions::default());
+        assert!(compact.is_allowed(s.id("\"")) && !compact.is_allowed(space) && !compact.is_allowed(newline));
+        let flexible = after_brace(JsonSchemaOptions { whitespace_flexible: true, ..Default::default() });
+        assert!(flexible.is_allowed(space) && flexible.is_allowed(newline));
+        let spaces =
+            after_brace(JsonSchemaOptions { whitespace_pattern: Some(" +".into()), ..Default::default() });
+        assert!(spaces.is_allowed(space) && !spaces.is_allowed(newline));
     }
 
     #[test]

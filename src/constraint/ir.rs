@@ -8,6 +8,7 @@ use crate::c_enum::rust_side as c_enum;
 use crate::error::{Error, Result};
 
 include!("../tables/constraint_kind.rs");
+include!("../tables/json_flag.rs");
 
 /// One constraint with its name (reported in validation) and priority (when constraints
 /// conflict, the lowest priority is relaxed first).
@@ -19,6 +20,31 @@ pub struct Constraint {
     pub priority: i32,
     #[serde(flatten)]
     pub kind: ConstraintKind,
+    /// How a `json_schema` constraint is compiled (None: the defaults). Refused on other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_options: Option<JsonSchemaOptions>,
+}
+
+/// How a JSON schema is compiled. The defaults give compact JSON and refuse every keyword
+/// Maze cannot enforce; see docs/CONSTRAINTS.md for what each option relaxes and how the
+/// validation report says so. JSON form: the constraint's `json_options` object (unknown keys
+/// are refused, by name); C: `maze_constraint_desc.json_flags` and `json_whitespace_pattern`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JsonSchemaOptions {
+    /// Compile keywords Maze cannot enforce (`not`, `if`/`then`/`else`, `dependencies`, ...)
+    /// by leaving them out; the report lists each one and the outcome is not `satisfied`.
+    pub lenient: bool,
+    /// Approximate a `oneOf` whose branches are not provably disjoint with `anyOf` (reported as
+    /// relaxed); without it such a schema is refused.
+    pub coerce_one_of: bool,
+    /// Allow JSON whitespace (space, tab, newline) between tokens; the default is compact JSON.
+    pub whitespace_flexible: bool,
+    /// A regex for the whitespace allowed between tokens; when set it replaces
+    /// `whitespace_flexible`.
+    pub whitespace_pattern: Option<String>,
+    /// Refuse a `format` Maze does not enforce instead of ignoring it as an annotation.
+    pub strict_formats: bool,
 }
 
 /// What the text must match.
@@ -42,6 +68,18 @@ pub enum ConstraintKind {
     Choice(Vec<String>),
 }
 
+impl JsonSchemaOptions {
+    /// The boolean option a flag stands for (its name is the option's JSON key).
+    pub fn flag_mut(&mut self, flag: JsonFlag) -> &mut bool {
+        match flag {
+            JsonFlag::Lenient => &mut self.lenient,
+            JsonFlag::CoerceOneOf => &mut self.coerce_one_of,
+            JsonFlag::WhitespaceFlexible => &mut self.whitespace_flexible,
+            JsonFlag::StrictFormats => &mut self.strict_formats,
+        }
+    }
+}
+
 impl ConstraintKind {
     pub fn tag(&self) -> ConstraintTag {
         match self {
@@ -61,7 +99,7 @@ impl ConstraintKind {
 
 impl Constraint {
     pub fn new(name: impl Into<String>, priority: i32, kind: ConstraintKind) -> Self {
-        Self { name: name.into(), priority, kind }
+        Self { name: name.into(), priority, kind, json_options: None }
     }
 
     pub fn json_schema(name: impl Into<String>, schema: Value) -> Self {
@@ -89,6 +127,12 @@ impl Constraint {
         self
     }
 
+    /// Sets how a `json_schema` constraint is compiled (other kinds refuse options).
+    pub fn with_json_options(mut self, options: JsonSchemaOptions) -> Self {
+        self.json_options = Some(options);
+        self
+    }
+
     /// Parses the JSON form, e.g. `{"name": "answer", "priority": 1, "json_schema": {...}}`,
     /// `{"regex": ["[0-9]+"]}`, `{"token_mask": {"forbidden": [13]}}`, `{"choice": ["yes", "no"]}`.
     /// A JSON array gives several constraints.
@@ -105,7 +149,7 @@ impl Constraint {
             .map(|(i, v)| {
                 serde_json::from_value::<Self>(v).map_err(|e| {
                     Error::invalid_argument(format!(
-                        "constraint {i}: {e} (expected one of json_schema, lark, regex, token_mask, choice, plus optional name and priority)"
+                        "constraint {i}: {e} (expected one of json_schema, lark, regex, token_mask, choice, plus optional name, priority and json_options)"
                     ))
                 })
             })
@@ -149,7 +193,21 @@ impl Constraint {
         }
         h.update(self.kind.label().as_bytes());
         match &self.kind {
-            ConstraintKind::JsonSchema(v) => value(v, h),
+            ConstraintKind::JsonSchema(v) => {
+                value(v, h);
+                // Absent options are the defaults: both compile the same.
+                let o = self.json_options.clone().unwrap_or_default();
+                h.update(&[
+                    o.lenient as u8,
+                    o.coerce_one_of as u8,
+                    o.whitespace_flexible as u8,
+                    o.strict_formats as u8,
+                ]);
+                match &o.whitespace_pattern {
+                    Some(p) => string(p, h),
+                    None => h.update(b"-"),
+                }
+            }
             ConstraintKind::Lark(g) => string(g, h),
             ConstraintKind::Regex(list) | ConstraintKind::Choice(list) => {
                 h.update(&(list.len() as u64).to_le_bytes());
@@ -179,7 +237,10 @@ impl Constraint {
                 other => other.clone(),
             }
         }
-        let v = serde_json::to_value(&self.kind).unwrap_or(Value::Null);
+        let mut v = serde_json::to_value(&self.kind).unwrap_or(Value::Null);
+        if let (Some(o), Value::Object(m)) = (&self.json_options, &mut v) {
+            m.insert("json_options".into(), serde_json::to_value(o).unwrap_or(Value::Null));
+        }
         sorted(&v).to_string()
     }
 }
@@ -252,5 +313,50 @@ mod tests {
             hash(&Constraint::new("r", 0, ConstraintKind::Regex(vec!["a".into(), "b".into()]))),
             hash(&Constraint::regex("r", "ab"))
         );
+    }
+
+    #[test]
+    fn json_options_parse_refuse_unknown_keys_and_change_the_hash() {
+        let list = Constraint::list_from_json(
+            r#"{"json_schema": {"type": "object"}, "json_options": {"lenient": true, "whitespace_pattern": " ?"}}"#,
+        )
+        .unwrap();
+        let options = list[0].json_options.clone().unwrap();
+        assert!(options.lenient && !options.coerce_one_of && !options.strict_formats);
+        assert_eq!(options.whitespace_pattern.as_deref(), Some(" ?"));
+        let e = Constraint::list_from_json(r#"{"json_schema": {}, "json_options": {"lenent": true}}"#)
+            .unwrap_err();
+        assert!(e.message().contains("unknown field `lenent`"), "{e}");
+        // Every flag has its option, named as in the JSON form.
+        for flag in JsonFlag::ALL {
+            let mut o = JsonSchemaOptions::default();
+            *o.flag_mut(*flag) = true;
+            assert_eq!(serde_json::to_value(&o).unwrap()[flag.as_str()], Value::Bool(true), "{flag:?}");
+        }
+
+        let hash = |c: &Constraint| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            c.hash_canonical(&mut h);
+            h.digest()
+        };
+        let plain = Constraint::json_schema("a", json!({"type": "object"}));
+        let defaults = plain.clone().with_json_options(JsonSchemaOptions::default());
+        assert_eq!(hash(&plain), hash(&defaults));
+        let mut seen = vec![hash(&plain)];
+        for flag in JsonFlag::ALL {
+            let mut o = JsonSchemaOptions::default();
+            *o.flag_mut(*flag) = true;
+            seen.push(hash(&plain.clone().with_json_options(o)));
+        }
+        let pattern = JsonSchemaOptions { whitespace_pattern: Some(" ".into()), ..Default::default() };
+        seen.push(hash(&plain.clone().with_json_options(pattern)));
+        let mut distinct = seen.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), seen.len(), "each option changes the compiled form's key");
+        assert!(plain
+            .with_json_options(JsonSchemaOptions { lenient: true, ..Default::default() })
+            .canonical_kind()
+            .contains("\"json_options\""));
     }
 }

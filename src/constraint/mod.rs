@@ -5,8 +5,10 @@ mod compile;
 mod enforce;
 mod ir;
 mod limits;
+mod schema;
 
 pub use compile::{CacheStats, CompiledConstraint, Compiler, COMPILE_STACK_BYTES, DEFAULT_CACHE_LIMIT};
 pub use enforce::{apply_mask, ConstraintOutcome, ConstraintReport, ConstraintStats, Enforcer, Mask};
-pub use ir::{Constraint, ConstraintKind, ConstraintTag};
+pub use ir::{Constraint, ConstraintKind, ConstraintTag, JsonFlag, JsonSchemaOptions};
 pub use limits::{ConstraintLimits, DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE_BYTES};
+pub use schema::{IgnoredFormat, RelaxedKeyword, SchemaNotes, KNOWN_FORMATS, UNSUPPORTED_KEYWORDS};

@@ -391,10 +391,10 @@ fn receive(
 /// The caller cut the text: grammar constraints cannot vouch for it any more (a token mask
 /// held on every token still does).
 fn void_grammar_guarantees(validation: &mut [ConstraintReport]) {
-    for report in validation
-        .iter_mut()
-        .filter(|r| r.outcome == ConstraintOutcome::Satisfied && r.kind != ConstraintTag::TokenMask)
-    {
+    for report in validation.iter_mut().filter(|r| {
+        matches!(r.outcome, ConstraintOutcome::Satisfied | ConstraintOutcome::PartiallyEnforced)
+            && r.kind != ConstraintTag::TokenMask
+    }) {
         report.outcome = ConstraintOutcome::Violated;
         report.reason =
             Some("the streaming callback stopped generation before the output was complete".into());
@@ -513,6 +513,8 @@ mod tests {
             priority: 0,
             outcome,
             reason: None,
+            relaxed_keywords: Vec::new(),
+            ignored_formats: Vec::new(),
         };
         let mut validation = vec![
             report(ConstraintTag::JsonSchema, ConstraintOutcome::Satisfied),

@@ -9,9 +9,10 @@ use super::{
     write_out, FfiError, FfiResult, Handle,
 };
 use crate::c_enum::c_side as c_enum;
-use crate::constraint::{Constraint, ConstraintKind, ConstraintTag};
+use crate::constraint::{Constraint, ConstraintKind, ConstraintTag, JsonFlag, JsonSchemaOptions};
 
 include!("../tables/constraint_kind.rs");
+include!("../tables/json_flag.rs");
 
 /// Describes one constraint. Initialise with maze_constraint_desc_default(). Only the fields of
 /// its kind are read. Layout is part of the ABI (the Zig and Go wrappers check it).
@@ -37,6 +38,16 @@ pub struct maze_constraint_desc {
     pub n_allowed_tokens: usize,
     pub forbidden_tokens: *const u32,
     pub n_forbidden_tokens: usize,
+    /// JSON schema only: maze_json_flag bits, OR-ed (0: compact JSON, keywords Maze cannot
+    /// enforce refused naming their JSON pointer, unknown formats ignored as annotations and
+    /// listed in the validation report). Non-zero on another kind fails. Added after
+    /// n_forbidden_tokens: a caller whose struct_size ends before it gets the defaults.
+    pub json_flags: u32,
+    /// Reserved, keep 0.
+    pub json_reserved: u32,
+    /// JSON schema only: a regex for the whitespace allowed between tokens, replacing
+    /// MAZE_JSON_FLAG_WHITESPACE_FLEXIBLE's; empty (the default) leaves it unset.
+    pub json_whitespace_pattern: maze_string,
 }
 
 /// One or more compiled constraints. Immutable and thread-safe: one handle may be used by any
@@ -69,7 +80,34 @@ pub extern "C" fn maze_constraint_desc_default() -> maze_constraint_desc {
         n_allowed_tokens: 0,
         forbidden_tokens: std::ptr::null(),
         n_forbidden_tokens: 0,
+        json_flags: 0,
+        json_reserved: 0,
+        json_whitespace_pattern: empty,
     }
+}
+
+/// The JSON-schema options the descriptor sets; None when it sets none (the defaults).
+unsafe fn read_json_options(d: &maze_constraint_desc) -> FfiResult<Option<JsonSchemaOptions>> {
+    let pattern = d.json_whitespace_pattern.to_str("desc.json_whitespace_pattern")?;
+    if d.json_flags == 0 && pattern.is_empty() {
+        return Ok(None);
+    }
+    let mut options = JsonSchemaOptions::default();
+    let mut left = d.json_flags;
+    for flag in maze_json_flag::ALL {
+        if d.json_flags & *flag as u32 != 0 {
+            *options.flag_mut(flag.to_core().expect("every maze_json_flag is an option")) = true;
+            left &= !(*flag as u32);
+        }
+    }
+    if left != 0 {
+        return Err(FfiError::new(
+            maze_status::InvalidArgument,
+            format!("desc.json_flags has bits 0x{left:x} that are no maze_json_flag"),
+        ));
+    }
+    options.whitespace_pattern = (!pattern.is_empty()).then(|| pattern.to_string());
+    Ok(Some(options))
 }
 
 unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
@@ -108,7 +146,14 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
         },
         ConstraintTag::Choice => ConstraintKind::Choice(items()?),
     };
-    Ok(Constraint { name, priority: d.priority, kind })
+    let json_options = read_json_options(d)?;
+    if json_options.is_some() && tag != ConstraintTag::JsonSchema {
+        return Err(FfiError::new(
+            maze_status::InvalidConstraint,
+            format!("constraint '{name}': json_flags and json_whitespace_pattern apply only to MAZE_CONSTRAINT_KIND_JSON_SCHEMA"),
+        ));
+    }
+    Ok(Constraint { name, priority: d.priority, kind, json_options })
 }
 
 unsafe fn finish(
@@ -125,7 +170,10 @@ unsafe fn finish(
 
 /// Builds and compiles a constraint from a descriptor. Fails with
 /// MAZE_STATUS_INVALID_CONSTRAINT (bad schema, regex, grammar, token id; the message names the
-/// part), MAZE_STATUS_ABI_MISMATCH, MAZE_STATUS_INVALID_UTF8, MAZE_STATUS_NULL_ARGUMENT.
+/// part: a JSON-schema keyword or format Maze does not enforce by its JSON pointer, e.g.
+/// `unsupported keyword "not" at /properties/a/not`), MAZE_STATUS_ABI_MISMATCH,
+/// MAZE_STATUS_INVALID_ARGUMENT (an unknown kind or json_flags bit), MAZE_STATUS_INVALID_UTF8,
+/// MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn maze_constraint_new(
@@ -146,7 +194,10 @@ pub unsafe extern "C" fn maze_constraint_new(
 /// Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 /// `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 /// `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all).
+/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
+/// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
+/// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
+/// docs/CONSTRAINTS.md).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn maze_constraint_from_json(
@@ -249,4 +300,65 @@ pub unsafe extern "C" fn maze_engine_constraint_cache_set_limit(
     ffi_boundary!(error, {
         Ok(maze_engine::from_ptr(engine, "engine")?.engine.set_constraint_cache_limit(limit as usize)?)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_desc(schema: &'static str) -> maze_constraint_desc {
+        let mut d = maze_constraint_desc_default();
+        d.text = maze_string { data: schema.as_ptr() as *const c_char, len: schema.len() };
+        d
+    }
+
+    #[test]
+    fn json_flags_and_pattern_become_json_options() {
+        let mut d = schema_desc("{}");
+        assert_eq!(unsafe { read_desc(&d) }.unwrap().json_options, None, "the defaults");
+        d.json_flags = maze_json_flag::Lenient as u32 | maze_json_flag::StrictFormats as u32;
+        let pattern = " +";
+        d.json_whitespace_pattern =
+            maze_string { data: pattern.as_ptr() as *const c_char, len: pattern.len() };
+        let options = unsafe { read_desc(&d) }.unwrap().json_options.unwrap();
+        let expected = JsonSchemaOptions {
+            lenient: true,
+            strict_formats: true,
+            whitespace_pattern: Some(" +".into()),
+            ..Default::default()
+        };
+        assert_eq!(options, expected);
+        for flag in maze_json_flag::ALL {
+            d.json_flags = *flag as u32;
+            let mut o = JsonSchemaOptions { whitespace_pattern: Some(" +".into()), ..Default::default() };
+            *o.flag_mut(flag.to_core().unwrap()) = true;
+            assert_eq!(unsafe { read_desc(&d) }.unwrap().json_options, Some(o), "{flag:?}");
+        }
+        d.json_flags = 0x100;
+        let e = unsafe { read_desc(&d) }.unwrap_err();
+        assert_eq!(e.status, maze_status::InvalidArgument);
+        assert!(e.message.contains("0x100"), "{}", e.message);
+    }
+
+    #[test]
+    fn json_options_on_another_kind_are_refused() {
+        let mut d = schema_desc("");
+        d.kind = maze_constraint_kind::Lark as u32;
+        d.json_flags = maze_json_flag::Lenient as u32;
+        let e = unsafe { read_desc(&d) }.unwrap_err();
+        assert_eq!(e.status, maze_status::InvalidConstraint);
+        assert!(e.message.contains("only to MAZE_CONSTRAINT_KIND_JSON_SCHEMA"), "{}", e.message);
+    }
+
+    /// A caller built before json_flags existed passes a shorter struct: the new fields keep
+    /// their defaults, whatever lies in memory past its end.
+    #[test]
+    fn an_old_caller_without_the_json_fields_gets_the_defaults() {
+        let mut d = schema_desc("{}");
+        d.json_flags = maze_json_flag::Lenient as u32;
+        d.struct_size = std::mem::offset_of!(maze_constraint_desc, json_flags) as u32;
+        let read = unsafe { read_params(&d, maze_constraint_desc_default(), "desc") }.unwrap();
+        assert_eq!(read.json_flags, 0);
+        assert_eq!(unsafe { read_desc(&read) }.unwrap().json_options, None);
+    }
 }

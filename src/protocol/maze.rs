@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::constraint::{Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats, ConstraintTag};
+use crate::constraint::{
+    Constraint, ConstraintOutcome, ConstraintReport, ConstraintStats, ConstraintTag, IgnoredFormat,
+    RelaxedKeyword,
+};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
@@ -78,7 +81,7 @@ fn constraints_exactly<'de, D: serde::Deserializer<'de>>(
             match unused_key(&given, &used, "") {
                 None => Ok(constraint),
                 Some(key) => Err(D::Error::custom(format!(
-                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name and priority)"
+                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name, priority and json_options)"
                 ))),
             }
         })
@@ -197,6 +200,10 @@ pub struct WireReport {
     pub outcome: ConstraintOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaxed_keywords: Vec<RelaxedKeyword>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_formats: Vec<IgnoredFormat>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +258,8 @@ impl GenerateResponse {
                         priority: v.priority,
                         outcome: v.outcome,
                         reason: v.reason.clone(),
+                        relaxed_keywords: v.relaxed_keywords.clone(),
+                        ignored_formats: v.ignored_formats.clone(),
                     })
                     .collect(),
                 stats: r.constraint_stats,
@@ -298,6 +307,8 @@ impl GenerateResponse {
                         priority: v.priority,
                         outcome: v.outcome,
                         reason: v.reason,
+                        relaxed_keywords: v.relaxed_keywords,
+                        ignored_formats: v.ignored_formats,
                     })
                 })
                 .collect(),
@@ -454,6 +465,10 @@ mod tests {
                 json!({"prompt": "a", "constraints": [{"token_mask": {"allowed": [1], "forbiden": [2]}}]}),
                 "constraint 0: unknown field `token_mask.forbiden`",
             ),
+            (
+                json!({"prompt": "a", "constraints": [{"json_schema": {}, "json_options": {"lenent": true}}]}),
+                "constraint 0: unknown field `lenent`",
+            ),
         ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
@@ -461,10 +476,12 @@ mod tests {
         // What a constraint does use passes, a nested JSON schema included.
         let fine = json!({"prompt": "a", "sampling": {"top_k": 5}, "messages": null, "constraints": [
             {"name": "n", "priority": 1, "json_schema": {"type": "object", "properties": {"a": {"x-extra": 1}}}},
-            {"token_mask": {"forbidden": [2]}}
+            {"token_mask": {"forbidden": [2]}},
+            {"json_schema": {"not": {}}, "json_options": {"lenient": true, "whitespace_pattern": null}}
         ]});
         let req = parse(fine).unwrap();
-        assert_eq!((req.sampling.top_k, req.constraints.len()), (5, 2));
+        assert!(req.constraints[2].json_options.as_ref().is_some_and(|o| o.lenient), "the options travel");
+        assert_eq!((req.sampling.top_k, req.constraints.len()), (5, 3));
     }
 
     #[test]
@@ -497,7 +514,9 @@ mod tests {
             "validation": {
                 "satisfied": false,
                 "constraints": [
-                    {"name": "number", "kind": "regex", "priority": 2, "outcome": "satisfied"},
+                    {"name": "number", "kind": "regex", "priority": 2, "outcome": "partially_enforced", "reason": "r",
+                     "relaxed_keywords": [{"keyword": "not", "pointer": "/not", "note": "not enforced"}],
+                     "ignored_formats": [{"format": "regex", "pointer": "/format"}]},
                     {"name": "mask", "kind": "token_mask", "priority": 0, "outcome": "relaxed", "reason": "why"},
                     {"name": "new", "kind": "quantum", "priority": 0, "outcome": "violated", "reason": "r"}
                 ],
@@ -519,6 +538,10 @@ mod tests {
         assert_eq!((result.stats.prompt_tokens, result.stats.cached_tokens), (5, 2));
         assert_eq!(result.validation[1].outcome, ConstraintOutcome::Relaxed);
         assert_eq!(result.validation[1].reason.as_deref(), Some("why"));
+        // What a lenient schema left out, and the formats it ignored, come across.
+        assert_eq!(result.validation[0].outcome, ConstraintOutcome::PartiallyEnforced);
+        assert_eq!(result.validation[0].relaxed_keywords[0].pointer, "/not");
+        assert_eq!(result.validation[0].ignored_formats[0].format, "regex");
         assert!(!result.constraints_satisfied());
         // Provenance: the server's model and seed, the rest from the request.
         let p = &result.provenance;
@@ -540,6 +563,7 @@ mod tests {
             .collect();
         // The third report names a kind this client does not know and no constraint it sent.
         assert_eq!(kinds, ["regex", "token_mask"], "a report for no constraint of the request is dropped");
+        assert_eq!(again["validation"]["constraints"][0], sent["validation"]["constraints"][0]);
         assert_eq!(again["validation"]["satisfied"], false);
         assert_eq!(again["provenance"]["seed"], 77);
     }

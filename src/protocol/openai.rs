@@ -483,6 +483,10 @@ impl CommonFields {
         match constraints {
             [] => Ok(()),
             [c] => match &c.kind {
+                ConstraintKind::JsonSchema(_) if c.json_options.as_ref().is_some_and(|o| *o != Default::default()) => refuse(format!(
+                    "constraint '{}': json_options (lenient, coerce_one_of, whitespace, strict_formats) cannot be sent over the OpenAI-compatible API; use the Maze protocol",
+                    c.name
+                )),
                 ConstraintKind::JsonSchema(schema) if chat => {
                     let name = if c.name.is_empty() { "output" } else { &c.name };
                     self.response_format = Some(json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}}));
@@ -906,6 +910,8 @@ mod tests {
     fn what_one_structured_output_cannot_carry_is_refused() {
         let two_patterns =
             Constraint::new("both", 0, ConstraintKind::Regex(vec!["a.*".into(), ".*b".into()]));
+        let lenient = Constraint::json_schema("lenient", json!({"not": {}}))
+            .with_json_options(crate::constraint::JsonSchemaOptions { lenient: true, ..Default::default() });
         let cases = [
             (
                 vec![Constraint::token_mask("m", vec![], vec![1])],
@@ -913,7 +919,11 @@ mod tests {
             ),
             (vec![two_patterns], "constraint 'both': 2 regexes that must all match"),
             (vec![Constraint::regex("a", "a"), Constraint::regex("b", "b")], "2 constraints at once"),
+            (vec![lenient.clone()], "constraint 'lenient': json_options"),
         ];
+        // Default options are no options: the schema goes out as usual.
+        let defaults = Constraint::json_schema("d", json!({})).with_json_options(Default::default());
+        CommonFields::default().set_constraints(&[defaults], true).unwrap();
         for (constraints, says) in cases {
             let err = CommonFields::default().set_constraints(&constraints, true).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Unsupported);

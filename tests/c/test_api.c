@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
@@ -963,8 +964,41 @@ static void test_constraints(maze_engine *engine) {
         maze_constraint_free(schema);
     }
 
-    /* Bad constraints fail when created, naming the part. */
+    /* JSON-schema options through the descriptor's json_* fields. */
     maze_constraint *bad = NULL;
+    d = maze_constraint_desc_default();
+    d.name = maze_str("loose");
+    d.text = maze_str("{\"type\": \"integer\", \"minimum\": 0, \"maximum\": 9, \"not\": {\"const\": 5}}");
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "\"not\" at /not", "unsupported keyword by pointer");
+    /* A caller built before json_flags existed passes a shorter struct: the flag is not read. */
+    d.json_flags = MAZE_JSON_FLAG_LENIENT;
+    d.struct_size = (uint32_t)offsetof(maze_constraint_desc, json_flags);
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "\"not\" at /not", "old struct_size keeps the defaults");
+    d.struct_size = sizeof d;
+    maze_constraint *loose = make_constraint(engine, &d);
+    r = generate_with(engine, "Pick a digit: ", &loose, 1, 8);
+    const char *v = maze_result_validation_json(r);
+    CHECK(maze_result_finish_reason(r) == MAZE_FINISH_REASON_STOP && strstr(v, "\"outcome\":\"partially_enforced\"") && strstr(v, "\"pointer\":\"/not\""),
+          "lenient report %s", v);
+    CHECK(!maze_result_constraints_satisfied(r), "a lenient schema is not satisfied: %s", v);
+    maze_result_free(r);
+    maze_constraint_free(loose);
+    d = maze_constraint_desc_default();
+    d.name = maze_str("formats");
+    d.text = maze_str("{\"type\": \"string\", \"format\": \"regex\", \"maxLength\": 3}");
+    maze_constraint *formats = make_constraint(engine, &d);
+    r = generate_with(engine, "A regex: ", &formats, 1, 16);
+    v = maze_result_validation_json(r);
+    CHECK(strstr(v, "\"ignored_formats\":[{\"format\":\"regex\",\"pointer\":\"/format\"}]"), "ignored format %s", v);
+    CHECK(maze_result_finish_reason(r) != MAZE_FINISH_REASON_STOP || maze_result_constraints_satisfied(r), "formats are annotations: %s", v);
+    maze_result_free(r);
+    maze_constraint_free(formats);
+    d.json_flags = MAZE_JSON_FLAG_STRICT_FORMATS;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "unknown format \"regex\" at /format", "strict formats");
+    d.json_flags = 1u << 20;
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_ARGUMENT, "json_flags", "unknown flag bit");
+
+    /* Bad constraints fail when created, naming the part. */
     maze_string bad_rx[] = {maze_str("[0-9")};
     d = maze_constraint_desc_default();
     d.kind = MAZE_CONSTRAINT_KIND_REGEX;

@@ -174,6 +174,9 @@ pub const ConstraintDesc = extern struct {
     n_allowed_tokens: usize = 0,
     forbidden_tokens: ?[*]const u32 = null,
     n_forbidden_tokens: usize = 0,
+    json_flags: u32 = 0,
+    json_reserved: u32 = 0,
+    json_whitespace_pattern: String = .{},
 };
 
 const ChatMessage = extern struct {
@@ -228,6 +231,34 @@ pub const Constraint = struct {
     /// Token ids (.token_mask): only `allowed` (when not empty), never `forbidden`.
     allowed: []const u32 = &.{},
     forbidden: []const u32 = &.{},
+    /// How a JSON schema (.json_schema) is compiled; other kinds refuse anything but the defaults.
+    json: JsonOptions = .{},
+
+    /// maze_json_flag bits and json_whitespace_pattern of maze_constraint_desc (see
+    /// docs/CONSTRAINTS.md, "JSON-schema options"). The defaults: compact JSON, keywords Maze
+    /// cannot enforce refused, unknown formats ignored as annotations.
+    pub const JsonOptions = struct {
+        /// Leave out keywords Maze cannot enforce; validation lists them and says
+        /// "partially_enforced" (constraints_satisfied is false).
+        lenient: bool = false,
+        /// Approximate a oneOf whose branches are not provably disjoint with anyOf.
+        coerce_one_of: bool = false,
+        /// Allow JSON whitespace between tokens.
+        whitespace_flexible: bool = false,
+        /// Refuse a format Maze does not enforce instead of ignoring it.
+        strict_formats: bool = false,
+        /// A regex for the whitespace between tokens (replaces whitespace_flexible); empty: unset.
+        whitespace_pattern: []const u8 = "",
+
+        pub fn flags(self: JsonOptions) u32 {
+            var bits: u32 = 0;
+            if (self.lenient) bits |= c.MAZE_JSON_FLAG_LENIENT;
+            if (self.coerce_one_of) bits |= c.MAZE_JSON_FLAG_COERCE_ONE_OF;
+            if (self.whitespace_flexible) bits |= c.MAZE_JSON_FLAG_WHITESPACE_FLEXIBLE;
+            if (self.strict_formats) bits |= c.MAZE_JSON_FLAG_STRICT_FORMATS;
+            return bits;
+        }
+    };
 
     pub const Kind = enum(u32) {
         json_schema = c.MAZE_CONSTRAINT_KIND_JSON_SCHEMA,
@@ -262,6 +293,11 @@ pub const Constraint = struct {
         copy.priority = priority;
         return copy;
     }
+    pub fn withJsonOptions(self: Constraint, options: JsonOptions) Constraint {
+        var copy = self;
+        copy.json = options;
+        return copy;
+    }
 
     /// The descriptor for this constraint; `items` receives the C strings of `self.items`.
     pub fn desc(self: Constraint, items: []String) ConstraintDesc {
@@ -277,6 +313,8 @@ pub const Constraint = struct {
             .n_allowed_tokens = self.allowed.len,
             .forbidden_tokens = if (self.forbidden.len > 0) self.forbidden.ptr else null,
             .n_forbidden_tokens = self.forbidden.len,
+            .json_flags = self.json.flags(),
+            .json_whitespace_pattern = String.from(self.json.whitespace_pattern),
         };
     }
 };

@@ -364,6 +364,28 @@ test "every constraint kind through the struct path" {
     }
 }
 
+test "JSON-schema options: lenient keywords and ignored formats are reported" {
+    {
+        const schema =
+            \\{"type":"object","properties":{"n":{"type":"integer","minimum":0,"maximum":9}},"required":["n"],"additionalProperties":false,"not":{"required":["m"]}}
+        ;
+        var r = try constrained(&.{maze.Constraint.jsonSchema(schema).named("lenient").withJsonOptions(.{ .lenient = true })}, "Give a number as JSON.", 30);
+        defer r.deinit();
+        try testing.expect(!r.constraints_satisfied);
+        try testing.expect(std.mem.indexOf(u8, r.validation_json, "\"partially_enforced\"") != null);
+        try testing.expect(std.mem.indexOf(u8, r.validation_json, "\"pointer\":\"/not\"") != null);
+    }
+    {
+        const schema =
+            \\{"type":"object","properties":{"r":{"type":"string","format":"regex","maxLength":8}},"required":["r"],"additionalProperties":false}
+        ;
+        var r = try constrained(&.{maze.Constraint.jsonSchema(schema).named("formats")}, "Give a regex as JSON.", 40);
+        defer r.deinit();
+        try expectSatisfied(&r, "formats");
+        try testing.expect(std.mem.indexOf(u8, r.validation_json, "\"ignored_formats\":[{\"format\":\"regex\",\"pointer\":\"/properties/r/format\"}]") != null);
+    }
+}
+
 test "priority: the lower one is relaxed" {
     var r = try constrained(&.{
         maze.Constraint.regex(&.{"[0-9]{1,4}"}).named("number").withPriority(1),
@@ -521,6 +543,9 @@ test "errors: bad model path, bad constraints, NULL-equivalents" {
         .{ .c = maze.Constraint.regex(&.{"[0-9"}).named("digits"), .err = error.InvalidConstraint, .needle = "digits" },
         .{ .c = maze.Constraint.lark("start: undefined_rule"), .err = error.InvalidConstraint, .needle = "undefined_rule" },
         .{ .c = maze.Constraint.tokenMask(&.{1 << 30}, &.{}), .err = error.InvalidConstraint, .needle = "1073741824" },
+        .{ .c = maze.Constraint.jsonSchema("{\"properties\": {\"a\": {\"not\": {}}}}"), .err = error.InvalidConstraint, .needle = "\"not\" at /properties/a/not" },
+        .{ .c = maze.Constraint.jsonSchema("{\"type\": \"string\", \"format\": \"regex\"}").withJsonOptions(.{ .strict_formats = true }), .err = error.InvalidConstraint, .needle = "unknown format \"regex\" at /format" },
+        .{ .c = maze.Constraint.lark("start: \"x\"").withJsonOptions(.{ .lenient = true }), .err = error.InvalidConstraint, .needle = "MAZE_CONSTRAINT_KIND_JSON_SCHEMA" },
         // Empty values, the NULL of slices.
         .{ .c = maze.Constraint.jsonSchema(""), .err = error.InvalidConstraint, .needle = "" },
         .{ .c = maze.Constraint.lark(""), .err = error.InvalidConstraint, .needle = "empty" },

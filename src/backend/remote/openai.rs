@@ -144,6 +144,8 @@ impl Run {
                     priority: c.priority,
                     outcome: r.outcome,
                     reason: r.reason,
+                    relaxed_keywords: r.relaxed_keywords,
+                    ignored_formats: r.ignored_formats,
                 })
                 .collect(),
             None => opts
@@ -161,6 +163,8 @@ impl Run {
                         priority: c.priority,
                         outcome,
                         reason: Some(reason.into()),
+                        relaxed_keywords: Vec::new(),
+                        ignored_formats: Vec::new(),
                     }
                 })
                 .collect(),
