@@ -717,3 +717,45 @@ fn fuzz_constraint_descriptors() {
     unsafe { maze_engine_free(engine) };
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The committed corpus of constraints that once crashed or hung the host (tests/corpus/):
+/// each must come back, within the bounds, as it does now.
+#[test]
+fn past_constraint_crashers_stay_fixed() {
+    use maze::constraint::{Compiler, ConstraintLimits};
+    let dir = scratch("crashers");
+    let tokenizer = tiny_tokenizer(&dir);
+    let limits = ConstraintLimits { compile_timeout: Duration::from_secs(1), ..Default::default() };
+    let compiler = Compiler::with_limits(tokenizer.clone(), tokenizer.vocab_size(), 64, limits);
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/constraints");
+    // What each file must give: compiled, or refused with a message containing the text.
+    let expected: [(&str, Option<&str>); 7] = [
+        ("deep-lark-chain.json", Some("rules refer to rules 5001 deep")),
+        ("ambiguous-lexemes.json", Some("compiling took longer than the limit")),
+        ("choice-25000.json", Some("bytes")),
+        ("deep-regex.json", Some("deep")),
+        ("deep-json-schema.json", Some("recursion limit")),
+        ("lenient-unsupported-keywords.json", None),
+        ("unknown-formats.json", None),
+    ];
+    let mut files: Vec<_> = std::fs::read_dir(&corpus).unwrap().map(|e| e.unwrap().file_name()).collect();
+    files.sort();
+    assert_eq!(files.len(), expected.len(), "every corpus file has its expectation here: {files:?}");
+    for (file, refusal) in expected {
+        let text = std::fs::read_to_string(corpus.join(file)).unwrap();
+        let start = Instant::now();
+        let outcome = maze::Constraint::list_from_json(&text)
+            .and_then(|list| list.iter().try_for_each(|c| compiler.compile(c).map(drop)));
+        assert!(start.elapsed() < Duration::from_secs(20), "{file}: {:?}", start.elapsed());
+        match (refusal, outcome) {
+            (None, Ok(())) => {}
+            (Some(needle), Err(e)) => assert!(
+                matches!(e.kind(), maze::ErrorKind::InvalidConstraint | maze::ErrorKind::InvalidArgument)
+                    && e.message().contains(needle),
+                "{file}: {e:?}"
+            ),
+            (refusal, outcome) => panic!("{file}: expected {refusal:?}, got {outcome:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
