@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -95,7 +95,7 @@ $(BUILD)/test_api_asan: tests/c/test_api.c tests/c/check.h include/maze.h lib | 
 $(BUILD)/test_real_model: tests/c/test_real_model.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
-c-test: c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models
+c-test: c-test-shared c-test-static c-test-asan c-test-misuse c-test-valgrind c-test-real-models
 
 c-test-shared: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	$(BUILD)/test_api_shared "$(MODEL)"
@@ -106,6 +106,20 @@ c-test-static: $(BUILD)/test_api_static
 
 c-test-asan: $(BUILD)/test_api_asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_api_asan "$(MODEL)"
+
+# The C programs under AddressSanitizer + UndefinedBehaviorSanitizer, leaks detected at exit.
+ASAN_RUN := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+SANITIZE_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+# The misuse suite (docs/ROBUSTNESS.md): every header function called the wrong way, each case
+# with its expected status, on the tiny model. The coverage check fails first when the header
+# declares a function the suite has no cases for.
+$(BUILD)/test_misuse_asan: tests/c/test_misuse.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $(SANITIZE_ASAN) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-misuse: $(BUILD)/test_misuse_asan $(BUILD)/tiny-model.gguf
+	scripts/check-misuse-coverage.sh include/maze.h tests/c/test_misuse.c $(LIBDIR)/libmaze.so
+	$(ASAN_RUN) $(BUILD)/test_misuse_asan "$(BUILD)/tiny-model.gguf"
 
 # A C program chats with each real model, plainly and under a JSON schema. Gemma 3 270M is a base
 # model, and SmolLM2-135M's first answer token is a near tie (26%): --base checks only that they
