@@ -313,8 +313,8 @@ struct Delivered {
     /// The streaming callback returned `false`: nothing after that point is taken.
     stopped_by_caller: bool,
     /// The call was cancelled or timed out while text the worker had already produced was
-    /// still being delivered (a slow callback): nothing after that point is taken, and the
-    /// call ends for that reason however the worker ended.
+    /// still being delivered (a slow callback), or after its last piece: nothing after that
+    /// point is taken, and the call ends for that reason however the worker ended.
     cut: Option<FinishReason>,
 }
 
@@ -338,7 +338,14 @@ impl Delivered {
         on_text: &mut impl FnMut(&str) -> bool,
     ) -> Option<Outcome> {
         match event {
-            Event::Done(outcome) => return Some(*outcome),
+            Event::Done(outcome) => {
+                // Stopped after the worker's last event but before the call returns: the call
+                // still ends for that reason (the header's promise for a call in flight).
+                if !self.stopped_by_caller && self.cut.is_none() {
+                    self.cut = control.stop_reason();
+                }
+                return Some(*outcome);
+            }
             _ if self.stopped_by_caller || self.cut.is_some() => {}
             _ if control.is_stopped() => self.cut = control.stop_reason(),
             Event::Token { id, logprob, text } => {
@@ -515,6 +522,25 @@ mod tests {
         assert_eq!((delivered.text.as_str(), delivered.tokens.as_slice()), ("a", &[1][..]));
         assert_eq!((delivered.cut, delivered.stopped_by_caller), (Some(FinishReason::Cancelled), false));
         assert_eq!(outcome.finish, FinishReason::Length, "the session overrides it");
+    }
+
+    #[test]
+    fn a_cancel_during_the_last_piece_still_ends_the_call_cancelled() {
+        let (sender, receiver) = mpsc::channel();
+        for e in [token(1, "a"), done(FinishReason::Stop)] {
+            sender.send(e).unwrap();
+        }
+        let control = Control::new();
+        let mut delivered = Delivered::new(false);
+        let mut on_text = |_: &str| {
+            control.cancel();
+            true
+        };
+        receive(&receiver, &control, &mut delivered, &mut on_text).unwrap();
+        assert_eq!((delivered.text.as_str(), delivered.cut), ("a", Some(FinishReason::Cancelled)));
+        // Not stopped at all: the worker's outcome stands.
+        let (delivered, outcome, _) = stream(vec![token(1, "a"), done(FinishReason::Stop)], false, |_| true);
+        assert_eq!((delivered.cut, outcome.unwrap().finish), (None, FinishReason::Stop));
     }
 
     #[test]
