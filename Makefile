@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -95,7 +95,7 @@ $(BUILD)/test_api_asan: tests/c/test_api.c tests/c/check.h include/maze.h lib | 
 $(BUILD)/test_real_model: tests/c/test_real_model.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
-c-test: c-test-shared c-test-static c-test-asan c-test-misuse c-test-valgrind c-test-real-models
+c-test: c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-valgrind c-test-real-models
 
 c-test-shared: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	$(BUILD)/test_api_shared "$(MODEL)"
@@ -120,6 +120,16 @@ $(BUILD)/test_misuse_asan: tests/c/test_misuse.c tests/c/check.h include/maze.h 
 c-test-misuse: $(BUILD)/test_misuse_asan $(BUILD)/tiny-model.gguf
 	scripts/check-misuse-coverage.sh include/maze.h tests/c/test_misuse.c $(LIBDIR)/libmaze.so
 	$(ASAN_RUN) $(BUILD)/test_misuse_asan "$(BUILD)/tiny-model.gguf"
+
+# The stress test (docs/ROBUSTNESS.md): 16 threads create, generate on (with and without
+# constraints), cancel, reset and free sessions on one engine for a fixed number of rounds;
+# a watchdog fails it when a thread stops making progress. MAZE_STRESS_SEED and
+# MAZE_STRESS_ROUNDS override the seed (printed) and the rounds.
+$(BUILD)/test_stress_asan: tests/c/test_stress.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $(SANITIZE_ASAN) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-stress: $(BUILD)/test_stress_asan $(BUILD)/tiny-model.gguf
+	$(ASAN_RUN) $(BUILD)/test_stress_asan "$(BUILD)/tiny-model.gguf"
 
 # A C program chats with each real model, plainly and under a JSON schema. Gemma 3 270M is a base
 # model, and SmolLM2-135M's first answer token is a near tie (26%): --base checks only that they
