@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-stress-tsan-c c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -213,10 +213,22 @@ bench:
 	  $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 # The fuzz targets of tests/fuzz.rs, each for FUZZ_SECONDS (make test runs a short smoke of
-# each with fixed seeds); a failure prints the MAZE_FUZZ_SEED that reproduces it.
+# each with fixed seeds); a failure prints the MAZE_FUZZ_SEED that reproduces it. Then the
+# stress test under ThreadSanitizer.
 FUZZ_SECONDS ?= 300
-fuzz:
+fuzz: c-test-stress-tsan-c
 	MAZE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release $(TOOL_FEATURES) --test fuzz -- --nocapture --test-threads 1
+
+# The stress test under ThreadSanitizer, on the C side only: the C program under TSan with the
+# ordinary (uninstrumented) libmaze.so, whose own calls TSan is told to ignore
+# (tests/c/tsan-c.supp). It checks the C side (the test's threads, callbacks, what they share);
+# races inside the library are not seen (docs/ROBUSTNESS.md).
+$(BUILD)/test_stress_tsan_c: tests/c/test_stress.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread -fsanitize=thread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-stress-tsan-c: $(BUILD)/test_stress_tsan_c $(BUILD)/tiny-model.gguf
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/c/tsan-c.supp" \
+	  $(BUILD)/test_stress_tsan_c "$(BUILD)/tiny-model.gguf"
 
 clean:
 	$(CARGO) clean
