@@ -1042,7 +1042,10 @@ static void *hammer(void *arg) {
         CHECK(maze_engine_constraint_cache_stats(engine, NULL, NULL) == MAZE_STATUS_NULL_ARGUMENT, "thread %d: stats NULL", id);
         CHECK(maze_session_cancel(NULL) == MAZE_STATUS_NULL_ARGUMENT, "thread %d: cancel NULL", id);
         CHECK(maze_session_reset(NULL, NULL) == MAZE_STATUS_NULL_ARGUMENT, "thread %d: reset NULL", id);
-        CHECK(!strcmp(maze_status_name(i % 20), i % 20 <= MAZE_STATUS_INVALID_CONSTRAINT ? maze_status_name(i % 20) : "MAZE_STATUS_UNKNOWN"), "thread %d: status name", id);
+        const char *name = maze_status_name(i % 20);
+        bool known = i % 20 <= MAZE_STATUS_INVALID_CONSTRAINT;
+        CHECK(known ? !strncmp(name, "MAZE_STATUS_", 12) && strcmp(name, "MAZE_STATUS_UNKNOWN") : !strcmp(name, "MAZE_STATUS_UNKNOWN"),
+              "thread %d: status name of %d is %s", id, i % 20, name);
         /* Shared immutable objects read concurrently. */
         CHECK(maze_error_status(shared_error) == MAZE_STATUS_INVALID_UTF8 && maze_error_message(shared_error) == expect_msg, "thread %d: shared error", id);
         size_t len = 0;
