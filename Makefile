@@ -139,11 +139,16 @@ c-test-real-models: $(BUILD)/test_real_model
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh qwen2.5-coder)"
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh gemma3)" --base
 
-# valgrind runs the whole API suite on a tiny random-weight model (the real one is too slow
-# under emulation); it must report no errors and no definite leaks.
-c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
-	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-	  $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+# valgrind runs the whole API suite and the misuse suite on a tiny random-weight model (the real
+# one is too slow under emulation); it must report no errors and no definite leaks. Unlike ASan it
+# also sees the library's own accesses (to the caller's buffers among others).
+VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
+$(BUILD)/test_misuse_shared: tests/c/test_misuse.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/test_misuse_shared $(BUILD)/tiny-model.gguf
+	$(VALGRIND) $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+	$(VALGRIND) $(BUILD)/test_misuse_shared "$(BUILD)/tiny-model.gguf"
 
 # pkg-config file for this checkout's build (used by the Go module's maze_pkgconfig tag and
 # any build system): PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig pkg-config --libs maze
