@@ -1,7 +1,8 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: format and lint gate, Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind, a chat with each real model),
+#               (shared and static library, AddressSanitizer, valgrind, the misuse suite, the 16-thread
+#               stress test, a chat with each real model),
 #               Go and Zig tests, the official OpenAI Python client against maze-server
 # Both are idempotent: they fetch and build only what is missing.
 
