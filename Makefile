@@ -1,7 +1,8 @@
 # Maze — the two entry points a newcomer needs:
 #   make demo   fetch the default model, build the library, run the C quickstart on it
 #   make test   everything: format and lint gate, Rust unit + integration tests, header freshness, C tests
-#               (shared and static library, AddressSanitizer, valgrind, a chat with each real model),
+#               (shared and static library, AddressSanitizer, valgrind, the misuse suite, the 16-thread
+#               stress test, a chat with each real model),
 #               Go and Zig tests, the official OpenAI Python client against maze-server
 # Both are idempotent: they fetch and build only what is missing.
 
@@ -21,7 +22,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -Iinclude
 export MAZE_MODEL_DIR
 
-.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz cuda clean
+.PHONY: demo test toolchain model lib lint rust-test header header-check c-test c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-stress-tsan c-test-stress-tsan-c c-test-valgrind c-test-real-models server go-test zig-test server-test pkgconfig bench fuzz tsan-lib cuda clean
 
 demo: toolchain model lib $(BUILD)/quickstart
 	$(BUILD)/quickstart "$(MODEL)"
@@ -95,7 +96,7 @@ $(BUILD)/test_api_asan: tests/c/test_api.c tests/c/check.h include/maze.h lib | 
 $(BUILD)/test_real_model: tests/c/test_real_model.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
-c-test: c-test-shared c-test-static c-test-asan c-test-valgrind c-test-real-models
+c-test: c-test-shared c-test-static c-test-asan c-test-misuse c-test-stress c-test-valgrind c-test-real-models
 
 c-test-shared: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
 	$(BUILD)/test_api_shared "$(MODEL)"
@@ -107,6 +108,30 @@ c-test-static: $(BUILD)/test_api_static
 c-test-asan: $(BUILD)/test_api_asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_api_asan "$(MODEL)"
 
+# The C programs under AddressSanitizer + UndefinedBehaviorSanitizer, leaks detected at exit.
+ASAN_RUN := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+SANITIZE_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+# The misuse suite (docs/ROBUSTNESS.md): every header function called the wrong way, each case
+# with its expected status, on the tiny model. The coverage check fails first when the header
+# declares a function the suite has no cases for.
+$(BUILD)/test_misuse_asan: tests/c/test_misuse.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $(SANITIZE_ASAN) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-misuse: $(BUILD)/test_misuse_asan $(BUILD)/tiny-model.gguf
+	scripts/check-misuse-coverage.sh include/maze.h tests/c/test_misuse.c $(LIBDIR)/libmaze.so
+	$(ASAN_RUN) $(BUILD)/test_misuse_asan "$(BUILD)/tiny-model.gguf"
+
+# The stress test (docs/ROBUSTNESS.md): 16 threads create, generate on (with and without
+# constraints), cancel, reset and free sessions on one engine for a fixed number of rounds;
+# a watchdog fails it when a thread stops making progress. MAZE_STRESS_SEED and
+# MAZE_STRESS_ROUNDS override the seed (printed) and the rounds.
+$(BUILD)/test_stress_asan: tests/c/test_stress.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $(SANITIZE_ASAN) $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-stress: $(BUILD)/test_stress_asan $(BUILD)/tiny-model.gguf
+	$(ASAN_RUN) $(BUILD)/test_stress_asan "$(BUILD)/tiny-model.gguf"
+
 # A C program chats with each real model, plainly and under a JSON schema. Gemma 3 270M is a base
 # model, and SmolLM2-135M's first answer token is a near tie (26%): --base checks only that they
 # answer, and that their JSON obeys the schema (tests/default_model.rs covers SmolLM2's answers).
@@ -115,11 +140,16 @@ c-test-real-models: $(BUILD)/test_real_model
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh qwen2.5-coder)"
 	$(BUILD)/test_real_model "$$(scripts/fetch-model.sh gemma3)" --base
 
-# valgrind runs the whole API suite on a tiny random-weight model (the real one is too slow
-# under emulation); it must report no errors and no definite leaks.
-c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/tiny-model.gguf
-	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-	  $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+# valgrind runs the whole API suite and the misuse suite on a tiny random-weight model (the real
+# one is too slow under emulation); it must report no errors and no definite leaks. Unlike ASan it
+# also sees the library's own accesses (to the caller's buffers among others).
+VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
+$(BUILD)/test_misuse_shared: tests/c/test_misuse.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-valgrind: $(BUILD)/test_api_shared $(BUILD)/test_misuse_shared $(BUILD)/tiny-model.gguf
+	$(VALGRIND) $(BUILD)/test_api_shared "$(BUILD)/tiny-model.gguf" --tiny
+	$(VALGRIND) $(BUILD)/test_misuse_shared "$(BUILD)/tiny-model.gguf"
 
 # pkg-config file for this checkout's build (used by the Go module's maze_pkgconfig tag and
 # any build system): PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig pkg-config --libs maze
@@ -189,10 +219,45 @@ bench:
 	  $${llama_bench:+--llama-bench "$$llama_bench"} --write docs/BENCHMARKS.md
 
 # The fuzz targets of tests/fuzz.rs, each for FUZZ_SECONDS (make test runs a short smoke of
-# each with fixed seeds); a failure prints the MAZE_FUZZ_SEED that reproduces it.
+# each with fixed seeds); a failure prints the MAZE_FUZZ_SEED that reproduces it. Then the
+# stress test under ThreadSanitizer.
 FUZZ_SECONDS ?= 300
-fuzz:
+fuzz: c-test-stress-tsan-c c-test-stress-tsan
 	MAZE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release $(TOOL_FEATURES) --test fuzz -- --nocapture --test-threads 1
+
+# The stress test under ThreadSanitizer with the library instrumented too: libmaze.a built by
+# nightly Rust with -Zsanitizer=thread and -Zbuild-std (std instrumented as well, so its locks
+# and atomics are seen; needs the rust-src component) in its own target directory (the cold build
+# took 49 min on 2 shared cores; incremental after). The C program is compiled with gcc's
+# -fsanitize=thread and linked with the TSan runtime of the same nightly (gcc 12's libtsan lacks
+# the __tsan_memcpy entry points the Rust side calls). TSAN_ROUNDS rounds per thread.
+TSAN_TARGET := x86_64-unknown-linux-gnu
+TSAN_LIBDIR := target/tsan/$(TSAN_TARGET)/release
+TSAN_ROUNDS ?= 1000
+tsan-lib:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "error: make fuzz needs a nightly toolchain (rustup toolchain install nightly --component rust-src)" >&2; exit 1; }
+	RUSTFLAGS="-Zsanitizer=thread" rustup run nightly cargo build -Zbuild-std --target $(TSAN_TARGET) --release --lib --target-dir target/tsan
+
+$(BUILD)/test_stress_tsan: tests/c/test_stress.c tests/c/check.h include/maze.h tsan-lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread -fsanitize=thread -c $< -o $@.o
+	$(CC) -pthread $@.o $(TSAN_LIBDIR)/libmaze.a \
+	  -Wl,--whole-archive "$$(rustup run nightly rustc --print sysroot)/lib/rustlib/$(TSAN_TARGET)/lib/librustc-nightly_rt.tsan.a" -Wl,--no-whole-archive \
+	  -lstdc++ $(STATIC_LIBS) -o $@
+
+c-test-stress-tsan: $(BUILD)/test_stress_tsan $(BUILD)/tiny-model.gguf
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" MAZE_STRESS_ROUNDS=$(TSAN_ROUNDS) \
+	  $(BUILD)/test_stress_tsan "$(BUILD)/tiny-model.gguf"
+
+# The same on the C side only, without nightly: the C program under ThreadSanitizer with the
+# ordinary (uninstrumented) libmaze.so, whose own calls TSan is told to ignore
+# (tests/c/tsan-c.supp). It checks the C side (the test's threads, callbacks, what they share);
+# races inside the library are for the instrumented run above.
+$(BUILD)/test_stress_tsan_c: tests/c/test_stress.c tests/c/check.h include/maze.h lib | $(BUILD)
+	$(CC) $(CFLAGS) -pthread -fsanitize=thread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
+
+c-test-stress-tsan-c: $(BUILD)/test_stress_tsan_c $(BUILD)/tiny-model.gguf
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/c/tsan-c.supp" \
+	  $(BUILD)/test_stress_tsan_c "$(BUILD)/tiny-model.gguf"
 
 clean:
 	$(CARGO) clean

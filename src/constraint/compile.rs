@@ -132,12 +132,20 @@ impl Compiler {
         Self {
             core: Arc::new(CompilerCore { tokenizer, vocab_size, factory: OnceLock::new(), limits }),
             fingerprint,
-            cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_limit.max(1)).expect("non-zero"))),
+            cache: Mutex::new(Self::empty_cache(cache_limit)),
             held: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
+    }
+
+    /// A cache holding at most `limit` programs that allocates as it fills: `LruCache::new` would
+    /// reserve room for all `limit` up front (a caller's UINT32_MAX was ~146 GB and aborted).
+    fn empty_cache(limit: usize) -> LruCache<u64, Arc<Program>> {
+        let mut cache = LruCache::unbounded();
+        cache.resize(NonZeroUsize::new(limit.max(1)).expect("non-zero"));
+        cache
     }
 
     pub fn vocab_size(&self) -> usize {

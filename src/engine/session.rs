@@ -231,8 +231,11 @@ impl LocalSession {
     ) -> GenerationResult {
         let Outcome { finish, stats, error, mut validation, constraint_stats } = outcome;
         let finish = if delivered.stopped_by_caller {
-            void_grammar_guarantees(&mut validation);
+            void_grammar_guarantees(&mut validation, "the streaming callback stopped generation");
             FinishReason::Cancelled
+        } else if let Some(reason) = delivered.cut {
+            void_grammar_guarantees(&mut validation, &format!("the call ended ({})", reason.as_str()));
+            reason
         } else {
             finish
         };
@@ -323,6 +326,10 @@ struct Delivered {
     logprobs: Option<Vec<f32>>,
     /// The streaming callback returned `false`: nothing after that point is taken.
     stopped_by_caller: bool,
+    /// The call was cancelled or timed out while text the worker had already produced was
+    /// still being delivered (a slow callback), or after its last piece: nothing after that
+    /// point is taken, and the call ends for that reason however the worker ended.
+    cut: Option<FinishReason>,
 }
 
 impl Delivered {
@@ -332,6 +339,7 @@ impl Delivered {
             tokens: Vec::new(),
             logprobs: logprobs.then(Vec::new),
             stopped_by_caller: false,
+            cut: None,
         }
     }
 
@@ -344,8 +352,16 @@ impl Delivered {
         on_text: &mut impl FnMut(&str) -> bool,
     ) -> Option<Outcome> {
         match event {
-            Event::Done(outcome) => return Some(*outcome),
-            _ if self.stopped_by_caller => {}
+            Event::Done(outcome) => {
+                // Stopped after the worker's last event but before the call returns: the call
+                // still ends for that reason (the header's promise for a call in flight).
+                if !self.stopped_by_caller && self.cut.is_none() {
+                    self.cut = control.stop_reason();
+                }
+                return Some(*outcome);
+            }
+            _ if self.stopped_by_caller || self.cut.is_some() => {}
+            _ if control.is_stopped() => self.cut = control.stop_reason(),
             Event::Token { id, logprob, text } => {
                 self.tokens.push(id);
                 if let (Some(all), Some(lp)) = (self.logprobs.as_mut(), logprob) {
@@ -388,16 +404,15 @@ fn receive(
     }
 }
 
-/// The caller cut the text: grammar constraints cannot vouch for it any more (a token mask
-/// held on every token still does).
-fn void_grammar_guarantees(validation: &mut [ConstraintReport]) {
+/// The text was cut short (`why`): grammar constraints cannot vouch for it any more (a token
+/// mask held on every token still does).
+fn void_grammar_guarantees(validation: &mut [ConstraintReport], why: &str) {
     for report in validation.iter_mut().filter(|r| {
         matches!(r.outcome, ConstraintOutcome::Satisfied | ConstraintOutcome::PartiallyEnforced)
             && r.kind != ConstraintTag::TokenMask
     }) {
         report.outcome = ConstraintOutcome::Violated;
-        report.reason =
-            Some("the streaming callback stopped generation before the output was complete".into());
+        report.reason = Some(format!("{why} before the output was complete"));
     }
 }
 
@@ -500,6 +515,49 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_while_text_is_still_being_delivered_takes_nothing_after() {
+        // The worker finished (Length) before the caller's slow callback had taken it all; a
+        // cancel from another thread during the callback ends the call there.
+        let (sender, receiver) = mpsc::channel();
+        for e in [token(1, "a"), token(2, "b"), Event::Tail { text: "c".into() }, done(FinishReason::Length)]
+        {
+            sender.send(e).unwrap();
+        }
+        let control = Control::new();
+        let mut delivered = Delivered::new(false);
+        let mut seen = Vec::new();
+        let mut on_text = |t: &str| {
+            seen.push(t.to_string());
+            control.cancel(); // as maze_session_cancel from another thread would
+            true
+        };
+        let outcome = receive(&receiver, &control, &mut delivered, &mut on_text).unwrap();
+        assert_eq!(seen, ["a"]);
+        assert_eq!((delivered.text.as_str(), delivered.tokens.as_slice()), ("a", &[1][..]));
+        assert_eq!((delivered.cut, delivered.stopped_by_caller), (Some(FinishReason::Cancelled), false));
+        assert_eq!(outcome.finish, FinishReason::Length, "the session overrides it");
+    }
+
+    #[test]
+    fn a_cancel_during_the_last_piece_still_ends_the_call_cancelled() {
+        let (sender, receiver) = mpsc::channel();
+        for e in [token(1, "a"), done(FinishReason::Stop)] {
+            sender.send(e).unwrap();
+        }
+        let control = Control::new();
+        let mut delivered = Delivered::new(false);
+        let mut on_text = |_: &str| {
+            control.cancel();
+            true
+        };
+        receive(&receiver, &control, &mut delivered, &mut on_text).unwrap();
+        assert_eq!((delivered.text.as_str(), delivered.cut), ("a", Some(FinishReason::Cancelled)));
+        // Not stopped at all: the worker's outcome stands.
+        let (delivered, outcome, _) = stream(vec![token(1, "a"), done(FinishReason::Stop)], false, |_| true);
+        assert_eq!((delivered.cut, outcome.unwrap().finish), (None, FinishReason::Stop));
+    }
+
+    #[test]
     fn a_worker_gone_before_the_outcome_is_an_error() {
         let (_, outcome, _) = stream(vec![token(1, "a")], false, |_| true);
         assert_eq!(outcome.err().unwrap().kind(), ErrorKind::Internal);
@@ -521,7 +579,7 @@ mod tests {
             report(ConstraintTag::TokenMask, ConstraintOutcome::Satisfied),
             report(ConstraintTag::Regex, ConstraintOutcome::Relaxed),
         ];
-        void_grammar_guarantees(&mut validation);
+        void_grammar_guarantees(&mut validation, "the streaming callback stopped generation");
         let outcomes: Vec<_> = validation.iter().map(|r| r.outcome).collect();
         assert_eq!(
             outcomes,

@@ -88,13 +88,22 @@ pub(crate) unsafe fn arg_cstr<'a>(p: *const c_char, arg: &str) -> FfiResult<&'a 
     })
 }
 
-/// `(ptr, count)` array. NULL is allowed only with `count == 0`.
+/// `(ptr, count)` array. NULL is allowed only with `count == 0`. A count no array can have
+/// (more than `isize::MAX` bytes, e.g. `SIZE_MAX` passed for "unknown") is refused before the
+/// memory is touched: a slice that long is undefined behaviour even unread.
 pub(crate) unsafe fn arg_slice<'a, T>(p: *const T, count: usize, arg: &str) -> FfiResult<&'a [T]> {
     if count == 0 {
         return Ok(&[]);
     }
     if p.is_null() {
         return Err(FfiError::null(arg));
+    }
+    let most = isize::MAX as usize / std::mem::size_of::<T>().max(1);
+    if count > most {
+        return Err(FfiError::new(
+            maze_status::InvalidArgument,
+            format!("argument '{arg}' has length {count}, more than any array can hold (at most {most})"),
+        ));
     }
     Ok(std::slice::from_raw_parts(p, count))
 }
@@ -240,5 +249,21 @@ mod tests {
         assert!(e.message.contains("'prompt'") && e.message.contains("offset 2"), "{}", e.message);
         assert_eq!(unsafe { arg_str(ptr::null(), 0, "x") }.unwrap(), "");
         assert_eq!(unsafe { arg_str(ptr::null(), 2, "x") }.unwrap_err().status, maze_status::NullArgument);
+    }
+
+    #[test]
+    fn a_length_past_the_address_space_is_refused_unread() {
+        let one = [7u32];
+        let e = unsafe { arg_slice(one.as_ptr(), usize::MAX, "tokens") }.unwrap_err();
+        assert_eq!(e.status, maze_status::InvalidArgument);
+        assert!(e.message.contains("'tokens'") && e.message.contains("more than any array"), "{}", e.message);
+        let most = isize::MAX as usize / 4;
+        assert_eq!(
+            unsafe { arg_slice(one.as_ptr(), most + 1, "t") }.unwrap_err().status,
+            maze_status::InvalidArgument
+        );
+        let e = unsafe { arg_str(c"a".as_ptr(), usize::MAX, "prompt") }.unwrap_err();
+        assert_eq!(e.status, maze_status::InvalidArgument);
+        assert_eq!(unsafe { arg_slice(one.as_ptr(), 1, "t") }.unwrap(), &[7]);
     }
 }

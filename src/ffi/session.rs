@@ -286,11 +286,13 @@ pub unsafe extern "C" fn maze_session_chat(
 }
 
 /// Stops the session's call in flight from any thread, wherever it is: compiling its
-/// constraints, tokenizing, queued, prefilling or decoding. The generate call returns soon after
-/// with MAZE_FINISH_CANCELLED (cancelled before generation began: no text, every constraint
-/// violated). A call is in flight from the moment it has checked that the session is not busy
-/// until it returns; a cancel outside that span is a no-op and does not affect the next call.
-/// Fails only with MAZE_STATUS_NULL_ARGUMENT.
+/// constraints, tokenizing, queued, prefilling, decoding or still delivering text to a slow
+/// stream callback. The generate call returns soon after with MAZE_FINISH_CANCELLED, its
+/// callback called no more: the result holds exactly the text delivered before (cancelled
+/// before generation began: no text, every constraint violated). A call is in flight from the
+/// moment it has checked that the session is not busy until it returns; a cancel outside that
+/// span is a no-op and does not affect the next call (a cancel token, maze_generate_params.cancel,
+/// has no such window). Fails only with MAZE_STATUS_NULL_ARGUMENT.
 #[no_mangle]
 pub unsafe extern "C" fn maze_session_cancel(session: *const maze_session) -> maze_status {
     ffi_boundary!({

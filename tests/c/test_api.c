@@ -358,22 +358,9 @@ typedef struct {
     bool valid_utf8;
 } collector;
 
-static bool utf8_ok(const char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        if (k == 0 || i + k > n) return false;
-        for (size_t j = 1; j < k; j++)
-            if (((unsigned char)s[i + j] >> 6) != 2) return false;
-        i += k;
-    }
-    return true;
-}
-
 static bool collect(const char *text, size_t len, void *ud) {
     collector *c = ud;
-    if (!utf8_ok(text, len) || text[len] != 0) c->valid_utf8 = false;
+    if (!utf8_whole(text, len) || text[len] != 0) c->valid_utf8 = false;
     if (c->len + len < sizeof c->text) {
         memcpy(c->text + c->len, text, len);
         c->len += len;
