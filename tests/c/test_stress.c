@@ -2,7 +2,8 @@
  * The stress test (issue 20): THREADS threads on one engine, each for ROUNDS rounds, create
  * sessions, generate on them (plain, under a JSON schema, a regex, a choice, a Lark grammar or
  * a token mask; streamed or not; with stop sequences and timeouts), cancel at random points
- * (from a canceller thread, from inside the stream callback, by returning false from it),
+ * (from a canceller thread, from inside the stream callback, by returning false from it,
+ * through a cancel token the canceller may cancel, or one cancelled before the call),
  * reset them and free them; some rounds compile a constraint of their own and free it while
  * the generation using it runs. Every result is checked: the status is OK (a generation that
  * was cancelled or timed out still gives a result), the finish reason is one the round allows,
@@ -228,8 +229,9 @@ static char mask_char;
 typedef struct {
     int id;
     uint64_t rng;
-    pthread_mutex_t lock; /* guards `session` against the canceller while it is replaced */
+    pthread_mutex_t lock; /* guards `session` and `token` against the canceller */
     maze_session *session;
+    maze_cancel_token *token; /* this call's cancel token, when it has one */
     _Atomic(const char *) doing;
     _Atomic double last_progress;
     atomic_int round;
@@ -241,7 +243,7 @@ typedef struct {
     bool utf8_ok;
     maze_constraint *free_in_callback;
     /* tallies */
-    int finishes[6], generations, constrained, resets, frees, own_constraints, scores;
+    int finishes[6], generations, constrained, resets, frees, own_constraints, scores, tokens, early_tokens;
 } worker;
 
 static worker workers[MAX_THREADS];
@@ -362,6 +364,24 @@ static void one_round(worker *w) {
     bool frees_in_callback = stream && k == K_OWN_REGEX && below(r, 2) == 0;
     w->free_in_callback = frees_in_callback ? c : NULL;
     if (below(r, 8) == 0) CHECK(maze_session_cancel(w->session) == MAZE_STATUS_OK, "thread %d: idle cancel", w->id);
+    /* A cancel token for one call in three (the canceller cancels it too); now and then one
+     * cancelled before the call, which must end it before any token. */
+    maze_cancel_token *token = NULL;
+    bool early_cancel = false;
+    if (below(r, 3) == 0) {
+        maze_error *terr = NULL;
+        CHECK(maze_cancel_token_new(&token, &terr) == MAZE_STATUS_OK && token, "thread %d: token_new %s", w->id,
+              maze_error_message(terr));
+        maze_error_free(terr);
+        early_cancel = token && below(r, 8) == 0;
+        if (early_cancel) CHECK(maze_cancel_token_cancel(token) == MAZE_STATUS_OK, "thread %d: token cancel", w->id);
+        pthread_mutex_lock(&w->lock);
+        w->token = token;
+        pthread_mutex_unlock(&w->lock);
+        p.cancel = token;
+        w->tokens++;
+        w->early_tokens += early_cancel;
+    }
 
     char prompt[64];
     snprintf(prompt, sizeof prompt, "thread %d round %d:", w->id, atomic_load(&w->round));
@@ -370,6 +390,13 @@ static void one_round(worker *w) {
     progress(w, "maze_session_generate");
     maze_status st = maze_session_generate(w->session, prompt, strlen(prompt), &p, stream ? on_text : NULL, w, &res, &err);
     progress(w, "checking a result");
+    if (token) {
+        pthread_mutex_lock(&w->lock);
+        w->token = NULL;
+        pthread_mutex_unlock(&w->lock);
+        maze_cancel_token_free(token);
+        p.cancel = NULL;
+    }
     CHECK(st == MAZE_STATUS_OK && res, "thread %d round %d (%s): generate %s %s", w->id, atomic_load(&w->round),
           kind_names[k], maze_status_name(st), maze_error_message(err));
     maze_error_free(err);
@@ -391,6 +418,9 @@ static void one_round(worker *w) {
     uint32_t generated = maze_result_generated_tokens(res);
     bool cancelled_by_callback = w->stop_at_chunk && w->chunks >= w->stop_at_chunk;
     if (fr >= 0 && fr < 6) w->finishes[fr]++;
+    CHECK(!early_cancel || (fr == MAZE_FINISH_REASON_CANCELLED && generated == 0 && w->chunks == 0),
+          "thread %d round %d: a token cancelled before the call gave %s after %u tokens", w->id,
+          atomic_load(&w->round), maze_finish_reason_name(fr), generated);
     /* The finish reasons this round allows (a cancel from the canceller thread may hit any round). */
     bool allowed = fr == MAZE_FINISH_REASON_STOP || fr == MAZE_FINISH_REASON_LENGTH || fr == MAZE_FINISH_REASON_CANCELLED ||
                    (fr == MAZE_FINISH_REASON_STOP_SEQUENCE && with_stop) || (fr == MAZE_FINISH_REASON_TIMEOUT && with_timeout);
@@ -481,6 +511,10 @@ static void *canceller(void *arg) {
         pthread_mutex_lock(&w->lock);
         if (w->session) {
             CHECK(maze_session_cancel(w->session) == MAZE_STATUS_OK, "canceller: cancel");
+            atomic_fetch_add(&external_cancels, 1);
+        }
+        if (w->token && below(&rng, 2) == 0) {
+            CHECK(maze_cancel_token_cancel(w->token) == MAZE_STATUS_OK, "canceller: token cancel");
             atomic_fetch_add(&external_cancels, 1);
         }
         pthread_mutex_unlock(&w->lock);
@@ -594,7 +628,7 @@ int main(int argc, char **argv) {
     pthread_join(dog, NULL);
     double took = now_s() - t0;
 
-    int finishes[6] = {0}, generations = 0, constrained = 0, resets = 0, frees = 0, own = 0, scores = 0;
+    int finishes[6] = {0}, generations = 0, constrained = 0, resets = 0, frees = 0, own = 0, scores = 0, tokens = 0, early = 0;
     for (int i = 0; i < n_threads; i++) {
         for (int f = 0; f < 6; f++) finishes[f] += workers[i].finishes[f];
         generations += workers[i].generations;
@@ -603,6 +637,8 @@ int main(int argc, char **argv) {
         frees += workers[i].frees;
         own += workers[i].own_constraints;
         scores += workers[i].scores;
+        tokens += workers[i].tokens;
+        early += workers[i].early_tokens;
         pthread_mutex_destroy(&workers[i].lock);
     }
     maze_constraint_cache_stats cache;
@@ -610,6 +646,7 @@ int main(int argc, char **argv) {
     CHECK(generations == n_threads * rounds, "%d generations of %d", generations, n_threads * rounds);
     for (int k = 0; k < N_KINDS; k++) maze_constraint_free(shared[k]);
     maze_engine_free(engine);
+    printf("stress: %d calls with a cancel token (%d cancelled before the call)\n", tokens, early);
     printf("stress: %d generations (%d constrained, %d with their own constraint) in %.1f s; finish stop %d, length %d, "
            "stop_sequence %d, cancelled %d, timeout %d, error %d; %d resets, %d sessions replaced, %d external cancels, %d scores; "
            "cache hits %llu misses %llu evictions %llu\n",
