@@ -61,6 +61,8 @@ fn tables() -> Vec<CEnum> {
         include!("src/tables/constraint_kind.rs"),
         include!("src/tables/json_flag.rs"),
         include!("src/tables/protocol.rs"),
+        include!("src/tables/tool_format.rs"),
+        include!("src/tables/tool_choice.rs"),
     ]
 }
 
@@ -121,10 +123,23 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "maze_string",
             "maze_str",
             "maze_chat_message",
+            "maze_msg",
+            "maze_tool_call",
             "maze_tokenize",
             "maze_detokenize",
             "maze_score",
             "maze_chat_apply_template",
+        ],
+    ),
+    (
+        "Tools: declarations, chat history with calls, the reply's calls",
+        &[
+            "maze_tool",
+            "maze_tool_call_delta",
+            "maze_tool_call_callback",
+            "maze_tool_choice",
+            "maze_tool_format",
+            "maze_result_tool_call*",
         ],
     ),
     (
@@ -158,6 +173,18 @@ static inline maze_string maze_str(const char *s) {
     r.data = s;
     r.len = s ? strlen(s) : 0;
     return r;
+}";
+
+/// The inline message helper of the Text section.
+const MAZE_MSG: &str = "\
+// A chat message with a role and content (NUL-terminated C strings), no tool calls.
+static inline maze_chat_message maze_msg(const char *role, const char *content) {
+    maze_chat_message m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = (uint32_t)sizeof m;
+    m.role = maze_str(role);
+    m.content = maze_str(content);
+    return m;
 }";
 
 /// The first line of an item's declaration (after its comment and cbindgen.toml's must_use line).
@@ -216,6 +243,7 @@ fn header(items: &[String]) -> String {
         sections[section_of(item)].push(item);
     }
     sections[section_of(MAZE_STR)].push(MAZE_STR);
+    sections[section_of(MAZE_MSG)].push(MAZE_MSG);
     let body: Vec<String> = SECTIONS
         .iter()
         .zip(&sections)

@@ -74,7 +74,10 @@ typedef struct maze_session maze_session;
 
 // ABI version of this header and library. Bumped on any incompatible change. Parameter structs
 // carry `struct_size`, so adding fields at their end is compatible and does not bump it.
-#define MAZE_ABI_VERSION 1
+//
+// 2: maze_chat_message starts with `struct_size` and carries tool calls (0 there is read as
+// this header's size, so `{.role = ..., .content = ...}` initialisers keep working).
+#define MAZE_ABI_VERSION 2
 
 // Result of every fallible call. 0 is success.
 typedef enum maze_status {
@@ -283,11 +286,29 @@ typedef struct maze_string {
   size_t len;
 } maze_string;
 
+// A tool call: in an assistant message of a chat history (the calls it made), and as a result
+// gives it back (maze_result_tool_call; the strings then live as long as the result).
+// `arguments` is a JSON object as text.
+typedef struct maze_tool_call {
+  struct maze_string id;
+  struct maze_string name;
+  struct maze_string arguments;
+} maze_tool_call;
+
 // One chat message. Roles are those the model's template knows: usually "system", "user",
-// "assistant".
+// "assistant", "tool". An assistant message may carry the tool calls it made; a tool message
+// answers one by `tool_call_id`. Every message of an array has the same `struct_size`.
 typedef struct maze_chat_message {
+  // sizeof(maze_chat_message), or 0 for this header's size (so designated initialisers that
+  // leave it out keep working).
+  uint32_t struct_size;
   struct maze_string role;
   struct maze_string content;
+  // The calls an assistant message made (NULL when n_tool_calls is 0).
+  const struct maze_tool_call *tool_calls;
+  size_t n_tool_calls;
+  // The call a "tool" message answers (empty otherwise).
+  struct maze_string tool_call_id;
 } maze_chat_message;
 
 // Tokenizes UTF-8 text (`text`, `text_len` bytes; NUL not needed).
@@ -364,6 +385,91 @@ static inline maze_string maze_str(const char *s) {
     return r;
 }
 
+// A chat message with a role and content (NUL-terminated C strings), no tool calls.
+static inline maze_chat_message maze_msg(const char *role, const char *content) {
+    maze_chat_message m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = (uint32_t)sizeof m;
+    m.role = maze_str(role);
+    m.content = maze_str(content);
+    return m;
+}
+
+
+// ==== Tools: declarations, chat history with calls, the reply's calls ============================
+
+// How tool calls are written, for maze_generate_params.tool_format.
+typedef enum maze_tool_format {
+  // The chat template's own format; refused (MAZE_STATUS_UNSUPPORTED) when the template
+  // cannot render tools: choose MAZE_TOOL_FORMAT_GENERIC for such a model.
+  MAZE_TOOL_FORMAT_TEMPLATE = 0,
+  // Qwen2.5, Qwen3, Hermes 2/3: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
+  MAZE_TOOL_FORMAT_HERMES = 1,
+  // Llama 3.1-3.3: the reply is one JSON object `{"name": ..., "parameters": {...}}`.
+  MAZE_TOOL_FORMAT_LLAMA3 = 2,
+  // Mistral Nemo / Small: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`.
+  MAZE_TOOL_FORMAT_MISTRAL = 3,
+  // Any template: the tools described in a system message, calls written as Hermes writes
+  // them, tool results sent back in a user turn (docs/TOOLS.md).
+  MAZE_TOOL_FORMAT_GENERIC = 4,
+} maze_tool_format;
+
+// Whether and which tools the model must call, for maze_generate_params.tool_choice.
+typedef enum maze_tool_choice {
+  // The model answers in text or calls tools, as it decides (default).
+  MAZE_TOOL_CHOICE_AUTO = 0,
+  // The tools are shown to the model but it answers in text.
+  MAZE_TOOL_CHOICE_NONE = 1,
+  // The reply is one or more calls and nothing else.
+  MAZE_TOOL_CHOICE_REQUIRED = 2,
+  // The reply is exactly one call of the tool named by tool_choice_name.
+  MAZE_TOOL_CHOICE_NAMED = 3,
+} maze_tool_choice;
+
+// A tool the model may call: its name (^[A-Za-z0-9_-]{1,64}$, unique), what it does, and a
+// JSON schema for its arguments object as JSON text (empty = any object).
+typedef struct maze_tool {
+  struct maze_string name;
+  struct maze_string description;
+  struct maze_string parameters_json;
+} maze_tool;
+
+// A piece of a streamed tool call: the first for a call has its `id` and `name` (and empty
+// `arguments`); each later one a fragment of its arguments JSON, in order (`id` and `name`
+// empty). Strings are valid only during the callback.
+typedef struct maze_tool_call_delta {
+  // The call's place in the reply, from 0.
+  size_t index;
+  struct maze_string id;
+  struct maze_string name;
+  struct maze_string arguments;
+} maze_tool_call_delta;
+
+// Receives tool-call pieces while a reply streams (maze_generate_params.tool_callback). Runs
+// on the thread that called the generate function, like maze_stream_callback, under the same
+// rules; return false to stop generating.
+typedef bool (*maze_tool_call_callback)(const struct maze_tool_call_delta *delta,
+                                        void *userdata);
+
+// How many tool calls the reply holds (0 for a NULL result). With calls, the finish reason is
+// MAZE_FINISH_TOOL_CALLS when the model ended them, or the reason they were cut short.
+size_t maze_result_tool_call_count(const struct maze_result *result);
+
+// Tool call `index` (from 0) of the reply: its id, name and arguments (a JSON object as text;
+// for a call cut short, the part generated). The strings are NUL-terminated and live as long
+// as the result. Fails with MAZE_STATUS_INVALID_ARGUMENT when `index` is past the last call.
+MAZE_NODISCARD
+enum maze_status maze_result_tool_call(const struct maze_result *result,
+                                       size_t index,
+                                       struct maze_tool_call *out_call,
+                                       struct maze_error **error);
+
+// Whether tool call `index` is complete and was generated under the tool grammar throughout,
+// so its arguments validate against the tool's schema (false past the last call and for a
+// NULL result). maze_result_validation_json says why not under "tool_calls".
+bool maze_result_tool_call_satisfied(const struct maze_result *result,
+                                     size_t index);
+
 
 // ==== Sessions: generate and stream ==============================================================
 
@@ -413,6 +519,30 @@ typedef struct maze_generate_params {
   // the cancel comes before the call starts; NULL = none. maze_session_cancel works either
   // way.
   const struct maze_cancel_token *cancel;
+  // Tools the model may call (array of n_tools; NULL when 0). Chat prompts only
+  // (maze_session_chat): the chat template renders them, the reply's calls are enforced
+  // (names declared, arguments valid under each tool's schema) and returned by
+  // maze_result_tool_call. Bad declarations fail with MAZE_STATUS_INVALID_ARGUMENT or, for a
+  // schema that does not compile, MAZE_STATUS_INVALID_CONSTRAINT, naming the tool.
+  const struct maze_tool *tools;
+  size_t n_tools;
+  // A maze_tool_choice value. Default MAZE_TOOL_CHOICE_AUTO: text, or calls as the model
+  // decides; the constraints of `constraints` then govern a text reply (token masks hold on
+  // every token).
+  uint32_t tool_choice;
+  // The tool MAZE_TOOL_CHOICE_NAMED names (empty otherwise).
+  struct maze_string tool_choice_name;
+  // More than one call in a reply. Default true.
+  bool parallel_tool_calls;
+  // Most calls in one reply when parallel; 0 = 8.
+  uint32_t max_tool_calls;
+  // A maze_tool_format value. Default MAZE_TOOL_FORMAT_TEMPLATE: the chat template's own
+  // syntax, refused with MAZE_STATUS_UNSUPPORTED when it cannot render tools.
+  uint32_t tool_format;
+  // Receives each call's name and then its argument fragments while the reply streams
+  // (text still goes to the stream callback, without the call syntax); NULL = none.
+  maze_tool_call_callback tool_callback;
+  void *tool_userdata;
 } maze_generate_params;
 
 // Streaming callback: `text` is the next piece of generated text (`len` bytes of whole UTF-8
@@ -664,6 +794,8 @@ typedef enum maze_finish_reason {
   MAZE_FINISH_REASON_TIMEOUT = 4,
   // The computation failed midway; the result holds the error (maze_result_error_status).
   MAZE_FINISH_REASON_ERROR = 5,
+  // The reply is tool calls (maze_result_tool_call_count), complete: the model ended them.
+  MAZE_FINISH_REASON_TOOL_CALLS = 6,
 } maze_finish_reason;
 
 // Generated text (UTF-8, NUL-terminated; it may itself contain NUL bytes, so prefer `*len`).

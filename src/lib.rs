@@ -31,6 +31,7 @@ pub mod server;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+pub mod tools;
 
 pub use constraint::{
     Constraint, ConstraintKind, ConstraintOutcome, ConstraintReport, ConstraintTag, JsonSchemaOptions,
@@ -43,6 +44,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use model::chat::ChatMessage;
 pub use result::{FinishReason, GenerationResult, GenerationStats};
 pub use sampling::SamplingParams;
+pub use tools::{Tool, ToolCall, ToolChoice, ToolFormat, ToolUse};
 
 /// The library version, e.g. "0.1.0".
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

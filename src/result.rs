@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::constraint::{ConstraintReport, ConstraintStats};
 use crate::error::Error;
 use crate::sampling::SamplingParams;
+use crate::tools::{ToolCall, ToolCallCheck};
 
 use crate::c_enum::rust_side as c_enum;
 include!("tables/finish_reason.rs");
@@ -46,6 +47,11 @@ pub struct GenerationResult {
     pub constraint_stats: Option<ConstraintStats>,
     /// What produced this output.
     pub provenance: Provenance,
+    /// The tool calls of the reply, in order (with tools; `text` is then the reply's text
+    /// part only). A call cut short is listed with the arguments generated so far.
+    pub tool_calls: Vec<ToolCall>,
+    /// One check per call: complete and enforced (see [`ToolCallCheck`]).
+    pub tool_call_checks: Vec<ToolCallCheck>,
 }
 
 impl GenerationResult {
@@ -55,15 +61,21 @@ impl GenerationResult {
     /// ignored as annotations do not.
     pub fn constraints_satisfied(&self) -> bool {
         self.validation.iter().all(|r| r.outcome == crate::constraint::ConstraintOutcome::Satisfied)
+            && self.tool_call_checks.iter().all(|c| c.satisfied)
     }
 
-    /// `{"satisfied": bool, "constraints": [...], "stats": {...}}`.
+    /// `{"satisfied": bool, "constraints": [...], "stats": {...}}`, plus `"tool_calls": [...]`
+    /// (one check per call) when the reply has calls.
     pub fn validation_value(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "satisfied": self.constraints_satisfied(),
             "constraints": self.validation,
             "stats": self.constraint_stats,
-        })
+        });
+        if !self.tool_call_checks.is_empty() {
+            v["tool_calls"] = serde_json::to_value(&self.tool_call_checks).unwrap_or_default();
+        }
+        v
     }
 
     pub fn validation_json(&self) -> String {

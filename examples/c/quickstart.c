@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
 
     /* 3. Chat, streaming the answer as it is generated. */
     maze_chat_message messages[] = {
-        {maze_str("user"), maze_str(question)},
+        maze_msg("user", question),
     };
     maze_generate_params gen = maze_generate_params_default();
     gen.max_tokens = 128;
@@ -93,7 +93,7 @@ int main(int argc, char **argv) {
     maze_constraint *city = NULL;
     status = maze_constraint_from_json(engine, schema, strlen(schema), &city, &error);
     if (status != MAZE_STATUS_OK) die("maze_constraint_from_json", status, error);
-    maze_chat_message ask[] = {{maze_str("user"), maze_str("Describe Paris as a JSON object.")}};
+    maze_chat_message ask[] = {maze_msg("user", "Describe Paris as a JSON object.")};
     gen.constraints = (const maze_constraint *const *)&city;
     gen.n_constraints = 1;
     gen.max_tokens = 160;

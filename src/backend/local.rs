@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::model::chat::ChatMessage;
 use crate::model::ModelInfo;
 use crate::result::GenerationResult;
+use crate::tools::StreamEvent;
 
 impl EngineBackend for LocalEngine {
     fn info(&self) -> &ModelInfo {
@@ -73,13 +74,13 @@ impl EngineBackend for LocalEngine {
 }
 
 impl SessionBackend for LocalSession {
-    fn generate_streaming(
+    fn generate_events(
         &self,
         prompt: &Prompt,
         opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
-        LocalSession::generate_streaming(self, prompt, opts, on_text)
+        LocalSession::generate_events(self, prompt, opts, on_event)
     }
 
     fn cancel(&self) {

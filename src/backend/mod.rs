@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::model::chat::ChatMessage;
 use crate::model::ModelInfo;
 use crate::result::GenerationResult;
+use crate::tools::StreamEvent;
 
 /// A loaded model or a connection to one. Thread-safe: every method may run on any number of
 /// threads at once.
@@ -68,13 +69,13 @@ pub trait EngineBackend: Any + Send + Sync {
 
 /// One conversation on a backend. Thread-safe: `cancel` may come from any thread at any time.
 pub trait SessionBackend: Send + Sync {
-    /// Generates, calling `on_text` on this thread with each new piece of text; returning
-    /// false stops the generation.
-    fn generate_streaming(
+    /// Generates, calling `on_event` on this thread with each new piece of text or of a tool
+    /// call; returning false stops the generation.
+    fn generate_events(
         &self,
         prompt: &Prompt,
         opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult>;
 
     /// Stops the running generation; a no-op when idle.

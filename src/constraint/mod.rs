@@ -5,7 +5,7 @@ mod compile;
 mod enforce;
 mod ir;
 mod limits;
-mod schema;
+pub(crate) mod schema;
 
 pub use compile::{CacheStats, CompiledConstraint, Compiler, COMPILE_STACK_BYTES, DEFAULT_CACHE_LIMIT};
 pub use enforce::{apply_mask, ConstraintOutcome, ConstraintReport, ConstraintStats, Enforcer, Mask};

@@ -13,6 +13,7 @@ use crate::model::chat::ChatMessage;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{LanguageModel, ModelInfo};
 use crate::result::GenerationResult;
+use crate::tools::StreamEvent;
 
 /// What to open: a model file loaded in this process, or an inference server.
 #[derive(Debug, Clone)]
@@ -189,7 +190,19 @@ impl Session {
         opts: &GenerateOptions,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationResult> {
-        self.backend.generate_streaming(prompt, opts, &mut on_text)
+        self.generate_events(prompt, opts, crate::tools::text_only(&mut on_text))
+    }
+
+    /// Like [`Session::generate_streaming`], with a reply's tool calls told apart from its text:
+    /// each call's name once complete ([`StreamEvent::CallStart`]), then its arguments in
+    /// fragments, in order.
+    pub fn generate_events(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_event: impl FnMut(&StreamEvent) -> bool,
+    ) -> Result<GenerationResult> {
+        self.backend.generate_events(prompt, opts, &mut on_event)
     }
 
     /// Stops the running generation, if any (prefill included). Safe from any thread; a no-op

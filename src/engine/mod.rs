@@ -369,7 +369,11 @@ impl EngineInner {
     }
 
     fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
+        self.template()?.render(messages, add_generation_prompt)
+    }
+
+    fn template(&self) -> Result<&ChatTemplate> {
+        self.chat_template.as_deref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Template,
                 format!(
@@ -377,11 +381,20 @@ impl EngineInner {
                     self.info.name
                 ),
             )
-        })?;
-        template.render(messages, add_generation_prompt)
+        })
     }
 
-    pub(crate) fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+    /// The tool-call format the chat template renders, if any.
+    pub(crate) fn template_tool_format(&self) -> Option<crate::tools::ToolFormat> {
+        self.chat_template.as_ref().and_then(|t| t.tool_format())
+    }
+
+    /// The prompt's tokens, a chat rendered with `tools` in their format when given.
+    pub(crate) fn prompt_tokens_with(
+        &self,
+        prompt: &Prompt,
+        tools: Option<(&crate::tools::ToolUse, crate::tools::ToolFormat)>,
+    ) -> Result<Vec<u32>> {
         let tokens = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(text, true, true)?,
             Prompt::Tokens(ids) => {
@@ -396,7 +409,14 @@ impl EngineInner {
                 ids.clone()
             }
             Prompt::Chat(messages) => {
-                let text = self.render_chat(messages, true)?;
+                crate::model::chat::check_tool_history(messages)?;
+                let text = match tools {
+                    None => self.render_chat(messages, true)?,
+                    Some((tools, crate::tools::ToolFormat::Generic)) => {
+                        self.render_chat(&crate::tools::format::generic_messages(messages, tools), true)?
+                    }
+                    Some((tools, _)) => self.template()?.render_with_tools(messages, &tools.tools, true)?,
+                };
                 // Templates that write the BOS text themselves must not get a second BOS.
                 let bos_in_text = self
                     .tokenizer

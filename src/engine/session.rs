@@ -16,6 +16,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 use crate::sampling::SamplingParams;
+use crate::tools::{ParsedCall, StreamEvent, ToolCallCheck, ToolCallParser, ToolPlan, ToolUse};
+
+/// A call ready for the worker: its prompt tokens, compiled constraints and tool plan.
+type Prepared = (Vec<u32>, Vec<Arc<CompiledConstraint>>, Option<ToolPlan>);
 
 /// What to continue from.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +54,9 @@ pub struct GenerateOptions {
     /// A caller's token: cancelling it ends this call as cancelled wherever it is, also when
     /// the cancel comes before the call starts (see [`CancelToken`]).
     pub cancel: Option<CancelToken>,
+    /// Tools the model may call (chat prompts only): rendered by the chat template, calls
+    /// enforced by a grammar, returned in [`GenerationResult::tool_calls`].
+    pub tools: Option<ToolUse>,
 }
 
 impl Default for GenerateOptions {
@@ -63,6 +70,7 @@ impl Default for GenerateOptions {
             constraints: Vec::new(),
             ignore_eos: false,
             cancel: None,
+            tools: None,
         }
     }
 }
@@ -101,6 +109,17 @@ impl LocalSession {
         opts: &GenerateOptions,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationResult> {
+        self.generate_events(prompt, opts, crate::tools::text_only(&mut on_text))
+    }
+
+    /// Like [`LocalSession::generate_streaming`], with tool calls told apart from text: each
+    /// call's name once complete, then its arguments in fragments.
+    pub fn generate_events(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_event: impl FnMut(&StreamEvent) -> bool,
+    ) -> Result<GenerationResult> {
         let submitted = Instant::now();
         let created_unix_ms = unix_millis_now();
         // The call is in flight from here: its timeout counts and a cancel sticks to it through
@@ -109,7 +128,7 @@ impl LocalSession {
         let seed = opts.sampling.seed.unwrap_or_else(|| self.engine.next_seed());
         let control = running.control.clone();
         let stopped = |control: &Control| control.stop_reason().map(|r| (r, submitted.elapsed()));
-        let (prompt, constraints) = match self.prepare(prompt, opts, &control) {
+        let (prompt, constraints, plan) = match self.prepare(prompt, opts, &control) {
             Ok(ready) => ready,
             Err(e) if e.kind() == ErrorKind::Cancelled && control.is_stopped() => {
                 let (reason, took) = stopped(&control).expect("stopped");
@@ -131,32 +150,40 @@ impl LocalSession {
             events,
             submitted,
         })))?;
-        let mut delivered = Delivered::new(opts.logprobs);
-        let outcome = receive(&receiver, &running.control, &mut delivered, &mut on_text)?;
+        let parser = plan.as_ref().filter(|p| p.calls_allowed).map(|p| ToolCallParser::new(p.format, seed));
+        let mut delivered = Delivered::new(opts.logprobs).with_parser(parser);
+        let outcome = receive(&receiver, &running.control, &mut delivered, &mut on_event)?;
+        let outcome = match &plan {
+            Some(plan) => tool_outcome(outcome, plan, &delivered),
+            None => outcome,
+        };
         Ok(self.result(delivered, outcome, opts, seed, created_unix_ms))
     }
 
     /// Checks the options, compiles the constraints and tokenizes the prompt, which must leave
     /// room in the context for one generated token.
     /// Compilation gives up (with [`ErrorKind::Cancelled`]) once `control` is stopped.
-    fn prepare(
-        &self,
-        prompt: &Prompt,
-        opts: &GenerateOptions,
-        control: &Control,
-    ) -> Result<(Vec<u32>, Vec<Arc<CompiledConstraint>>)> {
+    fn prepare(&self, prompt: &Prompt, opts: &GenerateOptions, control: &Control) -> Result<Prepared> {
         opts.sampling.validate()?;
+        let plan = match &opts.tools {
+            None => None,
+            Some(_) if !matches!(prompt, Prompt::Chat(_)) => return Err(Error::invalid_argument(
+                "tools need a chat prompt (the chat template renders them); this prompt is text or tokens",
+            )),
+            Some(tools) => Some(tools.plan(self.engine.template_tool_format(), &opts.constraints)?),
+        };
+        let to_compile = plan.as_ref().map_or(&opts.constraints, |p| &p.constraints);
         let stop = || {
             control.stop_reason().map(|r| {
                 Error::new(ErrorKind::Cancelled, format!("the call ended ({}) while compiling", r.as_str()))
             })
         };
-        let constraints = opts
-            .constraints
+        let constraints = to_compile
             .iter()
             .map(|c| self.engine.compiler.compile_until(c, &stop).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
-        let prompt = self.engine.prompt_tokens(prompt)?;
+        let tools = opts.tools.as_ref().zip(plan.as_ref().map(|p| p.format));
+        let prompt = self.engine.prompt_tokens_with(prompt, tools)?;
         let ctx = self.engine.info.context_length;
         if prompt.len() >= ctx {
             return Err(Error::new(
@@ -167,7 +194,7 @@ impl LocalSession {
                 ),
             ));
         }
-        Ok((prompt, constraints))
+        Ok((prompt, constraints, plan))
     }
 
     /// Marks the session busy until the guards drop (refused while another generation runs),
@@ -240,6 +267,19 @@ impl LocalSession {
             finish
         };
         let stats = GenerationStats { generated_tokens: delivered.tokens.len(), ..stats };
+        let tools_enforced = validation.iter().any(|r| {
+            r.name == crate::tools::grammar::TOOLS_CONSTRAINT_NAME && r.outcome != ConstraintOutcome::Relaxed
+        });
+        let tool_call_checks = delivered
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(index, c)| check_call(index, c, tools_enforced, finish))
+            .collect();
+        let finish = match finish {
+            FinishReason::Stop if delivered.calls.iter().any(|c| c.complete) => FinishReason::ToolCalls,
+            other => other,
+        };
         let provenance = Provenance {
             model: self.engine.info.name.clone(),
             architecture: self.engine.info.architecture.clone(),
@@ -251,6 +291,8 @@ impl LocalSession {
             stop: opts.stop.clone(),
         };
         GenerationResult {
+            tool_calls: delivered.calls.into_iter().map(|c| c.call).collect(),
+            tool_call_checks,
             text: delivered.text,
             tokens: delivered.tokens,
             logprobs: delivered.logprobs,
@@ -321,6 +363,9 @@ impl Drop for RunningGuard<'_> {
 /// What the caller has been given so far.
 struct Delivered {
     text: String,
+    /// The tool calls delivered (with tools): complete once the parser closed them.
+    calls: Vec<ParsedCall>,
+    parser: Option<ToolCallParser>,
     tokens: Vec<u32>,
     /// Collected only when the request asked for them.
     logprobs: Option<Vec<f32>>,
@@ -336,11 +381,19 @@ impl Delivered {
     fn new(logprobs: bool) -> Self {
         Self {
             text: String::new(),
+            calls: Vec::new(),
+            parser: None,
             tokens: Vec::new(),
             logprobs: logprobs.then(Vec::new),
             stopped_by_caller: false,
             cut: None,
         }
+    }
+
+    /// Splits what follows into text and tool calls.
+    fn with_parser(mut self, parser: Option<ToolCallParser>) -> Self {
+        self.parser = parser;
+        self
     }
 
     /// Takes one event from the worker; `Some` when it is the last. A callback that stops the
@@ -349,7 +402,7 @@ impl Delivered {
         &mut self,
         event: Event,
         control: &Control,
-        on_text: &mut impl FnMut(&str) -> bool,
+        on_text: &mut impl FnMut(&StreamEvent) -> bool,
     ) -> Option<Outcome> {
         match event {
             Event::Done(outcome) => {
@@ -358,6 +411,7 @@ impl Delivered {
                 if !self.stopped_by_caller && self.cut.is_none() {
                     self.cut = control.stop_reason();
                 }
+                self.finish_calls(on_text);
                 return Some(*outcome);
             }
             _ if self.stopped_by_caller || self.cut.is_some() => {}
@@ -378,15 +432,131 @@ impl Delivered {
         None
     }
 
-    /// Hands a piece of text to the caller; `false` when the caller stops the generation.
-    fn deliver(&mut self, piece: &str, on_text: &mut impl FnMut(&str) -> bool) -> bool {
+    /// Hands a piece of text to the caller, split into text and calls with tools; `false` when
+    /// the caller stops the generation.
+    fn deliver(&mut self, piece: &str, on_event: &mut impl FnMut(&StreamEvent) -> bool) -> bool {
         if piece.is_empty() {
             return true;
         }
-        self.text.push_str(piece);
-        self.stopped_by_caller = !on_text(piece);
+        let events = match self.parser.as_mut() {
+            Some(parser) => parser.push(piece),
+            None => vec![StreamEvent::Text(piece.to_string())],
+        };
+        self.hand_over(events, on_event)
+    }
+
+    fn hand_over(
+        &mut self,
+        events: Vec<StreamEvent>,
+        on_event: &mut impl FnMut(&StreamEvent) -> bool,
+    ) -> bool {
+        for event in events {
+            if self.stopped_by_caller {
+                break;
+            }
+            match &event {
+                StreamEvent::Text(text) => self.text.push_str(text),
+                StreamEvent::CallStart { id, name, .. } => self.calls.push(ParsedCall {
+                    call: crate::tools::ToolCall {
+                        id: id.clone(),
+                        name: name.clone(),
+                        arguments: String::new(),
+                    },
+                    complete: false,
+                }),
+                StreamEvent::CallArguments { index, fragment } => {
+                    if let Some(c) = self.calls.get_mut(*index) {
+                        c.call.arguments.push_str(fragment);
+                    }
+                }
+            }
+            self.stopped_by_caller = !on_event(&event);
+        }
         !self.stopped_by_caller
     }
+
+    /// The end of the reply: text the parser held back is delivered (unless the call was cut
+    /// or stopped), and each delivered call is complete when the parser closed it and all of
+    /// its arguments were delivered.
+    fn finish_calls(&mut self, on_event: &mut impl FnMut(&StreamEvent) -> bool) {
+        let Some(mut parser) = self.parser.take() else { return };
+        let (tail, _, parsed) = parser.finish();
+        if !self.stopped_by_caller && self.cut.is_none() {
+            self.hand_over(tail, on_event);
+        }
+        for (mine, theirs) in self.calls.iter_mut().zip(parsed) {
+            mine.complete = theirs.complete && mine.call == theirs.call;
+        }
+    }
+}
+
+/// What validation says of call `index`: satisfied when it is complete and the tool grammar held
+/// throughout (never relaxed).
+fn check_call(index: usize, c: &ParsedCall, enforced: bool, finish: FinishReason) -> ToolCallCheck {
+    let reason = match (c.complete, enforced) {
+        (true, true) => None,
+        (false, _) => {
+            Some(format!("the call was cut short ({}) before its arguments were complete", finish.as_str()))
+        }
+        (true, false) => Some("the tool grammar was relaxed: the arguments were not enforced".to_string()),
+    };
+    ToolCallCheck { index, name: c.call.name.clone(), satisfied: reason.is_none(), reason }
+}
+
+/// The worker's validation under a tool plan, as the caller's constraints read: each folded
+/// text constraint fares as the tool grammar did on a text reply, and holds vacuously on a reply
+/// of calls only (said in its reason); token masks report as they are; the tool grammar's own
+/// report comes last.
+fn tool_outcome(mut outcome: Outcome, plan: &ToolPlan, delivered: &Delivered) -> Outcome {
+    if !plan.calls_allowed {
+        return outcome;
+    }
+    let mut reports = std::mem::take(&mut outcome.validation).into_iter();
+    let Some(tools) = reports.next() else { return outcome };
+    let mut masks = reports;
+    let callers: Vec<ConstraintReport> = plan_callers(plan)
+        .into_iter()
+        .map(|(folded, name, kind, priority)| {
+            if !folded {
+                let missing = ConstraintReport {
+                    name: name.clone(),
+                    kind,
+                    priority,
+                    outcome: ConstraintOutcome::Violated,
+                    reason: Some("no report came back for this constraint".into()),
+                    relaxed_keywords: Vec::new(),
+                    ignored_formats: Vec::new(),
+                };
+                return masks.next().unwrap_or(missing);
+            }
+            let calls_only = delivered.text.is_empty() && !delivered.calls.is_empty();
+            ConstraintReport {
+                name,
+                kind,
+                priority,
+                outcome: tools.outcome,
+                reason: if calls_only {
+                    Some("the reply is tool calls only: this constraint governs text replies".into())
+                } else {
+                    tools.reason.clone()
+                },
+                relaxed_keywords: Vec::new(),
+                ignored_formats: Vec::new(),
+            }
+        })
+        .collect();
+    outcome.validation = callers;
+    outcome.validation.push(tools);
+    outcome
+}
+
+/// The caller's constraints in order: (folded into the tool grammar, name, kind, priority).
+fn plan_callers(plan: &ToolPlan) -> Vec<(bool, String, ConstraintTag, i32)> {
+    plan.caller
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (plan.folded.contains(&i), c.name.clone(), c.kind.tag(), c.priority))
+        .collect()
 }
 
 /// Streams the worker's events into `delivered` until the request's outcome arrives.
@@ -394,7 +564,7 @@ fn receive(
     events: &Receiver<Event>,
     control: &Control,
     delivered: &mut Delivered,
-    on_text: &mut impl FnMut(&str) -> bool,
+    on_text: &mut impl FnMut(&StreamEvent) -> bool,
 ) -> Result<Outcome> {
     loop {
         let event = events.recv().map_err(|_| worker_gone())?;
@@ -426,6 +596,7 @@ fn unix_millis_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::text_only;
 
     fn token(id: u32, text: &str) -> Event {
         Event::Token { id, logprob: Some(-(id as f32)), text: text.into() }
@@ -448,6 +619,7 @@ mod tests {
         logprobs: bool,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> (Delivered, Result<Outcome>, bool) {
+        let mut on_text = text_only(&mut on_text);
         let (sender, receiver) = mpsc::channel();
         events.into_iter().for_each(|e| sender.send(e).unwrap());
         drop(sender);
@@ -531,7 +703,9 @@ mod tests {
             control.cancel(); // as maze_session_cancel from another thread would
             true
         };
+        let mut on_text = text_only(&mut on_text);
         let outcome = receive(&receiver, &control, &mut delivered, &mut on_text).unwrap();
+        drop(on_text);
         assert_eq!(seen, ["a"]);
         assert_eq!((delivered.text.as_str(), delivered.tokens.as_slice()), ("a", &[1][..]));
         assert_eq!((delivered.cut, delivered.stopped_by_caller), (Some(FinishReason::Cancelled), false));
@@ -550,6 +724,7 @@ mod tests {
             control.cancel();
             true
         };
+        let mut on_text = text_only(&mut on_text);
         receive(&receiver, &control, &mut delivered, &mut on_text).unwrap();
         assert_eq!((delivered.text.as_str(), delivered.cut), ("a", Some(FinishReason::Cancelled)));
         // Not stopped at all: the worker's outcome stands.

@@ -481,12 +481,21 @@ pub(crate) unsafe fn write_text(
 }
 
 /// One chat message. Roles are those the model's template knows: usually "system", "user",
-/// "assistant".
+/// "assistant", "tool". An assistant message may carry the tool calls it made; a tool message
+/// answers one by `tool_call_id`. Every message of an array has the same `struct_size`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct maze_chat_message {
+    /// sizeof(maze_chat_message), or 0 for this header's size (so designated initialisers that
+    /// leave it out keep working).
+    pub struct_size: u32,
     pub role: maze_string,
     pub content: maze_string,
+    /// The calls an assistant message made (NULL when n_tool_calls is 0).
+    pub tool_calls: *const super::tools::maze_tool_call,
+    pub n_tool_calls: usize,
+    /// The call a "tool" message answers (empty otherwise).
+    pub tool_call_id: maze_string,
 }
 
 pub(crate) unsafe fn read_messages(
@@ -499,14 +508,47 @@ pub(crate) unsafe fn read_messages(
             "a chat needs at least one message (n_messages is 0)",
         ));
     }
+    if messages.is_null() {
+        return Err(FfiError::null("messages"));
+    }
+    // One layout is known; an array's stride is the caller's struct_size, so any other size
+    // is refused before the array is read.
+    let known = std::mem::size_of::<maze_chat_message>();
+    let stride = match std::ptr::read_unaligned(messages as *const u32) as usize {
+        0 => known,
+        size if size > known => {
+            return Err(FfiError::new(
+                maze_status::AbiMismatch,
+                format!("messages[0] has struct_size {size} but this library knows {known} bytes: the caller was built against a newer maze.h"),
+            ))
+        }
+        size if size < known => {
+            return Err(FfiError::new(
+                maze_status::AbiMismatch,
+                format!("messages[0] has struct_size {size}, smaller than this ABI's {known} bytes (the ABI 1 maze_chat_message had no struct_size: rebuild against this maze.h)"),
+            ))
+        }
+        size => size,
+    };
     arg_slice(messages, n, "messages")?
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            Ok(ChatMessage::new(
-                m.role.to_str(&format!("messages[{i}].role"))?,
-                m.content.to_str(&format!("messages[{i}].content"))?,
-            ))
+            let size = m.struct_size as usize;
+            if size != 0 && size != stride {
+                return Err(FfiError::new(
+                    maze_status::InvalidArgument,
+                    format!("messages[{i}].struct_size is {size} but messages[0] has {stride}: one array, one size"),
+                ));
+            }
+            let at = format!("messages[{i}]");
+            let tool_call_id = m.tool_call_id.to_str(&format!("{at}.tool_call_id"))?;
+            Ok(ChatMessage {
+                role: m.role.to_str(&format!("{at}.role"))?.to_string(),
+                content: m.content.to_str(&format!("{at}.content"))?.to_string(),
+                tool_calls: super::tools::read_tool_calls(m.tool_calls, m.n_tool_calls, &at)?,
+                tool_call_id: (!tool_call_id.is_empty()).then(|| tool_call_id.to_string()),
+            })
         })
         .collect()
 }

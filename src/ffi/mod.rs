@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod result;
 pub mod session;
+pub mod tools;
 
 use std::ffi::{c_char, CStr};
 
@@ -27,7 +28,10 @@ pub use error::maze_error;
 
 /// ABI version of this header and library. Bumped on any incompatible change. Parameter structs
 /// carry `struct_size`, so adding fields at their end is compatible and does not bump it.
-pub const MAZE_ABI_VERSION: u32 = 1;
+///
+/// 2: maze_chat_message starts with `struct_size` and carries tool calls (0 there is read as
+/// this header's size, so `{.role = ..., .content = ...}` initialisers keep working).
+pub const MAZE_ABI_VERSION: u32 = 2;
 
 /// Seed value meaning "draw a fresh seed" (from the engine's seed sequence).
 pub const MAZE_SEED_RANDOM: u64 = u64::MAX;

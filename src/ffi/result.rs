@@ -17,6 +17,8 @@ pub struct maze_result {
     error_message: Option<CString>,
     validation_json: CString,
     provenance_json: CString,
+    /// Each tool call's id, name and arguments, NUL-terminated.
+    tool_calls: Vec<[CString; 3]>,
 }
 
 impl maze_result {
@@ -27,7 +29,9 @@ impl maze_result {
             result.error.as_ref().map(|e| CString::new(e.message().replace('\0', "")).unwrap_or_default());
         let validation_json = CString::new(result.validation_json()).unwrap_or_default();
         let provenance_json = CString::new(result.provenance_json()).unwrap_or_default();
-        Self { result, text, error_message, validation_json, provenance_json }
+        let c = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
+        let tool_calls = result.tool_calls.iter().map(|t| [c(&t.id), c(&t.name), c(&t.arguments)]).collect();
+        Self { result, text, error_message, validation_json, provenance_json, tool_calls }
     }
 }
 
@@ -218,4 +222,52 @@ pub unsafe extern "C" fn maze_result_forced_tokens(result: *const maze_result) -
 #[no_mangle]
 pub unsafe extern "C" fn maze_result_free(result: *mut maze_result) {
     ffi_boundary!({ maze_result::free(result) })
+}
+
+/// How many tool calls the reply holds (0 for a NULL result). With calls, the finish reason is
+/// MAZE_FINISH_TOOL_CALLS when the model ended them, or the reason they were cut short.
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_tool_call_count(result: *const maze_result) -> usize {
+    getter!(result, 0, |r| r.tool_calls.len())
+}
+
+/// Tool call `index` (from 0) of the reply: its id, name and arguments (a JSON object as text;
+/// for a call cut short, the part generated). The strings are NUL-terminated and live as long
+/// as the result. Fails with MAZE_STATUS_INVALID_ARGUMENT when `index` is past the last call.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn maze_result_tool_call(
+    result: *const maze_result,
+    index: usize,
+    out_call: *mut super::tools::maze_tool_call,
+    error: *mut *mut super::maze_error,
+) -> maze_status {
+    ffi_boundary!(error, {
+        let r = maze_result::from_ptr(result, "result")?;
+        super::arg_out(out_call, "out_call")?;
+        let Some([id, name, arguments]) = r.tool_calls.get(index) else {
+            return Err(super::FfiError::new(
+                maze_status::InvalidArgument,
+                format!(
+                    "tool call {index} does not exist: the reply has {} tool call(s)",
+                    r.tool_calls.len()
+                ),
+            ));
+        };
+        let view = |s: &CString| super::maze_string { data: s.as_ptr(), len: s.as_bytes().len() };
+        out_call.write(super::tools::maze_tool_call {
+            id: view(id),
+            name: view(name),
+            arguments: view(arguments),
+        });
+        Ok(())
+    })
+}
+
+/// Whether tool call `index` is complete and was generated under the tool grammar throughout,
+/// so its arguments validate against the tool's schema (false past the last call and for a
+/// NULL result). maze_result_validation_json says why not under "tool_calls".
+#[no_mangle]
+pub unsafe extern "C" fn maze_result_tool_call_satisfied(result: *const maze_result, index: usize) -> bool {
+    getter!(result, false, |r| r.result.tool_call_checks.get(index).is_some_and(|c| c.satisfied))
 }

@@ -7,12 +7,16 @@ use super::cancel::maze_cancel_token;
 use super::constraint::maze_constraint;
 use super::engine::{maze_chat_message, maze_engine, read_messages};
 use super::result::maze_result;
+use super::tools::{
+    deliver_tool_event, maze_tool, maze_tool_call_callback, maze_tool_choice, maze_tool_format, read_tool_use,
+};
 use super::{
     arg_out, arg_slice, arg_str, ffi_boundary, maze_error, maze_status, maze_string, read_params, FfiError,
     FfiResult, Handle, MAZE_SEED_RANDOM,
 };
 use crate::engine::{GenerateOptions, Prompt, Session};
 use crate::sampling::SamplingParams;
+use crate::tools::StreamEvent;
 
 /// One conversation with its own KV cache. Thread-safe: maze_session_cancel may be called from
 /// any thread at any time; a generate call while another runs on the same session fails with
@@ -81,6 +85,30 @@ pub struct maze_generate_params {
     /// the cancel comes before the call starts; NULL = none. maze_session_cancel works either
     /// way.
     pub cancel: *const maze_cancel_token,
+    /// Tools the model may call (array of n_tools; NULL when 0). Chat prompts only
+    /// (maze_session_chat): the chat template renders them, the reply's calls are enforced
+    /// (names declared, arguments valid under each tool's schema) and returned by
+    /// maze_result_tool_call. Bad declarations fail with MAZE_STATUS_INVALID_ARGUMENT or, for a
+    /// schema that does not compile, MAZE_STATUS_INVALID_CONSTRAINT, naming the tool.
+    pub tools: *const maze_tool,
+    pub n_tools: usize,
+    /// A maze_tool_choice value. Default MAZE_TOOL_CHOICE_AUTO: text, or calls as the model
+    /// decides; the constraints of `constraints` then govern a text reply (token masks hold on
+    /// every token).
+    pub tool_choice: u32,
+    /// The tool MAZE_TOOL_CHOICE_NAMED names (empty otherwise).
+    pub tool_choice_name: maze_string,
+    /// More than one call in a reply. Default true.
+    pub parallel_tool_calls: bool,
+    /// Most calls in one reply when parallel; 0 = 8.
+    pub max_tool_calls: u32,
+    /// A maze_tool_format value. Default MAZE_TOOL_FORMAT_TEMPLATE: the chat template's own
+    /// syntax, refused with MAZE_STATUS_UNSUPPORTED when it cannot render tools.
+    pub tool_format: u32,
+    /// Receives each call's name and then its argument fragments while the reply streams
+    /// (text still goes to the stream callback, without the call syntax); NULL = none.
+    pub tool_callback: maze_tool_call_callback,
+    pub tool_userdata: *mut c_void,
 }
 
 /// Default generation settings (llama.cpp's sampling defaults, 256 tokens, random seed).
@@ -108,11 +136,29 @@ pub extern "C" fn maze_generate_params_default() -> maze_generate_params {
         n_constraints: 0,
         ignore_eos: o.ignore_eos,
         cancel: std::ptr::null(),
+        tools: std::ptr::null(),
+        n_tools: 0,
+        tool_choice: maze_tool_choice::Auto as u32,
+        tool_choice_name: maze_string { data: std::ptr::null(), len: 0 },
+        parallel_tool_calls: true,
+        max_tool_calls: 0,
+        tool_format: maze_tool_format::Template as u32,
+        tool_callback: None,
+        tool_userdata: std::ptr::null_mut(),
     }
 }
 
 unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<GenerateOptions> {
     let p = read_params(params, maze_generate_params_default(), "params")?;
+    let tools = read_tool_use(
+        p.tools,
+        p.n_tools,
+        p.tool_choice,
+        p.tool_choice_name,
+        p.parallel_tool_calls,
+        p.max_tool_calls,
+        p.tool_format,
+    )?;
     let stop = arg_slice(p.stop, p.n_stop, "params.stop")?
         .iter()
         .enumerate()
@@ -153,6 +199,7 @@ unsafe fn read_options(params: *const maze_generate_params) -> FfiResult<Generat
             .concat(),
         ignore_eos: p.ignore_eos,
         cancel: maze_cancel_token::from_nullable(p.cancel).map(|t| t.token.clone()),
+        tools,
     })
 }
 
@@ -189,16 +236,24 @@ unsafe fn run(
     arg_out(out_result, "out_result")?;
     let prompt = prompt()?;
     let opts = read_options(params)?;
-    let on_text = |text: &str| match callback {
-        Some(cb) => {
+    let (tool_callback, tool_userdata) = match params.is_null() {
+        true => (None, std::ptr::null_mut()),
+        false => {
+            let p = read_params(params, maze_generate_params_default(), "params")?;
+            (p.tool_callback, p.tool_userdata)
+        }
+    };
+    let on_event = |event: &StreamEvent| match (event, callback) {
+        (StreamEvent::Text(text), Some(cb)) => {
             let mut chunk = Vec::with_capacity(text.len() + 1);
             chunk.extend_from_slice(text.as_bytes());
             chunk.push(0);
             cb(chunk.as_ptr() as *const c_char, text.len(), userdata)
         }
-        None => true,
+        (StreamEvent::Text(_), None) => true,
+        (call, _) => deliver_tool_event(call, tool_callback, tool_userdata),
     };
-    let result = session.session.generate_streaming(&prompt, &opts, on_text)?;
+    let result = session.session.generate_events(&prompt, &opts, on_event)?;
     maze_result::new(result).box_into(out_result, "out_result")
 }
 

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
 use crate::sampling::SamplingParams;
+use crate::tools::{StreamEvent, ToolCall, ToolCallCheck, ToolUse};
 
 pub const GENERATE_PATH: &str = "/maze/v1/generate";
 pub const HEALTH_PATH: &str = "/maze/v1/health";
@@ -45,7 +46,11 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "constraints_exactly")]
     pub constraints: Vec<Constraint>,
-    /// Server-sent events: `data: {"text": ...}` per piece, then `event: result`.
+    /// Tools the model may call (chat `messages` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolUse>,
+    /// Server-sent events: `data: {"text": ...}` per piece (or a tool-call piece, see
+    /// [`StreamPiece`]), then `event: result`.
     #[serde(default)]
     pub stream: bool,
 }
@@ -56,13 +61,25 @@ pub struct GenerateRequest {
 struct WireMessage {
     role: String,
     content: String,
+    #[serde(default)]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 fn messages_exactly<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Vec<ChatMessage>>, D::Error> {
     let messages = Option::<Vec<WireMessage>>::deserialize(d)?;
-    Ok(messages.map(|list| list.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect()))
+    Ok(messages.map(|list| {
+        list.into_iter()
+            .map(|m| ChatMessage {
+                tool_calls: m.tool_calls,
+                tool_call_id: m.tool_call_id,
+                ..ChatMessage::new(m.role, m.content)
+            })
+            .collect()
+    }))
 }
 
 /// Reads the constraints, refusing any key a constraint does not use: the constraint's JSON form
@@ -110,6 +127,7 @@ impl GenerateRequest {
             logprobs: opts.logprobs,
             ignore_eos: opts.ignore_eos,
             constraints: opts.constraints.clone(),
+            tools: opts.tools.clone(),
             stream,
             ..Self::default()
         };
@@ -147,6 +165,7 @@ impl GenerateRequest {
             constraints: self.constraints,
             ignore_eos: self.ignore_eos,
             cancel: None,
+            tools: self.tools,
         };
         Ok((prompt, opts))
     }
@@ -211,6 +230,9 @@ pub struct WireValidation {
     pub satisfied: bool,
     pub constraints: Vec<WireReport>,
     pub stats: Option<ConstraintStats>,
+    /// One check per tool call of the reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallCheck>,
 }
 
 /// The response of a generation (and the `result` event of a stream).
@@ -227,6 +249,9 @@ pub struct GenerateResponse {
     pub stats: WireStats,
     pub validation: WireValidation,
     pub provenance: Value,
+    /// The reply's tool calls (with tools; `text` is then the text part).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl GenerateResponse {
@@ -263,8 +288,10 @@ impl GenerateResponse {
                     })
                     .collect(),
                 stats: r.constraint_stats,
+                tool_calls: r.tool_call_checks.clone(),
             },
             provenance: serde_json::to_value(&r.provenance).unwrap_or(Value::Null),
+            tool_calls: r.tool_calls.clone(),
         }
     }
 
@@ -276,6 +303,8 @@ impl GenerateResponse {
         let text_of = |key: &str| p.get(key).and_then(Value::as_str).unwrap_or("").to_string();
         let seed = p.get("seed").and_then(Value::as_u64).unwrap_or_default();
         GenerationResult {
+            tool_calls: self.tool_calls,
+            tool_call_checks: self.validation.tool_calls,
             text: self.text,
             tokens: self.tokens,
             logprobs: self.logprobs,
@@ -333,6 +362,47 @@ pub struct TextEvent {
     pub text: String,
 }
 
+/// One streamed piece (`data:` of an unnamed server-sent event): `{"text": ...}`,
+/// `{"tool_call": {"index", "id", "name"}}` when a call's name is complete, or
+/// `{"tool_call_arguments": {"index", "fragment"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamPiece {
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    ToolCallArguments {
+        index: usize,
+        fragment: String,
+    },
+    #[serde(untagged)]
+    Text {
+        text: String,
+    },
+}
+
+impl From<&StreamEvent> for StreamPiece {
+    fn from(e: &StreamEvent) -> Self {
+        match e.clone() {
+            StreamEvent::Text(text) => Self::Text { text },
+            StreamEvent::CallStart { index, id, name } => Self::ToolCall { index, id, name },
+            StreamEvent::CallArguments { index, fragment } => Self::ToolCallArguments { index, fragment },
+        }
+    }
+}
+
+impl From<StreamPiece> for StreamEvent {
+    fn from(p: StreamPiece) -> Self {
+        match p {
+            StreamPiece::Text { text } => Self::Text(text),
+            StreamPiece::ToolCall { index, id, name } => Self::CallStart { index, id, name },
+            StreamPiece::ToolCallArguments { index, fragment } => Self::CallArguments { index, fragment },
+        }
+    }
+}
+
 /// `GET /maze/v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
@@ -373,6 +443,7 @@ mod tests {
                 Constraint::token_mask("mask", vec![1, 2], vec![3]),
             ],
             ignore_eos: true,
+            tools: None,
             cancel: None,
         }
     }

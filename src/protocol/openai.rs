@@ -339,10 +339,7 @@ impl<'de> DeserializeSeed<'de> for CommonField<'_> {
 
 impl ChatRequest {
     pub fn chat_messages(&self) -> Result<Vec<ChatMessage>> {
-        self.messages
-            .iter()
-            .map(|m| Ok(ChatMessage { role: m.role.clone(), content: m.content.text()? }))
-            .collect()
+        self.messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.content.text()?))).collect()
     }
 }
 

@@ -86,6 +86,7 @@ fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOpt
         constraints: f.constraints()?,
         ignore_eos: f.ignore_eos,
         cancel: None,
+        tools: None,
     })
 }
 

@@ -17,4 +17,6 @@ c_enum! {
     Timeout = 4 => "timeout",
     /// The computation failed midway; the result holds the error (maze_result_error_status).
     Error = 5 => "error",
+    /// The reply is tool calls (maze_result_tool_call_count), complete: the model ended them.
+    ToolCalls = 6 => "tool_calls",
 }

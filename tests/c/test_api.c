@@ -325,8 +325,8 @@ static void test_score(maze_engine *engine) {
 
 static void test_chat_template(maze_engine *engine) {
     maze_chat_message msgs[] = {
-        {maze_str("system"), maze_str("You are terse.")},
-        {maze_str("user"), maze_str("Hi there")},
+        maze_msg("system", "You are terse."),
+        maze_msg("user", "Hi there"),
     };
     char buf[2048];
     size_t len = 0;
@@ -344,7 +344,7 @@ static void test_chat_template(maze_engine *engine) {
     CHECK(st == MAZE_STATUS_BUFFER_TOO_SMALL && len2 == len, "size query %zu vs %zu", len2, len);
     maze_error_free(err);
     EXPECT_ERROR(maze_chat_apply_template(engine, msgs, 0, true, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_ARGUMENT, "at least one message", "no messages");
-    maze_chat_message bad[] = {{maze_str("user"), {"\xff\xfe", 2}}};
+    maze_chat_message bad[] = {{.role = maze_str("user"), .content = {"\xff\xfe", 2}}};
     EXPECT_ERROR(maze_chat_apply_template(engine, bad, 1, true, buf, sizeof buf, &len, &err), MAZE_STATUS_INVALID_UTF8, "messages[0].content", "bad UTF-8 message");
 }
 
@@ -749,7 +749,7 @@ static void test_chat_and_tokens(maze_engine *engine) {
     maze_generate_params p = maze_generate_params_default();
     p.temperature = 0;
     p.max_tokens = 16;
-    maze_chat_message msgs[] = {{maze_str("user"), maze_str("What is the capital of France?")}};
+    maze_chat_message msgs[] = {maze_msg("user", "What is the capital of France?")};
     maze_result *r = NULL;
     maze_error *err = NULL;
     collector c = {.valid_utf8 = true};
@@ -761,14 +761,14 @@ static void test_chat_and_tokens(maze_engine *engine) {
     maze_result_free(r);
 
     /* Multi-turn: the second turn reuses the first turn's cache. */
-    maze_chat_message turn2[] = {msgs[0], {maze_str("assistant"), maze_str("Paris.")}, {maze_str("user"), maze_str("And of Spain?")}};
+    maze_chat_message turn2[] = {msgs[0], maze_msg("assistant", "Paris."), maze_msg("user", "And of Spain?")};
     r = NULL;
     st = maze_session_chat(s, turn2, 3, &p, NULL, NULL, &r, NULL);
     CHECK(st == MAZE_STATUS_OK && maze_result_cached_tokens(r) > 10, "second turn cached %u", maze_result_cached_tokens(r));
     maze_result_free(r);
 
     /* ignore_eos: the model's end token no longer stops generation; max_tokens does. */
-    maze_chat_message hi[] = {{maze_str("user"), maze_str("Say hi.")}};
+    maze_chat_message hi[] = {maze_msg("user", "Say hi.")};
     p.max_tokens = 48;
     r = NULL;
     st = maze_session_chat(s, hi, 1, &p, NULL, NULL, &r, NULL);
@@ -1065,6 +1065,85 @@ static void test_constraints(maze_engine *engine) {
     maze_constraint_free(number);
 }
 
+/* Streamed tool-call pieces, joined back per call. */
+typedef struct {
+    int starts;
+    char name[64];
+    char id[64];
+    char arguments[1024];
+    size_t args_len;
+    bool in_order;
+} tool_stream;
+
+static bool on_tool_piece(const maze_tool_call_delta *d, void *userdata) {
+    tool_stream *t = userdata;
+    if (d->index != 0) return true;
+    if (d->name.len > 0) {
+        t->starts++;
+        snprintf(t->name, sizeof t->name, "%.*s", (int)d->name.len, d->name.data);
+        snprintf(t->id, sizeof t->id, "%.*s", (int)d->id.len, d->id.data);
+        t->in_order = t->args_len == 0;
+    } else if (t->args_len + d->arguments.len < sizeof t->arguments) {
+        t->in_order = t->in_order && t->starts == 1;
+        memcpy(t->arguments + t->args_len, d->arguments.data, d->arguments.len);
+        t->args_len += d->arguments.len;
+    }
+    return true;
+}
+
+static void test_tool_calls(maze_engine *engine) {
+    /* SmolLM2's template has no tools: the generic format describes them in a system message. */
+    maze_tool tools[] = {{maze_str("add"), maze_str("Add two integers"),
+                          maze_str("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":\"integer\"}},\"required\":[\"a\",\"b\"],\"additionalProperties\":false}")}};
+    maze_generate_params p = maze_generate_params_default();
+    p.temperature = 0;
+    p.max_tokens = 60;
+    p.tools = tools;
+    p.n_tools = 1;
+    p.tool_choice = MAZE_TOOL_CHOICE_REQUIRED;
+    p.tool_format = MAZE_TOOL_FORMAT_GENERIC;
+    p.parallel_tool_calls = false; /* one call: the grammar ends after it */
+    tool_stream t = {0};
+    p.tool_callback = on_tool_piece;
+    p.tool_userdata = &t;
+    maze_chat_message ask[] = {maze_msg("user", "What is 2 plus 3?")};
+    maze_session *s = new_session(engine);
+    maze_result *r = NULL;
+    maze_error *err = NULL;
+    maze_status st = maze_session_chat(s, ask, 1, &p, NULL, NULL, &r, &err);
+    CHECK(st == MAZE_STATUS_OK, "tool chat: %s", maze_error_message(err));
+    maze_error_free(err);
+    if (st != MAZE_STATUS_OK) return;
+    CHECK(maze_result_finish_reason(r) == MAZE_FINISH_REASON_TOOL_CALLS, "finish %s", maze_finish_reason_name(maze_result_finish_reason(r)));
+    CHECK(maze_result_tool_call_count(r) == 1, "one call, made %zu", maze_result_tool_call_count(r));
+    maze_tool_call call;
+    if (maze_result_tool_call_count(r) >= 1 && maze_result_tool_call(r, 0, &call, NULL) == MAZE_STATUS_OK) {
+        CHECK(call.name.len == 3 && !memcmp(call.name.data, "add", 3), "name %.*s", (int)call.name.len, call.name.data);
+        CHECK(!strcmp(t.name, "add") && !strcmp(t.id, call.id.data) && t.starts >= 1 && t.in_order, "streamed start");
+        CHECK(t.args_len == call.arguments.len && !memcmp(t.arguments, call.arguments.data, t.args_len), "streamed arguments = the call's");
+        CHECK(strstr(call.arguments.data, "\"a\": ") && strstr(call.arguments.data, "\"b\": "), "arguments %s", call.arguments.data);
+        CHECK(maze_result_tool_call_satisfied(r, 0) && maze_result_constraints_satisfied(r), "enforced and complete");
+        CHECK(strstr(maze_result_validation_json(r), "\"tool_calls\"") != NULL, "validation lists the call");
+        CHECK(maze_result_text(r, NULL)[0] == 0, "no text besides the call");
+    }
+    /* The answer goes back as a tool message; the model continues in text (tool_choice auto). */
+    maze_chat_message history[] = {ask[0], maze_msg("assistant", ""), maze_msg("tool", "5")};
+    if (maze_result_tool_call_count(r) >= 1) {
+        history[1].tool_calls = &call;
+        history[1].n_tool_calls = 1;
+        history[2].tool_call_id = call.id;
+        p.tool_choice = MAZE_TOOL_CHOICE_NONE;
+        p.tool_callback = NULL;
+        maze_result *answer = NULL;
+        st = maze_session_chat(s, history, 3, &p, NULL, NULL, &answer, &err);
+        CHECK(st == MAZE_STATUS_OK && maze_result_tool_call_count(answer) == 0, "answer after the tool: %s", maze_error_message(err));
+        maze_error_free(err);
+        maze_result_free(answer);
+    }
+    maze_result_free(r);
+    maze_session_free(s);
+}
+
 static void test_session_outlives_engine(void) {
     maze_engine *engine = load_engine(4096);
     maze_session *s = new_session(engine);
@@ -1103,6 +1182,7 @@ int main(int argc, char **argv) {
     test_chat_and_tokens(engine);
     test_generate_errors(engine);
     test_constraints(engine);
+    if (!tiny) test_tool_calls(engine);
     maze_engine_free(engine);
     test_session_outlives_engine();
 

@@ -478,7 +478,7 @@ static void m_score(void) {
 }
 
 static void m_chat_apply_template(void) {
-    maze_chat_message msgs[] = {{maze_str("user"), maze_str("hi")}};
+    maze_chat_message msgs[] = {maze_msg("user", "hi")};
     char buf[512];
     size_t len = 777;
     MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'engine'", "template NULL engine", maze_chat_apply_template(NULL, msgs, 1, true, buf, sizeof buf, &len, ERR));
@@ -490,7 +490,7 @@ static void m_chat_apply_template(void) {
     MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "'messages'", "template SIZE_MAX messages", maze_chat_apply_template(engine, msgs, HUGE, true, buf, sizeof buf, &len, ERR));
     MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "'messages'", "template messages past the address space", maze_chat_apply_template(engine, msgs, (size_t)PTRDIFF_MAX / sizeof(maze_chat_message) + 1, true, buf, sizeof buf, &len, ERR));
     /* Each string of each message: NULL with a length, a huge length, invalid UTF-8. */
-    maze_chat_message m2[] = {{maze_str("system"), maze_str("be brief")}, {maze_str("user"), maze_str("hi")}};
+    maze_chat_message m2[] = {maze_msg("system", "be brief"), maze_msg("user", "hi")};
     m2[1].role = (maze_string){NULL, 4};
     MISUSE(MAZE_STATUS_NULL_ARGUMENT, "messages[1].role", "template NULL role", maze_chat_apply_template(engine, m2, 2, true, buf, sizeof buf, &len, ERR));
     m2[1].role = (maze_string){"user", HUGE};
@@ -677,7 +677,7 @@ static void m_session_chat(void) {
     maze_session *s = new_session();
     maze_result *r = SENTINEL;
     maze_generate_params q = quick_params(2);
-    maze_chat_message msgs[] = {{maze_str("system"), maze_str("x")}, {maze_str("user"), maze_str("hi")}};
+    maze_chat_message msgs[] = {maze_msg("system", "x"), maze_msg("user", "hi")};
     MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'session'", "chat NULL session", maze_session_chat(NULL, msgs, 2, &q, NULL, NULL, &r, ERR));
     MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'out_result'", "chat NULL out", maze_session_chat(s, msgs, 2, &q, NULL, NULL, NULL, ERR));
     MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'messages'", "chat NULL messages", maze_session_chat(s, NULL, 2, &q, NULL, NULL, &r, ERR));
@@ -719,7 +719,7 @@ static bool inside_callback(const char *text, size_t len, void *ud) {
         maze_result *r = SENTINEL;
         maze_error *err = NULL;
         uint32_t tok = 104;
-        maze_chat_message m = {maze_str("user"), maze_str("hi")};
+        maze_chat_message m = maze_msg("user", "hi");
         in->nested_generate = maze_session_generate(in->session, "a", 1, NULL, NULL, NULL, &r, &err);
         expect_error(in->nested_generate, err, MAZE_STATUS_BUSY, "already generating", "generate inside the callback");
         err = NULL;
@@ -1032,8 +1032,93 @@ static void m_result_getters(void) {
 
 static void m_finish_reason_name(void) {
     CHECK(!strcmp(maze_finish_reason_name(MAZE_FINISH_REASON_ERROR), "error"), "error name");
-    int32_t odd[] = {-1, MAZE_FINISH_REASON_ERROR + 1, INT32_MAX, INT32_MIN};
+    CHECK(!strcmp(maze_finish_reason_name(MAZE_FINISH_REASON_TOOL_CALLS), "tool_calls"), "tool_calls name");
+    int32_t odd[] = {-1, MAZE_FINISH_REASON_TOOL_CALLS + 1, INT32_MAX, INT32_MIN};
     for (size_t i = 0; i < 4; i++) CHECK(!strcmp(maze_finish_reason_name(odd[i]), "unknown"), "finish name %d", odd[i]);
+}
+
+/* ================================================================ tools */
+
+static void m_tools(void) {
+    maze_chat_message m = maze_msg(NULL, "x");
+    CHECK(m.struct_size == sizeof m && m.role.len == 0 && m.content.len == 1 && m.n_tool_calls == 0 && m.tool_calls == NULL &&
+              m.tool_call_id.len == 0, "maze_msg");
+    maze_tool_call call;
+    CHECK(maze_result_tool_call_count(NULL) == 0 && !maze_result_tool_call_satisfied(NULL, 0), "tool getters(NULL)");
+    MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'result'", "tool_call(NULL)", maze_result_tool_call(NULL, 0, &call, ERR));
+    maze_session *s = new_session();
+    maze_generate_params p = quick_params(3);
+    maze_result *r = generate_ok(s, "abc", &p);
+    CHECK(maze_result_tool_call_count(r) == 0 && !maze_result_tool_call_satisfied(r, 0), "no calls without tools");
+    MISUSE(MAZE_STATUS_NULL_ARGUMENT, "'out_call'", "tool_call NULL out", maze_result_tool_call(r, 0, NULL, ERR));
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "tool call 0 does not exist: the reply has 0", "tool_call past the end", maze_result_tool_call(r, 0, &call, ERR));
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "does not exist", "tool_call SIZE_MAX", maze_result_tool_call(r, SIZE_MAX, &call, ERR));
+    maze_result_free(r);
+
+    maze_tool tools[2] = {
+        {maze_str("add"), maze_str("Add two integers"), maze_str("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":\"integer\"}},\"required\":[\"a\",\"b\"]}")},
+        {maze_str("now"), maze_str("The time"), maze_str("")},
+    };
+    maze_chat_message ask[] = {maze_msg("user", "What is 2 plus 3?")};
+    p = quick_params(40);
+    p.tools = tools;
+    p.n_tools = 2;
+    maze_result *out = NULL;
+    /* SmolLM2's template cannot render tools: the generic format must be chosen. */
+    MISUSE(MAZE_STATUS_UNSUPPORTED, "generic tool format", "tools, template without tools", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    p.tool_format = MAZE_TOOL_FORMAT_GENERIC;
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "need a chat prompt", "tools on a text prompt", maze_session_generate(s, "hi", 2, &p, NULL, NULL, &out, ERR));
+    p.tool_format = 99;
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "params.tool_format 99", "tool_format out of range", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    p.tool_format = MAZE_TOOL_FORMAT_GENERIC;
+    p.tool_choice = 77;
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "params.tool_choice 77", "tool_choice out of range", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    p.tool_choice = MAZE_TOOL_CHOICE_NAMED;
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "needs the tool's name", "named choice, no name", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    p.tool_choice_name = maze_str("search");
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "names 'search', which is not among the declared tools (add, now)", "named undeclared", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    p.tool_choice = MAZE_TOOL_CHOICE_REQUIRED;
+    tools[1].name = maze_str("add");
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "already declared by tools[0]", "duplicate tool", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    tools[1].name = maze_str("has space");
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "^[A-Za-z0-9_-]{1,64}$", "bad tool name", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    tools[1].name = maze_str("now");
+    tools[1].parameters_json = maze_str("{not json");
+    MISUSE(MAZE_STATUS_INVALID_CONSTRAINT, "params.tools[1].parameters_json is not JSON", "bad schema JSON", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    tools[1].parameters_json = maze_str("{\"type\":\"object\",\"not\":{}}");
+    MISUSE(MAZE_STATUS_INVALID_CONSTRAINT, "tool 'now' parameters", "schema Maze cannot enforce", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    tools[1].parameters_json = maze_str("");
+    tools[1].name = maze_str(NULL);
+    tools[1].name.data = NULL;
+    tools[1].name.len = 3;
+    MISUSE(MAZE_STATUS_NULL_ARGUMENT, "params.tools[1].name", "NULL tool name", maze_session_chat(s, ask, 1, &p, NULL, NULL, &out, ERR));
+    tools[1].name = maze_str("now");
+    /* History: a tool message must answer an earlier call; struct_size must be this ABI's. */
+    maze_tool_call made = {maze_str("call_1"), maze_str("add"), maze_str("{\"a\": 2, \"b\": 3}")};
+    maze_chat_message history[3] = {maze_msg("user", "What is 2 plus 3?"), maze_msg("assistant", ""), maze_msg("tool", "5")};
+    history[1].tool_calls = &made;
+    history[1].n_tool_calls = 1;
+    history[2].tool_call_id = maze_str("call_9");
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "tool_call_id 'call_9' matches no earlier tool call (calls: call_1)", "unanswered id", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    history[2].tool_call_id = maze_str("call_1");
+    made.arguments = maze_str("[1]");
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "arguments must be a JSON object", "call arguments not an object", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    made.arguments = maze_str("{\"a\": 2, \"b\": 3}");
+    history[1].n_tool_calls = 2;
+    history[1].tool_calls = NULL;
+    MISUSE(MAZE_STATUS_NULL_ARGUMENT, "messages[1].tool_calls", "NULL calls, count 2", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    history[1].tool_calls = &made;
+    history[1].n_tool_calls = 1;
+    history[0].struct_size = 7;
+    MISUSE(MAZE_STATUS_ABI_MISMATCH, "struct_size 7", "message struct_size too small", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    history[0].struct_size = 4096;
+    MISUSE(MAZE_STATUS_ABI_MISMATCH, "newer maze.h", "message struct_size too large", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    history[0].struct_size = 0; /* 0 reads as this header's size */
+    history[2].struct_size = 9;
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "messages[2].struct_size is 9", "mixed struct sizes", maze_session_chat(s, history, 3, &p, NULL, NULL, &out, ERR));
+    history[2].struct_size = (uint32_t)sizeof(maze_chat_message);
+    /* The valid request is tested on a real model (tests/c/test_api.c: a generic-format call). */
+    maze_session_free(s);
 }
 
 /* ================================================================ many threads */
@@ -1268,6 +1353,10 @@ static const struct {
     COVER(maze_cancel_token_cancel, m_cancel_token),
     COVER(maze_cancel_token_is_cancelled, m_cancel_token),
     COVER(maze_cancel_token_free, m_cancel_token),
+    COVER(maze_msg, m_tools),
+    COVER(maze_result_tool_call_count, m_tools),
+    COVER(maze_result_tool_call, m_tools),
+    COVER(maze_result_tool_call_satisfied, m_tools),
 };
 
 int main(int argc, char **argv) {

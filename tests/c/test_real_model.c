@@ -328,7 +328,7 @@ static maze_result *ask(const maze_engine *engine, const char *question, maze_co
     maze_error *err = NULL;
     maze_status st = maze_session_new(engine, &session, &err);
     CHECK(st == MAZE_STATUS_OK, "session: %s", maze_error_message(err));
-    maze_chat_message turn[] = {{maze_str("user"), maze_str(question)}};
+    maze_chat_message turn[] = {maze_msg("user", question)};
     maze_generate_params gen = maze_generate_params_default();
     gen.max_tokens = max_tokens;
     gen.temperature = 0;

@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
 use crate::model::ModelInfo;
 use crate::result::GenerationResult;
+use crate::tools::StreamEvent;
 
 impl EngineBackend for RemoteEngine {
     fn info(&self) -> &ModelInfo {
@@ -85,13 +86,21 @@ impl RemoteEngine {
 }
 
 impl SessionBackend for RemoteSession {
-    fn generate_streaming(
+    fn generate_events(
         &self,
         prompt: &Prompt,
         opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
-        RemoteSession::generate_streaming(self, prompt, opts, on_text)
+        if opts.tools.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "tools are not forwarded to a remote server yet; use a local model",
+            ));
+        }
+        RemoteSession::generate_streaming(self, prompt, opts, |text| {
+            on_event(&StreamEvent::Text(text.to_string()))
+        })
     }
 
     fn cancel(&self) {

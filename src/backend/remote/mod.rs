@@ -515,6 +515,8 @@ impl Run {
     ) -> GenerationResult {
         let seed = opts.sampling.seed.unwrap_or_default();
         GenerationResult {
+            tool_calls: Vec::new(),
+            tool_call_checks: Vec::new(),
             text: self.text.clone(),
             tokens: Vec::new(),
             logprobs: None,
