@@ -1,6 +1,6 @@
 //! The models one server serves: each configured by name and file, the first the default, loaded
 //! on first use and unloaded least-recently-used first when more than `max_loaded` are loaded —
-//! never while a request holds it.
+//! never while a request holds it, and never the one asked for last.
 //!
 //! A request takes a [`Lease`] on its model for as long as it uses it (its generation included).
 //! Loading runs on a blocking thread, under a per-model gate, so concurrent first requests for
@@ -266,19 +266,28 @@ impl Models {
         self.entries.iter().filter(|e| e.state().engine.is_some()).count()
     }
 
-    /// Unloads idle models, least recently used first, while more than `max_loaded` are loaded.
-    /// Blocks (dropping an engine joins its threads): call it on a blocking thread.
+    /// Unloads idle models, least recently used first, while more than `max_loaded` are loaded;
+    /// the most recently used one stays, even when it is idle and the others are busy (else a
+    /// model asked for while another streams would be unloaded after each request). So at most
+    /// `max_loaded`, or the models in use and one more. Blocks (dropping an engine joins its
+    /// threads): call it on a blocking thread.
     fn unload_over_limit(&self) {
         loop {
             if self.loaded() <= self.max_loaded {
                 return;
             }
+            let used = |e: &Arc<Entry>| {
+                let state = e.state();
+                state.engine.is_some().then_some(state.last_used)
+            };
+            let newest = self.entries.iter().filter_map(used).max().unwrap_or(0);
             // An engine no lease holds (the registry's the only reference): no request can take
             // one while its entry is locked, so taking it out here leaves no request without it.
             let mut idle: Option<(u64, &Entry)> = None;
             for entry in &self.entries {
                 let state = entry.state();
                 let is_idle = entry.config.is_some()
+                    && state.last_used != newest
                     && state.engine.as_ref().is_some_and(|engine| Arc::strong_count(engine) == 1);
                 if is_idle && idle.is_none_or(|(used, _)| state.last_used < used) {
                     idle = Some((state.last_used, entry));
@@ -424,6 +433,16 @@ pub(crate) mod tests {
         drop(a);
         assert_eq!(loaded(&models), vec!["b", "c"]);
         drop((b, c));
+
+        // One may stay loaded. While `a` streams, `b` is asked for: both stay (`b`, the last one
+        // asked for, is not unloaded after each request), and `a` goes when it is given back.
+        let models1 = Arc::new(Models::new(files.specs(&["a", "b"]), 1).unwrap());
+        let a1 = rt.block_on(models1.lease(None)).unwrap();
+        drop(rt.block_on(models1.lease(Some("b"))).unwrap());
+        assert_eq!(loaded(&models1), vec!["a", "b"]);
+        drop(a1);
+        assert_eq!(loaded(&models1), vec!["b"]);
+
         let counts: Vec<u64> = models.load_counts().iter().map(|(_, _, n)| *n).collect();
         assert_eq!(counts, vec![1, 2, 1]);
         // An unknown name is a 404 naming what is served.
