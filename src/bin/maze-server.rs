@@ -25,8 +25,8 @@ struct Args {
     /// is the default. The first is loaded at start-up, the others on first use.
     #[arg(long, env = "MAZE_MODEL", value_name = "[NAME=]MODEL.gguf", required = true)]
     model: Vec<String>,
-    /// Models kept loaded at once (at least 1): loading one more unloads the least recently
-    /// used model that no request is using.
+    /// Models kept loaded at once (at least 1): when one more loads, the least recently used
+    /// model that no request is using is unloaded (models in use stay, and go when done).
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_LOADED)]
     max_loaded_models: usize,
     /// Let browser pages from ORIGIN (e.g. http://localhost:3000) call the server: preflight
