@@ -86,6 +86,10 @@ struct EntryState {
     engine: Option<Arc<Engine>>,
     info: Option<ModelInfo>,
     last_used: u64,
+    /// Loads tried, and why the last one failed (if it did): requests that waited for a load
+    /// that failed get its error rather than trying again one after the other.
+    attempts: u64,
+    failure: Option<crate::error::Error>,
 }
 
 impl Entry {
@@ -132,7 +136,11 @@ impl Models {
             name: info.name.clone(),
             config: None,
             gate: Arc::default(),
-            state: Mutex::new(EntryState { engine: Some(Arc::new(engine)), info: Some(info), last_used: 0 }),
+            state: Mutex::new(EntryState {
+                engine: Some(Arc::new(engine)),
+                info: Some(info),
+                ..EntryState::default()
+            }),
             loads: AtomicU64::new(1),
         };
         Self { entries: vec![Arc::new(entry)], max_loaded: 1, clock: AtomicU64::new(1) }
@@ -195,9 +203,16 @@ impl Models {
         if let Some(lease) = self.current(&entry) {
             return Ok(lease);
         }
+        let seen = entry.state().attempts;
         let gate = entry.gate.clone().lock_owned().await;
         if let Some(lease) = self.current(&entry) {
             return Ok(lease);
+        }
+        {
+            let state = entry.state();
+            if let Some(failure) = state.failure.as_ref().filter(|_| state.attempts != seen) {
+                return Err(self.load_failed(&entry, failure));
+            }
         }
         let Some(config) = entry.config.clone() else {
             return Err(ApiError::new(
@@ -211,8 +226,11 @@ impl Models {
         let loading = entry.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let result = Engine::load(&config, None).map(|engine| models.install(&loading, engine));
-            drop(gate);
-            result.map_err(|e| (config.model_path, e))
+            let mut state = loading.state();
+            state.attempts += 1;
+            state.failure = result.as_ref().err().cloned();
+            drop((state, gate));
+            result
         })
         .await
         .map_err(|e| {
@@ -222,19 +240,20 @@ impl Models {
                 format!("loading model '{}' failed: {e}", entry.name),
             )
         })?;
-        match loaded {
-            Ok(lease) => Ok(lease),
-            Err((path, e)) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.kind(),
-                format!(
-                    "model '{}' could not be loaded from '{}': {} (the next request tries again)",
-                    entry.name,
-                    path.display(),
-                    e.message()
-                ),
-            )),
-        }
+        loaded.map_err(|e| self.load_failed(&entry, &e))
+    }
+
+    fn load_failed(&self, entry: &Entry, e: &crate::error::Error) -> ApiError {
+        let path = entry.config.as_ref().map(|c| c.model_path.display().to_string()).unwrap_or_default();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.kind(),
+            format!(
+                "model '{}' could not be loaded from '{path}': {} (the next request tries again)",
+                entry.name,
+                e.message()
+            ),
+        )
     }
 
     /// A lease on `entry`'s engine if it is loaded.
@@ -477,9 +496,29 @@ pub(crate) mod tests {
         assert_eq!(leases, vec!["a"; 8]);
         assert_eq!(models.load_counts()[0].2, 1);
 
-        let e = rt.block_on(models.lease(Some("late"))).err().unwrap();
-        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(e.message().contains(&missing.display().to_string()), "{}", e.message());
+        // Requests waiting for a load that fails share its error (one attempt, not one each).
+        let errors = rt.block_on(async {
+            // Held while they queue, so that all four wait for the one load.
+            let held = models.entries[1].gate.clone().lock_owned().await;
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let models = models.clone();
+                    tokio::spawn(async move { models.lease(Some("late")).await.err().unwrap() })
+                })
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(held);
+            let mut errors = Vec::new();
+            for task in tasks {
+                errors.push(task.await.unwrap());
+            }
+            errors
+        });
+        for e in &errors {
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(e.message().contains(&missing.display().to_string()), "{}", e.message());
+        }
+        assert_eq!(models.entries[1].state().attempts, 1, "one load for 4 requests at once");
         TinyModel::default().write(&missing).unwrap();
         let late = rt.block_on(models.lease(Some("late")));
         let _ = std::fs::remove_file(&missing);
