@@ -11,17 +11,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use maze::server::{self, ServerConfig};
-use maze::{Engine, EngineConfig};
+use maze::server::{self, ModelSpec, Models, ServerConfig};
+use maze::EngineConfig;
 
-/// Serves a local GGUF model over HTTP: the Maze protocol (/maze/v1/*), the OpenAI-compatible
-/// API (/v1/chat/completions, /v1/completions, /v1/models), /health and /metrics.
+/// Serves local GGUF models over HTTP: the Maze protocol (/maze/v1/*), the OpenAI-compatible
+/// API (/v1/chat/completions, /v1/completions, /v1/models), llama-server's /tokenize and
+/// /detokenize, /health and /metrics.
 #[derive(Parser)]
 #[command(name = "maze-server", version)]
 struct Args {
-    /// The GGUF model file to serve.
-    #[arg(long, env = "MAZE_MODEL", value_name = "MODEL.gguf")]
-    model: PathBuf,
+    /// A GGUF model to serve, as NAME=PATH or PATH (named by the file's general.name, else its
+    /// stem). Repeat it to serve several: a request's `model` field picks one by name, the first
+    /// is the default. The first is loaded at start-up, the others on first use.
+    #[arg(long, env = "MAZE_MODEL", value_name = "[NAME=]MODEL.gguf", required = true)]
+    model: Vec<String>,
+    /// Models kept loaded at once (at least 1): when one more loads, the least recently used
+    /// model that no request is using is unloaded (models in use stay, and go when done).
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_LOADED)]
+    max_loaded_models: usize,
+    /// Let browser pages from ORIGIN (e.g. http://localhost:3000) call the server: preflight
+    /// requests are answered and responses carry Access-Control-Allow-Origin. Repeatable; `*`
+    /// allows any origin. Without it, no CORS headers.
+    #[arg(long, value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
     /// Address to listen on; port 0 takes a free port (the first line on stdout names it).
     #[arg(long, env = "MAZE_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -76,37 +88,42 @@ fn run(args: Args) -> Result<(), String> {
         ),
         None => None,
     };
+    if chat_template.is_some() && args.model.len() > 1 {
+        return Err("--chat-template-file is for one model; it cannot be given with several --model".into());
+    }
     let engine_config = EngineConfig {
-        model_path: args.model,
         threads: args.threads,
         context_length: args.context,
         chat_template,
         prepare_constraints: !args.lazy_constraints,
         ..EngineConfig::default()
     };
+    let specs =
+        args.model.iter().map(|arg| ModelSpec::parse(arg, &engine_config)).collect::<Result<_, _>>()?;
+    let models = std::sync::Arc::new(Models::new(specs, args.max_loaded_models)?);
     let config = ServerConfig {
         api_key: args.api_key,
         max_body_bytes: args.max_body_bytes,
         max_concurrent: args.max_concurrent.max(1),
         read_timeout: std::time::Duration::from_secs(args.read_timeout_secs),
+        cors_origins: args.cors_origin,
     };
-    let engine = Engine::load(&engine_config, None)
-        .map_err(|e| format!("loading {}: {e}", engine_config.model_path.display()))?;
+    models.load_default().map_err(|e| format!("loading {}: {e}", args.model[0]))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    // `engine` stays owned here, outside the runtime: the engine's own runtime must not be
-    // dropped from inside an async context.
-    let served = engine.clone();
+    // `models` (and the engines it holds) stays owned here, outside the runtime: an engine's own
+    // runtime must not be dropped from inside an async context.
+    let served = models.clone();
     let addr = args.addr;
     let stop_on_stdin_eof = args.stop_on_stdin_eof;
     runtime.block_on(async move {
         let listener = server::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("maze-server listening on http://{local} (model {})", served.info().name);
+        println!("maze-server listening on http://{local} (model {})", served.default_name());
         let _ = std::io::stdout().flush();
         server::serve(served, config, listener, shutdown_signal(stop_on_stdin_eof))
             .await
@@ -114,7 +131,7 @@ fn run(args: Args) -> Result<(), String> {
     })?;
     // A thread blocked reading stdin must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    drop(engine);
+    drop(models);
     Ok(())
 }
 

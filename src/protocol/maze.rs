@@ -26,6 +26,9 @@ pub const MODELS_PATH: &str = "/maze/v1/models";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
+    /// Which of the server's models (see `/maze/v1/models`); absent: its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "messages_exactly")]
@@ -420,9 +423,17 @@ pub struct Models {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelEntry {
     pub name: String,
+    /// The facts below are known once the model has been loaded (empty or 0 before).
     pub architecture: String,
     pub context_length: usize,
     pub vocab_size: usize,
+    /// Whether the model is loaded now (a server loads its models on first use).
+    #[serde(default = "loaded_by_default")]
+    pub loaded: bool,
+}
+
+fn loaded_by_default() -> bool {
+    true
 }
 
 #[cfg(test)]

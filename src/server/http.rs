@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use super::models::Lease;
 use super::AppState;
 use crate::engine::{CancelToken, GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind};
@@ -22,15 +23,32 @@ use crate::protocol::maze::{ErrorBody, GenerateRequest, GenerateResponse, TextEv
 use crate::result::GenerationResult;
 
 /// An error response: `{"error": {"message", "status", "type"}}` with an HTTP status.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     http: StatusCode,
     error: Error,
     retry_after: Option<u32>,
+    /// OpenAI's `code` and `param` (e.g. "model_not_found", "model"), when it has one.
+    code: Option<(&'static str, &'static str)>,
 }
 
 impl ApiError {
     pub(crate) fn new(http: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { http, error: Error::new(kind, message), retry_after: None }
+        Self { http, error: Error::new(kind, message), retry_after: None, code: None }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.http
+    }
+
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        self.error.message()
+    }
+
+    pub(crate) fn with_code(self, code: &'static str, param: &'static str) -> Self {
+        Self { code: Some((code, param)), ..self }
     }
 }
 
@@ -47,7 +65,7 @@ impl From<Error> for ApiError {
             ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self { http, error, retry_after: None }
+        Self { http, error, retry_after: None, code: None }
     }
 }
 
@@ -61,7 +79,15 @@ impl IntoResponse for ApiError {
             _ => "server_error",
         };
         let body = ErrorBody { error: WireError { kind: kind.into(), ..WireError::from(&self.error) } };
-        let mut response = (self.http, axum::Json(body)).into_response();
+        let mut response = match self.code {
+            None => (self.http, axum::Json(body)).into_response(),
+            Some((code, param)) => {
+                let mut body = serde_json::to_value(body).unwrap_or_default();
+                body["error"]["code"] = code.into();
+                body["error"]["param"] = param.into();
+                (self.http, axum::Json(body)).into_response()
+            }
+        };
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -108,6 +134,47 @@ pub(crate) async fn authorize_and_count(
         _ => next.run(req).await,
     };
     state.metrics.count_response(&route, response.status().as_u16());
+    response
+}
+
+/// `--cors-origin`: answers a browser's preflight from an allowed origin (before the API key is
+/// asked for: browsers send none with a preflight) and lets that origin read the responses.
+/// Requests from other origins, and every request without the flag, get no CORS headers.
+pub(crate) async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let origins = &state.config.cors_origins;
+    if origins.is_empty() {
+        return next.run(req).await;
+    }
+    let any = origins.iter().any(|o| o == "*");
+    let allowed = req.headers().get(header::ORIGIN).filter(|given| {
+        any || origins.iter().any(|o| o.trim_end_matches('/').as_bytes() == given.as_bytes())
+    });
+    let allowed = allowed.map(|given| if any { HeaderValue::from_static("*") } else { given.clone() });
+    let preflight =
+        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = match &allowed {
+        Some(_) if preflight => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let headers = response.headers_mut();
+            headers
+                .insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Authorization, Content-Type, X-API-Key"),
+            );
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            response
+        }
+        _ => next.run(req).await,
+    };
+    let headers = response.headers_mut();
+    if let Some(origin) = allowed {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    if !any {
+        // The answer depends on the origin: caches must not hand one origin's to another.
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
     response
 }
 
@@ -259,15 +326,16 @@ impl Drop for CancelOnDrop {
 /// generation has actually stopped.
 pub(crate) async fn generate(
     state: &Arc<AppState>,
+    engine: Lease,
     prompt: Prompt,
     mut opts: GenerateOptions,
 ) -> Result<GenerationResult, ApiError> {
     let slot = take_slot(state)?;
-    let session = state.engine.new_session();
+    let session = engine.new_session();
     let mut cancel = CancelOnDrop::new(&mut opts);
     let result = tokio::task::spawn_blocking(move || {
         let result = session.generate(&prompt, &opts);
-        drop(slot);
+        drop((session, engine, slot));
         result
     })
     .await
@@ -294,11 +362,12 @@ pub(crate) enum Piece {
 /// (client gone) cancels the generation at once, and its slot is free when it has stopped.
 pub(crate) async fn generate_stream(
     state: &Arc<AppState>,
+    engine: Lease,
     prompt: Prompt,
     mut opts: GenerateOptions,
 ) -> Result<impl Stream<Item = Piece> + Send + 'static, ApiError> {
     let slot = take_slot(state)?;
-    let session = state.engine.new_session();
+    let session = engine.new_session();
     let cancel = CancelOnDrop::new(&mut opts);
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
@@ -308,7 +377,7 @@ pub(crate) async fn generate_stream(
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
-        drop(slot);
+        drop((session, engine, slot));
         let _ = tx.send(Piece::Done(result.map(Box::new)));
     });
     let mut rx = UnboundedReceiverStream::new(rx);
@@ -339,12 +408,14 @@ pub(crate) async fn maze_generate(
 ) -> Result<Response, ApiError> {
     let request: GenerateRequest = parse_body(&state, req).await?;
     let stream = request.stream;
+    let model = request.model.clone();
     let (prompt, opts) = request.into_call()?;
+    let engine = state.models.lease(model.as_deref()).await?;
     if !stream {
-        let result = generate(&state, prompt, opts).await?;
+        let result = generate(&state, engine, prompt, opts).await?;
         return Ok(axum::Json(GenerateResponse::from_result(&result)).into_response());
     }
-    let pieces = generate_stream(&state, prompt, opts).await?;
+    let pieces = generate_stream(&state, engine, prompt, opts).await?;
     Ok(sse(pieces.map(|piece| match piece {
         Piece::Text(text) => json_event(&TextEvent { text }),
         Piece::Done(Ok(result)) => json_event(&GenerateResponse::from_result(&result)).event("result"),

@@ -89,3 +89,22 @@ impl Metrics {
         out
     }
 }
+
+/// Per model: whether it is loaded, and how often it has been.
+pub(crate) fn render_models(out: &mut String, models: &[(String, bool, u64)]) {
+    out.push_str("# HELP maze_model_loaded Whether the model is loaded (1) or not (0).\n# TYPE maze_model_loaded gauge\n");
+    for (name, loaded, _) in models {
+        out.push_str(&format!("maze_model_loaded{{model=\"{}\"}} {}\n", label(name), u8::from(*loaded)));
+    }
+    out.push_str(
+        "# HELP maze_model_loads_total Times the model was loaded.\n# TYPE maze_model_loads_total counter\n",
+    );
+    for (name, _, loads) in models {
+        out.push_str(&format!("maze_model_loads_total{{model=\"{}\"}} {loads}\n", label(name)));
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

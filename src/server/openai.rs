@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
@@ -17,18 +16,20 @@ use serde_json::{json, Value};
 use super::http::{generate, generate_stream, json_event, parse_body, sse, ApiError, Piece};
 use super::AppState;
 use crate::engine::{GenerateOptions, Prompt};
-use crate::error::ErrorKind;
 use crate::protocol::maze::{ErrorBody, WireError};
 use crate::protocol::openai::{finish_reason, ChatRequest, CommonFields, CompletionRequest};
 use crate::result::GenerationResult;
 use crate::sampling::SamplingParams;
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: every configured model, the default first, with whether it is loaded.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": state.engine.info().name, "object": "model", "created": 0, "owned_by": "maze"}],
-    }))
+    let data: Vec<Value> = state
+        .models
+        .list()
+        .into_iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "maze", "loaded": m.loaded}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
 }
 
 /// `POST /v1/chat/completions`.
@@ -55,16 +56,8 @@ enum Kind {
 }
 
 /// The options an OpenAI request stands for.
-fn options(state: &AppState, f: &CommonFields, kind: Kind) -> Result<GenerateOptions, ApiError> {
+fn options(f: &CommonFields, kind: Kind) -> Result<GenerateOptions, ApiError> {
     f.check_supported()?;
-    let served = &state.engine.info().name;
-    if let Some(model) = f.model.as_deref().filter(|m| !m.is_empty() && *m != served.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorKind::InvalidArgument,
-            format!("model '{model}' is not served here; this server serves '{served}'"),
-        ));
-    }
     let default_max = if kind == Kind::Completion { 16 } else { 0 };
     let sampling = SamplingParams {
         temperature: f.temperature.unwrap_or(1.0),
@@ -120,12 +113,14 @@ async fn respond(
     prompt: Prompt,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    let opts = options(state, fields, kind)?;
+    let opts = options(fields, kind)?;
+    // The model the request names (or the default), loaded if it is not.
+    let engine = state.models.lease(fields.model.as_deref()).await?;
     let id = response_id(kind);
     let created = unix_seconds();
-    let model = state.engine.info().name.clone();
+    let model = engine.name().to_string();
     if !fields.stream {
-        let r = generate(state, prompt, opts).await?;
+        let r = generate(state, engine, prompt, opts).await?;
         if let Some(e) = &r.error {
             // Failed midway: OpenAI clients know no partial results.
             return Err(ApiError::from(e.clone()));
@@ -147,7 +142,7 @@ async fn respond(
     }
 
     let include_usage = fields.include_usage();
-    let pieces = generate_stream(state, prompt, opts).await?;
+    let pieces = generate_stream(state, engine, prompt, opts).await?;
     let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
     let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
         let choices = if choice.is_null() { json!([]) } else { json!([choice]) };

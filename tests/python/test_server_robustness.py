@@ -11,11 +11,12 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
+
+import maze_server
 
 SLOTS = 2
 BODY_LIMIT = 64 << 10
@@ -26,28 +27,14 @@ CHAT, COMPLETIONS, MAZE = "/v1/chat/completions", "/v1/completions", "/maze/v1/g
 
 @pytest.fixture(scope="module")
 def server():
-    proc = subprocess.Popen(
-        [
-            os.environ["MAZE_SERVER_BIN"],
-            "--model", os.environ["MAZE_MODEL"],
-            "--addr", "127.0.0.1:0",
-            "--max-concurrent", str(SLOTS),
-            "--max-body-bytes", str(BODY_LIMIT),
-            "--read-timeout-secs", str(READ_TIMEOUT_S),
-            "--threads", "2",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        addr = next(word for word in line.split() if word.startswith("http://"))
-        host, port = addr.removeprefix("http://").rsplit(":", 1)
-        yield host, int(port)
-        assert proc.poll() is None, "the server died during the tests"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with maze_server.running(
+        "--model", os.environ["MAZE_MODEL"],
+        "--max-concurrent", str(SLOTS),
+        "--max-body-bytes", str(BODY_LIMIT),
+        "--read-timeout-secs", str(READ_TIMEOUT_S),
+        "--threads", "2",
+    ) as addr:
+        yield addr
 
 
 def request(server, method, path, body=None, headers=None, timeout=60):

@@ -19,12 +19,16 @@ impl Inner {
     }
 }
 
-/// The route and body of a generate request: the Maze protocol carries every option.
-pub(super) fn request_body(prompt: &Prompt, opts: &GenerateOptions) -> (&'static str, Value) {
-    (
-        proto::GENERATE_PATH,
-        serde_json::to_value(GenerateRequest::new(prompt, opts, true)).expect("serializable"),
-    )
+/// The route and body of a generate request: the Maze protocol carries every option, and the
+/// model when the caller named one (a maze-server may serve several).
+pub(super) fn request_body(
+    prompt: &Prompt,
+    opts: &GenerateOptions,
+    model: Option<&str>,
+) -> (&'static str, Value) {
+    let request =
+        GenerateRequest { model: model.map(str::to_string), ..GenerateRequest::new(prompt, opts, true) };
+    (proto::GENERATE_PATH, serde_json::to_value(request).expect("serializable"))
 }
 
 impl Run {

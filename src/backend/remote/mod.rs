@@ -401,7 +401,7 @@ impl Inner {
     /// The route and body of a request; refuses what the protocol cannot carry.
     fn request_body(&self, prompt: &Prompt, opts: &GenerateOptions) -> Result<(&'static str, Value)> {
         match self.config.protocol {
-            Protocol::Maze => Ok(maze::request_body(prompt, opts)),
+            Protocol::Maze => Ok(maze::request_body(prompt, opts, self.config.model.as_deref())),
             Protocol::OpenAi => self.openai_request_body(prompt, opts),
         }
     }
