@@ -34,6 +34,11 @@ struct Args {
     /// allows any origin. Without it, no CORS headers.
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Vec<String>,
+    /// How tool calls are written: `template` (the chat template's own syntax; requests with
+    /// tools are refused when it has none), or hermes, llama3, mistral, or generic (the tools
+    /// described in a system message, for templates without tool support).
+    #[arg(long, value_name = "FORMAT", default_value = "template", value_parser = parse_tool_format)]
+    tool_format: ToolFormatArg,
     /// Address to listen on; port 0 takes a free port (the first line on stdout names it).
     #[arg(long, env = "MAZE_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -68,6 +73,19 @@ struct Args {
     /// Stop when standard input closes (for a supervising process).
     #[arg(long)]
     stop_on_stdin_eof: bool,
+}
+
+/// `--tool-format`: `None` for the template's own.
+#[derive(Clone)]
+struct ToolFormatArg(Option<maze::ToolFormat>);
+
+fn parse_tool_format(name: &str) -> Result<ToolFormatArg, String> {
+    match name {
+        "template" => Ok(ToolFormatArg(None)),
+        other => maze::ToolFormat::parse(other)
+            .map(|f| ToolFormatArg(Some(f)))
+            .map_err(|e| e.message().to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -107,6 +125,7 @@ fn run(args: Args) -> Result<(), String> {
         max_concurrent: args.max_concurrent.max(1),
         read_timeout: std::time::Duration::from_secs(args.read_timeout_secs),
         cors_origins: args.cors_origin,
+        tool_format: args.tool_format.0,
     };
     models.load_default().map_err(|e| format!("loading {}: {e}", args.model[0]))?;
 

@@ -509,6 +509,10 @@ fn check_call(index: usize, c: &ParsedCall, enforced: bool, finish: FinishReason
 /// report comes last.
 fn tool_outcome(mut outcome: Outcome, plan: &ToolPlan, delivered: &Delivered) -> Outcome {
     if !plan.calls_allowed {
+        // tool_choice none: the caller's reports as they are, the text-only grammar's last.
+        if !outcome.validation.is_empty() {
+            outcome.validation.rotate_left(1);
+        }
         return outcome;
     }
     let mut reports = std::mem::take(&mut outcome.validation).into_iter();

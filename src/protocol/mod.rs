@@ -2,3 +2,4 @@
 
 pub mod maze;
 pub mod openai;
+pub mod openai_tools;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::constraint::{Constraint, ConstraintKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::chat::ChatMessage;
+use crate::protocol::openai_tools::{FunctionTool, WireToolCall};
 use crate::result::FinishReason;
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -77,12 +78,35 @@ impl Content {
     }
 }
 
-/// A chat message: its other fields (`name`, `tool_calls`, ...) are refused, not dropped.
+/// A chat message: its other fields (`name`, ...) are refused, not dropped. `content` may be
+/// null in an assistant message that called tools.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: String,
-    pub content: Content,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_is_empty")]
+    pub tool_calls: Vec<WireToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<WireToolCall>, D::Error> {
+    Ok(Option::<Vec<WireToolCall>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Message {
+    /// A chat message as a server reads it (content null for a reply of calls only).
+    pub fn from_chat(m: &ChatMessage) -> Self {
+        let calls_only = m.content.is_empty() && !m.tool_calls.is_empty();
+        Self {
+            role: m.role.clone(),
+            content: (!calls_only).then(|| Content::Text(m.content.clone())),
+            tool_calls: m.tool_calls.iter().map(WireToolCall::from).collect(),
+            tool_call_id: m.tool_call_id.clone(),
+        }
+    }
 }
 
 /// A string or a list of strings (`stop`, completion `prompt`).
@@ -178,6 +202,14 @@ pub struct CommonFields {
     pub response_format: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured_outputs: Option<StructuredOutputs>,
+    /// Functions the model may call (chat only; see [`crate::protocol::openai_tools`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<FunctionTool>>,
+    /// "auto", "none", "required" or `{"type": "function", "function": {"name": ...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     /// The request's other fields, by name: see `check_supported`.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -213,14 +245,11 @@ pub const UNIMPLEMENTED_FIELDS: &[UnimplementedField] = &[
     ),
     UnimplementedField::new("top_logprobs", &["0"], "no log-probabilities over the OpenAI-compatible API"),
     UnimplementedField::new("logit_bias", &["{}"], "use the Maze protocol's token_mask constraint"),
-    UnimplementedField::new("tools", &["[]"], "no tool calls; use a json_schema response_format"),
-    UnimplementedField::new("tool_choice", &["\"none\""], "no tool calls; use a json_schema response_format"),
-    UnimplementedField::new("parallel_tool_calls", &["true", "false"], "no tool calls"),
-    UnimplementedField::new("functions", &["[]"], "no function calls; use a json_schema response_format"),
+    UnimplementedField::new("functions", &["[]"], "the deprecated functions field; use tools"),
     UnimplementedField::new(
         "function_call",
         &["\"none\""],
-        "no function calls; use a json_schema response_format",
+        "the deprecated function_call field; use tool_choice",
     ),
     UnimplementedField::new("echo", &["false"], "the prompt is not echoed"),
     UnimplementedField::new("suffix", &["\"\""], "no insertion after a suffix"),
@@ -339,7 +368,20 @@ impl<'de> DeserializeSeed<'de> for CommonField<'_> {
 
 impl ChatRequest {
     pub fn chat_messages(&self) -> Result<Vec<ChatMessage>> {
-        self.messages.iter().map(|m| Ok(ChatMessage::new(m.role.clone(), m.content.text()?))).collect()
+        self.messages
+            .iter()
+            .map(|m| {
+                let content = match &m.content {
+                    Some(content) => content.text()?,
+                    None => String::new(),
+                };
+                Ok(ChatMessage {
+                    tool_calls: m.tool_calls.iter().cloned().map(Into::into).collect(),
+                    tool_call_id: m.tool_call_id.clone(),
+                    ..ChatMessage::new(m.role.clone(), content)
+                })
+            })
+            .collect()
     }
 }
 
@@ -548,6 +590,7 @@ fn only_keys(path: &str, value: &Value, keys: &[&str]) -> Result<()> {
 pub fn finish_reason(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop | FinishReason::StopSequence => "stop",
+        FinishReason::ToolCalls => "tool_calls",
         _ => "length",
     }
 }
@@ -560,6 +603,7 @@ pub fn parse_finish_reason(openai: Option<&str>, maze: Option<&str>) -> FinishRe
         Some("cancelled") => FinishReason::Cancelled,
         Some("timeout") => FinishReason::Timeout,
         Some("error") => FinishReason::Error,
+        Some("tool_calls") => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
     }
 }
@@ -676,8 +720,6 @@ mod tests {
             (json!({"logprobs": 3}), "`logprobs`: 3 is not supported"),
             (json!({"top_logprobs": 5}), "`top_logprobs`: 5"),
             (json!({"logit_bias": {"13": -100}}), "`logit_bias`"),
-            (json!({"tools": [{"type": "function"}]}), "`tools`"),
-            (json!({"tool_choice": "auto"}), "`tool_choice`: \"auto\""),
             (json!({"function_call": "auto"}), "`function_call`"),
             (json!({"echo": true}), "`echo`"),
             (json!({"modalities": ["text", "audio"]}), "`modalities`"),
@@ -752,6 +794,9 @@ mod tests {
         // messages and prompt are ChatRequest's and CompletionRequest's own.
         let implemented = [
             "model",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
             "frequency_penalty",
             "max_completion_tokens",
             "max_tokens",

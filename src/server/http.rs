@@ -19,8 +19,11 @@ use super::models::Lease;
 use super::AppState;
 use crate::engine::{CancelToken, GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::maze::{ErrorBody, GenerateRequest, GenerateResponse, TextEvent, WireError};
+use crate::protocol::maze::{
+    ErrorBody, GenerateRequest, GenerateResponse, StreamPiece, TextEvent, WireError,
+};
 use crate::result::GenerationResult;
+use crate::tools::StreamEvent;
 
 /// An error response: `{"error": {"message", "status", "type"}}` with an HTTP status.
 #[derive(Debug)]
@@ -354,6 +357,8 @@ pub(crate) async fn generate(
 /// What a streamed generation sends: pieces, then the end.
 pub(crate) enum Piece {
     Text(String),
+    /// A piece of a tool call.
+    Call(StreamEvent),
     Done(Result<Box<GenerationResult>, Error>),
 }
 
@@ -372,8 +377,13 @@ pub(crate) async fn generate_stream(
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics_state = state.clone();
     tokio::task::spawn_blocking(move || {
-        let result =
-            session.generate_streaming(&prompt, &opts, |text| tx.send(Piece::Text(text.to_string())).is_ok());
+        let result = session.generate_events(&prompt, &opts, |event| {
+            let piece = match event {
+                StreamEvent::Text(text) => Piece::Text(text.clone()),
+                call => Piece::Call(call.clone()),
+            };
+            tx.send(piece).is_ok()
+        });
         if let Ok(r) = &result {
             metrics_state.metrics.count_tokens(r);
         }
@@ -418,6 +428,7 @@ pub(crate) async fn maze_generate(
     let pieces = generate_stream(&state, engine, prompt, opts).await?;
     Ok(sse(pieces.map(|piece| match piece {
         Piece::Text(text) => json_event(&TextEvent { text }),
+        Piece::Call(call) => json_event(&StreamPiece::from(&call)),
         Piece::Done(Ok(result)) => json_event(&GenerateResponse::from_result(&result)).event("result"),
         Piece::Done(Err(e)) => json_event(&ErrorBody { error: WireError::from(&e) }).event("error"),
     })))

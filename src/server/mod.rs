@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Origins whose browser pages may call the server (`*`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// The syntax tool calls are written in; `None`: each model's chat template's own.
+    pub tool_format: Option<crate::tools::ToolFormat>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +61,7 @@ impl Default for ServerConfig {
             max_concurrent: 16,
             read_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            tool_format: None,
         }
     }
 }

@@ -18,8 +18,10 @@ use super::AppState;
 use crate::engine::{GenerateOptions, Prompt};
 use crate::protocol::maze::{ErrorBody, WireError};
 use crate::protocol::openai::{finish_reason, ChatRequest, CommonFields, CompletionRequest};
+use crate::protocol::openai_tools;
 use crate::result::GenerationResult;
 use crate::sampling::SamplingParams;
+use crate::tools::ToolFormat;
 
 /// `GET /v1/models`: every configured model, the default first, with whether it is loaded.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
@@ -55,9 +57,25 @@ enum Kind {
     Completion,
 }
 
-/// The options an OpenAI request stands for.
-fn options(f: &CommonFields, kind: Kind) -> Result<GenerateOptions, ApiError> {
+/// The options an OpenAI request stands for; tool calls in `tool_format` (`None`: the chat
+/// template's own).
+fn options(
+    f: &CommonFields,
+    kind: Kind,
+    tool_format: Option<ToolFormat>,
+) -> Result<GenerateOptions, ApiError> {
     f.check_supported()?;
+    let tools = openai_tools::tool_use(
+        f.tools.as_deref(),
+        f.tool_choice.as_ref(),
+        f.parallel_tool_calls,
+        tool_format,
+    )?;
+    if tools.is_some() && kind == Kind::Completion {
+        return Err(ApiError::from(crate::Error::invalid_argument(
+            "tools need /v1/chat/completions (the chat template renders them)",
+        )));
+    }
     let default_max = if kind == Kind::Completion { 16 } else { 0 };
     let sampling = SamplingParams {
         temperature: f.temperature.unwrap_or(1.0),
@@ -79,7 +97,7 @@ fn options(f: &CommonFields, kind: Kind) -> Result<GenerateOptions, ApiError> {
         constraints: f.constraints()?,
         ignore_eos: f.ignore_eos,
         cancel: None,
-        tools: None,
+        tools,
     })
 }
 
@@ -95,6 +113,18 @@ fn unix_seconds() -> u64 {
 
 fn usage(r: &GenerationResult) -> Value {
     json!({"prompt_tokens": r.stats.prompt_tokens, "completion_tokens": r.stats.generated_tokens, "total_tokens": r.stats.prompt_tokens + r.stats.generated_tokens})
+}
+
+/// The assistant message of a reply: its text (null when the reply is calls only) and calls.
+fn reply_message(r: &GenerationResult) -> Value {
+    let mut message = json!({"role": "assistant", "content": r.text});
+    if !r.tool_calls.is_empty() {
+        if r.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = openai_tools::calls_value(&r.tool_calls);
+    }
+    message
 }
 
 /// Maze's extension: what OpenAI's fields cannot say.
@@ -113,7 +143,7 @@ async fn respond(
     prompt: Prompt,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    let opts = options(fields, kind)?;
+    let opts = options(fields, kind, state.config.tool_format)?;
     // The model the request names (or the default), loaded if it is not.
     let engine = state.models.lease(fields.model.as_deref()).await?;
     let id = response_id(kind);
@@ -127,7 +157,7 @@ async fn respond(
         }
         let choice = match kind {
             Kind::Chat => {
-                json!({"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish_reason(r.finish_reason), "logprobs": null})
+                json!({"index": 0, "message": reply_message(&r), "finish_reason": finish_reason(r.finish_reason), "logprobs": null})
             }
             Kind::Completion => {
                 json!({"index": 0, "text": r.text, "finish_reason": finish_reason(r.finish_reason), "logprobs": null})
@@ -165,6 +195,10 @@ async fn respond(
                 },
                 None,
             )],
+            Piece::Call(call) => match openai_tools::delta_value(&call) {
+                Some(delta) => vec![chunk(json!({"index": 0, "delta": delta, "finish_reason": null}), None)],
+                None => Vec::new(),
+            },
             Piece::Done(Ok(r)) => {
                 let last = match kind {
                     Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish_reason(r.finish_reason)}),

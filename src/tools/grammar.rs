@@ -173,6 +173,20 @@ fn quote(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
+/// The grammar of a reply under tool_choice `none`: text without the format's call syntax
+/// (not its opening marker, and not a bare JSON call at the start), so no call can be mistaken
+/// for text or text for a call.
+pub fn text_only(format: ToolFormat) -> String {
+    let syntax = format.syntax();
+    let first = if syntax.bare_call { "[^{]" } else { "(.|\\n)" };
+    let mut text = format!("/({first}(.|\\n)*)?/");
+    if let Some(open) = syntax.open {
+        let marker = regex_literal(open.trim_end_matches('\n'));
+        text.push_str(&format!(" & ~/(.|\\n)*{marker}(.|\\n)*/"));
+    }
+    format!("start: TEXT\nTEXT: {text}\n")
+}
+
 /// Whether a caller constraint is folded into the tool grammar (text constraints) or applied
 /// beside it on every token (token masks).
 pub fn folds_into_text(c: &Constraint) -> bool {
@@ -204,6 +218,15 @@ mod tests {
             lark.contains("call_0: \"{\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": \" args_0 \"}\"")
         );
         assert!(lark.contains("\"item_separator\":\", \""), "{lark}");
+    }
+
+    #[test]
+    fn choice_none_is_text_without_call_syntax() {
+        assert_eq!(
+            text_only(ToolFormat::Hermes),
+            "start: TEXT\nTEXT: /([^{](.|\\n)*)?/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\n"
+        );
+        assert_eq!(text_only(ToolFormat::Llama3), "start: TEXT\nTEXT: /([^{](.|\\n)*)?/\n");
     }
 
     #[test]

@@ -140,9 +140,13 @@ impl ToolUse {
         self.check()?;
         let format = ToolFormat::choose(self.format, template_format)?;
         if self.choice == ToolChoice::None || self.tools.is_empty() {
+            let mut constraints =
+                vec![Constraint::lark(grammar::TOOLS_CONSTRAINT_NAME, grammar::text_only(format))
+                    .with_priority(i32::MAX)];
+            constraints.extend(caller.iter().cloned());
             return Ok(ToolPlan {
                 format,
-                constraints: caller.to_vec(),
+                constraints,
                 caller: caller.to_vec(),
                 folded: Vec::new(),
                 calls_allowed: false,

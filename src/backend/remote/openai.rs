@@ -11,7 +11,7 @@ use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::maze as proto;
 use crate::protocol::openai::{
-    self as oai, ChatRequest, CommonFields, CompletionRequest, Content, Message, OneOrMany, StreamOptions,
+    self as oai, ChatRequest, CommonFields, CompletionRequest, Message, OneOrMany, StreamOptions,
 };
 use crate::result::{FinishReason, GenerationResult};
 
@@ -70,7 +70,7 @@ impl Inner {
         common.set_constraints(&opts.constraints, chat)?;
         let body = match prompt {
             Prompt::Chat(messages) => serde_json::to_value(ChatRequest {
-                messages: messages.iter().map(|m| Message { role: m.role.clone(), content: Content::Text(m.content.clone()) }).collect(),
+                messages: messages.iter().map(Message::from_chat).collect(),
                 common,
             }),
             Prompt::Text(text) => serde_json::to_value(CompletionRequest { prompt: OneOrMany::One(text.clone()), common }),
