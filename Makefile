@@ -175,6 +175,7 @@ go-test: model lib pkgconfig server
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_dynamic -run 'TestLinkage|TestChat|TestStream$$' .
 	cd bindings/go && PKG_CONFIG_PATH="$(CURDIR)/target/pkgconfig" MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_pkgconfig -run 'TestLinkage|TestChat' .
 	cd bindings/go && $(GOENV) $(GO) run ./examples/typed "$(MODEL)"
+	cd bindings/go && $(GOENV) $(GO) run ./examples/agent -generic -require "$(MODEL)"
 
 # The Zig package (Zig pinned in scripts/zig.sh, installed from PyPI if missing; the first build
 # of the build runner takes minutes, then ~/.cache/zig keeps it): the tests against libmaze.a
