@@ -175,16 +175,18 @@ go-test: model lib pkgconfig server
 	cd bindings/go && MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_dynamic -run 'TestLinkage|TestChat|TestStream$$' .
 	cd bindings/go && PKG_CONFIG_PATH="$(CURDIR)/target/pkgconfig" MAZE_MODEL="$(MODEL)" $(GOENV) $(GO) test -count=1 -tags maze_pkgconfig -run 'TestLinkage|TestChat' .
 	cd bindings/go && $(GOENV) $(GO) run ./examples/typed "$(MODEL)"
+	cd bindings/go && $(GOENV) $(GO) run ./examples/agent -generic -require "$(MODEL)"
 
 # The Zig package (Zig pinned in scripts/zig.sh, installed from PyPI if missing; the first build
 # of the build runner takes minutes, then ~/.cache/zig keeps it): the tests against libmaze.a
-# and libmaze.so, and the example.
+# and libmaze.so, and the examples.
 ZIG := scripts/zig.sh
 zig-test: model lib
 	cd zig && ../$(ZIG) fmt --check $$(find . -name '*.zig' -o -name '*.zon' | grep -v -e '^./.zig-cache/' -e '^./zig-out/')
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build test -Dcargo=false -Dlinkage=dynamic -Dmodel="$(MODEL)" --summary all
 	cd zig && ../$(ZIG) build example -Dcargo=false -Dmodel="$(MODEL)"
+	cd zig && ../$(ZIG) build agent -Dcargo=false -Dmodel="$(MODEL)" -Dagent-args="--generic --require"
 
 # The official OpenAI Python client (pinned, from PyPI) against a maze-server on loopback. The
 # remote backend's own tests (tests/remote.rs) run with the Rust suites.

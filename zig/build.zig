@@ -4,6 +4,7 @@
 //!   zig build test                    tests on the default model (static libmaze.a)
 //!   zig build test -Dlinkage=dynamic  the same against libmaze.so
 //!   zig build example                 typed constrained generation (-Dmodel=PATH)
+//!   zig build agent                   the tool-calling agent loop (-Dmodel, -Dagent-args)
 //!
 //! The Rust library is built with `cargo build --release --lib` first (cargo does nothing when
 //! it is up to date); -Dcargo=false skips that and uses what target/release holds.
@@ -70,9 +71,19 @@ pub fn build(b: *std.Build) void {
             .imports = &.{.{ .name = "maze", .module = maze }},
         }),
     });
+    const agent = b.addExecutable(.{
+        .name = "agent",
+        .root_module = b.createModule(.{
+            .root_source_file = b.path("examples/agent.zig"),
+            .target = target,
+            .optimize = optimize,
+            .imports = &.{.{ .name = "maze", .module = maze }},
+        }),
+    });
     if (run_cargo) {
         tests.step.dependOn(&cargo.step);
         example.step.dependOn(&cargo.step);
+        agent.step.dependOn(&cargo.step);
     }
 
     const run_tests = b.addRunArtifact(tests);
@@ -86,6 +97,18 @@ pub fn build(b: *std.Build) void {
     run_example.addArg(model);
     const example_step = b.step("example", "Run the typed-generation example on -Dmodel");
     example_step.dependOn(&run_example.step);
+
+    // The agent example: compiled by the test step too, so it cannot rot; `zig build agent`
+    // runs it on -Dmodel with -Dagent-args (e.g. "--generic --require" for SmolLM2).
+    b.installArtifact(agent);
+    test_step.dependOn(&agent.step);
+    const run_agent = b.addRunArtifact(agent);
+    const agent_args = b.option([]const u8, "agent-args", "arguments of the agent example (e.g. \"--generic --require\")") orelse "";
+    var words = std.mem.tokenizeScalar(u8, agent_args, ' ');
+    while (words.next()) |word| run_agent.addArg(word);
+    run_agent.addArg(model);
+    const agent_step = b.step("agent", "Run the tool-calling agent example on -Dmodel");
+    agent_step.dependOn(&run_agent.step);
 }
 
 fn defaultModel(b: *std.Build) []const u8 {

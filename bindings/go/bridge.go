@@ -10,6 +10,7 @@ package maze
 
 extern _Bool mazeGoStream(char *text, size_t n, uintptr_t handle);
 extern _Bool mazeGoProgress(float progress, uintptr_t handle);
+extern _Bool mazeGoToolCall(void *delta, uintptr_t handle);
 
 static bool maze_go_stream(const char *text, size_t n, void *userdata) {
 	return mazeGoStream((char *)text, n, (uintptr_t)userdata);
@@ -17,6 +18,15 @@ static bool maze_go_stream(const char *text, size_t n, void *userdata) {
 
 static bool maze_go_progress(float progress, void *userdata) {
 	return mazeGoProgress(progress, (uintptr_t)userdata);
+}
+
+static bool maze_go_tool_call(const maze_tool_call_delta *delta, void *userdata) {
+	return mazeGoToolCall((void *)delta, (uintptr_t)userdata);
+}
+
+static void maze_go_set_tool_callback(maze_generate_params *params, uintptr_t handle) {
+	params->tool_callback = handle ? maze_go_tool_call : NULL;
+	params->tool_userdata = (void *)handle;
 }
 
 static void maze_go_set_progress(maze_engine_params *params, uintptr_t handle) {
@@ -78,4 +88,8 @@ func callGenerate(session *C.maze_session, a *generateArgs, out **C.maze_result,
 
 func setProgressCallback(params *C.maze_engine_params, h cgo.Handle) {
 	C.maze_go_set_progress(params, C.uintptr_t(h))
+}
+
+func setToolCallback(params *C.maze_generate_params, h cgo.Handle) {
+	C.maze_go_set_tool_callback(params, C.uintptr_t(h))
 }

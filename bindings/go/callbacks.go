@@ -20,6 +20,7 @@ import (
 type callback struct {
 	onText     func(string) bool
 	onProgress func(float32) bool
+	onToolCall func(ToolCallDelta) bool
 	panicked   bool
 	panicValue any
 }
@@ -56,4 +57,11 @@ func mazeGoStream(text *C.char, n C.size_t, handle C.uintptr_t) C.bool {
 func mazeGoProgress(progress C.float, handle C.uintptr_t) C.bool {
 	cb := cgo.Handle(handle).Value().(*callback)
 	return C.bool(cb.guarded(func() bool { return cb.onProgress(float32(progress)) }))
+}
+
+//export mazeGoToolCall
+func mazeGoToolCall(delta unsafe.Pointer, handle C.uintptr_t) C.bool {
+	cb := cgo.Handle(handle).Value().(*callback)
+	d := toolCallDelta(delta)
+	return C.bool(cb.guarded(func() bool { return cb.onToolCall(d) }))
 }

@@ -12,6 +12,12 @@
 //		Constraints: []maze.Constraint{maze.Choice("red", "green", "blue")},
 //	})
 //
+// # Tools
+//
+// Request.Tools declares functions the model may call, each from the struct of its arguments
+// with ToolFor[T]; Result.ToolCalls holds the calls (FinishToolCalls), DecodeArguments[T]
+// decodes one strictly, and Result.AssistantMessage and ToolMessage send the results back.
+//
 // # Handles
 //
 // Engine, Session and ConstraintSet wrap C handles. Each has a Close method that frees the

@@ -357,10 +357,16 @@ func (e *Engine) Detokenize(tokens []uint32) (string, error) {
 }
 
 // Message is one chat message. Roles are those the model's template knows: usually "system",
-// "user", "assistant".
+// "user", "assistant", "tool". An assistant message may carry the tool calls it made (see
+// Result.AssistantMessage); a "tool" message answers one of them by ToolCallID (see
+// ToolMessage).
 type Message struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+	// ToolCalls are the calls an assistant message made.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	// ToolCallID is the call a "tool" message answers.
+	ToolCallID string `json:"tool_call_id,omitempty"`
 }
 
 func (m *cMemory) messages(msgs []Message) (*C.maze_chat_message, C.size_t) {
@@ -369,7 +375,15 @@ func (m *cMemory) messages(msgs []Message) (*C.maze_chat_message, C.size_t) {
 	}
 	arr := unsafe.Slice((*C.maze_chat_message)(m.alloc(unsafe.Sizeof(C.maze_chat_message{})*uintptr(len(msgs)))), len(msgs))
 	for i, msg := range msgs {
-		arr[i] = C.maze_chat_message{role: m.str(msg.Role), content: m.str(msg.Content)}
+		calls, n := m.toolCalls(msg.ToolCalls)
+		arr[i] = C.maze_chat_message{
+			struct_size:  C.uint32_t(unsafe.Sizeof(C.maze_chat_message{})),
+			role:         m.str(msg.Role),
+			content:      m.str(msg.Content),
+			tool_calls:   calls,
+			n_tool_calls: n,
+			tool_call_id: m.str(msg.ToolCallID),
+		}
 	}
 	return &arr[0], C.size_t(len(msgs))
 }

@@ -22,10 +22,12 @@ const (
 	FinishCancelled    FinishReason = C.MAZE_FINISH_REASON_CANCELLED
 	FinishTimeout      FinishReason = C.MAZE_FINISH_REASON_TIMEOUT
 	FinishError        FinishReason = C.MAZE_FINISH_REASON_ERROR
+	// FinishToolCalls: the reply ended with its tool calls (Result.ToolCalls).
+	FinishToolCalls FinishReason = C.MAZE_FINISH_REASON_TOOL_CALLS
 )
 
 // String is the library's name: "stop", "length", "stop_sequence", "cancelled", "timeout",
-// "error".
+// "error", "tool_calls".
 func (f FinishReason) String() string { return C.GoString(C.maze_finish_reason_name(C.int32_t(f))) }
 
 // Validation is how each constraint of a request fared.
@@ -73,7 +75,10 @@ type ConstraintStats struct {
 
 // Result is a finished generation, copied out of the library (it holds no C memory).
 type Result struct {
-	Text         string
+	Text string
+	// ToolCalls are the calls the reply made (a request with Tools); with calls, FinishReason
+	// is FinishToolCalls when the model ended them, or the reason they were cut short.
+	ToolCalls    []ToolCall
 	Tokens       []uint32
 	Logprobs     []float32 // one per token when GenerateParams.Logprobs was set
 	FinishReason FinishReason
@@ -129,6 +134,7 @@ func takeResult(r *C.maze_result) *Result {
 		ConstraintSetupTime:    micros(C.maze_result_constraint_setup_time_us(r)),
 		MeanMaskTime:           micros(C.maze_result_mean_mask_time_us(r)),
 		ForcedTokens:           int(C.maze_result_forced_tokens(r)),
+		ToolCalls:              resultToolCalls(r),
 	}
 	if p := C.maze_result_tokens(r, &n); p != nil {
 		res.Tokens = make([]uint32, int(n))

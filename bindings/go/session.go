@@ -93,6 +93,28 @@ type Request struct {
 	Constraints []Constraint
 	// Compiled are constraint sets compiled beforehand with Engine.Compile, obeyed too.
 	Compiled []*ConstraintSet
+
+	// Tools the model may call (Messages input only). The chat template renders them (or the
+	// generic format, see ToolFormat); the reply's calls are enforced (declared names,
+	// arguments valid under each tool's schema) and returned in Result.ToolCalls. Bad
+	// declarations fail with ErrInvalidArgument, a schema that does not compile with
+	// ErrInvalidConstraint, each naming the tool.
+	Tools []Tool
+	// ToolChoice: ToolChoiceAuto (the zero value), ToolChoiceNone, ToolChoiceRequired or
+	// ToolChoiceNamed(name). With auto, Constraints govern a text reply.
+	ToolChoice ToolChoice
+	// ParallelToolCalls allows more than one call in a reply; nil = true.
+	ParallelToolCalls *bool
+	// MaxToolCalls is the most calls in one reply when parallel; 0 = 8.
+	MaxToolCalls int
+	// ToolFormat is how calls are written; ToolFormatTemplate (the zero value) = the chat
+	// template's own syntax, refused with ErrUnsupported when it cannot render tools.
+	ToolFormat ToolFormat
+	// OnToolCall, when set, receives the pieces of each tool call as the reply streams (the
+	// call's name, then its argument fragments), on the calling goroutine, in every form of
+	// Generate; text goes to the text callback without the call syntax. Returning false stops
+	// generation; a panic stops it and is re-raised.
+	OnToolCall func(ToolCallDelta) bool
 }
 
 // Session is one conversation with its own KV cache. It is safe for concurrent use, but runs
@@ -150,7 +172,7 @@ func (s *Session) Reset() error {
 // Errors before generating (bad request, ErrBusy, ErrContextOverflow, ErrClosed, a context
 // already done) come with a nil Result.
 func (s *Session) Generate(ctx context.Context, req Request) (*Result, error) {
-	return s.run(ctx, &req, nil)
+	return s.run(ctx, &req, nil, nil)
 }
 
 // GenerateStream is Generate with onText called with each piece of generated text (whole
@@ -161,19 +183,23 @@ func (s *Session) GenerateStream(ctx context.Context, req Request, onText func(t
 	if onText == nil {
 		return nil, invalidArgument("GenerateStream: onText is nil")
 	}
-	return s.run(ctx, &req, onText)
+	return s.run(ctx, &req, onText, nil)
 }
 
-// Chunk is one step of Stream: a piece of text, or (last) the finished Result.
+// Chunk is one step of Stream: a piece of text, a piece of a tool call, or (last) the
+// finished Result.
 type Chunk struct {
 	Text string
+	// ToolCall is a piece of a tool call (requests with Tools), in place of text.
+	ToolCall *ToolCallDelta
 	// Result is set on the last chunk only, once generation has finished.
 	Result *Result
 }
 
-// Stream runs a request as an iterator of text chunks; the last chunk carries the Result.
-// Breaking out of the loop stops generation. An error ends the iteration, paired with the
-// partial Result when there is one (see Generate).
+// Stream runs a request as an iterator of text chunks and tool-call pieces; the last chunk
+// carries the Result. Breaking out of the loop stops generation. An error ends the iteration,
+// paired with the partial Result when there is one (see Generate). Request.OnToolCall, when
+// set, sees the tool-call pieces first.
 //
 //	for chunk, err := range session.Stream(ctx, req) {
 //		if err != nil { ... }
@@ -182,19 +208,28 @@ type Chunk struct {
 func (s *Session) Stream(ctx context.Context, req Request) iter.Seq2[Chunk, error] {
 	return func(yield func(Chunk, error) bool) {
 		stopped := false
+		var onTool func(ToolCallDelta) bool
+		if len(req.Tools) > 0 {
+			onTool = func(d ToolCallDelta) bool {
+				if !yield(Chunk{ToolCall: &d}, nil) {
+					stopped = true
+				}
+				return !stopped
+			}
+		}
 		res, err := s.run(ctx, &req, func(text string) bool {
 			if !yield(Chunk{Text: text}, nil) {
 				stopped = true
 			}
 			return !stopped
-		})
+		}, onTool)
 		if !stopped {
 			yield(Chunk{Result: res}, err)
 		}
 	}
 }
 
-func (s *Session) run(ctx context.Context, req *Request, onText func(string) bool) (*Result, error) {
+func (s *Session) run(ctx context.Context, req *Request, onText func(string) bool, onTool func(ToolCallDelta) bool) (*Result, error) {
 	if ctx == nil {
 		return nil, invalidArgument("nil context.Context (use context.Background())")
 	}
@@ -221,6 +256,9 @@ func (s *Session) run(ctx context.Context, req *Request, onText func(string) boo
 		return nil, err
 	}
 	args.params = params
+	if err := mem.toolParams(req, params); err != nil {
+		return nil, err
+	}
 
 	handles, release, err := s.constraintHandles(req)
 	defer release()
@@ -234,11 +272,24 @@ func (s *Session) run(ctx context.Context, req *Request, onText func(string) boo
 		params.n_constraints = C.size_t(len(handles))
 	}
 
+	if user := req.OnToolCall; user != nil {
+		if stream := onTool; stream != nil {
+			onTool = func(d ToolCallDelta) bool { return user(d) && stream(d) }
+		} else {
+			onTool = user
+		}
+	}
 	var cb *callback
-	if onText != nil {
-		cb = &callback{onText: onText}
-		args.callback = cgo.NewHandle(cb)
-		defer args.callback.Delete()
+	if onText != nil || onTool != nil {
+		cb = &callback{onText: onText, onToolCall: onTool}
+		h := cgo.NewHandle(cb)
+		defer h.Delete()
+		if onText != nil {
+			args.callback = h
+		}
+		if onTool != nil {
+			setToolCallback(params, h)
+		}
 	}
 
 	// A cancel token ends the call when ctx ends or the session closes: cancelled once, it

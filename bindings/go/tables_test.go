@@ -150,3 +150,9 @@ func TestFinishReasonsMirrorTheHeaderAndTheLibrary(t *testing.T) {
 		}
 	}
 }
+
+func TestToolFormatsMirrorTheHeader(t *testing.T) {
+	enumerators := headerEnumerators(t, "MAZE_TOOL_FORMAT_")
+	constants := constantsOf(t, parseFile(t, "tools.go"), "ToolFormat")
+	expectMirror(t, constants, enumerators, "ToolFormat", "MAZE_TOOL_FORMAT_")
+}

@@ -48,8 +48,9 @@ pub const Status = enum(u32) {
     }
 };
 
-/// Every failure, one error per status code, plus `OutOfMemory` (the caller's allocator) and
-/// `Incomplete` (`generateTyped`: the output ended before the value was complete).
+/// Every failure, one error per status code, plus `OutOfMemory` (the caller's allocator),
+/// `Incomplete` (`generateTyped`: the output ended before the value was complete) and
+/// `ToolArguments` (`decodeArguments`: a call's arguments do not parse as the type).
 pub const Error = error{
     NullArgument,
     InvalidArgument,
@@ -71,6 +72,7 @@ pub const Error = error{
     UnknownStatus,
     OutOfMemory,
     Incomplete,
+    ToolArguments,
 };
 
 fn errorOf(status: Status) Error {
@@ -179,9 +181,36 @@ pub const ConstraintDesc = extern struct {
     json_whitespace_pattern: String = .{},
 };
 
+/// maze_chat_message (ABI 2: struct_size first, then the tool-call fields).
 const ChatMessage = extern struct {
+    struct_size: u32 = @sizeOf(ChatMessage),
     role: String,
     content: String,
+    tool_calls: ?[*]const CToolCall = null,
+    n_tool_calls: usize = 0,
+    tool_call_id: String = .{},
+};
+
+/// maze_tool_call.
+const CToolCall = extern struct {
+    id: String,
+    name: String,
+    arguments: String,
+};
+
+/// maze_tool.
+const CTool = extern struct {
+    name: String,
+    description: String,
+    parameters_json: String,
+};
+
+/// maze_tool_call_delta.
+const CToolCallDelta = extern struct {
+    index: usize,
+    id: String,
+    name: String,
+    arguments: String,
 };
 
 /// Where `Ours` differs from the translated C struct `Theirs` in size, alignment, field names,
@@ -210,7 +239,10 @@ comptime {
     checkLayout(String, c.maze_string);
     checkLayout(ConstraintDesc, c.maze_constraint_desc);
     checkLayout(ChatMessage, c.maze_chat_message);
-    if (c.MAZE_ABI_VERSION != 1) @compileError("maze.zig was written for MAZE_ABI_VERSION 1");
+    checkLayout(CToolCall, c.maze_tool_call);
+    checkLayout(CTool, c.maze_tool);
+    checkLayout(CToolCallDelta, c.maze_tool_call_delta);
+    if (c.MAZE_ABI_VERSION != 2) @compileError("maze.zig was written for MAZE_ABI_VERSION 2");
 }
 
 // ------------------------------------------------------------------------------------ constraints
@@ -359,10 +391,14 @@ pub const ModelInfo = struct {
     eos_token: ?u32,
 };
 
-/// One chat message. Roles are those of the model's template ("system", "user", "assistant").
+/// One chat message. Roles are those of the model's template ("system", "user", "assistant",
+/// "tool"). An assistant message may carry the tool calls it made (`Result.assistantMessage`);
+/// a "tool" message answers one by `tool_call_id` (`toolMessage`).
 pub const Message = struct {
     role: []const u8,
     content: []const u8,
+    tool_calls: []const ToolCall = &.{},
+    tool_call_id: []const u8 = "",
 };
 
 /// A loaded model with its worker. Safe to use from any number of threads at once. Sessions
@@ -511,8 +547,8 @@ pub const Engine = struct {
 
     /// `messages` rendered with the model's chat template (error.Template when it has none).
     pub fn applyChatTemplate(self: *const Engine, allocator: Allocator, messages: []const Message, add_generation_prompt: bool, diag: ?*Diagnostic) Error![]u8 {
-        const c_messages = try chatMessages(allocator, messages);
-        defer allocator.free(c_messages);
+        var c_messages = try ChatMessages.init(allocator, messages);
+        defer c_messages.deinit(allocator);
         const Call = struct {
             engine: *c.maze_engine,
             messages: []const ChatMessage,
@@ -522,8 +558,11 @@ pub const Engine = struct {
             }
         };
         var guess: usize = 256;
-        for (messages) |m| guess += m.role.len + m.content.len + 32;
-        return readText(allocator, guess, Call{ .engine = self.handle, .messages = c_messages, .add = add_generation_prompt }, diag orelse self.diag);
+        for (messages) |m| {
+            guess += m.role.len + m.content.len + 32;
+            for (m.tool_calls) |call| guess += call.name.len + call.arguments.len + 64;
+        }
+        return readText(allocator, guess, Call{ .engine = self.handle, .messages = c_messages.messages, .add = add_generation_prompt }, diag orelse self.diag);
     }
 
     /// Compiles constraints; bad ones fail with error.InvalidConstraint and a message naming
@@ -568,11 +607,38 @@ pub const Engine = struct {
     }
 };
 
-fn chatMessages(allocator: Allocator, messages: []const Message) Allocator.Error![]ChatMessage {
-    const out = try allocator.alloc(ChatMessage, messages.len);
-    for (messages, out) |m, *o| o.* = .{ .role = String.from(m.role), .content = String.from(m.content) };
-    return out;
-}
+/// Messages as the C structs (borrowing the strings), with one array for all their tool calls.
+const ChatMessages = struct {
+    messages: []ChatMessage,
+    calls: []CToolCall,
+
+    fn init(allocator: Allocator, messages: []const Message) Allocator.Error!ChatMessages {
+        var n_calls: usize = 0;
+        for (messages) |m| n_calls += m.tool_calls.len;
+        const calls = try allocator.alloc(CToolCall, n_calls);
+        errdefer allocator.free(calls);
+        const out = try allocator.alloc(ChatMessage, messages.len);
+        var next: usize = 0;
+        for (messages, out) |m, *o| {
+            const mine = calls[next .. next + m.tool_calls.len];
+            next += m.tool_calls.len;
+            for (m.tool_calls, mine) |call, *oc| oc.* = .{ .id = String.from(call.id), .name = String.from(call.name), .arguments = String.from(call.arguments) };
+            o.* = .{
+                .role = String.from(m.role),
+                .content = String.from(m.content),
+                .tool_calls = if (mine.len > 0) mine.ptr else null,
+                .n_tool_calls = mine.len,
+                .tool_call_id = String.from(m.tool_call_id),
+            };
+        }
+        return .{ .messages = out, .calls = calls };
+    }
+
+    fn deinit(self: *ChatMessages, allocator: Allocator) void {
+        allocator.free(self.messages);
+        allocator.free(self.calls);
+    }
+};
 
 /// Runs a call with the library's buffer protocol (the needed size comes back with
 /// MAZE_STATUS_BUFFER_TOO_SMALL), growing the buffer until the text fits.
@@ -633,6 +699,23 @@ pub const GenerateOptions = struct {
     constraints: []const Constraint = &.{},
     /// Sets compiled beforehand with Engine.compile.
     compiled: []const *const ConstraintSet = &.{},
+    /// Tools the model may call (`.messages` input only; declare them with `maze.tool`). The
+    /// reply's calls are enforced (declared names, arguments valid under each tool's schema)
+    /// and returned in Result.tool_calls. Bad declarations fail with error.InvalidArgument, a
+    /// schema that does not compile with error.InvalidConstraint, each naming the tool.
+    tools: []const Tool = &.{},
+    /// With .auto, `constraints` govern a text reply.
+    tool_choice: ToolChoice = .auto,
+    /// More than one call in a reply.
+    parallel_tool_calls: bool = true,
+    /// Most calls in one reply when parallel; 0 = 8.
+    max_tool_calls: u32 = 0,
+    /// .template (the chat template's own syntax) fails with error.Unsupported when the
+    /// template cannot render tools: use .generic for such a model.
+    tool_format: ToolFormat = .template,
+    /// Receives each call's name and then its argument fragments as the reply streams, on the
+    /// calling thread (text still goes to the text callback); returning false stops generation.
+    on_tool_call: ?ToolCallSink = null,
     diag: ?*Diagnostic = null,
 };
 
@@ -644,6 +727,8 @@ pub const FinishReason = enum(u32) {
     cancelled = c.MAZE_FINISH_REASON_CANCELLED,
     timeout = c.MAZE_FINISH_REASON_TIMEOUT,
     @"error" = c.MAZE_FINISH_REASON_ERROR,
+    /// The reply ended with its tool calls (Result.tool_calls).
+    tool_calls = c.MAZE_FINISH_REASON_TOOL_CALLS,
     _,
 };
 
@@ -676,9 +761,14 @@ pub const Result = struct {
     constraint_setup_time_us: f64,
     mean_mask_time_us: f64,
     forced_tokens: u32,
+    /// The calls the reply made (requests with tools); with calls, finish_reason is
+    /// .tool_calls when the model ended them, or the reason they were cut short.
+    tool_calls: []ToolCall,
 
     pub fn deinit(self: *Result) void {
         const a = self.allocator;
+        for (self.tool_calls) |call| call.free(a);
+        a.free(self.tool_calls);
         a.free(self.text);
         a.free(self.tokens);
         if (self.logprobs) |l| a.free(l);
@@ -705,6 +795,11 @@ pub const Result = struct {
         errdefer allocator.free(validation);
         const provenance = try allocator.dupe(u8, std.mem.span(c.maze_result_provenance_json(r)));
         errdefer allocator.free(provenance);
+        const calls = try takeToolCalls(allocator, r);
+        errdefer {
+            for (calls) |call| call.free(allocator);
+            allocator.free(calls);
+        }
         const finish: FinishReason = @fromBackingInt(@intCast(c.maze_result_finish_reason(r)));
         const failure_message = c.maze_result_error_message(r);
         return .{
@@ -731,9 +826,45 @@ pub const Result = struct {
             .constraint_setup_time_us = c.maze_result_constraint_setup_time_us(r),
             .mean_mask_time_us = c.maze_result_mean_mask_time_us(r),
             .forced_tokens = c.maze_result_forced_tokens(r),
+            .tool_calls = calls,
         };
     }
+
+    /// The assistant turn this result adds to a chat history: its text and its tool calls
+    /// (borrowed from the result).
+    pub fn assistantMessage(self: *const Result) Message {
+        return .{ .role = "assistant", .content = self.text, .tool_calls = self.tool_calls };
+    }
 };
+
+fn takeToolCalls(allocator: Allocator, r: *c.maze_result) Allocator.Error![]ToolCall {
+    const n = c.maze_result_tool_call_count(r);
+    const calls = try allocator.alloc(ToolCall, n);
+    var done: usize = 0;
+    errdefer {
+        for (calls[0..done]) |call| call.free(allocator);
+        allocator.free(calls);
+    }
+    while (done < n) : (done += 1) {
+        var raw: CToolCall = undefined;
+        if (c.maze_result_tool_call(r, done, @ptrCast(&raw), null) != c.MAZE_STATUS_OK) break;
+        const id = try allocator.dupe(u8, slice(raw.id));
+        errdefer allocator.free(id);
+        const name = try allocator.dupe(u8, slice(raw.name));
+        errdefer allocator.free(name);
+        calls[done] = .{
+            .id = id,
+            .name = name,
+            .arguments = try allocator.dupe(u8, slice(raw.arguments)),
+            .satisfied = c.maze_result_tool_call_satisfied(r, done),
+        };
+    }
+    return allocator.realloc(calls, done);
+}
+
+fn slice(s: String) []const u8 {
+    return if (s.data) |p| p[0..s.len] else "";
+}
 
 /// One conversation with its own KV cache.
 pub const Session = struct {
@@ -822,15 +953,34 @@ pub const Session = struct {
         params.constraints = @ptrCast(handles.items.ptr);
         params.n_constraints = handles.items.len;
 
+        const tools = try allocator.alloc(CTool, options.tools.len);
+        defer allocator.free(tools);
+        for (options.tools, tools) |t, *o| o.* = .{ .name = String.from(t.name), .description = String.from(t.description), .parameters_json = String.from(t.parameters) };
+        params.tools = @ptrCast(tools.ptr);
+        params.n_tools = tools.len;
+        params.tool_choice = @backingInt(std.meta.activeTag(options.tool_choice));
+        const choice_name: []const u8 = switch (options.tool_choice) {
+            .named => |n| n,
+            else => "",
+        };
+        params.tool_choice_name = .{ .data = choice_name.ptr, .len = choice_name.len };
+        params.parallel_tool_calls = options.parallel_tool_calls;
+        params.max_tool_calls = options.max_tool_calls;
+        params.tool_format = @backingInt(options.tool_format);
+        if (options.on_tool_call) |*sink| {
+            params.tool_callback = ToolCallSink.trampoline;
+            params.tool_userdata = @ptrCast(@constCast(sink));
+        }
+
         var result: ?*c.maze_result = null;
         var err: ?*c.maze_error = null;
         const status = switch (input) {
             .prompt => |p| c.maze_session_generate(self.handle, p.ptr, p.len, &params, callback, userdata, &result, &err),
             .tokens => |t| c.maze_session_generate_tokens(self.handle, t.ptr, t.len, &params, callback, userdata, &result, &err),
             .messages => |m| blk: {
-                const messages = try chatMessages(allocator, m);
-                defer allocator.free(messages);
-                break :blk c.maze_session_chat(self.handle, @ptrCast(messages.ptr), messages.len, &params, callback, userdata, &result, &err);
+                var messages = try ChatMessages.init(allocator, m);
+                defer messages.deinit(allocator);
+                break :blk c.maze_session_chat(self.handle, @ptrCast(messages.messages.ptr), messages.messages.len, &params, callback, userdata, &result, &err);
             },
         };
         try check(status, err, diag);
@@ -886,4 +1036,132 @@ pub fn generateTyped(comptime T: type, allocator: Allocator, session: *const Ses
         return fail(diag, .internal, msg);
     };
     return .{ .parsed = parsed, .result = result };
+}
+
+// ------------------------------------------------------------------------------------ tools
+
+/// A tool the model may call: a name (^[A-Za-z0-9_-]{1,64}$, unique in a request), what it
+/// does, and the JSON schema of its arguments object ("" = any object). `maze.tool` declares
+/// one from the struct of its arguments.
+pub const Tool = struct {
+    name: []const u8,
+    description: []const u8 = "",
+    parameters: []const u8 = "",
+};
+
+/// Declares a tool whose arguments are an `Args` (a struct): its parameters are
+/// `schemaOf(Args)`, computed at compile time, so every call decodes into an `Args` with
+/// `decodeArguments`.
+pub fn tool(comptime Args: type, comptime name: []const u8, comptime description: []const u8) Tool {
+    if (@typeInfo(Args) != .@"struct") @compileError("maze.tool: the arguments of a tool are a JSON object; " ++ @typeName(Args) ++ " is not a struct");
+    return comptime .{ .name = name, .description = description, .parameters = schemaOf(Args) };
+}
+
+/// Whether and which tools the model must call.
+pub const ToolChoice = union(ToolChoice.Kind) {
+    /// Text or calls, as the model decides.
+    auto,
+    /// The tools are shown, but the model answers in text.
+    none,
+    /// The reply is one or more calls and nothing else.
+    required,
+    /// The reply is exactly one call of this (declared) tool.
+    named: []const u8,
+
+    /// maze_tool_choice.
+    pub const Kind = enum(u32) {
+        auto = c.MAZE_TOOL_CHOICE_AUTO,
+        none = c.MAZE_TOOL_CHOICE_NONE,
+        required = c.MAZE_TOOL_CHOICE_REQUIRED,
+        named = c.MAZE_TOOL_CHOICE_NAMED,
+    };
+};
+
+/// How tool calls are written (maze_tool_format).
+pub const ToolFormat = enum(u32) {
+    /// The chat template's own format.
+    template = c.MAZE_TOOL_FORMAT_TEMPLATE,
+    /// Qwen2.5, Qwen3, Hermes: `<tool_call>{"name": ..., "arguments": ...}</tool_call>`.
+    hermes = c.MAZE_TOOL_FORMAT_HERMES,
+    /// Llama 3.1-3.3: one JSON object `{"name": ..., "parameters": ...}`.
+    llama3 = c.MAZE_TOOL_FORMAT_LLAMA3,
+    /// Mistral: `[TOOL_CALLS][{"name": ..., "arguments": ...}]`.
+    mistral = c.MAZE_TOOL_FORMAT_MISTRAL,
+    /// Any template: the tools described in a system message, calls written as Hermes writes
+    /// them (docs/TOOLS.md).
+    generic = c.MAZE_TOOL_FORMAT_GENERIC,
+};
+
+/// A tool call: one the model made (Result.tool_calls, owned by the result), or one an
+/// assistant message of the history made (Message.tool_calls, borrowed).
+pub const ToolCall = struct {
+    id: []const u8,
+    name: []const u8,
+    /// A JSON object as text; for a call cut short, the part generated.
+    arguments: []const u8,
+    /// Complete and generated under the tool grammar throughout, so `arguments` validates
+    /// against the tool's schema (results only).
+    satisfied: bool = false,
+
+    fn free(self: ToolCall, allocator: Allocator) void {
+        allocator.free(self.id);
+        allocator.free(self.name);
+        allocator.free(self.arguments);
+    }
+};
+
+/// A piece of a streamed call: the first piece of a call has its id and name (and empty
+/// arguments); each later one a fragment of its arguments JSON, in order. Valid only during
+/// the callback.
+pub const ToolCallDelta = struct {
+    /// The call's place in the reply, from 0.
+    index: usize,
+    id: []const u8,
+    name: []const u8,
+    arguments: []const u8,
+};
+
+/// Where GenerateOptions.on_tool_call sends the pieces of streamed calls:
+/// `ToolCallSink.of(&state, State.onDelta)` with `fn onDelta(*State, ToolCallDelta) bool`.
+pub const ToolCallSink = struct {
+    context: ?*anyopaque,
+    call: *const fn (context: ?*anyopaque, delta: ToolCallDelta) bool,
+
+    pub fn of(context: anytype, comptime onDelta: fn (@TypeOf(context), ToolCallDelta) bool) ToolCallSink {
+        const Context = @TypeOf(context);
+        if (@typeInfo(Context) != .pointer) @compileError("ToolCallSink.of: the context is a pointer, got " ++ @typeName(Context));
+        const Wrap = struct {
+            fn call(ctx: ?*anyopaque, delta: ToolCallDelta) bool {
+                return onDelta(@ptrCast(@alignCast(ctx.?)), delta);
+            }
+        };
+        return .{ .context = @ptrCast(@constCast(context)), .call = Wrap.call };
+    }
+
+    fn trampoline(delta: [*c]const c.maze_tool_call_delta, userdata: ?*anyopaque) callconv(.c) bool {
+        const sink: *const ToolCallSink = @ptrCast(@alignCast(userdata.?));
+        const d: *const CToolCallDelta = @ptrCast(delta);
+        return sink.call(sink.context, .{ .index = d.index, .id = slice(d.id), .name = slice(d.name), .arguments = slice(d.arguments) });
+    }
+};
+
+/// The "tool" message that answers `call` with `content` (the tool's result, often JSON).
+pub fn toolMessage(call: ToolCall, content: []const u8) Message {
+    return .{ .role = "tool", .content = content, .tool_call_id = call.id };
+}
+
+/// Parses a call's arguments into a `T` with std.json, strictly: an unknown field or a value
+/// of the wrong type fails with error.ToolArguments, and `diag` (when given) says why.
+pub fn decodeArguments(comptime T: type, allocator: Allocator, call: ToolCall, diag: ?*Diagnostic) Error!std.json.Parsed(T) {
+    return std.json.parseFromSlice(T, allocator, call.arguments, .{ .ignore_unknown_fields = false }) catch |e| {
+        if (e == error.OutOfMemory) return error.OutOfMemory;
+        if (diag) |d| {
+            var buf: [240]u8 = undefined;
+            const msg = std.fmt.bufPrint(&buf, "the arguments of call {s} of '{s}' do not parse as {s}: {s}{s}", .{
+                call.id, call.name, @typeName(T), @errorName(e), if (call.satisfied) "" else " (the call is not satisfied: it may be cut short)",
+            }) catch &buf;
+            d.set(.ok, msg);
+        }
+        return error.ToolArguments;
+    };
 }
