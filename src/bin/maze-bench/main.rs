@@ -9,6 +9,8 @@
 //!   maze-bench --model MODEL.gguf --load-only           (only the load times, for profiling)
 //!   maze-bench --suite smollm2=A.gguf,gemma3=B.gguf --write docs/BENCHMARKS.md
 
+mod tools;
+
 use std::num::ParseIntError;
 use std::time::Instant;
 
@@ -55,6 +57,9 @@ struct Args {
     /// Only the load times (for profiling).
     #[arg(long)]
     load_only: bool,
+    /// Measure only what 10 declared tools cost free text (tool_choice auto vs no tools).
+    #[arg(long)]
+    tools_only: bool,
     /// Load once, print the milliseconds and exit (how the fresh-process measure runs itself).
     #[arg(long, hide = true)]
     one_load: bool,
@@ -483,6 +488,10 @@ fn main() {
         print_load(load.fresh_ms, load.again_ms, args.runs);
         return;
     }
+    if args.tools_only {
+        print_tools(&tools::bench_tools(&engine, args.runs, args.gen_tokens));
+        return;
+    }
     let report = measure(&engine, &config, load, &args);
     print_report(&report, &args);
     if let Some(path) = &args.write {
@@ -646,6 +655,7 @@ struct Report {
     /// The same schema without string length bounds or pattern.
     unbounded: ConstraintNumbers,
     schema_first_token: SchemaFirstToken,
+    tools: tools::ToolNumbers,
     /// llama.cpp's numbers, when asked for.
     llama: Option<Result<LlamaNumbers, String>>,
 }
@@ -667,6 +677,7 @@ fn measure(engine: &Engine, config: &EngineConfig, load: LoadNumbers, args: &Arg
     let constrained = bench_constraints(engine, &prompt, args, catalog_schema(true));
     let unbounded = bench_constraints(engine, &prompt, args, catalog_schema(false));
     let schema_first_token = bench_schema_first_token(engine, config, &prompt, args, catalog_schema(true));
+    let tools = tools::bench_tools(engine, args.runs, args.gen_tokens);
     let llama = args.llama_bench.as_ref().map(|p| llama_cpp(p, args));
     let file_bytes = std::fs::metadata(args.model_path()).map(|m| m.len()).unwrap_or(0);
     Report {
@@ -687,6 +698,7 @@ fn measure(engine: &Engine, config: &EngineConfig, load: LoadNumbers, args: &Arg
         constrained,
         unbounded,
         schema_first_token,
+        tools,
         llama,
     }
 }
@@ -759,6 +771,7 @@ fn print_report(r: &Report, args: &Args) {
         "schema ttft  {:.1} ms on a fresh engine, {:.1} ms on a warm one (compile included), {:.1} ms without a schema",
         ttft.fresh_ms, ttft.warm_ms, ttft.free_ms
     );
+    print_tools(&r.tools);
     match &r.llama {
         Some(Ok(l)) => {
             let prefill: Vec<String> = l
@@ -777,6 +790,38 @@ fn print_report(r: &Report, args: &Args) {
         Some(Err(e)) => println!("llama.cpp    not measured: {e}"),
         None => println!("llama.cpp    not measured (pass --llama-bench PATH; make bench builds it)"),
     }
+}
+
+fn print_tools(t: &tools::ToolNumbers) {
+    println!(
+        "tools        {} declared, auto: free text {:.1} tokens/s vs {:.1} without tools ({:+.1}% slower; {:.0} generated), grammar compile {:.0} ms, mask mean {:.1} µs / p99 {:.1} µs replayed",
+        t.tools, t.with_tools, t.without, t.slowdown_percent(), t.generated, t.compile_ms, t.replay_mean_us, t.replay_p99_us
+    );
+}
+
+/// The tools row of a report: free text with 10 tools declared against none.
+fn doc_tools(r: &Report) -> String {
+    let t = &r.tools;
+    format!(
+        "## Tools
+
+         {n} tools declared (tool_choice auto, the generic format's grammar: a lazily triggered call beside free          text), a {g:.0}-token story, against the same prompt tokens with no tools.
+
+         | measure | value | target |
+|---|---|---|
+         | free text decode with tools / without | {w:.1} / {o:.1} tokens/s ({s:+.1}% slower) | ≤ 5% slower (issue 21) |
+         | tool grammar compile (cache cleared) | {c:.0} ms | |
+         | tool grammar mask per sampled token, replayed: mean / p99 | {m:.1} / {p:.1} µs | |
+",
+        n = t.tools,
+        g = t.generated,
+        w = t.with_tools,
+        o = t.without,
+        s = t.slowdown_percent(),
+        c = t.compile_ms,
+        m = t.replay_mean_us,
+        p = t.replay_p99_us,
+    )
 }
 
 impl Report {
@@ -865,6 +910,7 @@ fn model_doc(r: &Report, args: &Args, index: Option<&str>) -> String {
         doc_concurrency(r, args),
         doc_shared_prefix(r),
         doc_constraints(r),
+        doc_tools(r),
     ]
     .concat()
 }
@@ -1085,6 +1131,7 @@ fn index_table(r: &Report, args: &Args, link: &str) -> String {
          | resident memory after loading | {rss:.0} MiB | | | ≤ {file:.0} + 64 = {bound:.0} MiB |\n\
          | constraint mask, mean in the decode loop / replayed | {mm:.1} / {rm:.1} µs | | | |\n\
          | constrained / free decode | {cr:.2}× | | | {goal} |\n\
+         | free text with 10 tools declared (auto) / without | {tr:.2}× | | | ≥ 0.95× (issue 21) |\n\
          | first token with a schema: fresh engine / warm engine / no schema | {ttft} | | | |\n\n",
         name = r.model_name,
         arch = r.architecture,
@@ -1098,6 +1145,7 @@ fn index_table(r: &Report, args: &Args, link: &str) -> String {
         rm = cn.replay_mean_us,
         cr = r.constrained_ratio(),
         goal = constrained_goal(r),
+        tr = r.tools.with_tools / r.tools.without,
         ttft = first_token_cell(ttft),
     )
 }
