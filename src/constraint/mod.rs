@@ -3,6 +3,7 @@
 
 mod compile;
 mod enforce;
+mod gbnf;
 mod ir;
 mod limits;
 mod schema;
