@@ -447,6 +447,14 @@ fn generation_under_every_shipped_grammar_is_accepted_by_the_reference() {
             if first.is_empty() {
                 first = text.chars().take(50).collect();
             }
+            if let Some(path) = std::env::var_os("MAZE_GBNF_RECORD") {
+                // Outputs for scripts/check-gbnf-with-llama.sh (tests/data/gbnf/samples.jsonl).
+                let line = serde_json::json!({"grammar": name, "text": text, "source": format!(
+                    "SmolLM2-135M-Instruct.Q4_1, seed {seed}, max_tokens 48, finish {:?}", r.finish_reason
+                )});
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
+            }
             mask_us.push(r.constraint_stats.map_or(0.0, |s| s.p50_mask_time_us));
         }
         report.push(format!(
@@ -487,4 +495,63 @@ fn gbnf_the_converter_cannot_take_is_refused_with_line_and_column() {
         )
         .unwrap();
     assert!(!r.text.is_empty() && r.text.chars().all(|c| c.is_ascii_digit()), "{}", r.text);
+}
+
+/// What Maze makes of `sample` under `grammar`: "refused" (the grammar does not compile),
+/// "whole", "prefix" or "invalid", from the compiled grammar fed the text's tokens.
+fn maze_verdict(grammar: &str, sample: &str) -> &'static str {
+    use maze::constraint::Enforcer;
+    let local = engine().local().expect("a local engine");
+    let Ok(compiled) = local.compile_constraint(&Constraint::gbnf("g", grammar)) else { return "refused" };
+    let tok = local.tokenizer();
+    let mut enforcer = Enforcer::new(
+        vec![std::sync::Arc::new(compiled)],
+        tok.vocab_size(),
+        tok.end_of_generation().to_vec(),
+    );
+    let ids = tok.encode(sample, false, false).unwrap();
+    if !ids.iter().all(|&t| enforcer.commit(t).is_ok()) {
+        return "invalid";
+    }
+    match enforcer.reports("the end of the sample", true)[0].outcome {
+        ConstraintOutcome::Satisfied => "whole",
+        _ => "prefix",
+    }
+}
+
+/// llama.cpp's own verdicts, recorded by scripts/check-gbnf-with-llama.sh with llama.cpp's
+/// test-gbnf-validator on tests/data/gbnf/samples.jsonl (outputs generated under Maze, and
+/// hand-written sentences, prefixes, non-sentences and bad grammars): the reference recogniser
+/// and Maze's compiled grammar give llama.cpp's verdict on every sample, except where a sample
+/// names a documented difference (docs/CONSTRAINTS.md), which must then really differ.
+#[test]
+fn maze_and_the_reference_agree_with_llama_cpp_on_every_recorded_sample() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gbnf/llama-verdicts.jsonl");
+    let recorded = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in recorded.lines().skip(1) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let grammar = match v.get("grammar") {
+            Some(name) => data(name.as_str().unwrap()),
+            None => v["gbnf"].as_str().unwrap().to_string(),
+        };
+        let (sample, llama) = (v["text"].as_str().unwrap(), v["llama"].as_str().unwrap());
+        let maze = maze_verdict(&grammar, sample);
+        if let Some(why) = v.get("differs") {
+            assert_ne!(maze, llama, "a documented difference ({why}) that is none: {line}");
+            continue;
+        }
+        assert_eq!(maze, llama, "Maze vs llama.cpp on {line}");
+        if llama != "refused" {
+            let reference = match Reference::new(&grammar).check(sample) {
+                (true, _) => "whole",
+                (false, true) => "prefix",
+                _ => "invalid",
+            };
+            assert_eq!(reference, llama, "the reference vs llama.cpp on {line}");
+        }
+        *counts.entry(llama.to_string()).or_default() += 1;
+    }
+    assert!(counts.len() == 4 && counts.values().all(|&n| n > 0), "every verdict is exercised: {counts:?}");
+    eprintln!("agreed with llama.cpp on {counts:?}");
 }
