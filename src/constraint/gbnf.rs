@@ -19,7 +19,7 @@
 //! reversed character classes, repetition counts over llama.cpp's limit
 //! ([`MAX_REPETITION`]), references to undefined rules, tokens the vocabulary does not have.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// The largest repetition count accepted (llama.cpp's `MAX_REPETITION_THRESHOLD`; over it
@@ -480,13 +480,379 @@ impl Grammar {
     /// The Lark text. `token` resolves a `<text>` token element to its id (None: the
     /// vocabulary has no such single token, and the grammar is refused).
     pub fn to_lark(&self, token: &dyn Fn(&str) -> Option<u32>) -> Parsed<String> {
+        let e = Emit { token, merged: self.safe_repetitions() };
         let mut out = format!("start: {}\n", lark_name("root"));
         for rule in &self.rules {
             write!(out, "{}: ", lark_name(&rule.name)).expect("to a string");
-            alternatives(&rule.alternatives, token, &mut out)?;
+            e.alternatives(&rule.alternatives, &mut out)?;
             out.push('\n');
         }
         Ok(out)
+    }
+}
+
+/// Most character units the repetition analysis takes on (its sets are units × units bits);
+/// a larger grammar keeps one lexeme per character throughout.
+const MAX_ANALYSED_UNITS: usize = 4096;
+
+/// A set of units, as bits.
+#[derive(Clone, PartialEq, Eq)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n.div_ceil(64)])
+    }
+    fn one(n: usize, i: usize) -> Self {
+        let mut b = Self::new(n);
+        b.0[i / 64] |= 1 << (i % 64);
+        b
+    }
+    fn has(&self, i: usize) -> bool {
+        self.0[i / 64] >> (i % 64) & 1 == 1
+    }
+    /// Adds `other`; true when that changed something.
+    fn add(&mut self, other: &Bits) -> bool {
+        let mut changed = false;
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            changed |= *b & !*a != 0;
+            *a |= b;
+        }
+        changed
+    }
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.0.len() * 64).filter(|&i| self.has(i))
+    }
+}
+
+/// One character position of the grammar (a literal's character, a class, `.`), or a
+/// repetition of one character that may become a single lexeme: what it can match.
+struct Unit {
+    /// Code points, as sorted inclusive ranges.
+    chars: Vec<(u32, u32)>,
+    /// The first bytes of their UTF-8 encodings (the lexer decides byte by byte).
+    lead: [u64; 4],
+}
+
+impl Unit {
+    fn new(node: &Node) -> Self {
+        let chars = match node {
+            Node::Literal(c) => vec![(c[0] as u32, c[0] as u32)],
+            Node::Class { negated: false, ranges } => {
+                normalize(ranges.iter().map(|&(a, b)| (a as u32, b as u32)))
+            }
+            Node::Class { negated: true, ranges } => {
+                let inside = normalize(ranges.iter().map(|&(a, b)| (a as u32, b as u32)));
+                let mut outside = Vec::new();
+                let mut next = 0u32;
+                for (lo, hi) in inside {
+                    if lo > next {
+                        outside.push((next, lo - 1));
+                    }
+                    next = hi + 1;
+                }
+                if next <= 0x10FFFF {
+                    outside.push((next, 0x10FFFF));
+                }
+                outside
+            }
+            _ => vec![(0, 0x10FFFF)],
+        };
+        let mut lead = [0u64; 4];
+        for &(lo, hi) in &chars {
+            // Per UTF-8 length, the lead byte grows with the code point.
+            for (start, end, shift, tag) in [
+                (0, 0x7F, 0, 0u32),
+                (0x80, 0x7FF, 6, 0xC0),
+                (0x800, 0xFFFF, 12, 0xE0),
+                (0x10000, 0x10FFFF, 18, 0xF0),
+            ] {
+                let (a, b) = (lo.max(start), hi.min(end));
+                if a <= b {
+                    for byte in (tag | a >> shift)..=(tag | b >> shift) {
+                        lead[byte as usize / 64] |= 1 << (byte % 64);
+                    }
+                }
+            }
+        }
+        Self { chars, lead }
+    }
+
+    fn shares_lead_byte(&self, other: &Unit) -> bool {
+        self.lead.iter().zip(&other.lead).any(|(a, b)| a & b != 0)
+    }
+
+    fn shares_char(&self, other: &Unit) -> bool {
+        self.chars.iter().any(|&(a, b)| other.chars.iter().any(|&(c, d)| a <= d && c <= b))
+    }
+}
+
+fn normalize(ranges: impl Iterator<Item = (u32, u32)>) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = ranges.collect();
+    v.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in v {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// FIRST / nullable / FOLLOW over units, for [`Grammar::safe_repetitions`].
+struct Analysis<'g> {
+    units: Vec<Unit>,
+    /// Unit id of each unit node (by address); a literal's characters take consecutive ids.
+    ids: HashMap<usize, usize>,
+    /// Repetitions that may become one lexeme, with their unit id.
+    candidates: Vec<(usize, usize)>,
+    rule_of: HashMap<&'g str, usize>,
+    rule_first: Vec<Bits>,
+    rule_nullable: Vec<bool>,
+    rule_follow: Vec<Bits>,
+    follow: Vec<Bits>,
+}
+
+fn key(node: &Node) -> usize {
+    node as *const Node as usize
+}
+
+/// A repetition of one character without a maximum: `[a-z]+`, `[^"]*`, `"x"{2,}`, `.*`.
+fn is_candidate(node: &Node) -> bool {
+    match node {
+        Node::Repeat { node: inner, max: None, .. } => match &**inner {
+            Node::Literal(c) => c.len() == 1,
+            Node::Class { .. } | Node::Any => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+impl<'g> Analysis<'g> {
+    /// None when the grammar has tokens (whose bytes the analysis cannot see) or too many units.
+    fn new(g: &'g Grammar) -> Option<Self> {
+        let mut a = Analysis {
+            units: Vec::new(),
+            ids: HashMap::new(),
+            candidates: Vec::new(),
+            rule_of: g.rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect(),
+            rule_first: Vec::new(),
+            rule_nullable: vec![false; g.rules.len()],
+            rule_follow: Vec::new(),
+            follow: Vec::new(),
+        };
+        let mut tokens = false;
+        for rule in &g.rules {
+            for node in rule.alternatives.iter().flatten() {
+                a.number(node, &mut tokens);
+            }
+        }
+        if tokens || a.units.len() > MAX_ANALYSED_UNITS {
+            return None;
+        }
+        let n = a.units.len();
+        a.rule_first = vec![Bits::new(n); g.rules.len()];
+        a.rule_follow = vec![Bits::new(n); g.rules.len()];
+        a.follow = vec![Bits::new(n); n];
+        loop {
+            let mut changed = false;
+            for (i, rule) in g.rules.iter().enumerate() {
+                let (first, nullable) = a.first_alts(&rule.alternatives);
+                changed |= a.rule_first[i].add(&first);
+                if nullable && !a.rule_nullable[i] {
+                    a.rule_nullable[i] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        // The start: whatever follows root is the end of the text (no unit).
+        loop {
+            let mut changed = false;
+            for (i, rule) in g.rules.iter().enumerate() {
+                let ctx = a.rule_follow[i].clone();
+                changed |= a.follow_alts(&rule.alternatives, &ctx);
+            }
+            if !changed {
+                break;
+            }
+        }
+        Some(a)
+    }
+
+    fn number(&mut self, node: &Node, tokens: &mut bool) {
+        match node {
+            Node::Literal(chars) if !chars.is_empty() => {
+                self.ids.insert(key(node), self.units.len());
+                for &c in chars {
+                    self.units.push(Unit::new(&Node::Literal(vec![c])));
+                }
+            }
+            Node::Class { .. } | Node::Any => {
+                self.ids.insert(key(node), self.units.len());
+                self.units.push(Unit::new(node));
+            }
+            Node::Repeat { node: inner, .. } if is_candidate(node) => {
+                self.ids.insert(key(node), self.units.len());
+                self.candidates.push((key(node), self.units.len()));
+                self.units.push(Unit::new(inner));
+            }
+            Node::Repeat { node: inner, .. } => self.number(inner, tokens),
+            Node::Group(alts) => alts.iter().flatten().for_each(|n| self.number(n, tokens)),
+            Node::Token { .. } => *tokens = true,
+            Node::Literal(_) | Node::Ref { .. } => {}
+        }
+    }
+
+    fn empty(&self) -> Bits {
+        Bits::new(self.units.len())
+    }
+
+    fn first_alts(&self, alts: &[Vec<Node>]) -> (Bits, bool) {
+        let (mut first, mut nullable) = (self.empty(), false);
+        for seq in alts {
+            let (f, n) = self.first_seq(seq);
+            first.add(&f);
+            nullable |= n;
+        }
+        (first, nullable)
+    }
+
+    fn first_seq(&self, seq: &[Node]) -> (Bits, bool) {
+        let mut first = self.empty();
+        for node in seq {
+            let (f, n) = self.first(node);
+            first.add(&f);
+            if !n {
+                return (first, false);
+            }
+        }
+        (first, true)
+    }
+
+    fn first(&self, node: &Node) -> (Bits, bool) {
+        let n = self.units.len();
+        match node {
+            Node::Literal(chars) if chars.is_empty() => (self.empty(), true),
+            Node::Repeat { max: Some(0), .. } => (self.empty(), true),
+            Node::Literal(_) | Node::Class { .. } | Node::Any => (Bits::one(n, self.ids[&key(node)]), false),
+            Node::Repeat { min, .. } if is_candidate(node) => (Bits::one(n, self.ids[&key(node)]), *min == 0),
+            Node::Repeat { node: inner, min, .. } => {
+                let (f, nullable) = self.first(inner);
+                (f, nullable || *min == 0)
+            }
+            Node::Group(alts) => self.first_alts(alts),
+            Node::Ref { name, .. } => {
+                let r = self.rule_of[name.as_str()];
+                (self.rule_first[r].clone(), self.rule_nullable[r])
+            }
+            Node::Token { .. } => unreachable!("grammars with tokens are not analysed"),
+        }
+    }
+
+    /// Spreads `ctx` (what may follow) into the alternatives; true when a set grew.
+    fn follow_alts(&mut self, alts: &[Vec<Node>], ctx: &Bits) -> bool {
+        let mut changed = false;
+        for seq in alts {
+            let mut after = ctx.clone();
+            for node in seq.iter().rev() {
+                changed |= self.follow_node(node, &after);
+                let (f, nullable) = self.first(node);
+                if nullable {
+                    after.add(&f);
+                } else {
+                    after = f;
+                }
+            }
+        }
+        changed
+    }
+
+    fn follow_node(&mut self, node: &Node, ctx: &Bits) -> bool {
+        match node {
+            Node::Repeat { max: Some(0), .. } => false,
+            Node::Literal(chars) if chars.is_empty() => false,
+            Node::Literal(chars) => {
+                let base = self.ids[&key(node)];
+                let mut changed = false;
+                for i in 0..chars.len() {
+                    let next = if i + 1 < chars.len() {
+                        Bits::one(self.units.len(), base + i + 1)
+                    } else {
+                        ctx.clone()
+                    };
+                    changed |= self.follow[base + i].add(&next);
+                }
+                changed
+            }
+            Node::Class { .. } | Node::Any => {
+                let id = self.ids[&key(node)];
+                self.follow[id].add(ctx)
+            }
+            Node::Repeat { .. } if is_candidate(node) => {
+                let id = self.ids[&key(node)];
+                self.follow[id].add(ctx)
+            }
+            Node::Repeat { node: inner, max, .. } => {
+                let mut inner_ctx = ctx.clone();
+                if max.is_none_or(|m| m >= 2) {
+                    inner_ctx.add(&self.first(inner).0);
+                }
+                self.follow_node(inner, &inner_ctx)
+            }
+            Node::Group(alts) => self.follow_alts(alts, ctx),
+            Node::Ref { name, .. } => {
+                let r = self.rule_of[name.as_str()];
+                self.rule_follow[r].add(ctx)
+            }
+            Node::Token { .. } => false,
+        }
+    }
+}
+
+impl Grammar {
+    /// The repetitions of one character (`[a-z]+`, `[^"]*`) that can be one greedy lexeme
+    /// without changing the language, by address. One lexeme per character is always right but
+    /// costs a parser step per character; a repetition `C+` read greedily is right when the
+    /// lexer can never have to stop it early or prefer another lexeme at its start:
+    /// 1. nothing that can follow it starts with a byte that could continue it (no character of
+    ///    whatever follows shares its first UTF-8 byte with a character of `C`), and
+    /// 2. nothing that can start where it starts does: the lexemes that compete with it are
+    ///    among those following any unit that can match the character before it (the units
+    ///    able to precede it, and any unit matching one of their characters, since an
+    ///    ambiguous text may end its prefix in either; a repetition follows itself), or the
+    ///    grammar's first units.
+    ///
+    /// FIRST and FOLLOW are over-approximations (context-free), so both checks are safe.
+    fn safe_repetitions(&self) -> HashSet<usize> {
+        let Some(a) = Analysis::new(self) else { return HashSet::new() };
+        let root_first = a.rule_first[a.rule_of["root"]].clone();
+        let mut safe = HashSet::new();
+        for &(node, x) in &a.candidates {
+            let unit = &a.units[x];
+            if a.follow[x].iter().any(|y| a.units[y].shares_lead_byte(unit)) {
+                continue;
+            }
+            let preceding: Vec<usize> = (0..a.units.len()).filter(|&t| a.follow[t].has(x)).collect();
+            let mut competitors = if root_first.has(x) { root_first.clone() } else { a.empty() };
+            for t2 in 0..a.units.len() {
+                if preceding.iter().any(|&t| a.units[t].shares_char(&a.units[t2])) {
+                    competitors.add(&a.follow[t2]);
+                    // Another repetition (one lexeme or not) can go on after its own character.
+                    if a.candidates.iter().any(|&(_, c)| c == t2) {
+                        competitors.add(&Bits::one(a.units.len(), t2));
+                    }
+                }
+            }
+            if competitors.iter().all(|y| y == x || !a.units[y].shares_lead_byte(unit)) {
+                safe.insert(node);
+            }
+        }
+        safe
     }
 }
 
@@ -533,89 +899,122 @@ pub(crate) fn lark_name(name: &str) -> String {
     out
 }
 
-fn alternatives(alts: &[Vec<Node>], token: &dyn Fn(&str) -> Option<u32>, out: &mut String) -> Parsed<()> {
-    for (i, seq) in alts.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" | ");
-        }
-        let before = out.len();
-        for node in seq {
-            if out.len() > before && !out.ends_with(' ') {
-                out.push(' ');
-            }
-            self::node(node, token, out)?;
-        }
-        if out[before..].trim().is_empty() {
-            out.truncate(before);
-            // The empty string: an empty group.
-            out.push_str("\"\"");
-        }
-    }
-    Ok(())
+/// Writes the Lark text: `merged` holds the repetitions that become one lexeme.
+struct Emit<'a> {
+    token: &'a dyn Fn(&str) -> Option<u32>,
+    merged: HashSet<usize>,
 }
 
-fn node(node: &Node, token: &dyn Fn(&str) -> Option<u32>, out: &mut String) -> Parsed<()> {
-    match node {
-        Node::Literal(chars) => {
-            let parts: Vec<String> = chars.iter().map(|&c| char_lexeme(c)).collect();
-            out.push_str(&parts.join(" "));
-        }
-        Node::Class { negated, ranges } => {
-            out.push_str(if *negated { "/[^" } else { "/[" });
-            for &(lo, hi) in ranges {
-                class_char(lo, out);
-                if hi != lo {
-                    out.push('-');
-                    class_char(hi, out);
+impl Emit<'_> {
+    fn alternatives(&self, alts: &[Vec<Node>], out: &mut String) -> Parsed<()> {
+        for (i, seq) in alts.iter().enumerate() {
+            if i > 0 {
+                out.push_str(" | ");
+            }
+            let before = out.len();
+            for node in seq {
+                if out.len() > before && !out.ends_with(' ') {
+                    out.push(' ');
                 }
+                self.node(node, out)?;
             }
-            out.push_str("]/");
-        }
-        Node::Any => out.push_str("/(?s:.)/"),
-        Node::Ref { name, .. } => out.push_str(&lark_name(name)),
-        Node::Token { negated, token: t, pos } => {
-            let id = match t {
-                TokenRef::Id(id) => *id,
-                TokenRef::Text(text) => token(text).ok_or_else(|| GbnfError {
-                    pos: *pos,
-                    message: format!("the token {text} is not a single token of this model's vocabulary"),
-                })?,
-            };
-            write!(out, "<[{}{id}]>", if *negated { "^" } else { "" }).expect("to a string");
-        }
-        Node::Group(alts) => {
-            out.push('(');
-            alternatives(alts, token, out)?;
-            out.push(')');
-        }
-        Node::Repeat { node: inner, min, max } => {
-            if *max == Some(0) {
+            if out[before..].trim().is_empty() {
+                out.truncate(before);
+                // The empty string: an empty group.
                 out.push_str("\"\"");
-                return Ok(());
             }
-            let atomic = match &**inner {
-                Node::Literal(chars) => chars.len() == 1,
-                Node::Repeat { .. } => false,
-                _ => true,
-            };
-            if !atomic {
+        }
+        Ok(())
+    }
+
+    fn node(&self, node: &Node, out: &mut String) -> Parsed<()> {
+        match node {
+            Node::Literal(chars) => {
+                let parts: Vec<String> = chars.iter().map(|&c| char_lexeme(c)).collect();
+                out.push_str(&parts.join(" "));
+            }
+            Node::Class { .. } | Node::Any => write!(out, "/{}/", one_char_regex(node)).expect("to a string"),
+            Node::Ref { name, .. } => out.push_str(&lark_name(name)),
+            Node::Token { negated, token: t, pos } => {
+                let id = match t {
+                    TokenRef::Id(id) => *id,
+                    TokenRef::Text(text) => (self.token)(text).ok_or_else(|| GbnfError {
+                        pos: *pos,
+                        message: format!("the token {text} is not a single token of this model's vocabulary"),
+                    })?,
+                };
+                write!(out, "<[{}{id}]>", if *negated { "^" } else { "" }).expect("to a string");
+            }
+            Node::Group(alts) => {
                 out.push('(');
-            }
-            self::node(inner, token, out)?;
-            if !atomic {
+                self.alternatives(alts, out)?;
                 out.push(')');
             }
-            match (min, max) {
-                (0, None) => out.push('*'),
-                (1, None) => out.push('+'),
-                (0, Some(1)) => out.push('?'),
-                (m, None) => write!(out, "{{{m},}}").expect("to a string"),
-                (m, Some(n)) if m == n => write!(out, "{{{m}}}").expect("to a string"),
-                (m, Some(n)) => write!(out, "{{{m},{n}}}").expect("to a string"),
+            Node::Repeat { node: inner, min, max } => {
+                if *max == Some(0) {
+                    out.push_str("\"\"");
+                    return Ok(());
+                }
+                if self.merged.contains(&(node as *const Node as usize)) {
+                    // One lexeme for the whole repetition (see `Grammar::safe_repetitions`).
+                    let one = one_char_regex(inner);
+                    match min {
+                        0 => write!(out, "(/{one}+/)?"),
+                        1 => write!(out, "/{one}+/"),
+                        m => write!(out, "/{one}{{{m},}}/"),
+                    }
+                    .expect("to a string");
+                    return Ok(());
+                }
+                let atomic = match &**inner {
+                    Node::Literal(chars) => chars.len() == 1,
+                    Node::Repeat { .. } => false,
+                    _ => true,
+                };
+                if !atomic {
+                    out.push('(');
+                }
+                self.node(inner, out)?;
+                if !atomic {
+                    out.push(')');
+                }
+                match (min, max) {
+                    (0, None) => out.push('*'),
+                    (1, None) => out.push('+'),
+                    (0, Some(1)) => out.push('?'),
+                    (m, None) => write!(out, "{{{m},}}").expect("to a string"),
+                    (m, Some(n)) if m == n => write!(out, "{{{m}}}").expect("to a string"),
+                    (m, Some(n)) => write!(out, "{{{m},{n}}}").expect("to a string"),
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A class, `.` or one-character literal as a regex matching that one character (no slashes).
+fn one_char_regex(node: &Node) -> String {
+    let mut out = String::new();
+    match node {
+        Node::Class { negated, ranges } => {
+            out.push_str(if *negated { "[^" } else { "[" });
+            for &(lo, hi) in ranges {
+                class_char(lo, &mut out);
+                if hi != lo {
+                    out.push('-');
+                    class_char(hi, &mut out);
+                }
+            }
+            out.push(']');
+        }
+        Node::Literal(chars) if chars.len() == 1 => {
+            out.push('[');
+            class_char(chars[0], &mut out);
+            out.push(']');
+        }
+        _ => out.push_str("(?s:.)"),
+    }
+    out
 }
 
 /// One character as a one-character lexeme: a Lark string when printable ASCII, else a regex.
@@ -717,7 +1116,7 @@ mod tests {
         );
         assert_eq!(
             lark("root ::= \"ab\"* \"c\"{3} \"d\"{2,} \"e\"{0}\n"),
-            "start: g_root\ng_root: (\"a\" \"b\")* \"c\"{3} \"d\"{2,} \"\"\n"
+            "start: g_root\ng_root: (\"a\" \"b\")* \"c\"{3} /[d]{2,}/ \"\"\n"
         );
     }
 
@@ -873,6 +1272,13 @@ mod tests {
                 &["1", "1+2+3"],
                 &["1+", "+1"],
             ),
+            // Where a repetition competes with another lexeme, it stays one lexeme per character.
+            ("root ::= \"a\" [a-z]+ \"!\" | \"ab\" \"c\" \"?\"", &["abc?", "abc!", "ab!"], &["abc", "a!"]),
+            ("root ::= x | y\nx ::= [a-z]+ \"1\"\ny ::= \"q\" \"r\" \"2\"", &["qr2", "qr1", "a1"], &["qr"]),
+            ("root ::= [a-z]+ [a-z]+", &["ab", "abc"], &["a"]),
+            ("root ::= ([a-z]* \",\")* [a-z]*", &["a,b", ",,", "", "abc"], &["A"]),
+            ("root ::= \"- \" [^\\n]+ \"\\n\" [0-9]*", &["- a b\n", "- x\n12"], &["- \n", "- a"]),
+            ("root ::= [é]+ [è]", &["éè", "ééè"], &["é"]),
         ];
         for (grammar, good, bad) in cases {
             for text in *good {
@@ -903,5 +1309,27 @@ mod tests {
         assert!(err.message().contains("GBNF line 1, column 10: the token <nope>"), "{err}");
         // Special tokens resolve through the vocabulary.
         c.compile(&crate::constraint::Constraint::gbnf("t", "root ::= \"x\" <|im_end|>")).unwrap();
+    }
+
+    /// Which repetitions became one lexeme: only where no following or competing lexeme shares
+    /// a first byte with it (the languages are checked above and against llama.cpp).
+    #[test]
+    fn repetitions_become_one_lexeme_only_where_that_is_safe() {
+        let merged = |g: &str| lark(g).contains("]+/");
+        assert!(merged("root ::= \"- \" [^\\n]+ \"\\n\""), "followed by what it cannot match");
+        assert!(merged("root ::= [a-z]+"), "followed by the end");
+        assert!(merged("root ::= \"(\" [0-9]* \")\""));
+        assert!(!merged("root ::= [a-z]+ \"x\""), "followed by a character of its class");
+        assert!(!merged("root ::= [a-z]+ [a-z]+"), "followed by itself");
+        assert!(!merged("root ::= [a-z]+ | \"q\" \"1\""), "competing with q at the start");
+        assert!(!merged("root ::= \"a\" [a-z]+ \"!\" | \"ab\" \"?\""), "competing with b after a");
+        assert!(!merged("root ::= [é]+ [è]"), "é and è share their first byte");
+        let tokens = to_lark("root ::= [a-z]+ <[5]>", 128, &|_| None).unwrap();
+        assert!(!tokens.contains("]+/"), "tokens: not analysed: {tokens}");
+        let ws = lark("root ::= term \"\\n\"\nterm ::= [0-9]+ ws\nws ::= [ \\t\\n]*");
+        assert!(
+            ws.contains("g_term: /[0-9]+/ g_ws") && ws.contains("g_ws: /[\\x{20}\\x{9}\\x{a}]/*"),
+            "{ws}"
+        );
     }
 }
