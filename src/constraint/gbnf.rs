@@ -12,14 +12,16 @@
 //! llguidance's lexer is greedy, so longer lexemes (a literal, a class repeated inside a regex)
 //! would change what an ambiguous grammar accepts, e.g. `("a" | "ab") "bc"` must accept both
 //! `abc` and `abbc`; lexemes that each match exactly one character cannot be cut or extended
-//! differently, and the Earley parser above them handles the ambiguity.
+//! differently, and the Earley parser above them handles the ambiguity. The one exception is
+//! a repetition of one character that nothing following or competing with it can confuse
+//! (`Grammar::safe_repetitions`): it becomes one lexeme, which costs far less per mask.
 //!
 //! What cannot be converted is refused with its line and column (1-based, columns in
 //! characters): unknown escapes, code points that are not Unicode scalar values, empty or
 //! reversed character classes, repetition counts over llama.cpp's limit
 //! ([`MAX_REPETITION`]), references to undefined rules, tokens the vocabulary does not have.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// The largest repetition count accepted (llama.cpp's `MAX_REPETITION_THRESHOLD`; over it
@@ -534,9 +536,10 @@ struct Unit {
     lead: [u64; 4],
 }
 
-impl Unit {
-    fn new(node: &Node) -> Self {
-        let chars = match node {
+/// The characters a literal character, class or `.` matches, as sorted ranges.
+fn node_chars(node: &Node) -> Vec<(u32, u32)> {
+    {
+        match node {
             Node::Literal(c) => vec![(c[0] as u32, c[0] as u32)],
             Node::Class { negated: false, ranges } => {
                 normalize(ranges.iter().map(|&(a, b)| (a as u32, b as u32)))
@@ -557,7 +560,38 @@ impl Unit {
                 outside
             }
             _ => vec![(0, 0x10FFFF)],
-        };
+        }
+    }
+}
+
+/// The characters `node` matches when it matches exactly one character: a literal character,
+/// a class, `.`, or a group or rule whose every alternative is one such node.
+fn single_char<'g>(g: &'g Grammar, node: &'g Node, seen: &mut Vec<&'g str>) -> Option<Vec<(u32, u32)>> {
+    let of_alts = |alts: &'g [Vec<Node>], seen: &mut Vec<&'g str>| -> Option<Vec<(u32, u32)>> {
+        let mut all = Vec::new();
+        for seq in alts {
+            let [only] = seq.as_slice() else { return None };
+            all.extend(single_char(g, only, seen)?);
+        }
+        Some(normalize(all.into_iter()))
+    };
+    match node {
+        Node::Literal(c) if c.len() == 1 => Some(node_chars(node)),
+        Node::Class { .. } | Node::Any => Some(node_chars(node)),
+        Node::Group(alts) => of_alts(alts, seen),
+        Node::Ref { name, .. } if !seen.contains(&name.as_str()) && seen.len() < 64 => {
+            let rule = g.rules.iter().find(|r| &r.name == name)?;
+            seen.push(name);
+            let chars = of_alts(&rule.alternatives, seen);
+            seen.pop();
+            chars
+        }
+        _ => None,
+    }
+}
+
+impl Unit {
+    fn from_chars(chars: Vec<(u32, u32)>) -> Self {
         let mut lead = [0u64; 4];
         for &(lo, hi) in &chars {
             // Per UTF-8 length, the lead byte grows with the code point.
@@ -602,11 +636,13 @@ fn normalize(ranges: impl Iterator<Item = (u32, u32)>) -> Vec<(u32, u32)> {
 
 /// FIRST / nullable / FOLLOW over units, for [`Grammar::safe_repetitions`].
 struct Analysis<'g> {
+    g: &'g Grammar,
     units: Vec<Unit>,
     /// Unit id of each unit node (by address); a literal's characters take consecutive ids.
     ids: HashMap<usize, usize>,
-    /// Repetitions that may become one lexeme, with their unit id.
+    /// Repetitions that may become one lexeme (by address), with their unit id and characters.
     candidates: Vec<(usize, usize)>,
+    candidate_chars: HashMap<usize, Vec<(u32, u32)>>,
     rule_of: HashMap<&'g str, usize>,
     rule_first: Vec<Bits>,
     rule_nullable: Vec<bool>,
@@ -618,25 +654,15 @@ fn key(node: &Node) -> usize {
     node as *const Node as usize
 }
 
-/// A repetition of one character without a maximum: `[a-z]+`, `[^"]*`, `"x"{2,}`, `.*`.
-fn is_candidate(node: &Node) -> bool {
-    match node {
-        Node::Repeat { node: inner, max: None, .. } => match &**inner {
-            Node::Literal(c) => c.len() == 1,
-            Node::Class { .. } | Node::Any => true,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
 impl<'g> Analysis<'g> {
     /// None when the grammar has tokens (whose bytes the analysis cannot see) or too many units.
     fn new(g: &'g Grammar) -> Option<Self> {
         let mut a = Analysis {
+            g,
             units: Vec::new(),
             ids: HashMap::new(),
             candidates: Vec::new(),
+            candidate_chars: HashMap::new(),
             rule_of: g.rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect(),
             rule_first: Vec::new(),
             rule_nullable: vec![false; g.rules.len()],
@@ -684,22 +710,36 @@ impl<'g> Analysis<'g> {
         Some(a)
     }
 
-    fn number(&mut self, node: &Node, tokens: &mut bool) {
+    /// A repetition of one character without a maximum (`[a-z]+`, `[^"]*`, `"x"{2,}`, `.*`,
+    /// `letter+` with `letter ::= [a-z] | "_"`): it may become one lexeme.
+    fn is_candidate(&self, node: &Node) -> bool {
+        self.candidate_chars.contains_key(&key(node))
+    }
+
+    fn number(&mut self, node: &'g Node, tokens: &mut bool) {
         match node {
             Node::Literal(chars) if !chars.is_empty() => {
                 self.ids.insert(key(node), self.units.len());
                 for &c in chars {
-                    self.units.push(Unit::new(&Node::Literal(vec![c])));
+                    self.units.push(Unit::from_chars(vec![(c as u32, c as u32)]));
                 }
             }
             Node::Class { .. } | Node::Any => {
                 self.ids.insert(key(node), self.units.len());
-                self.units.push(Unit::new(node));
+                self.units.push(Unit::from_chars(node_chars(node)));
             }
-            Node::Repeat { node: inner, .. } if is_candidate(node) => {
+            Node::Repeat { node: inner, max: None, .. }
+                if single_char(self.g, inner, &mut Vec::new()).is_some() =>
+            {
+                let chars = single_char(self.g, inner, &mut Vec::new()).expect("just seen");
                 self.ids.insert(key(node), self.units.len());
                 self.candidates.push((key(node), self.units.len()));
-                self.units.push(Unit::new(inner));
+                self.candidate_chars.insert(key(node), chars.clone());
+                self.units.push(Unit::from_chars(chars));
+                // A group's own units stand for it where it is not made one lexeme.
+                if let Node::Group(_) = &**inner {
+                    self.number(inner, tokens);
+                }
             }
             Node::Repeat { node: inner, .. } => self.number(inner, tokens),
             Node::Group(alts) => alts.iter().flatten().for_each(|n| self.number(n, tokens)),
@@ -740,7 +780,9 @@ impl<'g> Analysis<'g> {
             Node::Literal(chars) if chars.is_empty() => (self.empty(), true),
             Node::Repeat { max: Some(0), .. } => (self.empty(), true),
             Node::Literal(_) | Node::Class { .. } | Node::Any => (Bits::one(n, self.ids[&key(node)]), false),
-            Node::Repeat { min, .. } if is_candidate(node) => (Bits::one(n, self.ids[&key(node)]), *min == 0),
+            Node::Repeat { min, .. } if self.is_candidate(node) => {
+                (Bits::one(n, self.ids[&key(node)]), *min == 0)
+            }
             Node::Repeat { node: inner, min, .. } => {
                 let (f, nullable) = self.first(inner);
                 (f, nullable || *min == 0)
@@ -793,9 +835,16 @@ impl<'g> Analysis<'g> {
                 let id = self.ids[&key(node)];
                 self.follow[id].add(ctx)
             }
-            Node::Repeat { .. } if is_candidate(node) => {
+            Node::Repeat { node: inner, .. } if self.is_candidate(node) => {
                 let id = self.ids[&key(node)];
-                self.follow[id].add(ctx)
+                let mut changed = self.follow[id].add(ctx);
+                // Where it is not made one lexeme, a group or rule repeats character by character.
+                if let Node::Group(_) | Node::Ref { .. } = &**inner {
+                    let mut inner_ctx = ctx.clone();
+                    inner_ctx.add(&self.first(inner).0);
+                    changed |= self.follow_node(inner, &inner_ctx);
+                }
+                changed
             }
             Node::Repeat { node: inner, max, .. } => {
                 let mut inner_ctx = ctx.clone();
@@ -828,10 +877,10 @@ impl Grammar {
     ///    grammar's first units.
     ///
     /// FIRST and FOLLOW are over-approximations (context-free), so both checks are safe.
-    fn safe_repetitions(&self) -> HashSet<usize> {
-        let Some(a) = Analysis::new(self) else { return HashSet::new() };
+    fn safe_repetitions(&self) -> HashMap<usize, Vec<(u32, u32)>> {
+        let Some(a) = Analysis::new(self) else { return HashMap::new() };
         let root_first = a.rule_first[a.rule_of["root"]].clone();
-        let mut safe = HashSet::new();
+        let mut safe = HashMap::new();
         for &(node, x) in &a.candidates {
             let unit = &a.units[x];
             if a.follow[x].iter().any(|y| a.units[y].shares_lead_byte(unit)) {
@@ -849,7 +898,7 @@ impl Grammar {
                 }
             }
             if competitors.iter().all(|y| y == x || !a.units[y].shares_lead_byte(unit)) {
-                safe.insert(node);
+                safe.insert(node, a.candidate_chars[&node].clone());
             }
         }
         safe
@@ -902,7 +951,7 @@ pub(crate) fn lark_name(name: &str) -> String {
 /// Writes the Lark text: `merged` holds the repetitions that become one lexeme.
 struct Emit<'a> {
     token: &'a dyn Fn(&str) -> Option<u32>,
-    merged: HashSet<usize>,
+    merged: HashMap<usize, Vec<(u32, u32)>>,
 }
 
 impl Emit<'_> {
@@ -955,9 +1004,12 @@ impl Emit<'_> {
                     out.push_str("\"\"");
                     return Ok(());
                 }
-                if self.merged.contains(&(node as *const Node as usize)) {
+                if let Some(chars) = self.merged.get(&key(node)) {
                     // One lexeme for the whole repetition (see `Grammar::safe_repetitions`).
-                    let one = one_char_regex(inner);
+                    let one = match &**inner {
+                        Node::Group(_) | Node::Ref { .. } => ranges_regex(chars),
+                        one_char => one_char_regex(one_char),
+                    };
                     match min {
                         0 => write!(out, "(/{one}+/)?"),
                         1 => write!(out, "/{one}+/"),
@@ -990,6 +1042,23 @@ impl Emit<'_> {
         }
         Ok(())
     }
+}
+
+/// A class matching the characters of `ranges` (sorted; surrogates left out).
+fn ranges_regex(ranges: &[(u32, u32)]) -> String {
+    let mut out = String::from("[");
+    for &(lo, hi) in ranges {
+        for (a, b) in [(lo, hi.min(0xD7FF)), (lo.max(0xE000), hi)] {
+            if a <= b {
+                write!(out, "\\x{{{a:x}}}").expect("to a string");
+                if b != a {
+                    write!(out, "-\\x{{{b:x}}}").expect("to a string");
+                }
+            }
+        }
+    }
+    out.push(']');
+    out
 }
 
 /// A class, `.` or one-character literal as a regex matching that one character (no slashes).
@@ -1279,6 +1348,8 @@ mod tests {
             ("root ::= ([a-z]* \",\")* [a-z]*", &["a,b", ",,", "", "abc"], &["A"]),
             ("root ::= \"- \" [^\\n]+ \"\\n\" [0-9]*", &["- a b\n", "- x\n12"], &["- \n", "- a"]),
             ("root ::= [é]+ [è]", &["éè", "ééè"], &["é"]),
+            ("root ::= w+ \"x\" w*\nw ::= [a-z] | \"_\"", &["_x", "axa", "xx", "xx_"], &["x", "_"]),
+            ("root ::= (w | \" \")+ \"!\"\nw ::= [a-z] | [0-9]", &["a b!", " !", "1!"], &["!", "a"]),
         ];
         for (grammar, good, bad) in cases {
             for text in *good {
@@ -1324,6 +1395,18 @@ mod tests {
         assert!(!merged("root ::= [a-z]+ | \"q\" \"1\""), "competing with q at the start");
         assert!(!merged("root ::= \"a\" [a-z]+ \"!\" | \"ab\" \"?\""), "competing with b after a");
         assert!(!merged("root ::= [é]+ [è]"), "é and è share their first byte");
+        // Repetitions of a rule or group that matches one character of a set.
+        let english = lark("root ::= w+ (\" \" w+)*\nw ::= letter | [0-9]\nletter ::= [a-z] | \"_\"");
+        assert!(
+            english.contains("g_root: /[\\x{30}-\\x{39}\\x{5f}\\x{61}-\\x{7a}]+/ (\" \" /["),
+            "{english}"
+        );
+        assert!(merged("root ::= (\"a\" | [0-9])* \".\""));
+        assert!(
+            !merged("root ::= w+ \"x\" w*\nw ::= [a-z] | \"_\"".replace(" w*", "").as_str()),
+            "x follows w+"
+        );
+        assert!(!merged("root ::= (\"ab\" | [0-9])*"), "not one character");
         let tokens = to_lark("root ::= [a-z]+ <[5]>", 128, &|_| None).unwrap();
         assert!(!tokens.contains("]+/"), "tokens: not analysed: {tokens}");
         let ws = lark("root ::= term \"\\n\"\nterm ::= [0-9]+ ws\nws ::= [ \\t\\n]*");
