@@ -659,6 +659,8 @@ typedef enum maze_constraint_kind {
   MAZE_CONSTRAINT_KIND_TOKEN_MASK = 3,
   // `items`: the output is exactly one of these strings.
   MAZE_CONSTRAINT_KIND_CHOICE = 4,
+  // `text`: a grammar in llama.cpp's GBNF syntax (converted to Lark, see docs/CONSTRAINTS.md).
+  MAZE_CONSTRAINT_KIND_GBNF = 5,
 } maze_constraint_kind;
 
 // Bits of maze_constraint_desc.json_flags (OR them; 0 keeps the defaults: compact JSON,
@@ -690,7 +692,7 @@ typedef struct maze_constraint_desc {
   uint32_t reserved;
   // Name reported in validation (may be empty).
   struct maze_string name;
-  // JSON schema or Lark grammar text.
+  // JSON schema, Lark grammar or GBNF grammar text.
   struct maze_string text;
   // Regex patterns or choice strings.
   const struct maze_string *items;
@@ -738,10 +740,10 @@ enum maze_status maze_constraint_new(const struct maze_engine *engine,
 // Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 // `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 // `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
-// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
-// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
-// docs/CONSTRAINTS.md).
+// `{"choice": ["yes", "no"]}`, `{"gbnf": "root ::= ..."}`, or an array of them (one handle
+// holding all). A JSON schema may carry `"json_options": {"lenient", "coerce_one_of",
+// "whitespace_flexible", "whitespace_pattern", "strict_formats"}` (the json_flags of the
+// descriptor; see docs/CONSTRAINTS.md).
 MAZE_NODISCARD
 enum maze_status maze_constraint_from_json(const struct maze_engine *engine,
                                            const char *json,

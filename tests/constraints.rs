@@ -9,6 +9,9 @@ use maze::constraint::ConstraintOutcome;
 use maze::*;
 use serde_json::{json, Value};
 
+/// GBNF grammars (the ones llama.cpp ships) checked with a reference recogniser.
+mod gbnf;
+
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {

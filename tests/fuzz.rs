@@ -422,7 +422,7 @@ fn fuzz_request_parsing() {
     });
 }
 
-/// JSON-schema keywords (supported, unsupported and misspelt), regex and Lark fragments: the
+/// JSON-schema keywords (supported, unsupported and misspelt), regex, Lark and GBNF fragments: the
 /// constraint target builds its inputs from these more often than not.
 const SCHEMA_KEYWORDS: [&str; 34] = [
     "type",
@@ -492,6 +492,36 @@ const LARK_PIECES: [&str; 24] = [
     "]",
     "\"\"",
 ];
+const GBNF_PIECES: [&str; 28] = [
+    "root ::= ",
+    "a ::= ",
+    "x-y ::= ",
+    "a",
+    " x-y",
+    " root",
+    "\"ab\"",
+    "\"\\x4\"",
+    "\"\\u00e9\"",
+    "[a-z]",
+    "[^\"\\\\]",
+    "[z-a]",
+    "[]",
+    ".",
+    " | ",
+    "\n",
+    "(",
+    ")",
+    "*",
+    "+",
+    "?",
+    "{2,3}",
+    "{3000}",
+    "{2,}",
+    "<[5]>",
+    "!<[7]>",
+    "<x>",
+    "# c\n",
+];
 
 fn from_pieces(u: &mut Unstructured, pieces: &[&str], most: usize) -> arbitrary::Result<String> {
     if u.ratio(1, 6)? {
@@ -556,11 +586,12 @@ fn constraint(u: &mut Unstructured, vocab: u32) -> arbitrary::Result<Result<maze
     let strings = |u: &mut Unstructured, pieces: &[&str]| -> arbitrary::Result<Vec<String>> {
         (0..u.int_in_range(0..=4)?).map(|_| from_pieces(u, pieces, 8)).collect()
     };
-    Ok(Ok(match u.int_in_range(0..=5)? {
+    Ok(Ok(match u.int_in_range(0..=6)? {
         0 => Constraint::json_schema("s", schema(u, 4)?),
         1 => Constraint::new("r", 0, maze::ConstraintKind::Regex(strings(u, &REGEX_PIECES)?)),
         2 => Constraint::lark("l", from_pieces(u, &LARK_PIECES, 16)?),
         3 => Constraint::choice("c", strings(u, &REGEX_PIECES)?),
+        6 => Constraint::gbnf("g", from_pieces(u, &GBNF_PIECES, 16)?),
         4 => {
             let ids = |u: &mut Unstructured| -> arbitrary::Result<Vec<u32>> {
                 (0..u.int_in_range(0..=4)?).map(|_| u.int_in_range(0..=vocab + 2)).collect()
@@ -568,13 +599,14 @@ fn constraint(u: &mut Unstructured, vocab: u32) -> arbitrary::Result<Result<maze
             Constraint::token_mask("m", ids(u)?, ids(u)?)
         }
         _ => {
-            let kind = ["json_schema", "regex", "lark", "choice", "token_mask", "name", "priority"];
+            let kind = ["json_schema", "regex", "lark", "choice", "token_mask", "gbnf", "name", "priority"];
             let mut object = serde_json::Map::new();
             for _ in 0..u.int_in_range(1..=3)? {
                 let key = kind[u.choose_index(kind.len())?];
                 let value = match key {
                     "json_schema" => schema(u, 3)?,
                     "lark" => serde_json::Value::from(from_pieces(u, &LARK_PIECES, 12)?),
+                    "gbnf" => serde_json::Value::from(from_pieces(u, &GBNF_PIECES, 12)?),
                     "regex" | "choice" => serde_json::Value::from(strings(u, &REGEX_PIECES)?),
                     _ => json(u, 2)?,
                 };

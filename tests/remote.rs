@@ -172,6 +172,28 @@ fn openai_protocol_chat_completions_and_structured_outputs() {
     let r = session.generate(&Prompt::Text("The year the war ended:".into()), &opts).unwrap();
     assert!(r.text.len() == 4 && r.text.chars().all(|c| c.is_ascii_digit()), "{:?}", r.text);
 
+    // GBNF → llama-server's `grammar` field, enforced by the server.
+    let yes_no = "root ::= (\"yes\" | \"no\") \".\" # an answer\n";
+    for protocol in [Protocol::OpenAi, Protocol::Maze] {
+        let session = RemoteEngine::connect(config(protocol)).unwrap().new_session();
+        let opts = GenerateOptions { constraints: vec![Constraint::gbnf("answer", yes_no)], ..greedy(8) };
+        let r = session.generate(&chat("Is water wet?"), &opts).unwrap();
+        assert!(r.text == "yes." || r.text == "no.", "{protocol:?}: {:?}", r.text);
+        assert!(r.constraints_satisfied(), "{protocol:?}: {}", r.validation_json());
+    }
+    // As a llama-server client sends it, and refused with its line and column.
+    let body = |grammar: &str| {
+        json!({"messages": [{"role": "user", "content": "Is water wet?"}], "max_tokens": 8, "temperature": 0, "grammar": grammar})
+            .to_string()
+    };
+    let (status, text) = http(&shared_server().url, &post("/v1/chat/completions", KEY, &body(yes_no)));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"content\":\"yes.\"") || text.contains("\"content\":\"no.\""), "{text}");
+    let (status, text) =
+        http(&shared_server().url, &post("/v1/chat/completions", KEY, &body("root ::= \"a\"\nx ::= y\n")));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("GBNF line 2, column 7: undefined rule y"), "{text}");
+
     // What the OpenAI API cannot carry is refused, never dropped.
     for (constraints, needle) in [
         (vec![Constraint::token_mask("mask", vec![1, 2], vec![])], "token masks"),

@@ -281,3 +281,34 @@ fn every_call_smollm2_makes_in_the_generic_format_parses_and_validates() {
     assert!(refused.message().contains("generic tool format"), "{}", refused.message());
     run_prompt_set(&engine, Some(ToolFormat::Generic));
 }
+
+#[test]
+fn the_callers_text_constraints_govern_a_text_reply_in_auto_mode() {
+    let engine = qwen();
+    let chat =
+        Prompt::Chat(vec![ChatMessage::new("user", "What does CPU stand for? Answer in a few words.")]);
+    let cases = [
+        Constraint::regex("sentence", "[A-Z][A-Za-z ]{2,60}\\."),
+        Constraint::new("gbnf", 0, ConstraintKind::Gbnf("root ::= [A-Z] [a-zA-Z ]{2,60} \".\"".into())),
+        Constraint::choice("pick", ["Central Processing Unit.", "Computer Power Unit."]),
+    ];
+    for constraint in cases {
+        let opts = GenerateOptions {
+            constraints: vec![constraint.clone()],
+            ..options(ToolUse::new(weather_tools()))
+        };
+        let r = engine.new_session().generate(&chat, &opts).unwrap();
+        eprintln!("{}: {:?} {:?} {}", constraint.name, r.text, r.tool_calls, r.validation_json());
+        if r.tool_calls.is_empty() {
+            let t = r.text.as_str();
+            let ok = match constraint.name.as_str() {
+                "pick" => t == "Central Processing Unit." || t == "Computer Power Unit.",
+                _ => t.ends_with('.') && t.starts_with(|c: char| c.is_ascii_uppercase()) && t.len() <= 62,
+            };
+            assert!(ok, "{}: {t:?}", constraint.name);
+        }
+        assert!(r.constraints_satisfied(), "{}: {}", constraint.name, r.validation_json());
+        let names: Vec<&str> = r.validation.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, [constraint.name.as_str(), "tools"]);
+    }
+}

@@ -20,6 +20,7 @@ const (
 	KindRegex      ConstraintKind = C.MAZE_CONSTRAINT_KIND_REGEX
 	KindTokenMask  ConstraintKind = C.MAZE_CONSTRAINT_KIND_TOKEN_MASK
 	KindChoice     ConstraintKind = C.MAZE_CONSTRAINT_KIND_CHOICE
+	KindGBNF       ConstraintKind = C.MAZE_CONSTRAINT_KIND_GBNF
 )
 
 func (k ConstraintKind) String() string {
@@ -34,12 +35,14 @@ func (k ConstraintKind) String() string {
 		return "token_mask"
 	case KindChoice:
 		return "choice"
+	case KindGBNF:
+		return "gbnf"
 	}
 	return fmt.Sprintf("ConstraintKind(%d)", uint32(k))
 }
 
-// Constraint describes one rule the output must obey. Build it with JSONSchema, Lark, Regex,
-// TokenMask or Choice, then optionally Named and WithPriority. It is a plain value: it reaches
+// Constraint describes one rule the output must obey. Build it with JSONSchema, Lark, GBNF,
+// Regex, TokenMask or Choice, then optionally Named and WithPriority. It is a plain value: it reaches
 // the library field by field through the C maze_constraint_desc struct, with no JSON round
 // trip, and is compiled (through the engine's cache) when a request uses it.
 type Constraint struct {
@@ -48,7 +51,8 @@ type Constraint struct {
 	Name string
 	// Priority decides which constraint is relaxed first when constraints conflict: the lowest.
 	Priority int32
-	// Text is the JSON schema (KindJSONSchema) or the Lark grammar (KindLark).
+	// Text is the JSON schema (KindJSONSchema), the Lark grammar (KindLark) or the GBNF grammar
+	// (KindGBNF).
 	Text string
 	// Items are the regex patterns (KindRegex: the whole output matches every one of them) or
 	// the choices (KindChoice: the output is exactly one of them).
@@ -105,6 +109,11 @@ func JSONSchema(schema string) Constraint { return Constraint{Kind: KindJSONSche
 
 // Lark constrains the output to a Lark grammar (llguidance's dialect; the start rule is `start`).
 func Lark(grammar string) Constraint { return Constraint{Kind: KindLark, Text: grammar} }
+
+// GBNF constrains the output to a grammar in llama.cpp's GBNF syntax (the start rule is `root`).
+// It is converted to Lark when compiled; what cannot be converted is refused with its line and
+// column (docs/CONSTRAINTS.md).
+func GBNF(grammar string) Constraint { return Constraint{Kind: KindGBNF, Text: grammar} }
 
 // Regex constrains the whole output to match every one of the patterns (use `a|b` for
 // alternatives).
@@ -190,7 +199,8 @@ func (e *Engine) Compile(constraints ...Constraint) (*ConstraintSet, error) {
 
 // CompileJSON builds and compiles constraints from the library's JSON form: one object such as
 // {"name": "answer", "json_schema": {...}}, {"regex": ["[0-9]+"]}, {"lark": "..."},
-// {"token_mask": {"allowed": [...], "forbidden": [...]}}, {"choice": [...]}, or an array of them.
+// {"token_mask": {"allowed": [...], "forbidden": [...]}}, {"choice": [...]}, {"gbnf": "..."},
+// or an array of them.
 func (e *Engine) CompileJSON(json string) (*ConstraintSet, error) {
 	var set *ConstraintSet
 	err := e.use(func(p *C.maze_engine) error {

@@ -46,6 +46,14 @@ NUMBER: /[0-9]{1,3}/`
 		}
 		checkSatisfied(t, res, "sentence", "lark")
 	})
+	t.Run("gbnf", func(t *testing.T) {
+		grammar := "root ::= \"The answer is \" number \".\"\nnumber ::= [0-9]{1,3} # digits\n"
+		res := generate(t, 20, "What is 6 times 7?", GBNF(grammar).Named("sentence"))
+		if !regexp.MustCompile(`^The answer is [0-9]{1,3}\.$`).MatchString(res.Text) {
+			t.Errorf("output %q", res.Text)
+		}
+		checkSatisfied(t, res, "sentence", "gbnf")
+	})
 	t.Run("regex", func(t *testing.T) {
 		// Every pattern must match: a date, and one in the 2000s.
 		res := generate(t, 20, "Give a date.", Regex(`[0-9]{4}-[0-9]{2}-[0-9]{2}`, `2[0-9]{3}-.*`).Named("date"))
@@ -216,6 +224,7 @@ func TestConstraintErrors(t *testing.T) {
 		{"unsupported schema keyword", JSONSchema(`{"type": "array", "uniqueItems": true}`), "uniqueItems"},
 		{"bad regex", Regex(`[0-9`).Named("digits"), "digits"},
 		{"bad grammar", Lark(`start: undefined_rule`), "undefined_rule"},
+		{"bad GBNF", GBNF("root ::= \"a\"\nitem ::= [z-a]"), "GBNF line 2, column 11"},
 		{"token out of range", TokenMask([]uint32{1 << 30}, nil), "1073741824"},
 		{"empty choice", Choice(), ""},
 		{"unsupported keywords by pointer", JSONSchema(`{"properties": {"a": {"not": {}}}, "if": {}}`), `unsupported keywords "if" at /if, "not" at /properties/a/not`},

@@ -404,6 +404,15 @@ impl CompilerCore {
         Ok(())
     }
 
+    /// A GBNF `<text>` token element's id: the vocabulary entry with that text, or the one
+    /// token the text encodes to with special tokens parsed (as llama.cpp resolves it).
+    fn token_for(&self, text: &str) -> Option<u32> {
+        self.tokenizer.token_id(text).or_else(|| match self.tokenizer.encode(text, false, true) {
+            Ok(ids) if ids.len() == 1 => Some(ids[0]),
+            _ => None,
+        })
+    }
+
     fn build(&self, c: &Constraint, waiting: &Sender<FromCompile>) -> Result<Program> {
         let what = describe(c);
         let bad = |msg: String| Error::new(ErrorKind::InvalidConstraint, format!("{what}: {msg}"));
@@ -441,6 +450,19 @@ impl CompilerCore {
                 }
                 Ok(Program::Grammars(
                     vec![parse(TopLevelGrammar::from_lark(grammar.clone()), &|e| e)?],
+                    SchemaNotes::default(),
+                ))
+            }
+            ConstraintKind::Gbnf(text) => {
+                if text.trim().is_empty() {
+                    return Err(bad("the grammar is empty".into()));
+                }
+                let lark = super::gbnf::to_lark(text, self.limits.max_depth, &|t| self.token_for(t))
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Program::Grammars(
+                    vec![parse(TopLevelGrammar::from_lark(lark), &|e| {
+                        format!("GBNF converted to Lark: {e}")
+                    })?],
                     SchemaNotes::default(),
                 ))
             }

@@ -66,6 +66,8 @@ pub enum ConstraintKind {
     },
     /// The output is exactly one of these strings.
     Choice(Vec<String>),
+    /// A grammar in llama.cpp's GBNF syntax, converted to Lark when compiled.
+    Gbnf(String),
 }
 
 impl JsonSchemaOptions {
@@ -88,6 +90,7 @@ impl ConstraintKind {
             Self::Regex(_) => ConstraintTag::Regex,
             Self::TokenMask { .. } => ConstraintTag::TokenMask,
             Self::Choice(_) => ConstraintTag::Choice,
+            Self::Gbnf(_) => ConstraintTag::Gbnf,
         }
     }
 
@@ -108,6 +111,10 @@ impl Constraint {
 
     pub fn lark(name: impl Into<String>, grammar: impl Into<String>) -> Self {
         Self::new(name, 0, ConstraintKind::Lark(grammar.into()))
+    }
+
+    pub fn gbnf(name: impl Into<String>, grammar: impl Into<String>) -> Self {
+        Self::new(name, 0, ConstraintKind::Gbnf(grammar.into()))
     }
 
     pub fn regex(name: impl Into<String>, pattern: impl Into<String>) -> Self {
@@ -134,7 +141,8 @@ impl Constraint {
     }
 
     /// Parses the JSON form, e.g. `{"name": "answer", "priority": 1, "json_schema": {...}}`,
-    /// `{"regex": ["[0-9]+"]}`, `{"token_mask": {"forbidden": [13]}}`, `{"choice": ["yes", "no"]}`.
+    /// `{"regex": ["[0-9]+"]}`, `{"token_mask": {"forbidden": [13]}}`, `{"choice": ["yes", "no"]}`,
+    /// `{"gbnf": "root ::= ..."}`.
     /// A JSON array gives several constraints.
     pub fn list_from_json(text: &str) -> Result<Vec<Self>> {
         let value: Value = serde_json::from_str(text)
@@ -149,7 +157,7 @@ impl Constraint {
             .map(|(i, v)| {
                 serde_json::from_value::<Self>(v).map_err(|e| {
                     Error::invalid_argument(format!(
-                        "constraint {i}: {e} (expected one of json_schema, lark, regex, token_mask, choice, plus optional name, priority and json_options)"
+                        "constraint {i}: {e} (expected one of json_schema, lark, regex, token_mask, choice, gbnf, plus optional name, priority and json_options)"
                     ))
                 })
             })
@@ -208,7 +216,7 @@ impl Constraint {
                     None => h.update(b"-"),
                 }
             }
-            ConstraintKind::Lark(g) => string(g, h),
+            ConstraintKind::Lark(g) | ConstraintKind::Gbnf(g) => string(g, h),
             ConstraintKind::Regex(list) | ConstraintKind::Choice(list) => {
                 h.update(&(list.len() as u64).to_le_bytes());
                 list.iter().for_each(|x| string(x, h));
@@ -257,7 +265,8 @@ mod tests {
                 {"lark":"start: \"x\""},
                 {"regex":["[0-9]+","1.*"]},
                 {"token_mask":{"forbidden":[7]}},
-                {"choice":["yes","no"]}]"#,
+                {"choice":["yes","no"]},
+                {"gbnf":"root ::= \"x\""}]"#,
         )
         .unwrap();
         assert_eq!(list[0], Constraint::json_schema("a", json!({"type": "object"})).with_priority(2));
@@ -265,12 +274,13 @@ mod tests {
         assert_eq!(list[2].kind, ConstraintKind::Regex(vec!["[0-9]+".into(), "1.*".into()]));
         assert_eq!(list[3].kind, ConstraintKind::TokenMask { allowed: vec![], forbidden: vec![7] });
         assert_eq!(list[4], Constraint::choice("", ["yes", "no"]));
+        assert_eq!(list[5], Constraint::gbnf("", "root ::= \"x\""));
     }
 
     #[test]
     fn each_tag_names_its_key_in_the_json_form() {
         let kinds = Constraint::list_from_json(
-            r#"[{"json_schema":{}}, {"lark":""}, {"regex":[]}, {"token_mask":{}}, {"choice":[]}]"#,
+            r#"[{"json_schema":{}}, {"lark":""}, {"regex":[]}, {"token_mask":{}}, {"choice":[]}, {"gbnf":""}]"#,
         )
         .unwrap();
         let tags: Vec<ConstraintTag> = kinds.iter().map(|c| c.kind.tag()).collect();
@@ -309,6 +319,7 @@ mod tests {
             hash(&Constraint::json_schema("a", json!({"type": "object", "required": ["y"]})))
         );
         assert_ne!(hash(&Constraint::regex("r", "ab")), hash(&Constraint::choice("r", ["ab"])));
+        assert_ne!(hash(&Constraint::lark("g", "start: a")), hash(&Constraint::gbnf("g", "start: a")));
         assert_ne!(
             hash(&Constraint::new("r", 0, ConstraintKind::Regex(vec!["a".into(), "b".into()]))),
             hash(&Constraint::regex("r", "ab"))

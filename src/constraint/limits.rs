@@ -103,7 +103,7 @@ pub(crate) fn text_size(kind: &ConstraintKind) -> usize {
             let _ = serde_json::to_writer(&mut count, v);
             count.0
         }
-        ConstraintKind::Lark(g) => g.len(),
+        ConstraintKind::Lark(g) | ConstraintKind::Gbnf(g) => g.len(),
         ConstraintKind::Regex(items) | ConstraintKind::Choice(items) => {
             items.iter().map(|i| i.len() + 1).sum()
         }
@@ -124,6 +124,7 @@ pub(crate) fn nesting_depth(kind: &ConstraintKind) -> (usize, &'static str) {
     match kind {
         ConstraintKind::JsonSchema(v) => (json_depth(v), "the schema nests"),
         ConstraintKind::Lark(g) => lark_depth(g),
+        ConstraintKind::Gbnf(g) => gbnf_depth(g),
         ConstraintKind::Regex(patterns) => {
             (patterns.iter().map(|p| regex_depth(p)).max().unwrap_or(0), "regex groups nest")
         }
@@ -183,6 +184,17 @@ pub(crate) fn lark_depth(grammar: &str) -> (usize, &'static str) {
         (chain, "rules refer to rules")
     } else {
         (brackets, "brackets nest")
+    }
+}
+
+/// Like [`lark_depth`], for GBNF: parentheses in one rule, and the longest chain of rules.
+pub(crate) fn gbnf_depth(grammar: &str) -> (usize, &'static str) {
+    let (definitions, parens) = super::gbnf::nesting(grammar);
+    let chain = longest_chain(&definitions);
+    if chain >= parens {
+        (chain, "rules refer to rules")
+    } else {
+        (parens, "parentheses nest")
     }
 }
 

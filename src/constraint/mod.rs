@@ -3,6 +3,7 @@
 
 mod compile;
 mod enforce;
+pub(crate) mod gbnf;
 mod ir;
 mod limits;
 pub(crate) mod schema;

@@ -29,7 +29,7 @@ pub struct maze_constraint_desc {
     pub reserved: u32,
     /// Name reported in validation (may be empty).
     pub name: maze_string,
-    /// JSON schema or Lark grammar text.
+    /// JSON schema, Lark grammar or GBNF grammar text.
     pub text: maze_string,
     /// Regex patterns or choice strings.
     pub items: *const maze_string,
@@ -139,6 +139,7 @@ unsafe fn read_desc(d: &maze_constraint_desc) -> FfiResult<Constraint> {
             ConstraintKind::JsonSchema(schema)
         }
         ConstraintTag::Lark => ConstraintKind::Lark(d.text.to_str("desc.text")?.to_string()),
+        ConstraintTag::Gbnf => ConstraintKind::Gbnf(d.text.to_str("desc.text")?.to_string()),
         ConstraintTag::Regex => ConstraintKind::Regex(items()?),
         ConstraintTag::TokenMask => ConstraintKind::TokenMask {
             allowed: arg_slice(d.allowed_tokens, d.n_allowed_tokens, "desc.allowed_tokens")?.to_vec(),
@@ -194,10 +195,10 @@ pub unsafe extern "C" fn maze_constraint_new(
 /// Builds and compiles constraints from JSON (`json_len` bytes): one object such as
 /// `{"name": "answer", "priority": 1, "json_schema": {...}}`, `{"regex": ["[0-9]+"]}`,
 /// `{"lark": "start: ..."}`, `{"token_mask": {"allowed": [..], "forbidden": [..]}}`,
-/// `{"choice": ["yes", "no"]}`, or an array of them (one handle holding all). A JSON schema may
-/// carry `"json_options": {"lenient", "coerce_one_of", "whitespace_flexible",
-/// "whitespace_pattern", "strict_formats"}` (the json_flags of the descriptor; see
-/// docs/CONSTRAINTS.md).
+/// `{"choice": ["yes", "no"]}`, `{"gbnf": "root ::= ..."}`, or an array of them (one handle
+/// holding all). A JSON schema may carry `"json_options": {"lenient", "coerce_one_of",
+/// "whitespace_flexible", "whitespace_pattern", "strict_formats"}` (the json_flags of the
+/// descriptor; see docs/CONSTRAINTS.md).
 #[no_mangle]
 #[must_use]
 pub unsafe extern "C" fn maze_constraint_from_json(

@@ -101,7 +101,7 @@ fn constraints_exactly<'de, D: serde::Deserializer<'de>>(
             match unused_key(&given, &used, "") {
                 None => Ok(constraint),
                 Some(key) => Err(D::Error::custom(format!(
-                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, plus optional name, priority and json_options)"
+                    "constraint {i}: unknown field `{key}` (a constraint has one of json_schema, lark, regex, token_mask, choice, gbnf, plus optional name, priority and json_options)"
                 ))),
             }
         })

@@ -1,7 +1,8 @@
 //! The OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`) as far
 //! as Maze speaks it, in both directions: maze-server reads these requests, the remote backend
 //! writes them. Structured outputs: JSON schema travels as `response_format` (chat), and regex,
-//! choice, grammar and JSON on completions as vLLM's `structured_outputs` object.
+//! choice, grammar and JSON on completions as vLLM's `structured_outputs` object; a GBNF grammar
+//! as llama-server's `grammar` field.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -210,6 +211,9 @@ pub struct CommonFields {
     pub tool_choice: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// llama-server's `grammar`: a GBNF grammar (a `gbnf` constraint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
     /// The request's other fields, by name: see `check_supported`.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -435,7 +439,8 @@ impl CommonFields {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
 
-    /// The constraints these fields ask for: `response_format` and `structured_outputs`.
+    /// The constraints these fields ask for: `response_format`, `structured_outputs` and
+    /// llama-server's `grammar` (GBNF).
     pub fn constraints(&self) -> Result<Vec<Constraint>> {
         let mut out = Vec::new();
         if let Some(format) = &self.response_format {
@@ -511,6 +516,9 @@ impl CommonFields {
                 out.push(Constraint::lark("structured_outputs.grammar", grammar.clone()));
             }
         }
+        if let Some(grammar) = &self.grammar {
+            out.push(Constraint::gbnf("grammar", grammar.clone()));
+        }
         Ok(out)
     }
 
@@ -550,6 +558,10 @@ impl CommonFields {
                 }
                 ConstraintKind::Lark(grammar) => {
                     self.structured_outputs = Some(StructuredOutputs { grammar: Some(grammar.clone()), ..Default::default() });
+                    Ok(())
+                }
+                ConstraintKind::Gbnf(grammar) => {
+                    self.grammar = Some(grammar.clone());
                     Ok(())
                 }
                 ConstraintKind::TokenMask { .. } => refuse(format!(
@@ -896,7 +908,8 @@ mod tests {
     fn structured_outputs_map_to_their_constraint_kinds() {
         let all = common(json!({
             "response_format": {"type": "json_object"},
-            "structured_outputs": {"json": "{\"type\": \"array\"}", "regex": "[0-9]+", "choice": ["y", "n"], "grammar": "start: \"x\""}
+            "structured_outputs": {"json": "{\"type\": \"array\"}", "regex": "[0-9]+", "choice": ["y", "n"], "grammar": "start: \"x\""},
+            "grammar": "root ::= \"x\""
         }))
         .constraints()
         .unwrap();
@@ -908,6 +921,7 @@ mod tests {
                 Constraint::regex("structured_outputs.regex", "[0-9]+"),
                 Constraint::choice("structured_outputs.choice", ["y", "n"]),
                 Constraint::lark("structured_outputs.grammar", "start: \"x\""),
+                Constraint::gbnf("grammar", "root ::= \"x\""),
             ]
         );
         let as_object =
@@ -926,6 +940,7 @@ mod tests {
             Constraint::regex("r", "[a-z]+"),
             Constraint::choice("c", ["yes", "no"]),
             Constraint::lark("g", "start: \"x\""),
+            Constraint::gbnf("g", "root ::= \"x\""),
         ];
         for is_chat in [true, false] {
             for c in &sendable {

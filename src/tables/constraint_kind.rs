@@ -15,4 +15,6 @@ c_enum! {
     TokenMask = 3 => "token_mask",
     /// `items`: the output is exactly one of these strings.
     Choice = 4 => "choice",
+    /// `text`: a grammar in llama.cpp's GBNF syntax (converted to Lark, see docs/CONSTRAINTS.md).
+    Gbnf = 5 => "gbnf",
 }

@@ -131,6 +131,23 @@ fn text_alternative(c: &Constraint) -> Result<String> {
             format!("%json {}", prepared.schema)
         }
         ConstraintKind::Lark(grammar) => format!("%lark {{\n{grammar}\n}}"),
+        ConstraintKind::Gbnf(text) => {
+            // Token references (`<[id]>`, `<text>`) need the vocabulary, which the tool
+            // grammar is built without: they are refused here, naming where they are.
+            let no_tokens = |_: &str| -> Option<u32> { None };
+            let lark = crate::constraint::gbnf::to_lark(
+                text,
+                crate::constraint::ConstraintLimits::default().max_depth,
+                &no_tokens,
+            )
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidConstraint,
+                    format!("constraint '{}' (gbnf, with tools): {e}", c.name),
+                )
+            })?;
+            format!("%lark {{\n{lark}\n}}")
+        }
         ConstraintKind::Regex(patterns) => {
             let terms: Vec<String> =
                 patterns.iter().map(|p| format!("/{}/", p.replace('/', "\\/"))).collect();

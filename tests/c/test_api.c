@@ -859,6 +859,22 @@ static bool all_digits(const char *s) {
     return true;
 }
 
+/* A grammar of kind `kind` allowing "The answer is yes." and "The answer is no." only. */
+static void check_answer_grammar(maze_engine *engine, maze_constraint_kind kind, const char *grammar) {
+    maze_constraint_desc d = maze_constraint_desc_default();
+    d.kind = kind;
+    d.name = maze_str("sentence");
+    d.text = maze_str(grammar);
+    maze_constraint *sentence = make_constraint(engine, &d);
+    maze_result *r = generate_with(engine, "Is water wet? ", &sentence, 1, 40);
+    const char *text = maze_result_text(r, NULL);
+    CHECK(!strcmp(text, "The answer is yes.") || !strcmp(text, "The answer is no."), "kind %d output '%s'", (int)kind, text);
+    CHECK(maze_result_constraints_satisfied(r), "kind %d satisfied: %s", (int)kind, maze_result_validation_json(r));
+    CHECK(maze_result_forced_tokens(r) > 0, "kind %d forced tokens %u", (int)kind, maze_result_forced_tokens(r));
+    maze_result_free(r);
+    maze_constraint_free(sentence);
+}
+
 static void test_constraints(maze_engine *engine) {
     maze_error *err = NULL;
     /* Regex through the descriptor. */
@@ -896,17 +912,10 @@ static void test_constraints(maze_engine *engine) {
     CHECK(maze_constraint_from_json(engine, two, strlen(two), &pair, NULL) == MAZE_STATUS_OK && maze_constraint_count(pair) == 2, "json array");
     maze_constraint_free(pair);
 
-    /* Lark: the fixed text is forced, not sampled. */
-    d = maze_constraint_desc_default();
-    d.kind = MAZE_CONSTRAINT_KIND_LARK;
-    d.name = maze_str("sentence");
-    d.text = maze_str("start: \"The answer is \" (\"yes\" | \"no\") \".\"");
-    maze_constraint *sentence = make_constraint(engine, &d);
-    r = generate_with(engine, "Is water wet? ", &sentence, 1, 40);
-    text = maze_result_text(r, NULL);
-    CHECK(!strcmp(text, "The answer is yes.") || !strcmp(text, "The answer is no."), "lark output '%s'", text);
-    CHECK(maze_result_forced_tokens(r) > 0, "forced tokens %u", maze_result_forced_tokens(r));
-    maze_result_free(r);
+    /* Lark and GBNF (llama.cpp's grammar format): the fixed text is forced, not sampled. */
+    check_answer_grammar(engine, MAZE_CONSTRAINT_KIND_LARK, "start: \"The answer is \" (\"yes\" | \"no\") \".\"");
+    check_answer_grammar(engine, MAZE_CONSTRAINT_KIND_GBNF,
+                         "root ::= \"The answer is \" answer \".\"\nanswer ::= \"yes\" | \"no\" # either\n");
 
     /* Token mask: forbid the unconstrained first token. */
     r = generate_with(engine, "Hello", NULL, 0, 2);
@@ -1011,6 +1020,9 @@ static void test_constraints(maze_engine *engine) {
     d.kind = MAZE_CONSTRAINT_KIND_LARK;
     d.text = maze_str("start: undefined_rule");
     EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "lark", "bad grammar");
+    d.kind = MAZE_CONSTRAINT_KIND_GBNF;
+    d.text = maze_str("root ::= \"a\"\nitem ::= [z-a]\n");
+    EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_INVALID_CONSTRAINT, "GBNF line 2, column 11", "bad GBNF");
     d = maze_constraint_desc_default();
     d.struct_size = sizeof d + 8;
     EXPECT_ERROR(maze_constraint_new(engine, &d, &bad, &err), MAZE_STATUS_ABI_MISMATCH, "newer", "newer desc");
@@ -1060,7 +1072,6 @@ static void test_constraints(maze_engine *engine) {
     maze_constraint_free(again);
     maze_constraint_free(low);
     maze_constraint_free(mask);
-    maze_constraint_free(sentence);
     maze_constraint_free(color);
     maze_constraint_free(number);
 }

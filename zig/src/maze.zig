@@ -1,5 +1,5 @@
 //! Maze for Zig: load a GGUF model, open sessions, and generate or stream text that is
-//! guaranteed to match a JSON schema, grammar, regex list, choice list or token mask.
+//! guaranteed to match a JSON schema, grammar (Lark or GBNF), regex list, choice list or token mask.
 //!
 //! Handles (`Engine`, `Session`, `ConstraintSet`) wrap the C library's and are freed with
 //! `deinit`. `Result`s are copied into memory of the allocator the call was given, and freed
@@ -256,7 +256,7 @@ pub const Constraint = struct {
     name: []const u8 = "",
     /// When constraints conflict the lowest priority is relaxed first.
     priority: i32 = 0,
-    /// The JSON schema (.json_schema) or Lark grammar (.lark).
+    /// The JSON schema (.json_schema), Lark grammar (.lark) or GBNF grammar (.gbnf).
     text: []const u8 = "",
     /// Regex patterns (.regex: the whole output matches every one) or choices (.choice).
     items: []const []const u8 = &.{},
@@ -298,6 +298,7 @@ pub const Constraint = struct {
         regex = c.MAZE_CONSTRAINT_KIND_REGEX,
         token_mask = c.MAZE_CONSTRAINT_KIND_TOKEN_MASK,
         choice = c.MAZE_CONSTRAINT_KIND_CHOICE,
+        gbnf = c.MAZE_CONSTRAINT_KIND_GBNF,
     };
 
     pub fn jsonSchema(schema_text: []const u8) Constraint {
@@ -305,6 +306,11 @@ pub const Constraint = struct {
     }
     pub fn lark(grammar: []const u8) Constraint {
         return .{ .kind = .lark, .text = grammar };
+    }
+    /// A grammar in llama.cpp's GBNF syntax (start rule `root`), converted to Lark when
+    /// compiled; what cannot be converted is refused with its line and column.
+    pub fn gbnf(grammar: []const u8) Constraint {
+        return .{ .kind = .gbnf, .text = grammar };
     }
     pub fn regex(patterns: []const []const u8) Constraint {
         return .{ .kind = .regex, .items = patterns };

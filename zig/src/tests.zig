@@ -326,6 +326,17 @@ test "every constraint kind through the struct path" {
         try testing.expect(std.mem.startsWith(u8, r.text, "The answer is ") and std.mem.endsWith(u8, r.text, "."));
     }
     {
+        const grammar =
+            \\root ::= "The answer is " number "."
+            \\number ::= [0-9]{1,3} # digits
+        ;
+        var r = try constrained(&.{maze.Constraint.gbnf(grammar).named("sentence")}, "What is 6 times 7?", 20);
+        defer r.deinit();
+        try expectSatisfied(&r, "sentence");
+        try testing.expect(std.mem.startsWith(u8, r.text, "The answer is ") and std.mem.endsWith(u8, r.text, "."));
+        try testing.expect(r.text.len >= "The answer is 0.".len and r.text.len <= "The answer is 000.".len);
+    }
+    {
         var r = try constrained(&.{maze.Constraint.regex(&.{ "[0-9]{4}-[0-9]{2}-[0-9]{2}", "2[0-9]{3}-.*" }).named("date")}, "Give a date.", 20);
         defer r.deinit();
         try expectSatisfied(&r, "date");
@@ -542,6 +553,7 @@ test "errors: bad model path, bad constraints, NULL-equivalents" {
         .{ .c = maze.Constraint.jsonSchema("{\"type\": \"array\", \"uniqueItems\": true}"), .err = error.InvalidConstraint, .needle = "uniqueItems" },
         .{ .c = maze.Constraint.regex(&.{"[0-9"}).named("digits"), .err = error.InvalidConstraint, .needle = "digits" },
         .{ .c = maze.Constraint.lark("start: undefined_rule"), .err = error.InvalidConstraint, .needle = "undefined_rule" },
+        .{ .c = maze.Constraint.gbnf("root ::= \"a\"\nitem ::= [z-a]"), .err = error.InvalidConstraint, .needle = "GBNF line 2, column 11" },
         .{ .c = maze.Constraint.tokenMask(&.{1 << 30}, &.{}), .err = error.InvalidConstraint, .needle = "1073741824" },
         .{ .c = maze.Constraint.jsonSchema("{\"properties\": {\"a\": {\"not\": {}}}}"), .err = error.InvalidConstraint, .needle = "\"not\" at /properties/a/not" },
         .{ .c = maze.Constraint.jsonSchema("{\"type\": \"string\", \"format\": \"regex\"}").withJsonOptions(.{ .strict_formats = true }), .err = error.InvalidConstraint, .needle = "unknown format \"regex\" at /format" },
@@ -549,6 +561,7 @@ test "errors: bad model path, bad constraints, NULL-equivalents" {
         // Empty values, the NULL of slices.
         .{ .c = maze.Constraint.jsonSchema(""), .err = error.InvalidConstraint, .needle = "" },
         .{ .c = maze.Constraint.lark(""), .err = error.InvalidConstraint, .needle = "empty" },
+        .{ .c = maze.Constraint.gbnf(""), .err = error.InvalidConstraint, .needle = "empty" },
         .{ .c = maze.Constraint.regex(&.{}), .err = error.InvalidConstraint, .needle = "no patterns" },
         .{ .c = maze.Constraint.choice(&.{}), .err = error.InvalidConstraint, .needle = "no options" },
     };
