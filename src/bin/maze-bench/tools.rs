@@ -17,6 +17,10 @@ pub struct ToolNumbers {
     pub with_tools: f64,
     pub without: f64,
     pub generated: f64,
+    /// Runs whose reply with tools was (or began) a call instead of text: their speed is not
+    /// free text's (a call's syntax is forced).
+    pub calling_runs: usize,
+    pub runs: usize,
     /// Compile of the tool grammar (cache cleared), ms.
     pub compile_ms: f64,
     /// The grammar's mask per sampled token of the text, replayed back to back: mean / p99 µs.
@@ -115,6 +119,7 @@ pub fn bench_tools(engine: &Engine, runs: usize, gen_tokens: usize) -> ToolNumbe
         ..Default::default()
     };
     let (mut with_tools, mut without, mut generated, mut replay) = (vec![], vec![], vec![], vec![]);
+    let mut calling_runs = 0;
     let local = engine.local().expect("maze-bench loads a local model");
     let plan = tools.plan(None, &[]).expect("the tools plan");
     let t = Instant::now();
@@ -135,6 +140,7 @@ pub fn bench_tools(engine: &Engine, runs: usize, gen_tokens: usize) -> ToolNumbe
         with_tools.push(r.stats.decode_tokens_per_second);
         without.push(free.stats.decode_tokens_per_second);
         generated.push(r.stats.generated_tokens as f64);
+        calling_runs += usize::from(!r.tool_calls.is_empty());
         let mut enforcer = maze::constraint::Enforcer::new(
             vec![compiled.clone()],
             engine.info().vocab_size,
@@ -157,6 +163,8 @@ pub fn bench_tools(engine: &Engine, runs: usize, gen_tokens: usize) -> ToolNumbe
         with_tools: median(with_tools),
         without: median(without),
         generated: median(generated),
+        calling_runs,
+        runs,
         compile_ms,
         replay_mean_us: replay.iter().sum::<f64>() / replay.len().max(1) as f64,
         replay_p99_us: replay.get(replay.len() * 99 / 100).copied().unwrap_or(0.0),
