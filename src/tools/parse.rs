@@ -385,6 +385,48 @@ mod tests {
     }
 
     #[test]
+    fn any_input_splits_without_losing_text() {
+        // Pieces of call syntax in random order and sizes: the parser never panics, and
+        // whatever is not a call comes back as text, in order.
+        let atoms = [
+            "<tool_call>\n",
+            "{\"name\": \"",
+            "f",
+            "\", \"arguments\": ",
+            "{",
+            "}",
+            "\"",
+            "\\",
+            "\n</tool_call>",
+            "\n",
+            "é",
+            "x",
+            "[TOOL_CALLS][",
+            ", ",
+            "]",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            let mut reply = String::new();
+            for _ in 0..(state % 24) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                reply.push_str(atoms[(state % atoms.len() as u64) as usize]);
+            }
+            for format in ToolFormat::ALL {
+                let step = 1 + (state % 5) as usize;
+                let (_, text, calls) = split(*format, &reply, step);
+                if calls.is_empty() {
+                    assert_eq!(text, reply, "{format:?} {reply:?}");
+                } else {
+                    assert!(reply.contains(&calls[0].call.name), "{reply:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn mistral_calls_are_a_list() {
         let reply = "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]";
         let (_, text, calls) = split(ToolFormat::Mistral, reply, 3);
