@@ -2,7 +2,9 @@
 //! over HTTP — another Maze (the Maze protocol: every constraint kind, validation included) or
 //! any OpenAI-compatible server such as vLLM, SGLang or llama.cpp's (structured outputs mapped
 //! to `response_format` and vLLM's `structured_outputs`; what they cannot express, such as
-//! token masks, is refused with `ErrorKind::Unsupported`, never dropped).
+//! token masks, is refused with `ErrorKind::Unsupported`, never dropped). Tools go to both: the
+//! server's calls come back in the result and stream as [`StreamEvent`]s; only a Maze server's
+//! calls can be reported satisfied (docs/PROTOCOL.md, "Tools through the remote backend").
 //!
 //! Requests run on the backend's own Tokio runtime and always stream, so that cancel and
 //! timeouts act at once. Connect errors, 429 and 5xx are retried with exponential backoff and
