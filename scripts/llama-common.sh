@@ -13,6 +13,7 @@ LLAMA_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c
 LLAMA_DIR="${MAZE_LLAMA_DIR:-$HOME/.cache/maze/llama.cpp}"
 LLAMA_SRC="$LLAMA_DIR/llama_cpp_python-0.3.36/vendor/llama.cpp"
 LLAMA_BUILD="$LLAMA_SRC/build"
+LLAMA_BUILD_SERVER="$LLAMA_SRC/build-server"
 
 # Fetch (if missing or not verified) and unpack (if not unpacked yet) the sdist.
 llama_source() {
@@ -38,20 +39,33 @@ llama_source() {
 
 # Configure the build tree once, then build the named targets (shared libllama included).
 llama_build() {
+    llama_build_in "$LLAMA_BUILD" OFF "$@"
+}
+
+# The same in a build tree of its own with the server enabled (llama-server), so the bench tree's
+# configuration stays as it is.
+llama_build_server() {
+    llama_build_in "$LLAMA_BUILD_SERVER" ON "$@"
+}
+
+# llama_build_in DIR SERVER(ON|OFF) TARGET...
+llama_build_in() {
+    local build="$1" server="$2"
+    shift 2
     llama_source
     command -v cmake >/dev/null || python3 -m pip install --quiet cmake >&2
-    if [ ! -f "$LLAMA_BUILD/CMakeCache.txt" ]; then
+    if [ ! -f "$build/CMakeCache.txt" ]; then
         local generator=()
         command -v ninja >/dev/null && generator=(-G Ninja)
         # Tuned for this CPU, but without AMX: a VM may report AMX yet fault on it (tilezero raised
         # SIGILL here). Explicit -mno-* flags win over -march=native in GCC whatever their order.
         local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-        cmake -S "$LLAMA_SRC" -B "$LLAMA_BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+        cmake -S "$LLAMA_SRC" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
             -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
-            -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF >&2
+            -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER="$server" -DLLAMA_BUILD_TESTS=OFF >&2
     fi
     echo "building llama.cpp: $* (a few minutes on 2 cores) ..." >&2
-    cmake --build "$LLAMA_BUILD" --target "$@" -j "$(nproc)" >&2
+    cmake --build "$build" --target "$@" -j "$(nproc)" >&2
 }
 
 # The llama.cpp commit the sdist vendors (from its shipped git metadata), or "unknown".

@@ -6,11 +6,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use maze::backend::remote::{Protocol, RemoteConfig, RemoteEngine};
+use maze::tools::{StreamEvent, Tool, ToolCall, ToolChoice, ToolFormat, ToolUse};
 use maze::{
     ChatMessage, Constraint, ConstraintOutcome, Engine, EngineConfig, ErrorKind, FinishReason,
     GenerateOptions, Prompt, SamplingParams,
@@ -466,7 +467,12 @@ fn fault_server(fault: Fault) -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
+/// The head of a request (its body is read and dropped).
 fn read_request(stream: &mut TcpStream) -> String {
+    read_request_and_body(stream).0
+}
+
+fn read_request_and_body(stream: &mut TcpStream) -> (String, String) {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut head = String::new();
@@ -483,7 +489,7 @@ fn read_request(stream: &mut TcpStream) -> String {
     }
     let mut body = vec![0; length];
     let _ = reader.read_exact(&mut body);
-    head
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn faulty(fault: Fault, retries: u32) -> (RemoteEngine, Arc<AtomicUsize>) {
@@ -595,6 +601,281 @@ fn config_from_environment_variables() {
         .unwrap()
         .unwrap_err();
     assert!(err.message().contains("grpc"));
+}
+
+// ------------------------------------------------------------------------------ tool calls
+
+fn weather_tools() -> Vec<Tool> {
+    vec![Tool::new(
+        "get_weather",
+        "The current weather in a city",
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}),
+    )]
+}
+
+/// A loopback OpenAI server that lists model "fake" and answers every chat request with the
+/// event stream made of `chunks` (each a `data:` line, then `[DONE]`); it keeps each request body.
+fn scripted_server(chunks: Vec<serde_json::Value>) -> (RemoteEngine, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let stream_body: String =
+        chunks.iter().map(|c| format!("data: {c}\n\n")).chain(["data: [DONE]\n\n".to_string()]).collect();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            let (head, body) = read_request_and_body(&mut stream);
+            if head.starts_with("GET /v1/models") {
+                let body = r#"{"object":"list","data":[{"id":"fake","object":"model"}]}"#;
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                continue;
+            }
+            kept.lock().unwrap().push(serde_json::from_str(&body).unwrap_or(serde_json::Value::Null));
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n{stream_body}");
+        }
+    });
+    let mut c = RemoteConfig::new(url, Protocol::OpenAi);
+    c.max_retries = 0;
+    c.request_timeout = Some(Duration::from_secs(5));
+    (RemoteEngine::connect(c).unwrap(), bodies)
+}
+
+fn delta(d: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
+    json!({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": finish}]})
+}
+
+#[test]
+fn openai_tools_are_forwarded_and_streamed_calls_parsed_back() {
+    let (remote, bodies) = scripted_server(vec![
+        delta(json!({"role": "assistant", "content": null}), None),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            None,
+        ),
+        delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}), None),
+        delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}), None),
+        // A second call, in one piece, of a tool the request did not declare.
+        delta(
+            json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "launch", "arguments": "{}"}}]}),
+            None,
+        ),
+        delta(json!({}), Some("tool_calls")),
+    ]);
+    let earlier =
+        ToolCall { id: "call_0".into(), name: "get_weather".into(), arguments: r#"{"city": "Oslo"}"#.into() };
+    let prompt = Prompt::Chat(vec![
+        ChatMessage::new("user", "Weather in Oslo?"),
+        ChatMessage::assistant_calls("", vec![earlier]),
+        ChatMessage::tool_result("call_0", "-3 C, snow"),
+        ChatMessage::new("user", "And in Paris?"),
+    ]);
+    let opts = GenerateOptions { tools: Some(ToolUse::new(weather_tools())), ..greedy(64) };
+    let (r, events) = generate_with_events(&remote, &prompt, &opts);
+
+    // The request, shaped as the OpenAI API shapes it.
+    let body = bodies.lock().unwrap()[0].clone();
+    assert_eq!(
+        body["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city",
+            "parameters": weather_tools()[0].parameters}}])
+    );
+    assert_eq!((&body["tool_choice"], &body["parallel_tool_calls"]), (&json!("auto"), &json!(true)));
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]})
+    );
+    assert_eq!(
+        body["messages"][2],
+        json!({"role": "tool", "content": "-3 C, snow", "tool_call_id": "call_0"})
+    );
+
+    // The streamed pieces, reassembled.
+    assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(r.text, "");
+    assert_eq!(
+        r.tool_calls,
+        vec![
+            ToolCall {
+                id: "call_a".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city": "Paris"}"#.into()
+            },
+            ToolCall { id: "call_b".into(), name: "launch".into(), arguments: "{}".into() },
+        ]
+    );
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::CallStart { index: 0, id: "call_a".into(), name: "get_weather".into() },
+            StreamEvent::CallArguments { index: 0, fragment: "{\"city\": ".into() },
+            StreamEvent::CallArguments { index: 0, fragment: "\"Paris\"}".into() },
+            StreamEvent::CallStart { index: 1, id: "call_b".into(), name: "launch".into() },
+            StreamEvent::CallArguments { index: 1, fragment: "{}".into() },
+        ]
+    );
+    // The server made them: Maze vouches for neither, and says what is wrong with the second.
+    let checks = &r.tool_call_checks;
+    assert_eq!(checks.len(), 2);
+    assert!(checks.iter().all(|c| !c.satisfied) && !r.constraints_satisfied());
+    let reason = |i: usize| checks[i].reason.clone().unwrap_or_default();
+    assert!(reason(0).contains("Maze did not enforce its schema"), "{}", reason(0));
+    assert!(
+        reason(1).contains("'launch', which is not among the declared tools (get_weather)"),
+        "{}",
+        reason(1)
+    );
+
+    // A single call: parallel_tool_calls false; a named choice: OpenAI's object.
+    let single = ToolUse { parallel: false, ..ToolUse::new(weather_tools()) };
+    let r = remote
+        .new_session()
+        .generate(&prompt, &GenerateOptions { tools: Some(single), ..greedy(8) })
+        .unwrap();
+    assert_eq!(bodies.lock().unwrap()[1]["parallel_tool_calls"], json!(false));
+    assert!(reason_of(&r, 1).contains("2 calls where one was allowed"), "{}", reason_of(&r, 1));
+    let named = ToolUse::new(weather_tools()).with_choice(ToolChoice::Named("get_weather".into()));
+    remote.new_session().generate(&prompt, &GenerateOptions { tools: Some(named), ..greedy(8) }).unwrap();
+    assert_eq!(
+        bodies.lock().unwrap()[2]["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
+
+    // What the OpenAI API cannot say is refused before anything is sent.
+    let refuse = |prompt: &Prompt, tools: ToolUse| {
+        remote
+            .new_session()
+            .generate(prompt, &GenerateOptions { tools: Some(tools), ..greedy(8) })
+            .unwrap_err()
+    };
+    let err = refuse(&Prompt::Text("x".into()), ToolUse::new(weather_tools()));
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("tools need a chat prompt"), "{err}");
+    let err = refuse(&prompt, ToolUse::new(weather_tools()).with_format(ToolFormat::Generic));
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("tool format 'generic'"), "{err}");
+    let err = refuse(&prompt, ToolUse { max_calls: 3, ..ToolUse::new(weather_tools()) });
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("max_calls 3"), "{err}");
+    let err = refuse(&prompt, ToolUse::new(weather_tools()).with_choice(ToolChoice::Named("nope".into())));
+    assert!(err.message().contains("names 'nope'"), "{err}");
+    assert_eq!(bodies.lock().unwrap().len(), 3, "nothing refused reached the server");
+}
+
+/// The result and the events streamed on the way.
+fn generate_with_events(
+    remote: &RemoteEngine,
+    prompt: &Prompt,
+    opts: &GenerateOptions,
+) -> (maze::GenerationResult, Vec<StreamEvent>) {
+    let mut events = Vec::new();
+    let r = remote.new_session().generate_events(prompt, opts, |e| {
+        events.push(e.clone());
+        true
+    });
+    (r.unwrap(), events)
+}
+
+fn reason_of(r: &maze::GenerationResult, i: usize) -> String {
+    r.tool_call_checks.get(i).and_then(|c| c.reason.clone()).unwrap_or_default()
+}
+
+/// The reply's calls, without their ids (generated per request).
+fn calls_of(r: &maze::GenerationResult) -> Vec<(String, String)> {
+    r.tool_calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect()
+}
+
+/// Each call of `r` names get_weather with a city string, and validation vouches for it.
+fn assert_enforced_weather_calls(r: &maze::GenerationResult) {
+    assert_eq!(r.finish_reason, FinishReason::ToolCalls, "{r:?}");
+    assert!(!r.tool_calls.is_empty());
+    for c in &r.tool_calls {
+        let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap();
+        assert!(c.name == "get_weather" && args["city"].is_string(), "{c:?}");
+    }
+    assert_eq!(r.tool_call_checks.len(), r.tool_calls.len());
+    assert!(r.tool_call_checks.iter().all(|c| c.satisfied), "{:?}", r.tool_call_checks);
+}
+
+#[test]
+fn maze_protocol_carries_tools_and_calls() {
+    let remote = RemoteEngine::connect(config(Protocol::Maze)).unwrap();
+    // The default model's template has no tool support: the generic format, carried by the protocol.
+    let tools = ToolUse { parallel: false, ..ToolUse::new(weather_tools()) }
+        .with_format(ToolFormat::Generic)
+        .with_choice(ToolChoice::Required);
+    let opts = GenerateOptions { tools: Some(tools), ..greedy(60) };
+    let prompt = chat("What is the weather in Paris?");
+    let local = local_engine().new_session().generate(&prompt, &opts).unwrap();
+    let (r, events) = generate_with_events(&remote, &prompt, &opts);
+    assert_enforced_weather_calls(&r);
+    assert_eq!(calls_of(&r), calls_of(&local), "greedy calls over HTTP equal the local ones");
+    // The streamed pieces put together are the calls.
+    let mut streamed: Vec<(String, String)> = Vec::new();
+    for e in &events {
+        match e {
+            StreamEvent::CallStart { name, .. } => streamed.push((name.clone(), String::new())),
+            StreamEvent::CallArguments { index, fragment } => streamed[*index].1.push_str(fragment),
+            StreamEvent::Text(_) => {}
+        }
+    }
+    assert_eq!(streamed, calls_of(&r));
+}
+
+#[test]
+fn openai_protocol_to_a_maze_server_reports_its_call_validation() {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    let server = SERVER.get_or_init(|| Server::start(&["--tool-format", "generic"]));
+    let mut c = RemoteConfig::new(server.url.clone(), Protocol::OpenAi);
+    c.max_retries = 0;
+    let remote = RemoteEngine::connect(c).unwrap();
+    let tools =
+        ToolUse { parallel: false, ..ToolUse::new(weather_tools()) }.with_choice(ToolChoice::Required);
+    let opts = GenerateOptions { tools: Some(tools), ..greedy(60) };
+    let r = remote.new_session().generate(&chat("What is the weather in Paris?"), &opts).unwrap();
+    // The maze extension carries the server's checks: enforced, so satisfied.
+    assert_enforced_weather_calls(&r);
+}
+
+/// Against a real llama-server (scripts/remote-tools-llama-server.sh starts one with --jinja
+/// on Qwen2.5-Coder-0.5B-Instruct and sets MAZE_LLAMA_SERVER_URL).
+#[test]
+#[ignore = "needs a llama-server: scripts/remote-tools-llama-server.sh"]
+fn llama_server_tool_call() {
+    let url = std::env::var("MAZE_LLAMA_SERVER_URL").expect("MAZE_LLAMA_SERVER_URL names a llama-server");
+    let mut c = RemoteConfig::new(url, Protocol::OpenAi);
+    c.request_timeout = Some(Duration::from_secs(300));
+    let remote = RemoteEngine::connect(c).unwrap();
+    for choice in [ToolChoice::Auto, ToolChoice::Required] {
+        let tools = ToolUse::new(weather_tools()).with_choice(choice.clone());
+        let opts = GenerateOptions { tools: Some(tools), ..greedy(128) };
+        let (r, events) =
+            generate_with_events(&remote, &chat("What is the weather in Paris right now?"), &opts);
+        let pieces = events.iter().filter(|e| !matches!(e, StreamEvent::Text(_))).count();
+        println!(
+            "llama-server, tool_choice {choice:?}: finish {}, {} call pieces streamed, calls {:?}, checks {:?}, text {:?}",
+            r.finish_reason.as_str(),
+            pieces,
+            r.tool_calls,
+            r.tool_call_checks,
+            r.text
+        );
+        if choice == ToolChoice::Auto {
+            // The model decides; a 0.5B model may write the call as plain text, which
+            // llama-server then returns as text (seen with Qwen2.5-Coder-0.5B): reported above.
+            continue;
+        }
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls, "{}", r.text);
+        assert_eq!(r.tool_calls.len(), 1);
+        let call = &r.tool_calls[0];
+        let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+        assert_eq!(call.name, "get_weather");
+        assert!(args["city"].as_str().is_some_and(|c| c.contains("Paris")), "{args}");
+        assert!(!call.id.is_empty());
+        let check = &r.tool_call_checks[0];
+        assert!(!check.satisfied && check.reason.as_deref().unwrap_or("").contains("did not enforce"));
+    }
 }
 
 // ------------------------------------------------------------------------------ the C ABI path

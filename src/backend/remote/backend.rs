@@ -92,15 +92,7 @@ impl SessionBackend for RemoteSession {
         opts: &GenerateOptions,
         on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
-        if opts.tools.is_some() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "tools are not forwarded to a remote server yet; use a local model",
-            ));
-        }
-        RemoteSession::generate_streaming(self, prompt, opts, |text| {
-            on_event(&StreamEvent::Text(text.to_string()))
-        })
+        RemoteSession::generate_events(self, prompt, opts, on_event)
     }
 
     fn cancel(&self) {

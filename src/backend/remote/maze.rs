@@ -1,5 +1,6 @@
 //! The Maze half of the remote backend: maze-server's own routes (`/maze/v1/*`), which carry
-//! every constraint kind and send back the server's exact result, validation included.
+//! every constraint kind and tools (their format included), stream tool-call pieces apart from
+//! text, and send back the server's exact result, its calls and validation included.
 
 use serde_json::Value;
 
@@ -7,7 +8,7 @@ use super::sse::SseEvent;
 use super::{preview, Inner, Run, Step};
 use crate::engine::{GenerateOptions, Prompt};
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::maze::{self as proto, ErrorBody, GenerateRequest, GenerateResponse, TextEvent};
+use crate::protocol::maze::{self as proto, ErrorBody, GenerateRequest, GenerateResponse, StreamPiece};
 
 impl Inner {
     pub(super) fn maze_health(&self) -> Result<()> {
@@ -41,7 +42,10 @@ impl Run {
         };
         match event.event.as_deref() {
             None | Some("message") => {
-                Ok(self.piece(serde_json::from_str::<TextEvent>(&event.data).map_err(invalid)?.text))
+                match serde_json::from_str::<StreamPiece>(&event.data).map_err(invalid)? {
+                    StreamPiece::Text { text } => Ok(Step::Events(vec![self.piece(text)])),
+                    call => Ok(Step::Events(vec![self.call_piece(call.into())])),
+                }
             }
             Some("result") => {
                 let response: GenerateResponse = serde_json::from_str(&event.data).map_err(invalid)?;

@@ -2,7 +2,9 @@
 //! over HTTP — another Maze (the Maze protocol: every constraint kind, validation included) or
 //! any OpenAI-compatible server such as vLLM, SGLang or llama.cpp's (structured outputs mapped
 //! to `response_format` and vLLM's `structured_outputs`; what they cannot express, such as
-//! token masks, is refused with `ErrorKind::Unsupported`, never dropped).
+//! token masks, is refused with `ErrorKind::Unsupported`, never dropped). Tools go to both: the
+//! server's calls come back in the result and stream as [`StreamEvent`]s; only a Maze server's
+//! calls can be reported satisfied (docs/PROTOCOL.md, "Tools through the remote backend").
 //!
 //! Requests run on the backend's own Tokio runtime and always stream, so that cancel and
 //! timeouts act at once. Connect errors, 429 and 5xx are retried with exponential backoff and
@@ -31,6 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::ModelInfo;
 use crate::protocol::maze::ErrorBody;
 use crate::result::{AppliedConstraint, FinishReason, GenerationResult, GenerationStats, Provenance};
+use crate::tools::{StreamEvent, ToolCall, ToolCallCheck};
 pub use config::{Protocol, RemoteConfig};
 pub use sse::{SseEvent, SseParser};
 
@@ -142,12 +145,25 @@ impl RemoteSession {
         self.generate_streaming(prompt, opts, |_| true)
     }
 
-    /// Generates, calling `on_text` with each piece on this thread; returning false cancels.
+    /// Generates, calling `on_text` with each piece of text on this thread; returning false
+    /// cancels. Tool-call pieces are not shown to `on_text` (see [`RemoteSession::generate_events`]).
     pub fn generate_streaming(
         &self,
         prompt: &Prompt,
         opts: &GenerateOptions,
         mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationResult> {
+        self.generate_events(prompt, opts, crate::tools::text_only(&mut on_text))
+    }
+
+    /// Like [`RemoteSession::generate_streaming`], with the server's tool calls told apart from
+    /// text: each call's start (index, id, name), then its arguments in fragments, as the server
+    /// streams them.
+    pub fn generate_events(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_event: impl FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
         opts.sampling.validate()?;
         if self.busy.swap(true, Ordering::AcqRel) {
@@ -157,7 +173,7 @@ impl RemoteSession {
         let tx = Arc::new(tx);
         *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         let link = opts.cancel.as_ref().map(|token| token.link(move || _ = tx.send(true)));
-        let result = self.inner.runtime.block_on(self.inner.generate(prompt, opts, rx, &mut on_text));
+        let result = self.inner.runtime.block_on(self.inner.generate(prompt, opts, rx, &mut on_event));
         drop(link);
         *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.busy.store(false, Ordering::Release);
@@ -322,14 +338,20 @@ impl Inner {
         prompt: &Prompt,
         opts: &GenerateOptions,
         mut cancel: watch::Receiver<bool>,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
         let started = Instant::now();
         let deadline = opts.timeout.or(self.config.request_timeout).map(|t| started + t);
         let (path, body) = self.request_body(prompt, opts)?;
         let url = self.url(path);
-        let mut run =
-            Run { started, first_token: None, text: String::new(), pieces: 0, stopped_by_caller: false };
+        let mut run = Run {
+            started,
+            first_token: None,
+            text: String::new(),
+            calls: Vec::new(),
+            pieces: 0,
+            stopped_by_caller: false,
+        };
 
         let response = match self.send(|| self.client.post(&url).json(&body), &mut cancel, deadline).await {
             Ok(response) => response?,
@@ -383,8 +405,8 @@ impl Inner {
                 };
                 match step {
                     Ok(Step::Continue) => {}
-                    Ok(Step::Text(text)) => {
-                        if !on_text(&text) {
+                    Ok(Step::Events(events)) => {
+                        if !events.iter().all(&mut *on_event) {
                             run.stopped_by_caller = true;
                             return Ok(run.interrupted(Interrupt::Cancelled, opts, &self.model));
                         }
@@ -462,26 +484,65 @@ fn preview(bytes: &[u8]) -> String {
 
 enum Step {
     Continue,
-    Text(String),
+    /// Pieces to stream, in order (one chunk may carry text and call pieces).
+    Events(Vec<StreamEvent>),
     Done(Box<GenerationResult>),
     OpenAiDone,
 }
 
-/// One request in progress: the text so far and its timing.
+/// One request in progress: the text and tool calls so far and its timing.
 struct Run {
     started: Instant,
     first_token: Option<Instant>,
     text: String,
+    /// The calls streamed so far, by index, put together from their pieces.
+    calls: Vec<ToolCall>,
     pieces: usize,
     stopped_by_caller: bool,
 }
 
 impl Run {
-    fn piece(&mut self, text: String) -> Step {
+    fn piece(&mut self, text: String) -> StreamEvent {
         self.first_token.get_or_insert_with(Instant::now);
         self.pieces += 1;
         self.text.push_str(&text);
-        Step::Text(text)
+        StreamEvent::Text(text)
+    }
+
+    /// A streamed piece of a tool call: kept in `calls` (a call the server gave no id gets
+    /// `call_<index>`) and passed on.
+    fn call_piece(&mut self, mut event: StreamEvent) -> StreamEvent {
+        match &mut event {
+            StreamEvent::Text(text) => return self.piece(std::mem::take(text)),
+            StreamEvent::CallStart { index, id, name } => {
+                if id.is_empty() {
+                    *id = format!("call_{index}");
+                }
+                let call = self.call_at(*index);
+                call.id = id.clone();
+                call.name = name.clone();
+            }
+            StreamEvent::CallArguments { index, fragment } => {
+                self.call_at(*index).arguments.push_str(fragment)
+            }
+        }
+        self.first_token.get_or_insert_with(Instant::now);
+        self.pieces += 1;
+        event
+    }
+
+    /// The call at `index`, made (with the calls before it) when it is new. A server numbers
+    /// its calls 0, 1, ...; an index far beyond the calls so far is treated as the next one.
+    fn call_at(&mut self, index: usize) -> &mut ToolCall {
+        let at = index.min(self.calls.len());
+        if at == self.calls.len() {
+            self.calls.push(ToolCall {
+                id: format!("call_{index}"),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        &mut self.calls[at]
     }
 
     fn stats(&self, prompt_tokens: usize, generated: usize) -> GenerationStats {
@@ -514,9 +575,26 @@ impl Run {
         model: &str,
     ) -> GenerationResult {
         let seed = opts.sampling.seed.unwrap_or_default();
+        let tool_call_checks = match finish {
+            FinishReason::Stop | FinishReason::ToolCalls => Vec::new(),
+            other => {
+                let why =
+                    format!("the call was cut short ({}) before the reply was complete", other.as_str());
+                self.calls
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| ToolCallCheck {
+                        index,
+                        name: c.name.clone(),
+                        satisfied: false,
+                        reason: Some(why.clone()),
+                    })
+                    .collect()
+            }
+        };
         GenerationResult {
-            tool_calls: Vec::new(),
-            tool_call_checks: Vec::new(),
+            tool_calls: self.calls.clone(),
+            tool_call_checks,
             text: self.text.clone(),
             tokens: Vec::new(),
             logprobs: None,
