@@ -312,3 +312,44 @@ fn the_callers_text_constraints_govern_a_text_reply_in_auto_mode() {
         assert_eq!(names, [constraint.name.as_str(), "tools"]);
     }
 }
+
+/// Each format's syntax end to end, with SmolLM2 and a template that carries the format's
+/// marker: a required call is written in that syntax, parses, and satisfies the schema.
+#[test]
+fn every_format_writes_parses_and_validates_a_required_call() {
+    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/maze/models");
+    let dir = std::env::var_os("MAZE_MODEL_DIR").map(PathBuf::from).unwrap_or(path);
+    let base = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n{% endif %}<|im_start|>assistant\n";
+    let cases = [
+        ("<tool_call>", ToolFormat::Hermes, "<tool_call>\n{\"name\": \"add\", \"arguments\": {"),
+        (
+            "<|start_header_id|>ipython<|end_header_id|>",
+            ToolFormat::Llama3,
+            "{\"name\": \"add\", \"parameters\": {",
+        ),
+        ("[TOOL_CALLS]", ToolFormat::Mistral, "[TOOL_CALLS][{\"name\": \"add\", \"arguments\": {"),
+    ];
+    for (marker, format, starts) in cases {
+        let config = EngineConfig {
+            model_path: dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            threads: 2,
+            context_length: 2048,
+            chat_template: Some(format!("{{# {marker} #}}{base}")),
+            ..Default::default()
+        };
+        let engine = Engine::load(&config, None).unwrap();
+        let tools = ToolUse::new(weather_tools()).with_choice(ToolChoice::Named("add".into()));
+        let chat = Prompt::Chat(vec![ChatMessage::new("user", "What is 2 plus 3?")]);
+        let r = engine.new_session().generate(&chat, &options(tools)).unwrap();
+        let raw = engine.detokenize(&r.tokens).unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with(starts), "{format:?}: {raw:?}");
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls, "{format:?}: {raw:?}");
+        assert_eq!(r.tool_calls.len(), 1, "{format:?}");
+        let args: Value = serde_json::from_str(&r.tool_calls[0].arguments).unwrap();
+        assert!(args["a"].is_i64() && args["b"].is_i64(), "{format:?}: {args}");
+        assert!(r.constraints_satisfied() && r.text.is_empty(), "{format:?}: {}", r.validation_json());
+        let id = &r.tool_calls[0].id;
+        assert_eq!(id.len(), if format == ToolFormat::Mistral { 9 } else { 29 }, "{format:?}: {id}");
+    }
+}
