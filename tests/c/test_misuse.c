@@ -851,8 +851,8 @@ static void m_constraint_new(void) {
     }
     /* kind */
     maze_constraint_desc e = d;
-    e.kind = 5;
-    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "desc.kind 5", "desc kind 5", maze_constraint_new(engine, &e, &c, ERR));
+    e.kind = MAZE_CONSTRAINT_KIND_GBNF + 1; /* one past the last kind */
+    MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "desc.kind 6", "desc kind past the last", maze_constraint_new(engine, &e, &c, ERR));
     e.kind = UINT32_MAX;
     MISUSE(MAZE_STATUS_INVALID_ARGUMENT, "desc.kind", "desc kind UINT32_MAX", maze_constraint_new(engine, &e, &c, ERR));
     /* name: NULL with a length, huge, invalid UTF-8 */
