@@ -143,7 +143,7 @@ c-test-real-models: $(BUILD)/test_real_model
 # valgrind runs the whole API suite and the misuse suite on a tiny random-weight model (the real
 # one is too slow under emulation); it must report no errors and no definite leaks. Unlike ASan it
 # also sees the library's own accesses (to the caller's buffers among others).
-VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
+VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --suppressions=tests/c/valgrind.supp
 $(BUILD)/test_misuse_shared: tests/c/test_misuse.c tests/c/check.h include/maze.h lib | $(BUILD)
 	$(CC) $(CFLAGS) -pthread $< -L$(LIBDIR) -lmaze -Wl,-rpath,$(CURDIR)/$(LIBDIR) -o $@
 
